@@ -1,0 +1,15 @@
+//! Compiles `proto/baton.proto` into Rust with the pure-Rust `protox` compiler, so a fresh
+//! machine needs no `protoc` binary.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/baton.proto");
+    let descriptors = protox::compile(["proto/baton.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        // Channels are built by Baton itself; this also frees the name `connect` for the rpc.
+        .build_transport(false)
+        .bytes(".baton.RunTask.stage_plan")
+        .compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,272 @@
+//! Tables from a TOML catalog file.
+//!
+//! ```toml
+//! [[table]]
+//! name = "lineitem"
+//! format = "tbl"            # tbl | csv | parquet
+//! path = "sf1/lineitem.tbl" # file, directory or glob; relative to the catalog file
+//! columns = [["l_orderkey", "BIGINT"], ["l_quantity", "DECIMAL(15,2)"]]
+//! ```
+//!
+//! A `.tbl` line ends in `|`, so a CSV reader sees one more, empty, field than the table
+//! has columns: the file is registered in the `baton_raw` schema with a trailing
+//! placeholder column, and the table itself is a view that leaves it out.
+
+use std::path::{Path, PathBuf};
+
+use datafusion::prelude::SessionContext;
+use serde::Deserialize;
+
+/// Schema that holds the raw `.tbl` tables behind their views.
+pub const RAW_SCHEMA: &str = "baton_raw";
+
+/// Errors of loading a catalog.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The file could not be read.
+    #[error("reading catalog {path}: {source}")]
+    Read {
+        /// The catalog file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not a valid catalog.
+    #[error("catalog {path} is not valid: {message}")]
+    Invalid {
+        /// The catalog file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// DataFusion could not register a table.
+    #[error("catalog {path}, table {table}: {source}")]
+    Register {
+        /// The catalog file.
+        path: PathBuf,
+        /// The table.
+        table: String,
+        /// DataFusion's error.
+        source: datafusion::error::DataFusionError,
+    },
+}
+
+/// File format of a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableFormat {
+    /// TPC-H `.tbl`: `|`-separated, no header, a trailing `|` on every line.
+    Tbl,
+    /// CSV (header and delimiter configurable).
+    Csv,
+    /// Parquet.
+    Parquet,
+}
+
+/// One table of a catalog.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableDef {
+    /// SQL name.
+    pub name: String,
+    /// File format.
+    pub format: TableFormat,
+    /// File, directory or glob, relative to the catalog file.
+    pub path: String,
+    /// Columns as (name, SQL type); required for tbl and csv, optional for parquet.
+    #[serde(default)]
+    pub columns: Vec<(String, String)>,
+    /// CSV only: whether the first line is a header (default true).
+    pub header: Option<bool>,
+    /// CSV only: the field delimiter (default ",").
+    pub delimiter: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogFile {
+    #[serde(default)]
+    table: Vec<TableDef>,
+}
+
+fn is_identifier(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn is_type(s: &str) -> bool {
+    !s.trim().is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '(' | ')' | ',' | ' ' | '_'))
+}
+
+/// Parses catalog text; `path` names the file in errors.
+pub fn parse_catalog(text: &str, path: &Path) -> Result<Vec<TableDef>, CatalogError> {
+    let invalid = |message: String| CatalogError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    };
+    let file: CatalogFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    for table in &file.table {
+        if !is_identifier(&table.name) {
+            return Err(invalid(format!(
+                "table name {:?} must be letters, digits and _",
+                table.name
+            )));
+        }
+        if table.columns.is_empty() && table.format != TableFormat::Parquet {
+            return Err(invalid(format!("table {} needs columns", table.name)));
+        }
+        for (column, ty) in &table.columns {
+            if !is_identifier(column) || !is_type(ty) {
+                return Err(invalid(format!(
+                    "table {}: column {column:?} of type {ty:?} is not a valid column",
+                    table.name
+                )));
+            }
+        }
+        if table.path.contains('\'') {
+            return Err(invalid(format!("table {}: path has a quote", table.name)));
+        }
+    }
+    Ok(file.table)
+}
+
+/// Reads `path` and registers its tables in `ctx`; returns their names.
+pub async fn register_catalog(ctx: &SessionContext, path: &Path) -> Result<Vec<String>, CatalogError> {
+    let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let tables = parse_catalog(&text, path)?;
+    let base = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let base = std::fs::canonicalize(if base.as_os_str().is_empty() { Path::new(".") } else { &base })
+        .map_err(|source| CatalogError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let mut names = Vec::new();
+    for table in &tables {
+        register_table(ctx, table, &base)
+            .await
+            .map_err(|source| CatalogError::Register {
+                path: path.to_path_buf(),
+                table: table.name.clone(),
+                source,
+            })?;
+        names.push(table.name.clone());
+    }
+    Ok(names)
+}
+
+fn location(table: &TableDef, base: &Path) -> String {
+    let path = base.join(&table.path);
+    let mut text = path.to_string_lossy().into_owned();
+    if path.is_dir() && !text.ends_with('/') {
+        text.push('/');
+    }
+    text
+}
+
+fn column_list(columns: &[(String, String)]) -> String {
+    columns
+        .iter()
+        .map(|(name, ty)| format!("\"{name}\" {ty}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn register_table(
+    ctx: &SessionContext,
+    table: &TableDef,
+    base: &Path,
+) -> datafusion::error::Result<()> {
+    let location = location(table, base);
+    let name = &table.name;
+    match table.format {
+        TableFormat::Tbl => {
+            ctx.sql(&format!("CREATE SCHEMA IF NOT EXISTS {RAW_SCHEMA}")).await?;
+            let mut columns = table.columns.clone();
+            columns.push(("__trailing".into(), "VARCHAR".into()));
+            ctx.sql(&format!(
+                "CREATE EXTERNAL TABLE {RAW_SCHEMA}.\"{name}\" ({}) STORED AS CSV LOCATION '{location}' \
+                 OPTIONS ('format.delimiter' '|', 'format.has_header' 'false')",
+                column_list(&columns)
+            ))
+            .await?;
+            let projection = table
+                .columns
+                .iter()
+                .map(|(c, _)| format!("\"{c}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            ctx.sql(&format!(
+                "CREATE VIEW \"{name}\" AS SELECT {projection} FROM {RAW_SCHEMA}.\"{name}\""
+            ))
+            .await?;
+        }
+        TableFormat::Csv => {
+            let delimiter = table.delimiter.as_deref().unwrap_or(",");
+            if delimiter.len() != 1 || delimiter == "'" {
+                return Err(datafusion::error::DataFusionError::Configuration(format!(
+                    "delimiter {delimiter:?} must be one character"
+                )));
+            }
+            ctx.sql(&format!(
+                "CREATE EXTERNAL TABLE \"{name}\" ({}) STORED AS CSV LOCATION '{location}' \
+                 OPTIONS ('format.delimiter' '{delimiter}', 'format.has_header' '{}')",
+                column_list(&table.columns),
+                table.header.unwrap_or(true)
+            ))
+            .await?;
+        }
+        TableFormat::Parquet => {
+            let columns = if table.columns.is_empty() {
+                String::new()
+            } else {
+                format!("({})", column_list(&table.columns))
+            };
+            ctx.sql(&format!(
+                "CREATE EXTERNAL TABLE \"{name}\" {columns} STORED AS PARQUET LOCATION '{location}'"
+            ))
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_toml_and_bad_definitions() {
+        let p = Path::new("c.toml");
+        assert!(matches!(parse_catalog("[[table]\nname=", p), Err(CatalogError::Invalid { .. })));
+        let no_columns = "[[table]]\nname='t'\nformat='csv'\npath='t.csv'";
+        assert!(parse_catalog(no_columns, p).unwrap_err().to_string().contains("needs columns"));
+        let bad_type = "[[table]]\nname='t'\nformat='tbl'\npath='t.tbl'\ncolumns=[['a', 'INT; DROP']]";
+        assert!(parse_catalog(bad_type, p).is_err());
+        let bad_format = "[[table]]\nname='t'\nformat='xlsx'\npath='t'";
+        assert!(parse_catalog(bad_format, p).is_err());
+    }
+
+    #[tokio::test]
+    async fn tbl_tables_drop_the_trailing_field() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("t.tbl"), "1|one|\n2|two|\n").unwrap();
+        let catalog = dir.path().join("catalog.toml");
+        std::fs::write(
+            &catalog,
+            "[[table]]\nname='t'\nformat='tbl'\npath='t.tbl'\ncolumns=[['id','BIGINT'],['word','VARCHAR']]\n",
+        )
+        .unwrap();
+        let ctx = SessionContext::new();
+        assert_eq!(register_catalog(&ctx, &catalog).await.unwrap(), vec!["t"]);
+        let batches = ctx.sql("select * from t order by id").await.unwrap().collect().await.unwrap();
+        assert_eq!(batches[0].num_columns(), 2);
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+    }
+}

@@ -1,0 +1,188 @@
+//! The client side: submitting queries, fetching results over Flight, status and cancel,
+//! and printing results for the CLI.
+
+mod format;
+
+pub use format::{OutputFormat, format_batches};
+
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::Ticket;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use futures::TryStreamExt;
+use prost::Message;
+use std::sync::Arc;
+use tonic::transport::Channel;
+
+use crate::config::MAX_MESSAGE_BYTES;
+use crate::proto::scheduler_service_client::SchedulerServiceClient;
+use crate::proto::{
+    CancelQueryRequest, GetQueryStatusRequest, ListQueriesRequest, QueryStatus, ResultTicket,
+    SubmitQueryRequest, submit_query_request,
+};
+use crate::shuffle::fetch::{connect_channel, flight_client};
+
+/// Errors a client sees.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The scheduler could not be reached.
+    #[error("cannot reach the scheduler at {addr}: {source}")]
+    Connect {
+        /// The address.
+        addr: String,
+        /// The transport error.
+        source: tonic::transport::Error,
+    },
+    /// A call to the scheduler failed.
+    #[error("{}", .0.message())]
+    Rpc(#[from] tonic::Status),
+    /// The query failed or was cancelled; the text is the cause.
+    #[error("{0}")]
+    Query(String),
+}
+
+/// A finished query's result.
+#[derive(Debug)]
+pub struct QueryResult {
+    /// The query id.
+    pub query_id: String,
+    /// The result schema.
+    pub schema: SchemaRef,
+    /// The result batches, in order.
+    pub batches: Vec<RecordBatch>,
+}
+
+impl QueryResult {
+    /// Total rows.
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+}
+
+/// A connection to a Baton scheduler (gRPC API and Flight results on one address).
+#[derive(Debug, Clone)]
+pub struct BatonClient {
+    scheduler: SchedulerServiceClient<Channel>,
+    flight: FlightServiceClient<Channel>,
+}
+
+impl BatonClient {
+    /// Connects to the scheduler at `address` (host:port).
+    pub async fn connect(address: &str) -> Result<Self, ClientError> {
+        let address = address.trim_start_matches("http://");
+        let channel = connect_channel(address)
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: address.to_string(),
+                source,
+            })?;
+        Ok(Self {
+            scheduler: SchedulerServiceClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            flight: flight_client(channel),
+        })
+    }
+
+    /// Submits SQL; returns the query id.
+    pub async fn submit_sql(&mut self, sql: &str) -> Result<String, ClientError> {
+        self.submit(submit_query_request::Query::Sql(sql.to_string()), String::new())
+            .await
+    }
+
+    /// Submits a physical plan the caller serialized with [`crate::planner::encode_plan`].
+    pub async fn submit_plan(&mut self, plan: Vec<u8>, label: &str) -> Result<String, ClientError> {
+        self.submit(submit_query_request::Query::PhysicalPlan(plan), label.to_string())
+            .await
+    }
+
+    async fn submit(&mut self, query: submit_query_request::Query, label: String) -> Result<String, ClientError> {
+        let response = self
+            .scheduler
+            .submit_query(SubmitQueryRequest {
+                query: Some(query),
+                label,
+            })
+            .await?;
+        Ok(response.into_inner().query_id)
+    }
+
+    /// Waits for the query and streams its result batches.
+    pub async fn result_stream(&mut self, query_id: &str) -> Result<FlightRecordBatchStream, ClientError> {
+        let ticket = Ticket::new(
+            ResultTicket {
+                query_id: query_id.to_string(),
+            }
+            .encode_to_vec(),
+        );
+        let response = self.flight.do_get(ticket).await.map_err(query_error)?;
+        let data = response.into_inner().map_err(FlightError::from);
+        Ok(FlightRecordBatchStream::new_from_flight_data(data))
+    }
+
+    /// Waits for the query and collects its result.
+    pub async fn fetch(&mut self, query_id: &str) -> Result<QueryResult, ClientError> {
+        let mut stream = self.result_stream(query_id).await?;
+        let mut batches = Vec::new();
+        while let Some(batch) = stream.try_next().await.map_err(|e| match e {
+            FlightError::Tonic(status) => query_error(*status),
+            other => ClientError::Query(other.to_string()),
+        })? {
+            batches.push(batch);
+        }
+        let schema = stream
+            .schema()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Schema::empty()));
+        Ok(QueryResult {
+            query_id: query_id.to_string(),
+            schema,
+            batches,
+        })
+    }
+
+    /// Submits SQL and collects its result.
+    pub async fn sql(&mut self, sql: &str) -> Result<QueryResult, ClientError> {
+        let id = self.submit_sql(sql).await?;
+        self.fetch(&id).await
+    }
+
+    /// A query's status.
+    pub async fn status(&mut self, query_id: &str) -> Result<QueryStatus, ClientError> {
+        Ok(self
+            .scheduler
+            .get_query_status(GetQueryStatusRequest {
+                query_id: query_id.to_string(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Every query the scheduler knows, newest first.
+    pub async fn list(&mut self) -> Result<Vec<QueryStatus>, ClientError> {
+        Ok(self
+            .scheduler
+            .list_queries(ListQueriesRequest {})
+            .await?
+            .into_inner()
+            .queries)
+    }
+
+    /// Cancels a query; false when it had already ended.
+    pub async fn cancel(&mut self, query_id: &str) -> Result<bool, ClientError> {
+        Ok(self
+            .scheduler
+            .cancel_query(CancelQueryRequest {
+                query_id: query_id.to_string(),
+            })
+            .await?
+            .into_inner()
+            .cancelled)
+    }
+}
+
+fn query_error(status: tonic::Status) -> ClientError {
+    ClientError::Query(status.message().to_string())
+}

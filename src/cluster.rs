@@ -1,0 +1,166 @@
+//! An in-process cluster on loopback: one scheduler and N executors that talk real gRPC
+//! and Flight over 127.0.0.1. The CLI's embedded default and the tests use it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::client::{BatonClient, ClientError};
+use crate::config::DEFAULT_TARGET_PARTITIONS;
+use crate::executor::{Executor, ExecutorConfig, ExecutorError};
+use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerError};
+
+/// Errors of starting a cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The scheduler could not start.
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
+    /// An executor could not start.
+    #[error(transparent)]
+    Executor(#[from] ExecutorError),
+    /// The scheduler address could not be bound.
+    #[error("binding the scheduler to {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A client could not connect.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// How an in-process cluster is set up.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Executors to start.
+    pub executors: usize,
+    /// Slots per executor.
+    pub slots: u32,
+    /// Catalog of tables.
+    pub catalog: Option<PathBuf>,
+    /// Partitions (tasks per stage).
+    pub target_partitions: usize,
+    /// Scheduler address (port 0: any free port).
+    pub bind: SocketAddr,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            executors: 2,
+            slots: 2,
+            catalog: None,
+            target_partitions: DEFAULT_TARGET_PARTITIONS,
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+        }
+    }
+}
+
+/// A running in-process cluster. Dropping it stops everything and removes its work dir.
+#[derive(Debug)]
+pub struct LocalCluster {
+    scheduler: Scheduler,
+    address: String,
+    executors: Vec<Executor>,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), SchedulerError>>,
+    work_dir: PathBuf,
+}
+
+static CLUSTERS: AtomicU64 = AtomicU64::new(0);
+
+impl LocalCluster {
+    /// Starts the scheduler, then the executors, and waits until all are registered.
+    pub async fn start(config: ClusterConfig) -> Result<Self, ClusterError> {
+        let scheduler = Scheduler::new(SchedulerConfig {
+            catalog: config.catalog.clone(),
+            target_partitions: config.target_partitions,
+        })
+        .await?;
+        let listener = TcpListener::bind(config.bind)
+            .await
+            .map_err(|source| ClusterError::Bind {
+                addr: config.bind,
+                source,
+            })?;
+        let address = listener
+            .local_addr()
+            .map_err(|source| ClusterError::Bind {
+                addr: config.bind,
+                source,
+            })?
+            .to_string();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(scheduler.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        let work_dir = std::env::temp_dir().join(format!(
+            "baton-cluster-{}-{}",
+            std::process::id(),
+            CLUSTERS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut executors = Vec::with_capacity(config.executors);
+        for _ in 0..config.executors {
+            executors.push(
+                Executor::start(ExecutorConfig::local(&address, config.slots, work_dir.clone()))
+                    .await?,
+            );
+        }
+        scheduler.wait_for_executors(config.executors).await;
+        Ok(Self {
+            scheduler,
+            address,
+            executors,
+            stop: Some(stop),
+            server,
+            work_dir,
+        })
+    }
+
+    /// host:port of the scheduler (gRPC and Flight).
+    pub fn scheduler_address(&self) -> &str {
+        &self.address
+    }
+
+    /// The scheduler.
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    /// The executors.
+    pub fn executors(&self) -> &[Executor] {
+        &self.executors
+    }
+
+    /// A client of this cluster.
+    pub async fn client(&self) -> Result<BatonClient, ClusterError> {
+        Ok(BatonClient::connect(&self.address).await?)
+    }
+
+    /// Waits until the scheduler stops (it runs until the cluster is dropped).
+    pub async fn wait(&mut self) -> Result<(), ClusterError> {
+        match (&mut self.server).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for executor in &self.executors {
+            executor.stop();
+        }
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = std::fs::remove_dir_all(&self.work_dir);
+    }
+}

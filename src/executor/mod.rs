@@ -1,0 +1,290 @@
+//! The executor: one stream to the scheduler, a task runner, a shuffle store and a Flight
+//! endpoint that serves the store to other executors and to the scheduler.
+
+mod flight;
+mod runner;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::prelude::SessionContext;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tracing::{info, warn};
+
+use crate::config::{MAX_MESSAGE_BYTES, distributed_session_config};
+use crate::proto::scheduler_service_client::SchedulerServiceClient;
+use crate::proto::{
+    ExecutorMessage, Heartbeat, RegisterExecutor, SchedulerMessage, executor_message,
+    scheduler_message,
+};
+use crate::shuffle::fetch::{FlightClients, connect_channel};
+use crate::shuffle::{ShuffleStore, StoreError};
+use runner::TaskRunner;
+
+/// How often an executor tells the scheduler it is alive.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Errors of the executor.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    /// The Flight address could not be bound.
+    #[error("binding the executor's Flight endpoint to {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The scheduler could not be reached.
+    #[error("connecting to the scheduler at {addr}: {source}")]
+    Connect {
+        /// The scheduler address.
+        addr: String,
+        /// The transport error.
+        source: tonic::transport::Error,
+    },
+    /// The scheduler refused the stream.
+    #[error("the scheduler refused the executor stream: {0}")]
+    Register(#[from] tonic::Status),
+    /// The shuffle store could not be set up.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How an executor is set up.
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// host:port of the scheduler.
+    pub scheduler: String,
+    /// Address to bind the Flight endpoint to (port 0: any free port).
+    pub bind: SocketAddr,
+    /// Tasks run at once.
+    pub slots: u32,
+    /// Directory for spilled shuffle files.
+    pub work_dir: PathBuf,
+    /// Bytes of shuffle output kept in memory before spilling to disk.
+    pub memory_limit: usize,
+    /// The executor id; a random one when None.
+    pub executor_id: Option<String>,
+}
+
+impl ExecutorConfig {
+    /// An executor of `slots` slots for the scheduler at `scheduler`, on loopback.
+    pub fn local(scheduler: &str, slots: u32, work_dir: PathBuf) -> Self {
+        Self {
+            scheduler: scheduler.to_string(),
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            slots,
+            work_dir,
+            memory_limit: 4 << 30,
+            executor_id: None,
+        }
+    }
+}
+
+/// A running executor.
+#[derive(Debug)]
+pub struct Executor {
+    id: String,
+    flight_address: String,
+    store: ShuffleStore,
+    clients: FlightClients,
+    runner: Arc<TaskRunner>,
+    shutdown: watch::Sender<bool>,
+    stream_task: JoinHandle<()>,
+}
+
+impl Executor {
+    /// Binds the Flight endpoint, connects to the scheduler and registers.
+    pub async fn start(config: ExecutorConfig) -> Result<Self, ExecutorError> {
+        let id = config
+            .executor_id
+            .clone()
+            .unwrap_or_else(|| format!("exec-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+        let store = ShuffleStore::new(&config.work_dir.join(&id), config.memory_limit)?;
+        let listener = TcpListener::bind(config.bind)
+            .await
+            .map_err(|source| ExecutorError::Bind {
+                addr: config.bind.to_string(),
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| ExecutorError::Bind {
+            addr: config.bind.to_string(),
+            source,
+        })?;
+        let flight_address = local.to_string();
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        spawn_flight_server(listener, store.clone(), shutdown_rx.clone());
+
+        let channel = connect_channel(&config.scheduler)
+            .await
+            .map_err(|source| ExecutorError::Connect {
+                addr: config.scheduler.clone(),
+                source,
+            })?;
+        let mut client = SchedulerServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let (outbound, outbound_rx) = mpsc::unbounded_channel();
+        let _ = outbound.send(ExecutorMessage {
+            message: Some(executor_message::Message::Register(RegisterExecutor {
+                executor_id: id.clone(),
+                flight_address: flight_address.clone(),
+                slots: config.slots,
+            })),
+        });
+        let inbound = client
+            .connect(UnboundedReceiverStream::new(outbound_rx))
+            .await?
+            .into_inner();
+        let clients = FlightClients::default();
+        let session = SessionContext::new_with_config(distributed_session_config(1));
+        let runner = Arc::new(TaskRunner::new(
+            id.clone(),
+            store.clone(),
+            clients.clone(),
+            session,
+            outbound.clone(),
+        ));
+        spawn_heartbeat(outbound, runner.clone(), shutdown_rx.clone());
+        let stream_task = tokio::spawn(serve_stream(inbound, runner.clone(), shutdown.clone()));
+        info!(executor = %id, flight = %flight_address, slots = config.slots, "executor started");
+        Ok(Self {
+            id,
+            flight_address,
+            store,
+            clients,
+            runner,
+            shutdown,
+            stream_task,
+        })
+    }
+
+    /// The executor's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// host:port of its Flight endpoint.
+    pub fn flight_address(&self) -> &str {
+        &self.flight_address
+    }
+
+    /// Its shuffle store.
+    pub fn store(&self) -> &ShuffleStore {
+        &self.store
+    }
+
+    /// Bytes it fetched from other executors over Flight.
+    pub fn bytes_fetched(&self) -> u64 {
+        self.clients.bytes_fetched()
+    }
+
+    /// Tasks running now.
+    pub fn running_tasks(&self) -> usize {
+        self.runner.running()
+    }
+
+    /// Waits until the scheduler stream ends (the scheduler went away or said Shutdown).
+    pub async fn wait(&mut self) {
+        let mut rx = self.shutdown.subscribe();
+        let _ = rx.wait_for(|stopped| *stopped).await;
+    }
+
+    /// Stops the executor: its stream, Flight endpoint and heartbeat.
+    pub fn stop(&self) {
+        self.shutdown.send_replace(true);
+        self.stream_task.abort();
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn spawn_flight_server(listener: TcpListener, store: ShuffleStore, mut shutdown: watch::Receiver<bool>) {
+    let service = arrow_flight::flight_service_server::FlightServiceServer::new(
+        flight::ShuffleFlight::new(store),
+    )
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    tokio::spawn(async move {
+        let stopped = async move {
+            let _ = shutdown.wait_for(|stopped| *stopped).await;
+        };
+        if let Err(e) = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped)
+            .await
+        {
+            warn!(error = %e, "executor Flight endpoint failed");
+        }
+    });
+}
+
+fn spawn_heartbeat(
+    outbound: mpsc::UnboundedSender<ExecutorMessage>,
+    runner: Arc<TaskRunner>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {
+                    let beat = ExecutorMessage {
+                        message: Some(executor_message::Message::Heartbeat(Heartbeat {
+                            running_tasks: runner.running() as u32,
+                        })),
+                    };
+                    if outbound.send(beat).is_err() {
+                        return;
+                    }
+                }
+                _ = shutdown.wait_for(|stopped| *stopped) => return,
+            }
+        }
+    });
+}
+
+/// Acts on what the scheduler pushes until the stream ends.
+async fn serve_stream(
+    mut inbound: tonic::Streaming<SchedulerMessage>,
+    runner: Arc<TaskRunner>,
+    shutdown: watch::Sender<bool>,
+) {
+    loop {
+        match inbound.message().await {
+            Ok(Some(SchedulerMessage { message: Some(message) })) => match message {
+                scheduler_message::Message::RunTask(task) => runner.start(task),
+                scheduler_message::Message::CancelTask(cancel) => {
+                    if let Some(id) = cancel.task {
+                        runner.cancel(&id);
+                    }
+                }
+                scheduler_message::Message::ReleaseShuffle(release) => {
+                    runner.release(&release.query_id, &release.stage_ids)
+                }
+                scheduler_message::Message::Shutdown(_) => break,
+            },
+            Ok(Some(SchedulerMessage { message: None })) => {}
+            Ok(None) => {
+                info!("scheduler closed the executor stream");
+                break;
+            }
+            Err(e) => {
+                warn!(error = %e, "executor stream failed");
+                break;
+            }
+        }
+    }
+    shutdown.send_replace(true);
+}

@@ -1,0 +1,238 @@
+//! Runs pushed tasks: decodes the stage plan (once per stage), executes one partition
+//! with the task's [`TaskEnv`], and reports the result up the stream.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{UInt32Type, UInt64Type};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionContext;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::AbortHandle;
+use tracing::{Instrument, debug, info_span};
+
+use crate::planner::decode_plan;
+use crate::proto::{
+    ExecutorMessage, PartitionStats, RunTask, TaskFailed, TaskId, TaskStatus, TaskSucceeded,
+    executor_message, task_status,
+};
+use crate::shuffle::fetch::FlightClients;
+use crate::shuffle::{MapLocation, ShuffleStore, TaskEnv};
+
+/// Queries whose shuffle was released, remembered so a task finishing after the release
+/// does not leave output behind.
+const RELEASED_MEMORY: usize = 1024;
+
+type TaskKey = (String, u32, u32);
+
+/// Runs the tasks the scheduler pushes to this executor.
+pub struct TaskRunner {
+    executor_id: String,
+    store: ShuffleStore,
+    clients: FlightClients,
+    session: SessionContext,
+    outbound: UnboundedSender<ExecutorMessage>,
+    plans: Mutex<HashMap<(String, u32), Arc<dyn ExecutionPlan>>>,
+    running: Mutex<HashMap<TaskKey, AbortHandle>>,
+    released: Mutex<VecDeque<String>>,
+}
+
+impl std::fmt::Debug for TaskRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskRunner")
+            .field("executor_id", &self.executor_id)
+            .field("running", &self.running())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TaskRunner {
+    /// A runner that reports on `outbound`.
+    pub fn new(
+        executor_id: String,
+        store: ShuffleStore,
+        clients: FlightClients,
+        session: SessionContext,
+        outbound: UnboundedSender<ExecutorMessage>,
+    ) -> Self {
+        Self {
+            executor_id,
+            store,
+            clients,
+            session,
+            outbound,
+            plans: Mutex::default(),
+            running: Mutex::default(),
+            released: Mutex::default(),
+        }
+    }
+
+    /// Tasks running now.
+    pub fn running(&self) -> usize {
+        self.running.lock().expect("running lock").len()
+    }
+
+    /// Starts a pushed task.
+    pub fn start(self: &Arc<Self>, task: RunTask) {
+        let Some(id) = task.task.clone() else {
+            return;
+        };
+        let key: TaskKey = (id.query_id.clone(), id.stage_id, id.partition);
+        let span = info_span!("task", query_id = %id.query_id, stage = id.stage_id, partition = id.partition, attempt = id.attempt);
+        let runner = self.clone();
+        // Hold the lock across spawn so the task cannot finish before it is registered.
+        let mut running = self.running.lock().expect("running lock");
+        let handle = tokio::spawn(
+            async move {
+                let started = Instant::now();
+                let result = runner.execute(&task).await;
+                runner.finish(id, started, result);
+            }
+            .instrument(span),
+        );
+        running.insert(key, handle.abort_handle());
+    }
+
+    async fn execute(&self, task: &RunTask) -> Result<Vec<PartitionStats>> {
+        let id = task.task.as_ref().expect("checked in start");
+        let base = TaskContext::from(&self.session.state());
+        let plan = self.plan(id, &task.stage_plan, &base)?;
+        let env = TaskEnv {
+            query_id: id.query_id.as_str().into(),
+            stage_id: id.stage_id,
+            executor_id: self.executor_id.clone(),
+            inputs: task
+                .inputs
+                .iter()
+                .map(|input| {
+                    let mut locations = input.locations.clone();
+                    locations.sort_by_key(|l| l.map_partition);
+                    let locations = locations
+                        .into_iter()
+                        .map(|l| MapLocation {
+                            executor_id: l.executor_id,
+                            flight_address: l.flight_address,
+                        })
+                        .collect();
+                    (input.stage_id, locations)
+                })
+                .collect(),
+            store: self.store.clone(),
+            clients: self.clients.clone(),
+        };
+        let config = base.session_config().clone().with_extension(Arc::new(env));
+        let ctx = Arc::new(
+            base.with_session_config(config)
+                .with_task_id(format!("{}/{}/{}", id.query_id, id.stage_id, id.partition)),
+        );
+        let stream = plan.execute(id.partition as usize, ctx)?;
+        let batches = datafusion::physical_plan::common::collect(stream).await?;
+        stats_of(&batches)
+    }
+
+    fn plan(&self, id: &TaskId, bytes: &[u8], ctx: &TaskContext) -> Result<Arc<dyn ExecutionPlan>> {
+        let key = (id.query_id.clone(), id.stage_id);
+        if let Some(plan) = self.plans.lock().expect("plans lock").get(&key) {
+            return Ok(plan.clone());
+        }
+        let plan = decode_plan(bytes, ctx).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        self.plans
+            .lock()
+            .expect("plans lock")
+            .insert(key, plan.clone());
+        Ok(plan)
+    }
+
+    fn finish(&self, id: TaskId, started: Instant, result: Result<Vec<PartitionStats>>) {
+        self.running
+            .lock()
+            .expect("running lock")
+            .remove(&(id.query_id.clone(), id.stage_id, id.partition));
+        if self.released.lock().expect("released lock").contains(&id.query_id) {
+            self.store.release(&id.query_id, &[]);
+        }
+        let elapsed = started.elapsed();
+        debug!(ok = result.is_ok(), elapsed_ms = elapsed.as_millis() as u64, "task finished");
+        let result = match result {
+            Ok(partitions) => {
+                let bytes: u64 = partitions.iter().map(|p| p.bytes).sum();
+                metrics::counter!("baton_shuffle_bytes_written_total").increment(bytes);
+                task_status::Result::Succeeded(TaskSucceeded {
+                    partitions,
+                    elapsed_micros: elapsed.as_micros() as u64,
+                })
+            }
+            Err(e) => task_status::Result::Failed(TaskFailed {
+                error: e.to_string(),
+            }),
+        };
+        metrics::counter!("baton_executor_busy_seconds_total").increment(elapsed.as_micros() as u64);
+        let _ = self.outbound.send(ExecutorMessage {
+            message: Some(executor_message::Message::TaskStatus(TaskStatus {
+                task: Some(id),
+                result: Some(result),
+            })),
+        });
+    }
+
+    /// Stops a running task: its DataFusion streams are dropped, its partial output
+    /// discarded, and a Failed status reports the freed slot.
+    pub fn cancel(&self, id: &TaskId) {
+        let key = (id.query_id.clone(), id.stage_id, id.partition);
+        let handle = self.running.lock().expect("running lock").remove(&key);
+        if let Some(handle) = handle {
+            handle.abort();
+            let _ = self.outbound.send(ExecutorMessage {
+                message: Some(executor_message::Message::TaskStatus(TaskStatus {
+                    task: Some(id.clone()),
+                    result: Some(task_status::Result::Failed(TaskFailed {
+                        error: "cancelled".into(),
+                    })),
+                })),
+            });
+        }
+    }
+
+    /// Drops a query's shuffle output (of some stages, or all) and its cached plans.
+    pub fn release(&self, query_id: &str, stages: &[u32]) {
+        self.store.release(query_id, stages);
+        self.plans
+            .lock()
+            .expect("plans lock")
+            .retain(|(q, s), _| !(q == query_id && (stages.is_empty() || stages.contains(s))));
+        if stages.is_empty() {
+            let mut released = self.released.lock().expect("released lock");
+            released.push_back(query_id.to_string());
+            if released.len() > RELEASED_MEMORY {
+                released.pop_front();
+            }
+        }
+    }
+}
+
+/// Reads the writer's statistics batches.
+fn stats_of(batches: &[RecordBatch]) -> Result<Vec<PartitionStats>> {
+    let mut stats = Vec::new();
+    for batch in batches {
+        if batch.num_columns() != 3 {
+            return Err(DataFusionError::Internal(
+                "a stage plan must end in a shuffle writer".into(),
+            ));
+        }
+        let partitions = batch.column(0).as_primitive::<UInt32Type>();
+        let rows = batch.column(1).as_primitive::<UInt64Type>();
+        let bytes = batch.column(2).as_primitive::<UInt64Type>();
+        for i in 0..batch.num_rows() {
+            stats.push(PartitionStats {
+                partition: partitions.value(i),
+                rows: rows.value(i),
+                bytes: bytes.value(i),
+            });
+        }
+    }
+    Ok(stats)
+}

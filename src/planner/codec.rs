@@ -1,0 +1,135 @@
+//! Serialization of stage plans: datafusion-proto for DataFusion's operators, and this
+//! codec — the one place that knows the bytes of Baton's shuffle operators.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::Schema;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::Partitioning;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion_proto::physical_plan::from_proto::parse_physical_expr_with_converter;
+use datafusion_proto::physical_plan::to_proto::serialize_physical_expr_with_converter;
+use datafusion_proto::physical_plan::{
+    AsExecutionPlan, PhysicalExtensionCodec, PhysicalPlanDecodeContext,
+    PhysicalProtoConverterExtension,
+};
+use datafusion_proto::protobuf::{PhysicalExprNode, PhysicalPlanNode};
+use prost::Message;
+
+use super::PlannerError;
+use crate::proto::{PlanExtension, ShuffleReaderNode, ShuffleWriterNode, plan_extension};
+use crate::shuffle::{ReadMode, ShuffleReaderExec, ShuffleWriterExec};
+
+/// Encodes and decodes [`ShuffleWriterExec`] and [`ShuffleReaderExec`] inside
+/// datafusion-proto plans.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BatonCodec;
+
+/// Serializes a physical plan to bytes.
+pub fn encode_plan(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<u8>, PlannerError> {
+    Ok(PhysicalPlanNode::try_from_physical_plan(plan, &BatonCodec)?.encode_to_vec())
+}
+
+/// Deserializes a physical plan; functions and object stores resolve in `ctx`.
+pub fn decode_plan(bytes: &[u8], ctx: &TaskContext) -> Result<Arc<dyn ExecutionPlan>, PlannerError> {
+    Ok(PhysicalPlanNode::decode(bytes)?.try_into_physical_plan(ctx, &BatonCodec)?)
+}
+
+fn proto_error(what: &str, e: impl std::fmt::Display) -> DataFusionError {
+    DataFusionError::Internal(format!("Baton plan extension {what}: {e}"))
+}
+
+impl PhysicalExtensionCodec for BatonCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let extension = PlanExtension::decode(buf).map_err(|e| proto_error("decode", e))?;
+        match extension.node {
+            Some(plan_extension::Node::ShuffleWriter(node)) => {
+                let [input] = inputs else {
+                    return Err(proto_error("decode", "shuffle writer needs one input"));
+                };
+                let partitioning = if node.hash_partitions == 0 {
+                    None
+                } else {
+                    let decode_ctx = PhysicalPlanDecodeContext::new(ctx, self);
+                    let schema = input.schema();
+                    let exprs = node
+                        .hash_exprs
+                        .iter()
+                        .map(|bytes| {
+                            let expr = PhysicalExprNode::decode(bytes.as_slice())
+                                .map_err(|e| proto_error("decode", e))?;
+                            parse_physical_expr_with_converter(&expr, &schema, &decode_ctx, proto_converter)
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    Some(Partitioning::Hash(exprs, node.hash_partitions as usize))
+                };
+                Ok(Arc::new(ShuffleWriterExec::try_new(input.clone(), partitioning)?))
+            }
+            Some(plan_extension::Node::ShuffleReader(node)) => {
+                let schema = datafusion_proto::protobuf::Schema::decode(node.schema.as_slice())
+                    .map_err(|e| proto_error("decode", e))?;
+                let schema = Schema::try_from(&schema).map_err(|e| proto_error("schema", e))?;
+                let mode = if node.per_map {
+                    ReadMode::PerMap
+                } else {
+                    ReadMode::Hash
+                };
+                Ok(Arc::new(ShuffleReaderExec::new(
+                    node.stage_id,
+                    Arc::new(schema),
+                    node.partitions as usize,
+                    mode,
+                )))
+            }
+            None => Err(proto_error("decode", "empty extension node")),
+        }
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<()> {
+        let extension = if let Some(writer) = node.downcast_ref::<ShuffleWriterExec>() {
+            let (hash_exprs, hash_partitions) = match writer.partitioning() {
+                Some(Partitioning::Hash(exprs, n)) => (
+                    exprs
+                        .iter()
+                        .map(|e| {
+                            serialize_physical_expr_with_converter(e, self, proto_converter)
+                                .map(|p| p.encode_to_vec())
+                        })
+                        .collect::<Result<Vec<_>>>()?,
+                    *n as u32,
+                ),
+                _ => (vec![], 0),
+            };
+            plan_extension::Node::ShuffleWriter(ShuffleWriterNode {
+                hash_exprs,
+                hash_partitions,
+            })
+        } else if let Some(reader) = node.downcast_ref::<ShuffleReaderExec>() {
+            let schema = datafusion_proto::protobuf::Schema::try_from(reader.schema().as_ref())
+                .map_err(|e| proto_error("schema", e))?;
+            plan_extension::Node::ShuffleReader(ShuffleReaderNode {
+                stage_id: reader.stage_id(),
+                schema: schema.encode_to_vec(),
+                partitions: reader.partitions() as u32,
+                per_map: reader.mode() == ReadMode::PerMap,
+            })
+        } else {
+            return Err(proto_error("encode", format!("unknown operator {}", node.name())));
+        };
+        PlanExtension { node: Some(extension) }
+            .encode(buf)
+            .map_err(|e| proto_error("encode", e))
+    }
+}

@@ -1,0 +1,557 @@
+//! The query table's entries: a query's stages, their readiness counters and their tasks.
+//!
+//! Pure bookkeeping, no I/O: the scheduler feeds it task results and gets back the tasks
+//! that became ready. A stage's counter holds its unfinished input stages; when a stage
+//! completes, each consumer's counter drops, and a consumer at zero gets its input
+//! locations resolved and all of its tasks queued.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use datafusion::arrow::datatypes::SchemaRef;
+
+use crate::proto::{
+    MapOutputLocation, QueryState, StageInput, StageState, StageStatus,
+    QueryStatus as QueryStatusProto,
+};
+use crate::shuffle::MapLocation;
+
+/// Attempts a task gets when executors holding it are lost.
+pub const MAX_TASK_ATTEMPTS: u32 = 3;
+
+/// A task's place in its stage, as queued: (stage, partition).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TaskRef {
+    /// The stage.
+    pub stage: u32,
+    /// The partition (task index within the stage).
+    pub partition: u32,
+}
+
+/// One stage as the scheduler tracks it.
+#[derive(Debug)]
+pub struct Stage {
+    /// The stage plan's bytes, sent with every task.
+    pub plan: Bytes,
+    /// Input stages.
+    pub inputs: Vec<u32>,
+    consumers: Vec<u32>,
+    /// Unfinished input stages (the readiness counter).
+    waiting_on: usize,
+    state: StageState,
+    tasks: Vec<Task>,
+    done: usize,
+    /// Map-output locations of the inputs, resolved when the stage became ready.
+    resolved_inputs: Vec<StageInput>,
+}
+
+/// One task of a stage.
+#[derive(Debug, Clone, Default)]
+struct Task {
+    attempt: u32,
+    running_on: Option<String>,
+    output: Option<MapLocation>,
+}
+
+/// A stage as submitted: its plan bytes, inputs and task count.
+#[derive(Debug, Clone)]
+pub struct StageSpec {
+    /// Encoded stage plan.
+    pub plan: Bytes,
+    /// Input stage ids.
+    pub inputs: Vec<u32>,
+    /// Task count.
+    pub tasks: usize,
+}
+
+/// One query in the query table.
+#[derive(Debug)]
+pub struct Query {
+    /// Query id.
+    pub id: Arc<str>,
+    /// Free text (SQL) shown in status.
+    pub label: String,
+    state: QueryState,
+    error: Option<String>,
+    submitted_at: SystemTime,
+    started_at: Option<SystemTime>,
+    ended_at: Option<SystemTime>,
+    stages: Vec<Stage>,
+    /// Schema of the query result.
+    pub schema: Option<SchemaRef>,
+}
+
+/// What a task result did to its query.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Tasks that became ready.
+    pub ready: Vec<TaskRef>,
+    /// True when this result ended the query.
+    pub finished: bool,
+}
+
+fn millis(t: Option<SystemTime>) -> u64 {
+    t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Query {
+    /// A queued query over the given stages (inputs before consumers, the last one final).
+    pub fn new(id: Arc<str>, label: String, stages: Vec<StageSpec>, schema: SchemaRef) -> Self {
+        let consumers_of = |sid: u32| {
+            stages
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.inputs.contains(&sid))
+                .map(|(i, _)| i as u32)
+                .collect::<Vec<_>>()
+        };
+        let tracked = stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Stage {
+                plan: s.plan.clone(),
+                inputs: s.inputs.clone(),
+                consumers: consumers_of(i as u32),
+                waiting_on: s.inputs.len(),
+                state: StageState::Waiting,
+                tasks: vec![Task::default(); s.tasks],
+                done: 0,
+                resolved_inputs: Vec::new(),
+            })
+            .collect();
+        Self {
+            id,
+            label,
+            state: QueryState::Queued,
+            error: None,
+            submitted_at: SystemTime::now(),
+            started_at: None,
+            ended_at: None,
+            stages: tracked,
+            schema: Some(schema),
+        }
+    }
+
+    /// A query that failed before it had stages (bad SQL, a plan that cannot be cut).
+    pub fn failed(id: Arc<str>, label: String, error: String) -> Self {
+        let now = SystemTime::now();
+        Self {
+            id,
+            label,
+            state: QueryState::Failed,
+            error: Some(error),
+            submitted_at: now,
+            started_at: None,
+            ended_at: Some(now),
+            stages: Vec::new(),
+            schema: None,
+        }
+    }
+
+    /// The query's state.
+    pub fn state(&self) -> QueryState {
+        self.state
+    }
+
+    /// The failure cause, if it failed.
+    pub fn error(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+
+    /// True once Succeeded, Failed or Cancelled.
+    pub fn is_finished(&self) -> bool {
+        matches!(
+            self.state,
+            QueryState::Succeeded | QueryState::Failed | QueryState::Cancelled
+        )
+    }
+
+    /// The stage holding the result.
+    pub fn final_stage(&self) -> u32 {
+        self.stages.len().saturating_sub(1) as u32
+    }
+
+    /// Number of stages.
+    pub fn stage_count(&self) -> usize {
+        self.stages.len()
+    }
+
+    /// Where each task of the final stage left its output (when the query succeeded).
+    pub fn result_locations(&self) -> Vec<MapLocation> {
+        self.stages
+            .last()
+            .map(|s| s.tasks.iter().filter_map(|t| t.output.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// A stage.
+    pub fn stage(&self, id: u32) -> &Stage {
+        &self.stages[id as usize]
+    }
+
+    /// The resolved input locations of a ready stage.
+    pub fn stage_inputs(&self, id: u32) -> &[StageInput] {
+        &self.stages[id as usize].resolved_inputs
+    }
+
+    /// The current attempt of a task.
+    pub fn attempt(&self, task: TaskRef) -> u32 {
+        self.stages[task.stage as usize].tasks[task.partition as usize].attempt
+    }
+
+    /// True when `task` waits in the queue (not running, not done) and the query runs.
+    pub fn is_dispatchable(&self, task: TaskRef) -> bool {
+        let t = &self.stages[task.stage as usize].tasks[task.partition as usize];
+        self.state == QueryState::Running && t.running_on.is_none() && t.output.is_none()
+    }
+
+    /// Starts the query: stages without inputs become ready.
+    pub fn start(&mut self) -> Progress {
+        self.state = QueryState::Running;
+        self.started_at = Some(SystemTime::now());
+        let mut progress = Progress::default();
+        for sid in 0..self.stages.len() as u32 {
+            if self.stages[sid as usize].waiting_on == 0 {
+                self.make_ready(sid, &mut progress);
+            }
+        }
+        progress
+    }
+
+    fn make_ready(&mut self, sid: u32, progress: &mut Progress) {
+        let resolved = self.stages[sid as usize]
+            .inputs
+            .iter()
+            .map(|&input| StageInput {
+                stage_id: input,
+                locations: self.stages[input as usize]
+                    .tasks
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(m, t)| {
+                        t.output.as_ref().map(|loc| MapOutputLocation {
+                            map_partition: m as u32,
+                            executor_id: loc.executor_id.clone(),
+                            flight_address: loc.flight_address.clone(),
+                        })
+                    })
+                    .collect(),
+            })
+            .collect();
+        let stage = &mut self.stages[sid as usize];
+        stage.resolved_inputs = resolved;
+        stage.state = StageState::Running;
+        if stage.tasks.is_empty() {
+            self.complete_stage(sid, progress);
+        } else {
+            progress.ready.extend((0..stage.tasks.len() as u32).map(|partition| TaskRef {
+                stage: sid,
+                partition,
+            }));
+        }
+    }
+
+    fn complete_stage(&mut self, sid: u32, progress: &mut Progress) {
+        self.stages[sid as usize].state = StageState::Done;
+        if sid == self.final_stage() {
+            self.finish(QueryState::Succeeded, None);
+            progress.finished = true;
+            return;
+        }
+        for consumer in self.stages[sid as usize].consumers.clone() {
+            let stage = &mut self.stages[consumer as usize];
+            stage.waiting_on -= 1;
+            if stage.waiting_on == 0 {
+                self.make_ready(consumer, progress);
+            }
+        }
+    }
+
+    fn finish(&mut self, state: QueryState, error: Option<String>) {
+        self.state = state;
+        self.error = error;
+        self.ended_at = Some(SystemTime::now());
+    }
+
+    /// Records that `task` (attempt `attempt`) was pushed to `executor`.
+    pub fn task_started(&mut self, task: TaskRef, executor: &str) {
+        self.stages[task.stage as usize].tasks[task.partition as usize].running_on =
+            Some(executor.to_string());
+    }
+
+    /// True when the result is for the attempt that is running now.
+    fn is_current(&self, task: TaskRef, attempt: u32) -> bool {
+        let Some(stage) = self.stages.get(task.stage as usize) else {
+            return false;
+        };
+        stage
+            .tasks
+            .get(task.partition as usize)
+            .is_some_and(|t| t.attempt == attempt && t.running_on.is_some())
+            && self.state == QueryState::Running
+    }
+
+    /// A task finished; its output is at `location`.
+    pub fn task_succeeded(&mut self, task: TaskRef, attempt: u32, location: MapLocation) -> Progress {
+        let mut progress = Progress::default();
+        if !self.is_current(task, attempt) {
+            return progress;
+        }
+        let stage = &mut self.stages[task.stage as usize];
+        let t = &mut stage.tasks[task.partition as usize];
+        t.running_on = None;
+        t.output = Some(location);
+        stage.done += 1;
+        if stage.done == stage.tasks.len() {
+            self.complete_stage(task.stage, &mut progress);
+        }
+        progress
+    }
+
+    /// A task failed: the query fails with the cause. Returns the tasks still running
+    /// elsewhere, to be cancelled, or None when the result was stale.
+    pub fn task_failed(&mut self, task: TaskRef, attempt: u32, error: &str) -> Option<Vec<(TaskRef, String)>> {
+        if !self.is_current(task, attempt) {
+            return None;
+        }
+        self.stages[task.stage as usize].tasks[task.partition as usize].running_on = None;
+        self.finish(
+            QueryState::Failed,
+            Some(format!("stage {} task {}: {error}", task.stage, task.partition)),
+        );
+        Some(self.take_running())
+    }
+
+    /// Cancels the query; returns its running tasks and where they run. None when it had
+    /// already ended.
+    pub fn cancel(&mut self) -> Option<Vec<(TaskRef, String)>> {
+        if self.is_finished() {
+            return None;
+        }
+        self.finish(QueryState::Cancelled, Some("cancelled by user".into()));
+        Some(self.take_running())
+    }
+
+    fn take_running(&mut self) -> Vec<(TaskRef, String)> {
+        let mut running = Vec::new();
+        for (sid, stage) in self.stages.iter_mut().enumerate() {
+            for (p, t) in stage.tasks.iter_mut().enumerate() {
+                if let Some(executor) = t.running_on.take() {
+                    running.push((
+                        TaskRef {
+                            stage: sid as u32,
+                            partition: p as u32,
+                        },
+                        executor,
+                    ));
+                }
+            }
+        }
+        running
+    }
+
+    /// An executor is gone. Its running tasks are queued again (next attempt); if it held
+    /// output that an unfinished consumer still needs, the query fails, because that
+    /// output cannot be read any more. Returns the tasks to queue and the tasks to cancel.
+    pub fn executor_lost(&mut self, executor_id: &str) -> (Progress, Vec<(TaskRef, String)>) {
+        let mut progress = Progress::default();
+        if self.state != QueryState::Running {
+            return (progress, Vec::new());
+        }
+        let lost_output = self.stages.iter().enumerate().find(|(sid, stage)| {
+            let needed = stage
+                .consumers
+                .iter()
+                .any(|c| self.stages[*c as usize].state != StageState::Done)
+                || *sid as u32 == self.final_stage();
+            needed
+                && stage
+                    .tasks
+                    .iter()
+                    .any(|t| t.output.as_ref().is_some_and(|o| o.executor_id == executor_id))
+        });
+        if let Some((sid, _)) = lost_output {
+            self.finish(
+                QueryState::Failed,
+                Some(format!(
+                    "executor {executor_id} was lost holding shuffle output of stage {sid}"
+                )),
+            );
+            progress.finished = true;
+            let running = self.take_running();
+            return (progress, running);
+        }
+        for (sid, stage) in self.stages.iter_mut().enumerate() {
+            for (p, t) in stage.tasks.iter_mut().enumerate() {
+                if t.running_on.as_deref() == Some(executor_id) {
+                    t.running_on = None;
+                    t.attempt += 1;
+                    progress.ready.push(TaskRef {
+                        stage: sid as u32,
+                        partition: p as u32,
+                    });
+                }
+            }
+        }
+        if let Some(task) = progress.ready.iter().find(|t| self.attempt(**t) >= MAX_TASK_ATTEMPTS) {
+            let msg = format!(
+                "stage {} task {} lost its executor {} times",
+                task.stage, task.partition, MAX_TASK_ATTEMPTS
+            );
+            self.finish(QueryState::Failed, Some(msg));
+            progress.ready.clear();
+            progress.finished = true;
+            return (progress, self.take_running());
+        }
+        (progress, Vec::new())
+    }
+
+    /// The query's status for clients.
+    pub fn status(&self) -> QueryStatusProto {
+        QueryStatusProto {
+            query_id: self.id.to_string(),
+            state: self.state as i32,
+            label: self.label.clone(),
+            error: self.error.clone().unwrap_or_default(),
+            submitted_at_ms: millis(Some(self.submitted_at)),
+            started_at_ms: millis(self.started_at),
+            ended_at_ms: millis(self.ended_at),
+            stages: self
+                .stages
+                .iter()
+                .enumerate()
+                .map(|(sid, s)| StageStatus {
+                    stage_id: sid as u32,
+                    state: s.state as i32,
+                    tasks_total: s.tasks.len() as u32,
+                    tasks_done: s.done as u32,
+                    tasks_running: s.tasks.iter().filter(|t| t.running_on.is_some()).count() as u32,
+                    input_stages: s.inputs.clone(),
+                    running_on: s.tasks.iter().filter_map(|t| t.running_on.clone()).collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::Schema;
+
+    fn spec(inputs: &[u32], tasks: usize) -> StageSpec {
+        StageSpec {
+            plan: Bytes::new(),
+            inputs: inputs.to_vec(),
+            tasks,
+        }
+    }
+
+    fn loc(e: &str) -> MapLocation {
+        MapLocation {
+            executor_id: e.into(),
+            flight_address: format!("{e}:1"),
+        }
+    }
+
+    /// A join: stages 0 and 1 feed stage 2, which feeds the final stage 3.
+    fn join_query() -> Query {
+        Query::new(
+            "q".into(),
+            String::new(),
+            vec![spec(&[], 2), spec(&[], 1), spec(&[0, 1], 2), spec(&[2], 1)],
+            Arc::new(Schema::empty()),
+        )
+    }
+
+    fn run(q: &mut Query, t: TaskRef, e: &str) -> Progress {
+        q.task_started(t, e);
+        q.task_succeeded(t, q.attempt(t), loc(e))
+    }
+
+    fn task(stage: u32, partition: u32) -> TaskRef {
+        TaskRef { stage, partition }
+    }
+
+    #[test]
+    fn a_stage_is_ready_only_when_all_its_inputs_are_done() {
+        let mut q = join_query();
+        let start = q.start();
+        assert_eq!(start.ready, vec![task(0, 0), task(0, 1), task(1, 0)]);
+        assert!(run(&mut q, task(0, 0), "a").ready.is_empty());
+        assert!(run(&mut q, task(0, 1), "b").ready.is_empty());
+        let p = run(&mut q, task(1, 0), "a");
+        assert_eq!(p.ready, vec![task(2, 0), task(2, 1)]);
+        let inputs = q.stage_inputs(2);
+        assert_eq!(inputs.len(), 2);
+        assert_eq!(inputs[0].locations.len(), 2);
+        assert_eq!(inputs[0].locations[1].executor_id, "b");
+        run(&mut q, task(2, 0), "a");
+        assert_eq!(run(&mut q, task(2, 1), "b").ready, vec![task(3, 0)]);
+        let last = run(&mut q, task(3, 0), "a");
+        assert!(last.finished);
+        assert_eq!(q.state(), QueryState::Succeeded);
+        assert_eq!(q.result_locations(), vec![loc("a")]);
+    }
+
+    #[test]
+    fn stale_and_duplicate_results_are_ignored() {
+        let mut q = join_query();
+        q.start();
+        q.task_started(task(0, 0), "a");
+        assert_eq!(q.task_succeeded(task(0, 0), 7, loc("a")), Progress::default());
+        assert!(q.task_failed(task(0, 0), 7, "boom").is_none());
+        run(&mut q, task(0, 0), "a");
+        assert_eq!(q.task_succeeded(task(0, 0), 0, loc("a")), Progress::default());
+        assert_eq!(q.status().stages[0].tasks_done, 1);
+    }
+
+    #[test]
+    fn a_failed_task_fails_the_query_and_names_the_tasks_to_cancel() {
+        let mut q = join_query();
+        q.start();
+        q.task_started(task(0, 0), "a");
+        q.task_started(task(1, 0), "b");
+        let cancel = q.task_failed(task(0, 0), 0, "division by zero").unwrap();
+        assert_eq!(cancel, vec![(task(1, 0), "b".to_string())]);
+        assert_eq!(q.state(), QueryState::Failed);
+        assert!(q.error().unwrap().contains("division by zero"));
+    }
+
+    #[test]
+    fn losing_an_executor_requeues_its_running_tasks() {
+        let mut q = join_query();
+        q.start();
+        q.task_started(task(0, 0), "a");
+        q.task_started(task(0, 1), "b");
+        let (p, cancel) = q.executor_lost("a");
+        assert_eq!(p.ready, vec![task(0, 0)]);
+        assert!(cancel.is_empty());
+        assert_eq!(q.attempt(task(0, 0)), 1);
+        assert!(q.is_dispatchable(task(0, 0)));
+    }
+
+    #[test]
+    fn losing_needed_output_fails_the_query() {
+        let mut q = join_query();
+        q.start();
+        run(&mut q, task(0, 0), "a");
+        let (p, _) = q.executor_lost("a");
+        assert!(p.finished);
+        assert_eq!(q.state(), QueryState::Failed);
+        assert!(q.error().unwrap().contains("executor a was lost"));
+    }
+
+    #[test]
+    fn stages_without_tasks_complete_at_once() {
+        let mut q = Query::new(
+            "q".into(),
+            String::new(),
+            vec![spec(&[], 0), spec(&[0], 1)],
+            Arc::new(Schema::empty()),
+        );
+        assert_eq!(q.start().ready, vec![task(1, 0)]);
+    }
+}

@@ -1,0 +1,153 @@
+//! The gRPC `SchedulerService`: executor streams and the client API.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use super::{Scheduler, Submission};
+use crate::proto::scheduler_service_server::SchedulerService;
+use crate::proto::{
+    CancelQueryRequest, CancelQueryResponse, ExecutorMessage, GetQueryStatusRequest,
+    ListQueriesRequest, ListQueriesResponse, QueryStatus, SchedulerMessage, SubmitQueryRequest,
+    SubmitQueryResponse, executor_message, submit_query_request,
+};
+use crate::shuffle::MapLocation;
+
+/// The tonic service over a [`Scheduler`].
+#[derive(Debug)]
+pub struct SchedulerGrpc {
+    scheduler: Scheduler,
+}
+
+impl SchedulerGrpc {
+    /// A service for `scheduler`.
+    pub fn new(scheduler: Scheduler) -> Self {
+        Self { scheduler }
+    }
+}
+
+type MessageStream = Pin<Box<dyn Stream<Item = Result<SchedulerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl SchedulerService for SchedulerGrpc {
+    type ConnectStream = MessageStream;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<ExecutorMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let mut inbound = request.into_inner();
+        let register = match inbound.message().await? {
+            Some(ExecutorMessage {
+                message: Some(executor_message::Message::Register(r)),
+            }) => r,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message on an executor stream must be Register",
+                ));
+            }
+        };
+        if register.executor_id.is_empty() || register.flight_address.is_empty() {
+            return Err(Status::invalid_argument(
+                "Register needs an executor id and a Flight address",
+            ));
+        }
+        let executor_id = register.executor_id.clone();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let location = MapLocation {
+            executor_id: executor_id.clone(),
+            flight_address: register.flight_address,
+        };
+        let generation = self
+            .scheduler
+            .state()
+            .register_executor(location, register.slots.max(1), tx);
+        let scheduler = self.scheduler.clone();
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(message)) => match message.message {
+                        Some(executor_message::Message::TaskStatus(status)) => {
+                            scheduler.state().task_status(&executor_id, status);
+                        }
+                        Some(executor_message::Message::Heartbeat(_)) => {}
+                        Some(executor_message::Message::Register(_)) | None => {
+                            warn!(executor = %executor_id, "unexpected message on executor stream");
+                        }
+                    },
+                    Ok(None) => {
+                        info!(executor = %executor_id, "executor stream closed");
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(executor = %executor_id, error = %e, "executor stream failed");
+                        break;
+                    }
+                }
+            }
+            scheduler.state().executor_lost(&executor_id, generation);
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+
+    async fn submit_query(
+        &self,
+        request: Request<SubmitQueryRequest>,
+    ) -> Result<Response<SubmitQueryResponse>, Status> {
+        let request = request.into_inner();
+        let (submission, label) = match request.query {
+            Some(submit_query_request::Query::Sql(sql)) => {
+                let label = if request.label.is_empty() {
+                    sql.clone()
+                } else {
+                    request.label
+                };
+                (Submission::Sql(sql), label)
+            }
+            Some(submit_query_request::Query::PhysicalPlan(plan)) => {
+                (Submission::Plan(plan), request.label)
+            }
+            None => return Err(Status::invalid_argument("SubmitQuery needs SQL or a plan")),
+        };
+        let query_id = self.scheduler.submit(submission, label).await;
+        Ok(Response::new(SubmitQueryResponse {
+            query_id: query_id.to_string(),
+        }))
+    }
+
+    async fn get_query_status(
+        &self,
+        request: Request<GetQueryStatusRequest>,
+    ) -> Result<Response<QueryStatus>, Status> {
+        let id = request.into_inner().query_id;
+        self.scheduler
+            .status(&id)
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("no query with id {id}")))
+    }
+
+    async fn list_queries(
+        &self,
+        _request: Request<ListQueriesRequest>,
+    ) -> Result<Response<ListQueriesResponse>, Status> {
+        Ok(Response::new(ListQueriesResponse {
+            queries: self.scheduler.list(),
+        }))
+    }
+
+    async fn cancel_query(
+        &self,
+        request: Request<CancelQueryRequest>,
+    ) -> Result<Response<CancelQueryResponse>, Status> {
+        let id = request.into_inner().query_id;
+        let cancelled = self
+            .scheduler
+            .cancel(&id)
+            .map_err(|e| Status::not_found(e.to_string()))?;
+        Ok(Response::new(CancelQueryResponse { cancelled }))
+    }
+}

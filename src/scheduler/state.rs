@@ -1,0 +1,301 @@
+//! The scheduler's state and its one-way flow of events: executor stream → query table →
+//! work queue → dispatcher → executor stream.
+//!
+//! All of it sits behind one mutex that is never held across an await; every change
+//! ends with [`SchedulerState::dispatch`], which pushes ready tasks to free slots at once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::query::{Progress, Query, TaskRef};
+use super::queue::{QueuedTask, WorkQueue};
+use super::registry::{ExecutorSender, Registry};
+use crate::proto::{
+    CancelTask, QueryState, ReleaseShuffle, RunTask, SchedulerMessage, TaskId, TaskStatus,
+    scheduler_message, task_status,
+};
+use crate::shuffle::MapLocation;
+
+/// Everything the scheduler knows.
+#[derive(Debug)]
+pub struct SchedulerState {
+    queries: HashMap<Arc<str>, Query>,
+    order: Vec<Arc<str>>,
+    watchers: HashMap<Arc<str>, watch::Sender<QueryState>>,
+    queue: WorkQueue,
+    registry: Registry,
+    executors_watch: watch::Sender<usize>,
+}
+
+impl SchedulerState {
+    /// An empty state; `executors_watch` follows the number of connected executors.
+    pub fn new(executors_watch: watch::Sender<usize>) -> Self {
+        Self {
+            queries: HashMap::new(),
+            order: Vec::new(),
+            watchers: HashMap::new(),
+            queue: WorkQueue::default(),
+            registry: Registry::default(),
+            executors_watch,
+        }
+    }
+
+    /// Adds a query and starts it; returns a receiver that sees its state change.
+    pub fn add_query(&mut self, mut query: Query) -> watch::Receiver<QueryState> {
+        let id = query.id.clone();
+        let progress = if query.is_finished() {
+            Progress::default()
+        } else {
+            query.start()
+        };
+        let (tx, rx) = watch::channel(query.state());
+        info!(query_id = %id, stages = query.stage_count(), state = ?query.state(), "query submitted");
+        self.order.push(id.clone());
+        self.queries.insert(id.clone(), query);
+        self.watchers.insert(id.clone(), tx);
+        self.apply(&id, progress);
+        self.dispatch();
+        rx
+    }
+
+    /// Queues what became ready and reports an ended query.
+    fn apply(&mut self, query_id: &Arc<str>, progress: Progress) {
+        self.queue.push(query_id, progress.ready);
+        if progress.finished || self.queries.get(query_id).is_some_and(Query::is_finished) {
+            self.on_finished(query_id);
+        }
+    }
+
+    fn on_finished(&mut self, query_id: &Arc<str>) {
+        let Some(query) = self.queries.get(query_id) else {
+            return;
+        };
+        let state = query.state();
+        if let Some(tx) = self.watchers.get(query_id) {
+            tx.send_replace(state);
+        }
+        info!(query_id = %query_id, ?state, error = query.error().unwrap_or(""), "query ended");
+        let stages: Vec<u32> = if state == QueryState::Succeeded {
+            (0..query.final_stage()).collect()
+        } else {
+            Vec::new()
+        };
+        if state != QueryState::Succeeded || !stages.is_empty() {
+            self.broadcast_release(query_id, stages);
+        }
+    }
+
+    fn broadcast_release(&self, query_id: &str, stage_ids: Vec<u32>) {
+        let message = SchedulerMessage {
+            message: Some(scheduler_message::Message::ReleaseShuffle(ReleaseShuffle {
+                query_id: query_id.to_string(),
+                stage_ids,
+            })),
+        };
+        for executor in self.registry.iter() {
+            executor.send(message.clone());
+        }
+    }
+
+    /// Frees the result partitions of a query whose result was fetched.
+    pub fn release_results(&self, query_id: &str) {
+        if let Some(query) = self.queries.get(query_id) {
+            self.broadcast_release(query_id, vec![query.final_stage()]);
+        }
+    }
+
+    /// Pushes ready tasks to free slots until either runs out.
+    pub fn dispatch(&mut self) {
+        while !self.queue.is_empty() {
+            let Some(executor) = self.registry.most_free() else {
+                break;
+            };
+            let Some(queued) = self.queue.pop() else {
+                break;
+            };
+            let Some(query) = self.queries.get_mut(&queued.query_id) else {
+                continue;
+            };
+            if !query.is_dispatchable(queued.task) {
+                continue;
+            }
+            let task = queued.task;
+            let stage = query.stage(task.stage);
+            let run = RunTask {
+                task: Some(TaskId {
+                    query_id: queued.query_id.to_string(),
+                    stage_id: task.stage,
+                    partition: task.partition,
+                    attempt: query.attempt(task),
+                }),
+                stage_plan: stage.plan.clone(),
+                inputs: query.stage_inputs(task.stage).to_vec(),
+            };
+            let message = SchedulerMessage {
+                message: Some(scheduler_message::Message::RunTask(run)),
+            };
+            if !executor.send(message) {
+                // The stream is closing; its end will remove the executor.
+                executor.slots = 0;
+                self.queue.push_front(queued);
+                continue;
+            }
+            executor.running.insert((queued.query_id.clone(), task));
+            let executor_id = executor.location.executor_id.clone();
+            query.task_started(task, &executor_id);
+            record_dispatch(&queued);
+            debug!(query_id = %queued.query_id, stage = task.stage, partition = task.partition, executor = %executor_id, "task pushed");
+        }
+        metrics::gauge!("baton_queue_depth").set(self.queue.len() as f64);
+        let (total, busy) = self.registry.slots();
+        metrics::gauge!("baton_slots_total").set(total as f64);
+        metrics::gauge!("baton_slots_busy").set(busy as f64);
+    }
+
+    /// A new executor stream; returns the connection generation.
+    pub fn register_executor(&mut self, location: MapLocation, slots: u32, sender: ExecutorSender) -> u64 {
+        let id = location.executor_id.clone();
+        let (replaced, generation) = self.registry.register(location, slots, sender);
+        if let Some(old) = replaced {
+            warn!(executor = %id, "executor reconnected; its previous connection is lost");
+            self.requeue_lost(&id, old.running.into_iter().map(|(q, _)| q).collect());
+        }
+        info!(executor = %id, slots, "executor registered");
+        self.executors_watch.send_replace(self.registry.len());
+        metrics::gauge!("baton_executors_connected").set(self.registry.len() as f64);
+        self.dispatch();
+        generation
+    }
+
+    /// An executor's stream ended.
+    pub fn executor_lost(&mut self, executor_id: &str, generation: u64) {
+        let Some(entry) = self.registry.remove(executor_id, generation) else {
+            return;
+        };
+        warn!(executor = %executor_id, running = entry.running.len(), "executor lost");
+        self.executors_watch.send_replace(self.registry.len());
+        metrics::gauge!("baton_executors_connected").set(self.registry.len() as f64);
+        let affected = self
+            .queries
+            .iter()
+            .filter(|(_, q)| !q.is_finished())
+            .map(|(id, _)| id.clone())
+            .collect();
+        self.requeue_lost(executor_id, affected);
+        self.dispatch();
+    }
+
+    fn requeue_lost(&mut self, executor_id: &str, query_ids: Vec<Arc<str>>) {
+        for query_id in query_ids {
+            let Some(query) = self.queries.get_mut(&query_id) else {
+                continue;
+            };
+            let (progress, to_cancel) = query.executor_lost(executor_id);
+            self.cancel_tasks(&query_id, to_cancel);
+            self.apply(&query_id, progress);
+        }
+    }
+
+    /// A task status from `executor_id`'s stream.
+    pub fn task_status(&mut self, executor_id: &str, status: TaskStatus) {
+        let Some(id) = status.task else {
+            return;
+        };
+        let query_id: Arc<str> = id.query_id.as_str().into();
+        let task = TaskRef {
+            stage: id.stage_id,
+            partition: id.partition,
+        };
+        let Some(executor) = self.registry.get_mut(executor_id) else {
+            return;
+        };
+        let location = executor.location.clone();
+        executor.running.remove(&(query_id.clone(), task));
+        if let Some(query) = self.queries.get_mut(&query_id) {
+            match status.result {
+                Some(task_status::Result::Succeeded(ok)) => {
+                    metrics::histogram!("baton_task_duration_seconds")
+                        .record(ok.elapsed_micros as f64 / 1e6);
+                    metrics::counter!("baton_tasks_completed_total", "result" => "succeeded").increment(1);
+                    let progress = query.task_succeeded(task, id.attempt, location);
+                    self.apply(&query_id, progress);
+                }
+                Some(task_status::Result::Failed(failed)) => {
+                    metrics::counter!("baton_tasks_completed_total", "result" => "failed").increment(1);
+                    if let Some(to_cancel) = query.task_failed(task, id.attempt, &failed.error) {
+                        self.cancel_tasks(&query_id, to_cancel);
+                        self.apply(&query_id, Progress { ready: vec![], finished: true });
+                    }
+                }
+                None => {}
+            }
+        }
+        self.dispatch();
+    }
+
+    fn cancel_tasks(&self, query_id: &str, tasks: Vec<(TaskRef, String)>) {
+        for (task, executor_id) in tasks {
+            let Some(executor) = self.registry.get(&executor_id) else {
+                continue;
+            };
+            executor.send(SchedulerMessage {
+                message: Some(scheduler_message::Message::CancelTask(CancelTask {
+                    task: Some(TaskId {
+                        query_id: query_id.to_string(),
+                        stage_id: task.stage,
+                        partition: task.partition,
+                        attempt: 0,
+                    }),
+                })),
+            });
+        }
+    }
+
+    /// Cancels a query. None: unknown query; Some(false): it had already ended.
+    pub fn cancel(&mut self, query_id: &str) -> Option<bool> {
+        let id = self.queries.get_key_value(query_id)?.0.clone();
+        let query = self.queries.get_mut(&id)?;
+        let Some(running) = query.cancel() else {
+            return Some(false);
+        };
+        self.cancel_tasks(&id, running);
+        self.apply(&id, Progress { ready: vec![], finished: true });
+        self.dispatch();
+        Some(true)
+    }
+
+    /// A query.
+    pub fn query(&self, query_id: &str) -> Option<&Query> {
+        self.queries.get(query_id)
+    }
+
+    /// A receiver of a query's state changes.
+    pub fn watch(&self, query_id: &str) -> Option<watch::Receiver<QueryState>> {
+        self.watchers.get(query_id).map(watch::Sender::subscribe)
+    }
+
+    /// Queries newest first.
+    pub fn queries(&self) -> impl Iterator<Item = &Query> {
+        self.order.iter().rev().filter_map(|id| self.queries.get(id))
+    }
+
+    /// The registry (for status and tests).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Ready tasks waiting for a slot.
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+fn record_dispatch(queued: &QueuedTask) {
+    metrics::counter!("baton_tasks_dispatched_total").increment(1);
+    metrics::histogram!("baton_dispatch_latency_seconds")
+        .record(Instant::now().duration_since(queued.ready_at).as_secs_f64());
+}

@@ -1,0 +1,115 @@
+//! Reading shuffle partitions that live on other executors, over Arrow Flight `do_get`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arrow_flight::Ticket;
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::{StreamExt, TryStreamExt};
+use prost::Message;
+use tonic::transport::{Channel, Endpoint};
+
+use super::store::ShuffleKey;
+use crate::config::MAX_MESSAGE_BYTES;
+use crate::proto::ShuffleTicket;
+
+/// Opens a gRPC channel to `address` (host:port) with Baton's transport settings.
+pub async fn connect_channel(address: &str) -> Result<Channel, tonic::transport::Error> {
+    Endpoint::from_shared(format!("http://{address}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+}
+
+/// A Flight client with Baton's message-size limits.
+pub fn flight_client(channel: Channel) -> FlightServiceClient<Channel> {
+    FlightServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// The Flight ticket that names one shuffle partition.
+pub fn shuffle_ticket(key: &ShuffleKey) -> Ticket {
+    let ticket = ShuffleTicket {
+        query_id: key.query_id.to_string(),
+        stage_id: key.stage_id,
+        map_partition: key.map_partition,
+        output_partition: key.output_partition,
+    };
+    Ticket::new(ticket.encode_to_vec())
+}
+
+/// Flight connections to other executors, one multiplexed channel per address, opened
+/// on first use. Counts the bytes it fetched.
+#[derive(Debug, Clone, Default)]
+pub struct FlightClients {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    bytes_fetched: Arc<AtomicU64>,
+}
+
+impl FlightClients {
+    /// Bytes of Flight data fetched from other executors since start.
+    pub fn bytes_fetched(&self) -> u64 {
+        self.bytes_fetched.load(Ordering::Relaxed)
+    }
+
+    /// A Flight client for the executor at `address`, over a shared channel.
+    pub async fn client(&self, address: &str) -> Result<FlightServiceClient<Channel>> {
+        Ok(flight_client(self.channel(address).await?))
+    }
+
+    async fn channel(&self, address: &str) -> Result<Channel> {
+        if let Some(channel) = self.channels.lock().expect("clients lock").get(address) {
+            return Ok(channel.clone());
+        }
+        let channel = connect_channel(address).await.map_err(|e| {
+            DataFusionError::Execution(format!("connecting to executor at {address}: {e}"))
+        })?;
+        self.channels
+            .lock()
+            .expect("clients lock")
+            .insert(address.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Streams one shuffle partition from the executor at `address`.
+    pub async fn fetch(
+        &self,
+        address: &str,
+        key: &ShuffleKey,
+        schema: SchemaRef,
+    ) -> Result<SendableRecordBatchStream> {
+        let mut client = self.client(address).await?;
+        let fetch_error =
+            |e: &dyn std::fmt::Display| DataFusionError::Execution(format!("fetching shuffle partition {key} from {address}: {e}"));
+        let response = client
+            .do_get(shuffle_ticket(key))
+            .await
+            .map_err(|e| fetch_error(&e))?;
+        let counter = self.bytes_fetched.clone();
+        let data = response.into_inner().map_ok(move |data| {
+            counter.fetch_add(
+                (data.data_body.len() + data.data_header.len()) as u64,
+                Ordering::Relaxed,
+            );
+            metrics::counter!("baton_shuffle_bytes_read_total", "source" => "remote")
+                .increment((data.data_body.len() + data.data_header.len()) as u64);
+            data
+        });
+        let key_text = key.to_string();
+        let address = address.to_string();
+        let batches = FlightRecordBatchStream::new_from_flight_data(data.map_err(Into::into))
+            .map_err(move |e| {
+                DataFusionError::Execution(format!(
+                    "fetching shuffle partition {key_text} from {address}: {e}"
+                ))
+            });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches.boxed())))
+    }
+}

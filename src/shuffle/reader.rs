@@ -1,0 +1,187 @@
+//! `ShuffleReaderExec`: the leaf where a stage reads an input stage's shuffle output.
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use futures::{StreamExt, TryStreamExt};
+
+use super::env::{MapLocation, TaskEnv};
+use super::store::ShuffleKey;
+
+/// How a reader's partitions map onto the producer's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    /// Reader partition `p` is output partition `p` of every map task (after a hash shuffle).
+    Hash,
+    /// Reader partition `m` is the whole output of map task `m` (before a coalesce or a
+    /// sort-preserving merge, which then combine the partitions in the consumer).
+    PerMap,
+}
+
+/// How many map outputs one reader partition fetches at once.
+const CONCURRENT_FETCHES: usize = 8;
+
+/// Reads one input stage's shuffle output.
+#[derive(Debug)]
+pub struct ShuffleReaderExec {
+    stage_id: u32,
+    schema: SchemaRef,
+    partitions: usize,
+    mode: ReadMode,
+    properties: Arc<PlanProperties>,
+}
+
+impl ShuffleReaderExec {
+    /// A reader of stage `stage_id`'s output as `partitions` partitions.
+    pub fn new(stage_id: u32, schema: SchemaRef, partitions: usize, mode: ReadMode) -> Self {
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(partitions),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Self {
+            stage_id,
+            schema,
+            partitions,
+            mode,
+            properties,
+        }
+    }
+
+    /// The stage this reads.
+    pub fn stage_id(&self) -> u32 {
+        self.stage_id
+    }
+
+    /// Partitions this reader exposes.
+    pub fn partitions(&self) -> usize {
+        self.partitions
+    }
+
+    /// How partitions map onto the producer's output.
+    pub fn mode(&self) -> ReadMode {
+        self.mode
+    }
+
+    /// The (map location, shuffle key) pairs that make up reader partition `partition`.
+    fn sources(
+        &self,
+        env: &TaskEnv,
+        partition: usize,
+    ) -> Result<Vec<(MapLocation, ShuffleKey)>> {
+        let locations = env.input(self.stage_id)?;
+        let key = |map: usize, output: usize| ShuffleKey {
+            query_id: env.query_id.clone(),
+            stage_id: self.stage_id,
+            map_partition: map as u32,
+            output_partition: output as u32,
+        };
+        Ok(match self.mode {
+            ReadMode::Hash => locations
+                .iter()
+                .enumerate()
+                .map(|(map, loc)| (loc.clone(), key(map, partition)))
+                .collect(),
+            ReadMode::PerMap => {
+                let loc = locations.get(partition).ok_or_else(|| {
+                    DataFusionError::Execution(format!(
+                        "stage {} has no map task {partition}",
+                        self.stage_id
+                    ))
+                })?;
+                vec![(loc.clone(), key(partition, 0))]
+            }
+        })
+    }
+}
+
+impl DisplayAs for ShuffleReaderExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "ShuffleReaderExec: stage={}, partitions={}, mode={:?}",
+            self.stage_id, self.partitions, self.mode
+        )
+    }
+}
+
+impl ExecutionPlan for ShuffleReaderExec {
+    fn name(&self) -> &str {
+        "ShuffleReaderExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if !children.is_empty() {
+            return Err(DataFusionError::Internal(
+                "ShuffleReaderExec has no children".into(),
+            ));
+        }
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let env = TaskEnv::from_context(&context)?;
+        let sources = self.sources(&env, partition)?;
+        let schema = self.schema.clone();
+        let opened = futures::stream::iter(sources).map(move |(location, key)| {
+            let env = env.clone();
+            let schema = schema.clone();
+            async move { open_source(&env, &location, &key, schema).await }
+        });
+        let batches = opened
+            .buffered(CONCURRENT_FETCHES)
+            .try_flatten_unordered(CONCURRENT_FETCHES);
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            batches,
+        )))
+    }
+}
+
+/// One map output as a stream: from the local store, or fetched over Flight.
+async fn open_source(
+    env: &TaskEnv,
+    location: &MapLocation,
+    key: &ShuffleKey,
+    schema: SchemaRef,
+) -> Result<SendableRecordBatchStream> {
+    if location.executor_id == env.executor_id {
+        let partition = env.store.get(key)?;
+        metrics::counter!("baton_shuffle_bytes_read_total", "source" => "local")
+            .increment(partition.bytes());
+        Ok(partition.stream())
+    } else {
+        env.clients.fetch(&location.flight_address, key, schema).await
+    }
+}

@@ -1,0 +1,502 @@
+//! The executor's store of shuffle partitions.
+//!
+//! Shuffle output stays in memory while the store is under its budget: writing every
+//! partition to disk and reading it back costs a distributed engine much of its speed.
+//! Past the budget a partition streams into an Arrow IPC file in the work dir instead.
+//! A stored partition releases its memory (or deletes its file) when the last reader of
+//! it is done and the store has let it go.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::BatchCoalescer;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
+use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::StreamExt;
+
+/// Rows per batch that shuffle output is coalesced to before it is stored.
+const STORED_BATCH_ROWS: usize = 8192;
+
+/// Errors of the shuffle store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The work directory could not be created or written.
+    #[error("shuffle work dir {path}: {source}")]
+    WorkDir {
+        /// The directory or file involved.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Writing or reading Arrow IPC failed.
+    #[error("shuffle file {path}: {source}")]
+    Ipc {
+        /// The file involved.
+        path: PathBuf,
+        /// The Arrow error.
+        source: ArrowError,
+    },
+    /// Coalescing batches failed (schema mismatch).
+    #[error("shuffle batch: {0}")]
+    Batch(#[from] ArrowError),
+    /// No such partition is stored here.
+    #[error("no shuffle partition {0}")]
+    NotFound(ShuffleKey),
+}
+
+impl From<StoreError> for DataFusionError {
+    fn from(e: StoreError) -> Self {
+        DataFusionError::External(Box::new(e))
+    }
+}
+
+/// Names one output partition of one map task.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ShuffleKey {
+    /// The query.
+    pub query_id: Arc<str>,
+    /// The producing stage.
+    pub stage_id: u32,
+    /// The producing task's partition.
+    pub map_partition: u32,
+    /// The output partition (0 when the stage does not repartition).
+    pub output_partition: u32,
+}
+
+impl std::fmt::Display for ShuffleKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{}/{}/{}",
+            self.query_id, self.stage_id, self.map_partition, self.output_partition
+        )
+    }
+}
+
+/// Memory accounting shared by the store and its partitions.
+#[derive(Debug, Default)]
+struct Budget {
+    limit: usize,
+    used: AtomicUsize,
+    spilled_files: AtomicU64,
+}
+
+impl Budget {
+    fn try_reserve(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used + bytes <= self.limit).then_some(used + bytes)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+#[derive(Debug)]
+enum Data {
+    Memory(Vec<RecordBatch>),
+    File(PathBuf),
+}
+
+/// One stored output partition.
+#[derive(Debug)]
+pub struct StoredPartition {
+    schema: SchemaRef,
+    data: Data,
+    reserved: usize,
+    rows: u64,
+    bytes: u64,
+    budget: Arc<Budget>,
+}
+
+impl StoredPartition {
+    /// Rows in the partition.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// In-memory size of the partition's batches.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The partition's batches as a stream; a file is read on a blocking thread.
+    pub fn stream(self: &Arc<Self>) -> SendableRecordBatchStream {
+        let schema = self.schema.clone();
+        match &self.data {
+            Data::Memory(batches) => {
+                let batches: Vec<_> = batches.iter().cloned().map(Ok).collect();
+                Box::pin(RecordBatchStreamAdapter::new(
+                    schema,
+                    futures::stream::iter(batches),
+                ))
+            }
+            Data::File(path) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(2);
+                let path = path.clone();
+                let keep_alive = Arc::clone(self);
+                tokio::task::spawn_blocking(move || {
+                    let _keep_alive = keep_alive;
+                    read_ipc_file(&path, &tx);
+                });
+                Box::pin(RecordBatchStreamAdapter::new(
+                    schema,
+                    tokio_stream::wrappers::ReceiverStream::new(rx).boxed(),
+                ))
+            }
+        }
+    }
+}
+
+fn read_ipc_file(
+    path: &Path,
+    tx: &tokio::sync::mpsc::Sender<datafusion::error::Result<RecordBatch>>,
+) {
+    let ipc_error = |source| {
+        DataFusionError::from(StoreError::Ipc {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let reader = File::open(path)
+        .map_err(|source| {
+            DataFusionError::from(StoreError::WorkDir {
+                path: path.to_path_buf(),
+                source,
+            })
+        })
+        .and_then(|f| StreamReader::try_new(BufReader::new(f), None).map_err(ipc_error));
+    match reader {
+        Ok(reader) => {
+            for batch in reader {
+                if tx.blocking_send(batch.map_err(ipc_error)).is_err() {
+                    return;
+                }
+            }
+        }
+        Err(e) => {
+            let _ = tx.blocking_send(Err(e));
+        }
+    }
+}
+
+impl Drop for StoredPartition {
+    fn drop(&mut self) {
+        self.budget.release(self.reserved);
+        if let Data::File(path) = &self.data {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Builds one output partition of a running map task.
+///
+/// Batches are coalesced to full size, kept in memory while the budget allows and
+/// streamed to an IPC file once it does not. Dropped unfinished (a failed or cancelled
+/// task), it gives back its memory and removes its file.
+pub struct PartitionWriter {
+    key: ShuffleKey,
+    schema: SchemaRef,
+    coalescer: BatchCoalescer,
+    batches: Vec<RecordBatch>,
+    reserved: usize,
+    file: Option<(PathBuf, StreamWriter<BufWriter<File>>)>,
+    rows: u64,
+    bytes: u64,
+    store: Arc<StoreInner>,
+}
+
+impl PartitionWriter {
+    /// Adds a batch to the partition.
+    pub fn push(&mut self, batch: RecordBatch) -> Result<(), StoreError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.coalescer.push_batch(batch)?;
+        self.drain_completed()
+    }
+
+    fn drain_completed(&mut self) -> Result<(), StoreError> {
+        while let Some(batch) = self.coalescer.next_completed_batch() {
+            self.append(batch)?;
+        }
+        Ok(())
+    }
+
+    fn append(&mut self, batch: RecordBatch) -> Result<(), StoreError> {
+        let size = batch.get_array_memory_size();
+        self.rows += batch.num_rows() as u64;
+        self.bytes += size as u64;
+        if self.file.is_none() && self.store.budget.try_reserve(size) {
+            self.reserved += size;
+            self.batches.push(batch);
+            return Ok(());
+        }
+        self.spill()?;
+        let (path, writer) = self.file.as_mut().expect("spill opened the file");
+        writer.write(&batch).map_err(|source| StoreError::Ipc {
+            path: path.clone(),
+            source,
+        })
+    }
+
+    /// Moves the buffered batches into a new IPC file and frees their memory.
+    fn spill(&mut self) -> Result<(), StoreError> {
+        if self.file.is_some() {
+            return Ok(());
+        }
+        let path = self.store.file_path(&self.key);
+        let file = File::create(&path).map_err(|source| StoreError::WorkDir {
+            path: path.clone(),
+            source,
+        })?;
+        let ipc = |source| StoreError::Ipc {
+            path: path.clone(),
+            source,
+        };
+        let mut writer = StreamWriter::try_new(BufWriter::new(file), &self.schema).map_err(ipc)?;
+        for batch in self.batches.drain(..) {
+            writer.write(&batch).map_err(ipc)?;
+        }
+        self.store.budget.release(std::mem::take(&mut self.reserved));
+        self.store.budget.spilled_files.fetch_add(1, Ordering::Relaxed);
+        self.file = Some((path, writer));
+        Ok(())
+    }
+
+    /// Completes the partition and returns it, ready to commit with [`ShuffleStore::commit`].
+    pub fn finish(mut self) -> Result<(ShuffleKey, StoredPartition), StoreError> {
+        self.coalescer.finish_buffered_batch()?;
+        self.drain_completed()?;
+        let data = match self.file.take() {
+            Some((path, mut writer)) => {
+                writer.finish().map_err(|source| StoreError::Ipc {
+                    path: path.clone(),
+                    source,
+                })?;
+                Data::File(path)
+            }
+            None => Data::Memory(std::mem::take(&mut self.batches)),
+        };
+        let partition = StoredPartition {
+            schema: self.schema.clone(),
+            data,
+            reserved: std::mem::take(&mut self.reserved),
+            rows: self.rows,
+            bytes: self.bytes,
+            budget: self.store.budget.clone(),
+        };
+        Ok((self.key.clone(), partition))
+    }
+
+    /// Rows pushed so far.
+    pub fn rows(&self) -> u64 {
+        self.rows + self.coalescer.get_buffered_rows() as u64
+    }
+}
+
+impl Drop for PartitionWriter {
+    fn drop(&mut self) {
+        self.store.budget.release(self.reserved);
+        if let Some((path, _)) = self.file.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct StoreInner {
+    work_dir: PathBuf,
+    budget: Arc<Budget>,
+    next_file: AtomicU64,
+}
+
+impl StoreInner {
+    fn file_path(&self, key: &ShuffleKey) -> PathBuf {
+        let n = self.next_file.fetch_add(1, Ordering::Relaxed);
+        self.work_dir.join(format!(
+            "{}-{}-{}-{}-{n}.arrow",
+            key.query_id, key.stage_id, key.map_partition, key.output_partition
+        ))
+    }
+}
+
+/// The executor's shuffle partitions, by key.
+#[derive(Debug, Clone)]
+pub struct ShuffleStore {
+    inner: Arc<StoreInner>,
+    partitions: Arc<Mutex<HashMap<ShuffleKey, Arc<StoredPartition>>>>,
+}
+
+impl ShuffleStore {
+    /// A store that keeps up to `memory_limit` bytes in memory and spills into `work_dir`.
+    pub fn new(work_dir: &Path, memory_limit: usize) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(work_dir).map_err(|source| StoreError::WorkDir {
+            path: work_dir.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            inner: Arc::new(StoreInner {
+                work_dir: work_dir.to_path_buf(),
+                budget: Arc::new(Budget {
+                    limit: memory_limit,
+                    ..Default::default()
+                }),
+                next_file: AtomicU64::new(0),
+            }),
+            partitions: Arc::default(),
+        })
+    }
+
+    /// A writer for one output partition; nothing is visible until it is committed.
+    pub fn writer(&self, key: ShuffleKey, schema: SchemaRef) -> PartitionWriter {
+        PartitionWriter {
+            key,
+            coalescer: BatchCoalescer::new(schema.clone(), STORED_BATCH_ROWS),
+            schema,
+            batches: Vec::new(),
+            reserved: 0,
+            file: None,
+            rows: 0,
+            bytes: 0,
+            store: self.inner.clone(),
+        }
+    }
+
+    /// Makes finished partitions readable (all of a task's partitions at once).
+    pub fn commit(&self, finished: Vec<(ShuffleKey, StoredPartition)>) {
+        let mut partitions = self.partitions.lock().expect("store lock");
+        for (key, partition) in finished {
+            partitions.insert(key, Arc::new(partition));
+        }
+    }
+
+    /// A stored partition.
+    pub fn get(&self, key: &ShuffleKey) -> Result<Arc<StoredPartition>, StoreError> {
+        self.partitions
+            .lock()
+            .expect("store lock")
+            .get(key)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(key.clone()))
+    }
+
+    /// Lets go of a query's partitions: of the given stages, or all when `stages` is empty.
+    /// Memory and files are freed once readers still streaming them finish.
+    pub fn release(&self, query_id: &str, stages: &[u32]) -> usize {
+        let mut partitions = self.partitions.lock().expect("store lock");
+        let before = partitions.len();
+        partitions.retain(|key, _| {
+            !(&*key.query_id == query_id && (stages.is_empty() || stages.contains(&key.stage_id)))
+        });
+        before - partitions.len()
+    }
+
+    /// Number of stored partitions.
+    pub fn len(&self) -> usize {
+        self.partitions.lock().expect("store lock").len()
+    }
+
+    /// True when nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of shuffle data held in memory now.
+    pub fn memory_used(&self) -> usize {
+        self.inner.budget.used.load(Ordering::Acquire)
+    }
+
+    /// Partitions that went to disk because memory was over budget, since start.
+    pub fn spilled_files(&self) -> u64 {
+        self.inner.budget.spilled_files.load(Ordering::Relaxed)
+    }
+
+    /// Files of this store in its work dir now (spilled partitions).
+    pub fn files_on_disk(&self) -> usize {
+        std::fs::read_dir(&self.inner.work_dir)
+            .map(|dir| dir.filter_map(Result::ok).count())
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use futures::TryStreamExt;
+
+    fn batch(n: i64) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(0..n))]).unwrap()
+    }
+
+    fn key(stage: u32) -> ShuffleKey {
+        ShuffleKey {
+            query_id: "q".into(),
+            stage_id: stage,
+            map_partition: 0,
+            output_partition: 0,
+        }
+    }
+
+    async fn roundtrip(store: &ShuffleStore, stage: u32) -> Vec<RecordBatch> {
+        let mut w = store.writer(key(stage), batch(1).schema());
+        for _ in 0..5 {
+            w.push(batch(3000)).unwrap();
+        }
+        store.commit(vec![w.finish().unwrap()]);
+        store.get(&key(stage)).unwrap().stream().try_collect().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn keeps_small_output_in_memory_and_coalesces() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ShuffleStore::new(dir.path(), 1 << 30).unwrap();
+        let batches = roundtrip(&store, 1).await;
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 15000);
+        assert_eq!(batches[0].num_rows(), STORED_BATCH_ROWS);
+        assert_eq!(store.spilled_files(), 0);
+        assert!(store.memory_used() > 0);
+        assert_eq!(store.release("q", &[]), 1);
+        assert_eq!(store.memory_used(), 0);
+    }
+
+    #[tokio::test]
+    async fn spills_past_the_budget_and_deletes_the_file_on_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ShuffleStore::new(dir.path(), 1000).unwrap();
+        let batches = roundtrip(&store, 2).await;
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 15000);
+        assert_eq!(store.spilled_files(), 1);
+        assert_eq!(store.files_on_disk(), 1);
+        store.release("q", &[2]);
+        assert_eq!(store.files_on_disk(), 0);
+        assert!(store.get(&key(2)).is_err());
+    }
+
+    #[tokio::test]
+    async fn an_unfinished_writer_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ShuffleStore::new(dir.path(), 1000).unwrap();
+        let mut w = store.writer(key(3), batch(1).schema());
+        w.push(batch(20000)).unwrap();
+        drop(w);
+        assert_eq!(store.files_on_disk(), 0);
+        assert_eq!(store.memory_used(), 0);
+    }
+}
