@@ -11,9 +11,21 @@
 //! A `.tbl` line ends in `|`, so a CSV reader sees one more, empty, field than the table
 //! has columns: the file is registered in the `baton_raw` schema with a trailing
 //! placeholder column, and the table itself is a view that leaves it out.
+//!
+//! A table whose file or directory does not exist (at load or later) is still registered,
+//! with its declared columns, but any query that reads it fails and names the missing
+//! path: one missing file must not take the other tables down, nor read as empty.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::datasource::TableType;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use serde::Deserialize;
 
@@ -161,6 +173,52 @@ pub async fn register_catalog(ctx: &SessionContext, path: &Path) -> Result<Vec<S
     Ok(names)
 }
 
+/// A file-backed table that checks, at every scan, that its data path still exists:
+/// DataFusion reads a missing file as an empty table, which would be a silent wrong answer.
+#[derive(Debug)]
+struct CheckedTable {
+    inner: Arc<dyn TableProvider>,
+    path: PathBuf,
+}
+
+#[async_trait]
+impl TableProvider for CheckedTable {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
+        self.inner.supports_filters_pushdown(filters)
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        if is_missing(&self.path) {
+            return Err(DataFusionError::Plan(format!(
+                "data file {} does not exist",
+                self.path.display()
+            )));
+        }
+        self.inner.scan(state, projection, filters, limit).await
+    }
+}
+
+fn is_missing(path: &Path) -> bool {
+    !path.exists()
+}
+
 fn location(table: &TableDef, base: &Path) -> String {
     let path = base.join(&table.path);
     let mut text = path.to_string_lossy().into_owned();
@@ -183,7 +241,30 @@ async fn register_table(
     table: &TableDef,
     base: &Path,
 ) -> datafusion::error::Result<()> {
-    let location = location(table, base);
+    declare_table(ctx, table, &location(table, base), &base.join(&table.path)).await
+}
+
+/// Wraps the registered file table `name` in a [`CheckedTable`] (not for globs).
+async fn guard_path(ctx: &SessionContext, name: &str, path: &Path) -> datafusion::error::Result<()> {
+    if path.to_string_lossy().contains(['*', '?', '[']) {
+        return Ok(());
+    }
+    let inner = ctx.table_provider(name).await?;
+    ctx.deregister_table(name)?;
+    ctx.register_table(name, Arc::new(CheckedTable {
+        inner,
+        path: path.to_path_buf(),
+    }))?;
+    Ok(())
+}
+
+/// Registers `table` at `location` (the text form of `path`) with DataFusion DDL.
+async fn declare_table(
+    ctx: &SessionContext,
+    table: &TableDef,
+    location: &str,
+    path: &Path,
+) -> datafusion::error::Result<()> {
     let name = &table.name;
     match table.format {
         TableFormat::Tbl => {
@@ -196,6 +277,7 @@ async fn register_table(
                 column_list(&columns)
             ))
             .await?;
+            guard_path(ctx, &format!("{RAW_SCHEMA}.\"{name}\""), path).await?;
             let projection = table
                 .columns
                 .iter()
@@ -221,6 +303,7 @@ async fn register_table(
                 table.header.unwrap_or(true)
             ))
             .await?;
+            guard_path(ctx, &format!("\"{name}\""), path).await?;
         }
         TableFormat::Parquet => {
             let columns = if table.columns.is_empty() {
@@ -232,6 +315,7 @@ async fn register_table(
                 "CREATE EXTERNAL TABLE \"{name}\" {columns} STORED AS PARQUET LOCATION '{location}'"
             ))
             .await?;
+            guard_path(ctx, &format!("\"{name}\""), path).await?;
         }
     }
     Ok(())

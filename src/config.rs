@@ -16,6 +16,8 @@ pub const DEFAULT_TARGET_PARTITIONS: usize = 4;
 ///
 /// * Round-robin repartitioning is off: a round-robin `RepartitionExec` inside a stage
 ///   would make one task pull every input partition; scans are already split by file range.
+/// * File-scan work stealing is off: a task runs one partition alone, so a scan partition
+///   that takes over its idle siblings' files would read them a second time.
 /// * Dynamic filter pushdown is off: a hash join's build side cannot update a filter in
 ///   a scan that runs in another stage (another process), and waiting for it would hang.
 pub fn distributed_session_config(target_partitions: usize) -> SessionConfig {
@@ -24,6 +26,7 @@ pub fn distributed_session_config(target_partitions: usize) -> SessionConfig {
         .with_information_schema(true);
     let options = config.options_mut();
     options.optimizer.enable_round_robin_repartition = false;
+    options.execution.enable_file_stream_work_stealing = false;
     options.optimizer.enable_dynamic_filter_pushdown = false;
     options.optimizer.enable_topk_dynamic_filter_pushdown = false;
     options.optimizer.enable_join_dynamic_filter_pushdown = false;

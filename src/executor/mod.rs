@@ -185,6 +185,11 @@ impl Executor {
         self.clients.bytes_fetched()
     }
 
+    /// Tasks finished since start.
+    pub fn tasks_completed(&self) -> u64 {
+        self.runner.completed()
+    }
+
     /// Tasks running now.
     pub fn running_tasks(&self) -> usize {
         self.runner.running()

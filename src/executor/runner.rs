@@ -2,6 +2,7 @@
 //! with the task's [`TaskEnv`], and reports the result up the stream.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -39,6 +40,7 @@ pub struct TaskRunner {
     plans: Mutex<HashMap<(String, u32), Arc<dyn ExecutionPlan>>>,
     running: Mutex<HashMap<TaskKey, AbortHandle>>,
     released: Mutex<VecDeque<String>>,
+    completed: AtomicU64,
 }
 
 impl std::fmt::Debug for TaskRunner {
@@ -68,12 +70,18 @@ impl TaskRunner {
             plans: Mutex::default(),
             running: Mutex::default(),
             released: Mutex::default(),
+            completed: AtomicU64::new(0),
         }
     }
 
     /// Tasks running now.
     pub fn running(&self) -> usize {
         self.running.lock().expect("running lock").len()
+    }
+
+    /// Tasks finished (succeeded or failed) since start.
+    pub fn completed(&self) -> u64 {
+        self.completed.load(Ordering::Relaxed)
     }
 
     /// Starts a pushed task.
@@ -155,6 +163,7 @@ impl TaskRunner {
         if self.released.lock().expect("released lock").contains(&id.query_id) {
             self.store.release(&id.query_id, &[]);
         }
+        self.completed.fetch_add(1, Ordering::Relaxed);
         let elapsed = started.elapsed();
         debug!(ok = result.is_ok(), elapsed_ms = elapsed.as_millis() as u64, "task finished");
         let result = match result {

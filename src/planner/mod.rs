@@ -2,9 +2,11 @@
 //! become bytes (datafusion-proto plus [`BatonCodec`] for Baton's operators) and back.
 
 mod codec;
+mod joins;
 mod stages;
 
 pub use codec::{BatonCodec, decode_plan, encode_plan};
+pub use joins::distribute_joins;
 pub use stages::{StageDag, StagePlan, plan_stages};
 
 /// Errors of planning and plan serialization.

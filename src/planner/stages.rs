@@ -34,7 +34,10 @@ use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::error::Result;
 use datafusion::physical_expr::Partitioning;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::logical_expr::physical_planning_context::ScalarSubqueryResults;
+use datafusion::physical_expr::scalar_subquery::ScalarSubqueryExpr;
 use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::scalar_subquery::ScalarSubqueryExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
@@ -46,7 +49,7 @@ use crate::shuffle::{ReadMode, ShuffleReaderExec, ShuffleWriterExec};
 /// One stage: a plan fragment ending in a shuffle writer, run as one task per partition.
 #[derive(Debug, Clone)]
 pub struct StagePlan {
-    /// Stage id, unique within the query; inputs always have smaller ids.
+    /// Stage id, unique within the query; the final stage has the largest.
     pub id: u32,
     /// The fragment; its root is a [`ShuffleWriterExec`].
     pub plan: Arc<dyn ExecutionPlan>,
@@ -56,7 +59,8 @@ pub struct StagePlan {
     pub tasks: usize,
 }
 
-/// A query's stages, in an order where every stage comes after its inputs.
+/// A query's stages. A stage usually comes after its inputs; one that evaluates a scalar
+/// subquery also waits for the subquery's stages, which may have larger ids.
 #[derive(Debug, Clone)]
 pub struct StageDag {
     /// The stages; `stages[i].id == i`.
@@ -101,6 +105,7 @@ impl StageDag {
 /// Cuts `plan` into a DAG of stages.
 pub fn plan_stages(plan: Arc<dyn ExecutionPlan>) -> Result<StageDag, PlannerError> {
     let schema = plan.schema();
+    let plan = super::distribute_joins(plan)?;
     let mut stages = Vec::new();
     let rewritten = plan
         .transform_up(|node| cut(node, &mut stages))?
@@ -137,6 +142,10 @@ fn cut(
             _ => Ok(Transformed::yes(input)),
         };
     }
+    if let Some(exec) = node.downcast_ref::<ScalarSubqueryExec>() {
+        attach_subqueries(stages, exec)?;
+        return Ok(Transformed::no(node));
+    }
     let gathers = node.is::<CoalescePartitionsExec>() || node.is::<SortPreservingMergeExec>();
     if gathers {
         let child = node.children()[0].clone();
@@ -150,6 +159,69 @@ fn cut(
     Ok(Transformed::no(node))
 }
 
+/// Gives every stage that evaluates one of `exec`'s scalar subquery expressions its own
+/// copy of `exec` around its plan, so the subqueries are computed where the expressions
+/// run (a `ScalarSubqueryExpr` cannot be decoded without its `ScalarSubqueryExec`). The
+/// stage then also waits for the stages the subqueries read.
+fn attach_subqueries(stages: &mut [StagePlan], exec: &ScalarSubqueryExec) -> Result<()> {
+    let mut subquery_inputs = Vec::new();
+    for link in exec.subqueries() {
+        collect_inputs(&link.plan, &mut subquery_inputs)?;
+    }
+    for stage in stages.iter_mut() {
+        let Some(writer) = stage.plan.downcast_ref::<ShuffleWriterExec>() else {
+            continue;
+        };
+        if !uses_results(writer.input(), exec.results())? {
+            continue;
+        }
+        let wrapped = Arc::new(ScalarSubqueryExec::new(
+            writer.input().clone(),
+            exec.subqueries().to_vec(),
+            exec.results().clone(),
+        ));
+        stage.plan = Arc::new(ShuffleWriterExec::try_new(wrapped, writer.partitioning().cloned())?);
+        for id in &subquery_inputs {
+            if !stage.inputs.contains(id) {
+                stage.inputs.push(*id);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// True when an expression somewhere in `plan` reads the subquery results `results`.
+fn uses_results(plan: &Arc<dyn ExecutionPlan>, results: &ScalarSubqueryResults) -> Result<bool> {
+    let mut found = false;
+    plan.apply(|node| {
+        node.apply_expressions(&mut |root| {
+            root.apply(|expr| {
+                if let Some(subquery) = expr.downcast_ref::<ScalarSubqueryExpr>()
+                    && ScalarSubqueryResults::ptr_eq(subquery.results(), results)
+                {
+                    found = true;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    })?;
+    Ok(found)
+}
+
+/// Adds the ids of the stages `plan` reads to `inputs`.
+fn collect_inputs(plan: &Arc<dyn ExecutionPlan>, inputs: &mut Vec<u32>) -> Result<()> {
+    plan.apply(|n| {
+        if let Some(reader) = n.downcast_ref::<ShuffleReaderExec>()
+            && !inputs.contains(&reader.stage_id())
+        {
+            inputs.push(reader.stage_id());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(())
+}
+
 /// Closes a stage over `input` and returns its id.
 fn add_stage(
     stages: &mut Vec<StagePlan>,
@@ -158,14 +230,7 @@ fn add_stage(
 ) -> Result<u32> {
     let id = stages.len() as u32;
     let mut inputs = Vec::new();
-    input.apply(|n| {
-        if let Some(reader) = n.downcast_ref::<ShuffleReaderExec>()
-            && !inputs.contains(&reader.stage_id())
-        {
-            inputs.push(reader.stage_id());
-        }
-        Ok(TreeNodeRecursion::Continue)
-    })?;
+    collect_inputs(&input, &mut inputs)?;
     let tasks = input.output_partitioning().partition_count();
     stages.push(StagePlan {
         id,

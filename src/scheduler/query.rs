@@ -213,7 +213,8 @@ impl Query {
         self.started_at = Some(SystemTime::now());
         let mut progress = Progress::default();
         for sid in 0..self.stages.len() as u32 {
-            if self.stages[sid as usize].waiting_on == 0 {
+            let stage = &self.stages[sid as usize];
+            if stage.waiting_on == 0 && stage.state == StageState::Waiting {
                 self.make_ready(sid, &mut progress);
             }
         }

@@ -176,6 +176,7 @@ async fn open_source(
     key: &ShuffleKey,
     schema: SchemaRef,
 ) -> Result<SendableRecordBatchStream> {
+    tracing::debug!(%key, local = location.executor_id == env.executor_id, reader = %env.executor_id, "open shuffle source");
     if location.executor_id == env.executor_id {
         let partition = env.store.get(key)?;
         metrics::counter!("baton_shuffle_bytes_read_total", "source" => "local")

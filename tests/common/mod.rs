@@ -1,0 +1,103 @@
+//! Helpers shared by the end-to-end tests: cached TPC-H data and result comparison
+//! against single-node DataFusion.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use baton::catalog::{TableFormat, register_catalog};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Float32Type, Float64Type};
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+/// Scale factor of the test data.
+pub const TEST_SCALE: f64 = 0.01;
+
+/// The TPC-H SF 0.01 catalog, generated once into the test cache and reused.
+pub fn tpch_catalog() -> PathBuf {
+    let cache = std::env::var_os("BATON_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("baton-test-cache"));
+    baton::datagen::cached_tpch(&cache, TEST_SCALE, TableFormat::Parquet).expect("generate TPC-H test data")
+}
+
+/// Single-node DataFusion over the same catalog.
+pub async fn single_node(catalog: &std::path::Path) -> SessionContext {
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
+    register_catalog(&ctx, catalog).await.expect("register catalog");
+    ctx
+}
+
+/// One result cell, floats kept apart so they can be compared with a tolerance.
+#[derive(Debug, Clone, PartialEq, PartialOrd)]
+pub enum Cell {
+    /// A float value.
+    Float(f64),
+    /// Any other value as text.
+    Text(String),
+}
+
+/// Rows of `batches` as cells.
+pub fn rows(batches: &[RecordBatch]) -> Vec<Vec<Cell>> {
+    let options = FormatOptions::default().with_null("NULL");
+    let mut out = Vec::new();
+    for batch in batches {
+        let columns: Vec<_> = batch.columns().iter().collect();
+        for row in 0..batch.num_rows() {
+            out.push(
+                columns
+                    .iter()
+                    .map(|col| cell(col.as_ref(), row, &options))
+                    .collect(),
+            );
+        }
+    }
+    out
+}
+
+fn cell(col: &dyn Array, row: usize, options: &FormatOptions) -> Cell {
+    if col.is_null(row) {
+        return Cell::Text("NULL".into());
+    }
+    match col.data_type() {
+        DataType::Float64 => Cell::Float(col.as_primitive::<Float64Type>().value(row)),
+        DataType::Float32 => Cell::Float(col.as_primitive::<Float32Type>().value(row) as f64),
+        _ => Cell::Text(
+            ArrayFormatter::try_new(col, options)
+                .expect("formatter")
+                .value(row)
+                .to_string(),
+        ),
+    }
+}
+
+fn cells_match(a: &Cell, b: &Cell) -> bool {
+    match (a, b) {
+        (Cell::Float(x), Cell::Float(y)) => {
+            x == y || (x - y).abs() <= 1e-9_f64.max(1e-6 * x.abs().max(y.abs()))
+        }
+        _ => a == b,
+    }
+}
+
+/// Compares two results: same rows (floats within a relative tolerance), in the same
+/// order when `ordered`, as multisets otherwise. Returns a description of the first
+/// difference.
+pub fn compare(expected: &[RecordBatch], actual: &[RecordBatch], ordered: bool) -> Result<(), String> {
+    let mut want = rows(expected);
+    let mut got = rows(actual);
+    if want.len() != got.len() {
+        return Err(format!("{} rows expected, {} returned", want.len(), got.len()));
+    }
+    if !ordered {
+        let key = |r: &Vec<Cell>| format!("{r:?}");
+        want.sort_by_key(key);
+        got.sort_by_key(key);
+    }
+    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+        if w.len() != g.len() || !w.iter().zip(g).all(|(a, b)| cells_match(a, b)) {
+            return Err(format!("row {i}: expected {w:?}, got {g:?}"));
+        }
+    }
+    Ok(())
+}

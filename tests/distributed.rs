@@ -1,0 +1,141 @@
+//! End to end on an in-process cluster (scheduler + 3 executors over real gRPC and Flight
+//! on 127.0.0.1): all 22 TPC-H queries against single-node DataFusion, shuffle across
+//! executors, bad input, and a plan larger than gRPC's default message limit.
+
+mod common;
+
+use baton::client::BatonClient;
+use baton::cluster::{ClusterConfig, LocalCluster};
+use baton::proto::QueryState;
+use baton::tpch::QUERIES;
+
+async fn cluster(executors: usize) -> LocalCluster {
+    LocalCluster::start(ClusterConfig {
+        executors,
+        slots: 2,
+        catalog: Some(common::tpch_catalog()),
+        target_partitions: 4,
+        ..Default::default()
+    })
+    .await
+    .expect("start cluster")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn all_22_tpch_queries_match_single_node_datafusion_and_shuffle_crosses_executors() {
+    let cluster = cluster(3).await;
+    let reference = common::single_node(&common::tpch_catalog()).await;
+    let mut client = cluster.client().await.unwrap();
+    let mut failures = Vec::new();
+    for query in QUERIES {
+        let expected = reference.sql(query.sql).await.unwrap().collect().await.unwrap();
+        let actual = match client.sql(query.sql).await {
+            Ok(result) => result.batches,
+            Err(e) => {
+                failures.push(format!("Q{}: failed: {e}", query.number));
+                continue;
+            }
+        };
+        let ordered = query.sql.to_lowercase().contains("order by");
+        if let Err(diff) = common::compare(&expected, &actual, ordered) {
+            failures.push(format!("Q{}: {diff}", query.number));
+        }
+    }
+    assert!(failures.is_empty(), "mismatches:\n{}", failures.join("\n"));
+
+    let busy = cluster
+        .executors()
+        .iter()
+        .filter(|e| e.tasks_completed() > 0)
+        .count();
+    assert_eq!(busy, 3, "every executor ran tasks");
+    let fetched: u64 = cluster.executors().iter().map(|e| e.bytes_fetched()).sum();
+    assert!(fetched > 0, "shuffle data crossed executors over Flight");
+    for query in client.list().await.unwrap() {
+        assert_eq!(query.state, QueryState::Succeeded as i32, "{query:?}");
+    }
+}
+
+/// Submits `sql`, expects the query to fail with `cause` in its status and in the error
+/// the client sees.
+async fn expect_failure(client: &mut BatonClient, sql: &str, cause: &str) {
+    let id = client.submit_sql(sql).await.unwrap();
+    let error = client.fetch(&id).await.expect_err(sql).to_string();
+    let status = client.status(&id).await.unwrap();
+    assert_eq!(status.state, QueryState::Failed as i32, "{sql}: {status:?}");
+    assert!(status.error.contains(cause), "{sql}: status error {:?} lacks {cause:?}", status.error);
+    assert!(error.contains(cause), "{sql}: client error {error:?} lacks {cause:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_fails_the_query_with_its_cause_and_the_cluster_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    // A catalog whose `ghost` table names a file that does not exist, and whose `gone`
+    // table's file is deleted after it is registered.
+    std::fs::write(dir.path().join("gone.tbl"), "1|a|\n").unwrap();
+    let catalog = dir.path().join("catalog.toml");
+    std::fs::write(
+        &catalog,
+        "[[table]]\nname='ghost'\nformat='tbl'\npath='missing.tbl'\ncolumns=[['id','BIGINT'],['v','VARCHAR']]\n\
+         [[table]]\nname='gone'\nformat='tbl'\npath='gone.tbl'\ncolumns=[['id','BIGINT'],['v','VARCHAR']]\n\
+         [[table]]\nname='words'\nformat='csv'\npath='words.csv'\ncolumns=[['w','VARCHAR']]\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("words.csv"), "w\nalpha\nbeta\n").unwrap();
+    let cluster = LocalCluster::start(ClusterConfig {
+        executors: 2,
+        catalog: Some(catalog),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    std::fs::remove_file(dir.path().join("gone.tbl")).unwrap();
+    let mut client = cluster.client().await.unwrap();
+
+    expect_failure(&mut client, "selec 1", "ParserError").await;
+    expect_failure(&mut client, "select * from no_such_table", "no_such_table").await;
+    expect_failure(&mut client, "select * from ghost", "missing.tbl").await;
+    expect_failure(&mut client, "select * from gone", "gone.tbl").await;
+    expect_failure(&mut client, "select cast(w as int) from words", "Cannot cast").await;
+
+    let result = client.sql("select count(*) as n from words").await.unwrap();
+    assert_eq!(common::rows(&result.batches), vec![vec![common::Cell::Text("2".into())]]);
+    let (executors, (_, busy)) = cluster.scheduler().executors();
+    assert_eq!((executors, busy), (2, 0), "executors stay connected and slots are free");
+}
+
+#[test]
+fn a_bad_catalog_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("catalog.toml");
+    std::fs::write(&catalog, "[[table]]\nname = 'x'\nformat = ").unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let error = runtime
+        .block_on(LocalCluster::start(ClusterConfig {
+            catalog: Some(catalog.clone()),
+            ..Default::default()
+        }))
+        .expect_err("a bad catalog must not start");
+    let text = error.to_string();
+    assert!(text.contains("catalog.toml"), "{text}");
+    assert!(text.contains("not valid"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_plan_larger_than_grpcs_default_message_limit_runs() {
+    let cluster = cluster(2).await;
+    let reference = common::single_node(&common::tpch_catalog()).await;
+    let keys = (1..=400_000).map(|k| k.to_string()).collect::<Vec<_>>().join(",");
+    let sql = format!("select count(*) as n, sum(l_quantity) as q from lineitem where l_orderkey in ({keys})");
+    assert!(sql.len() > 2 << 20);
+    let expected = reference.sql(&sql).await.unwrap().collect().await.unwrap();
+    // Planned on the client: the serialized plan (well over 4 MiB) travels in SubmitQuery
+    // and in every RunTask.
+    let plan = reference.sql(&sql).await.unwrap().create_physical_plan().await.unwrap();
+    let bytes = baton::planner::encode_plan(plan).unwrap();
+    assert!(bytes.len() > 4 << 20, "plan is {} bytes", bytes.len());
+    let mut client = cluster.client().await.unwrap();
+    let id = client.submit_plan(bytes, "large IN list").await.unwrap();
+    let actual = client.fetch(&id).await.unwrap();
+    common::compare(&expected, &actual.batches, false).unwrap();
+}
