@@ -144,21 +144,25 @@ pub fn parse_catalog(text: &str, path: &Path) -> Result<Vec<TableDef>, CatalogEr
 }
 
 /// Reads `path` and registers its tables in `ctx`; returns their names.
-pub async fn register_catalog(ctx: &SessionContext, path: &Path) -> Result<Vec<String>, CatalogError> {
+pub async fn register_catalog(
+    ctx: &SessionContext,
+    path: &Path,
+) -> Result<Vec<String>, CatalogError> {
     let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Read {
         path: path.to_path_buf(),
         source,
     })?;
     let tables = parse_catalog(&text, path)?;
-    let base = path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let base = std::fs::canonicalize(if base.as_os_str().is_empty() { Path::new(".") } else { &base })
-        .map_err(|source| CatalogError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base = std::fs::canonicalize(if base.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        &base
+    })
+    .map_err(|source| CatalogError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut names = Vec::new();
     for table in &tables {
         register_table(ctx, table, &base)
@@ -245,16 +249,23 @@ async fn register_table(
 }
 
 /// Wraps the registered file table `name` in a [`CheckedTable`] (not for globs).
-async fn guard_path(ctx: &SessionContext, name: &str, path: &Path) -> datafusion::error::Result<()> {
+async fn guard_path(
+    ctx: &SessionContext,
+    name: &str,
+    path: &Path,
+) -> datafusion::error::Result<()> {
     if path.to_string_lossy().contains(['*', '?', '[']) {
         return Ok(());
     }
     let inner = ctx.table_provider(name).await?;
     ctx.deregister_table(name)?;
-    ctx.register_table(name, Arc::new(CheckedTable {
-        inner,
-        path: path.to_path_buf(),
-    }))?;
+    ctx.register_table(
+        name,
+        Arc::new(CheckedTable {
+            inner,
+            path: path.to_path_buf(),
+        }),
+    )?;
     Ok(())
 }
 
@@ -268,7 +279,8 @@ async fn declare_table(
     let name = &table.name;
     match table.format {
         TableFormat::Tbl => {
-            ctx.sql(&format!("CREATE SCHEMA IF NOT EXISTS {RAW_SCHEMA}")).await?;
+            ctx.sql(&format!("CREATE SCHEMA IF NOT EXISTS {RAW_SCHEMA}"))
+                .await?;
             let mut columns = table.columns.clone();
             columns.push(("__trailing".into(), "VARCHAR".into()));
             ctx.sql(&format!(
@@ -328,10 +340,19 @@ mod tests {
     #[test]
     fn rejects_bad_toml_and_bad_definitions() {
         let p = Path::new("c.toml");
-        assert!(matches!(parse_catalog("[[table]\nname=", p), Err(CatalogError::Invalid { .. })));
+        assert!(matches!(
+            parse_catalog("[[table]\nname=", p),
+            Err(CatalogError::Invalid { .. })
+        ));
         let no_columns = "[[table]]\nname='t'\nformat='csv'\npath='t.csv'";
-        assert!(parse_catalog(no_columns, p).unwrap_err().to_string().contains("needs columns"));
-        let bad_type = "[[table]]\nname='t'\nformat='tbl'\npath='t.tbl'\ncolumns=[['a', 'INT; DROP']]";
+        assert!(
+            parse_catalog(no_columns, p)
+                .unwrap_err()
+                .to_string()
+                .contains("needs columns")
+        );
+        let bad_type =
+            "[[table]]\nname='t'\nformat='tbl'\npath='t.tbl'\ncolumns=[['a', 'INT; DROP']]";
         assert!(parse_catalog(bad_type, p).is_err());
         let bad_format = "[[table]]\nname='t'\nformat='xlsx'\npath='t'";
         assert!(parse_catalog(bad_format, p).is_err());
@@ -349,7 +370,13 @@ mod tests {
         .unwrap();
         let ctx = SessionContext::new();
         assert_eq!(register_catalog(&ctx, &catalog).await.unwrap(), vec!["t"]);
-        let batches = ctx.sql("select * from t order by id").await.unwrap().collect().await.unwrap();
+        let batches = ctx
+            .sql("select * from t order by id")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
         assert_eq!(batches[0].num_columns(), 2);
         assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
     }

@@ -107,10 +107,17 @@ pub fn catalog_or_default(catalog: Option<PathBuf>) -> Result<PathBuf, CliError>
             cache.display()
         );
     }
-    Ok(datagen::cached_tpch(&cache, DEFAULT_SCALE, TableFormat::Parquet)?)
+    Ok(datagen::cached_tpch(
+        &cache,
+        DEFAULT_SCALE,
+        TableFormat::Parquet,
+    )?)
 }
 
-async fn start_cluster(options: ClusterOptions, bind: SocketAddr) -> Result<LocalCluster, CliError> {
+async fn start_cluster(
+    options: ClusterOptions,
+    bind: SocketAddr,
+) -> Result<LocalCluster, CliError> {
     let catalog = catalog_or_default(options.catalog)?;
     Ok(LocalCluster::start(ClusterConfig {
         executors: options.executors.max(1),
@@ -127,16 +134,22 @@ async fn until_ctrl_c() {
 }
 
 /// `baton scheduler`.
-pub async fn run_scheduler(bind: SocketAddr, catalog: Option<PathBuf>, partitions: usize) -> Result<(), CliError> {
+pub async fn run_scheduler(
+    bind: SocketAddr,
+    catalog: Option<PathBuf>,
+    partitions: usize,
+) -> Result<(), CliError> {
     let scheduler = Scheduler::new(SchedulerConfig {
         catalog,
         target_partitions: partitions,
     })
     .await?;
-    let listener = TcpListener::bind(bind).await.map_err(|source| CliError::Io {
-        what: format!("binding the scheduler to {bind}"),
-        source,
-    })?;
+    let listener = TcpListener::bind(bind)
+        .await
+        .map_err(|source| CliError::Io {
+            what: format!("binding the scheduler to {bind}"),
+            source,
+        })?;
     tracing::info!(address = %bind, "scheduler listening");
     scheduler.serve(listener, until_ctrl_c()).await?;
     Ok(())
@@ -308,7 +321,11 @@ fn print_result(result: &QueryResult, format: OutputFormat, elapsed: f64) -> Res
     if !text.is_empty() {
         println!("{}", text.trim_end());
     }
-    eprintln!("{} row(s) in {elapsed:.3} s (query {})", result.rows(), result.query_id);
+    eprintln!(
+        "{} row(s) in {elapsed:.3} s (query {})",
+        result.rows(),
+        result.query_id
+    );
     Ok(())
 }
 
@@ -331,10 +348,12 @@ pub async fn run_sql(
     let text = match &source {
         SqlSource::Command(sql) => sql.clone(),
         SqlSource::File(path) => read_file(path)?,
-        SqlSource::Stdin => std::io::read_to_string(std::io::stdin()).map_err(|source| CliError::Io {
-            what: "reading standard input".into(),
-            source,
-        })?,
+        SqlSource::Stdin => {
+            std::io::read_to_string(std::io::stdin()).map_err(|source| CliError::Io {
+                what: "reading standard input".into(),
+                source,
+            })?
+        }
     };
     let statements = split_statements(&text);
     let mut session = Session::open(target).await?;

@@ -84,12 +84,13 @@ impl LocalCluster {
             target_partitions: config.target_partitions,
         })
         .await?;
-        let listener = TcpListener::bind(config.bind)
-            .await
-            .map_err(|source| ClusterError::Bind {
-                addr: config.bind,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.bind)
+                .await
+                .map_err(|source| ClusterError::Bind {
+                    addr: config.bind,
+                    source,
+                })?;
         let address = listener
             .local_addr()
             .map_err(|source| ClusterError::Bind {
@@ -109,8 +110,12 @@ impl LocalCluster {
         let mut executors = Vec::with_capacity(config.executors);
         for _ in 0..config.executors {
             executors.push(
-                Executor::start(ExecutorConfig::local(&address, config.slots, work_dir.clone()))
-                    .await?,
+                Executor::start(ExecutorConfig::local(
+                    &address,
+                    config.slots,
+                    work_dir.clone(),
+                ))
+                .await?,
             );
         }
         scheduler.wait_for_executors(config.executors).await;

@@ -100,16 +100,19 @@ fn write_tbl<T: Display>(rows: impl Iterator<Item = T>, path: &Path) -> Result<(
 }
 
 /// Writes one table; returns its schema.
-fn generate_table(table: &str, scale: f64, format: TableFormat, path: &Path) -> Result<SchemaRef, DatagenError> {
+fn generate_table(
+    table: &str,
+    scale: f64,
+    format: TableFormat,
+    path: &Path,
+) -> Result<SchemaRef, DatagenError> {
     macro_rules! generate {
         ($generator:ident, $arrow:ident) => {{
             let schema = $arrow::schema_ref();
             match format {
-                TableFormat::Parquet => write_parquet(
-                    $arrow::new($generator::new(scale, 1, 1)),
-                    &schema,
-                    path,
-                )?,
+                TableFormat::Parquet => {
+                    write_parquet($arrow::new($generator::new(scale, 1, 1)), &schema, path)?
+                }
                 TableFormat::Tbl => write_tbl($generator::new(scale, 1, 1).iter(), path)?,
                 TableFormat::Csv => return Err(DatagenError::Format(format)),
             }
@@ -140,7 +143,7 @@ fn sql_type(data_type: &DataType) -> String {
 
 /// Generates TPC-H at `scale` into `out` and writes `out/catalog.toml`; returns its path.
 pub fn generate_tpch(scale: f64, out: &Path, format: TableFormat) -> Result<PathBuf, DatagenError> {
-    if !(scale > 0.0) {
+    if scale.is_nan() || scale <= 0.0 {
         return Err(DatagenError::Scale(scale));
     }
     std::fs::create_dir_all(out).map_err(io_error(out))?;
@@ -164,9 +167,14 @@ pub fn generate_tpch(scale: f64, out: &Path, format: TableFormat) -> Result<Path
             .map(|_| {
                 scope.spawn(|| {
                     let mut done = Vec::new();
-                    while let Ok(table) = { let next = queue.lock().expect("queue lock").recv(); next } {
+                    // The lock guard must drop before the table is generated.
+                    let next = || queue.lock().expect("queue lock").recv();
+                    while let Ok(table) = next() {
                         let path = out.join(format!("{table}.{extension}"));
-                        done.push(generate_table(table, scale, format, &path).map(|s| (table.to_string(), s)));
+                        done.push(
+                            generate_table(table, scale, format, &path)
+                                .map(|s| (table.to_string(), s)),
+                        );
                     }
                     done
                 })
@@ -202,7 +210,11 @@ pub fn generate_tpch(scale: f64, out: &Path, format: TableFormat) -> Result<Path
 }
 
 /// The TPC-H catalog at `scale` in the cache under `cache_dir`, generated on first use.
-pub fn cached_tpch(cache_dir: &Path, scale: f64, format: TableFormat) -> Result<PathBuf, DatagenError> {
+pub fn cached_tpch(
+    cache_dir: &Path,
+    scale: f64,
+    format: TableFormat,
+) -> Result<PathBuf, DatagenError> {
     let name = match format {
         TableFormat::Tbl => "tbl",
         _ => "parquet",

@@ -75,7 +75,10 @@ impl<H: FlightHandler> FlightService for FlightEndpoint<H> {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.0.flight_info(request.into_inner()).await.map(Response::new)
+        self.0
+            .flight_info(request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn poll_flight_info(
@@ -92,7 +95,10 @@ impl<H: FlightHandler> FlightService for FlightEndpoint<H> {
         refused("get_schema")
     }
 
-    async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
         self.0.get(request.into_inner()).await.map(Response::new)
     }
 

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use baton::catalog::TableFormat;
-use baton::client::OutputFormat;
 use baton::cli::{self, SqlSource, SqlTarget};
+use baton::client::OutputFormat;
 use baton::config::DEFAULT_TARGET_PARTITIONS;
 
 /// Baton: a push-based, streaming, distributed query scheduler for Apache DataFusion.
@@ -162,9 +162,18 @@ impl From<ClusterArgs> for cli::ClusterOptions {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet = matches!(cli.command, Command::Sql { .. } | Command::Status { .. } | Command::Cancel { .. } | Command::Datagen { .. });
+    let quiet = matches!(
+        cli.command,
+        Command::Sql { .. }
+            | Command::Status { .. }
+            | Command::Cancel { .. }
+            | Command::Datagen { .. }
+    );
     cli::init_logging(if quiet { "warn" } else { "info" });
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -173,30 +182,54 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Scheduler { bind, catalog, partitions } => {
-                cli::run_scheduler(bind, catalog, partitions).await
+            Command::Scheduler {
+                bind,
+                catalog,
+                partitions,
+            } => cli::run_scheduler(bind, catalog, partitions).await,
+            Command::Executor {
+                scheduler,
+                bind,
+                slots,
+                work_dir,
+                memory_mb,
+            } => cli::run_executor(scheduler, bind, slots, work_dir, memory_mb << 20).await,
+            Command::Standalone { bind, cluster } => {
+                cli::run_standalone(bind, cluster.into()).await
             }
-            Command::Executor { scheduler, bind, slots, work_dir, memory_mb } => {
-                cli::run_executor(scheduler, bind, slots, work_dir, memory_mb << 20).await
-            }
-            Command::Standalone { bind, cluster } => cli::run_standalone(bind, cluster.into()).await,
-            Command::Sql { scheduler, command, file, format, continue_on_error, cluster } => {
+            Command::Sql {
+                scheduler,
+                command,
+                file,
+                format,
+                continue_on_error,
+                cluster,
+            } => {
                 let source = match (command, file) {
                     (Some(sql), _) => SqlSource::Command(sql),
                     (None, Some(path)) => SqlSource::File(path),
                     (None, None) => SqlSource::Stdin,
                 };
                 let target = match scheduler {
-                    Some(address) => SqlTarget::Remote { address, catalog: cluster.catalog },
+                    Some(address) => SqlTarget::Remote {
+                        address,
+                        catalog: cluster.catalog,
+                    },
                     None => SqlTarget::Embedded(cluster.into()),
                 };
                 cli::run_sql(target, source, format, continue_on_error).await
             }
-            Command::Datagen { data: Datagen::Tpch { scale, out, format } } => {
-                cli::run_datagen(scale, out, format.into())
-            }
-            Command::Status { query_id, scheduler } => cli::run_status(&scheduler, query_id).await,
-            Command::Cancel { query_id, scheduler } => cli::run_cancel(&scheduler, &query_id).await,
+            Command::Datagen {
+                data: Datagen::Tpch { scale, out, format },
+            } => cli::run_datagen(scale, out, format.into()),
+            Command::Status {
+                query_id,
+                scheduler,
+            } => cli::run_status(&scheduler, query_id).await,
+            Command::Cancel {
+                query_id,
+                scheduler,
+            } => cli::run_cancel(&scheduler, &query_id).await,
         }
     });
     match result {

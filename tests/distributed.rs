@@ -28,7 +28,13 @@ async fn all_22_tpch_queries_match_single_node_datafusion_and_shuffle_crosses_ex
     let mut client = cluster.client().await.unwrap();
     let mut failures = Vec::new();
     for query in QUERIES {
-        let expected = reference.sql(query.sql).await.unwrap().collect().await.unwrap();
+        let expected = reference
+            .sql(query.sql)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
         let actual = match client.sql(query.sql).await {
             Ok(result) => result.batches,
             Err(e) => {
@@ -63,8 +69,15 @@ async fn expect_failure(client: &mut BatonClient, sql: &str, cause: &str) {
     let error = client.fetch(&id).await.expect_err(sql).to_string();
     let status = client.status(&id).await.unwrap();
     assert_eq!(status.state, QueryState::Failed as i32, "{sql}: {status:?}");
-    assert!(status.error.contains(cause), "{sql}: status error {:?} lacks {cause:?}", status.error);
-    assert!(error.contains(cause), "{sql}: client error {error:?} lacks {cause:?}");
+    assert!(
+        status.error.contains(cause),
+        "{sql}: status error {:?} lacks {cause:?}",
+        status.error
+    );
+    assert!(
+        error.contains(cause),
+        "{sql}: client error {error:?} lacks {cause:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -96,12 +109,24 @@ async fn bad_input_fails_the_query_with_its_cause_and_the_cluster_keeps_serving(
     expect_failure(&mut client, "select * from no_such_table", "no_such_table").await;
     expect_failure(&mut client, "select * from ghost", "missing.tbl").await;
     expect_failure(&mut client, "select * from gone", "gone.tbl").await;
-    expect_failure(&mut client, "select cast(w as int) from words", "Cannot cast").await;
+    expect_failure(
+        &mut client,
+        "select cast(w as int) from words",
+        "Cannot cast",
+    )
+    .await;
 
     let result = client.sql("select count(*) as n from words").await.unwrap();
-    assert_eq!(common::rows(&result.batches), vec![vec![common::Cell::Text("2".into())]]);
+    assert_eq!(
+        common::rows(&result.batches),
+        vec![vec![common::Cell::Text("2".into())]]
+    );
     let (executors, (_, busy)) = cluster.scheduler().executors();
-    assert_eq!((executors, busy), (2, 0), "executors stay connected and slots are free");
+    assert_eq!(
+        (executors, busy),
+        (2, 0),
+        "executors stay connected and slots are free"
+    );
 }
 
 #[test]
@@ -125,13 +150,24 @@ fn a_bad_catalog_is_a_clear_error() {
 async fn a_plan_larger_than_grpcs_default_message_limit_runs() {
     let cluster = cluster(2).await;
     let reference = common::single_node(&common::tpch_catalog()).await;
-    let keys = (1..=400_000).map(|k| k.to_string()).collect::<Vec<_>>().join(",");
-    let sql = format!("select count(*) as n, sum(l_quantity) as q from lineitem where l_orderkey in ({keys})");
+    let keys = (1..=400_000)
+        .map(|k| k.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let sql = format!(
+        "select count(*) as n, sum(l_quantity) as q from lineitem where l_orderkey in ({keys})"
+    );
     assert!(sql.len() > 2 << 20);
     let expected = reference.sql(&sql).await.unwrap().collect().await.unwrap();
     // Planned on the client: the serialized plan (well over 4 MiB) travels in SubmitQuery
     // and in every RunTask.
-    let plan = reference.sql(&sql).await.unwrap().create_physical_plan().await.unwrap();
+    let plan = reference
+        .sql(&sql)
+        .await
+        .unwrap()
+        .create_physical_plan()
+        .await
+        .unwrap();
     let bytes = baton::planner::encode_plan(plan).unwrap();
     assert!(bytes.len() > 4 << 20, "plan is {} bytes", bytes.len());
     let mut client = cluster.client().await.unwrap();

@@ -5,10 +5,10 @@ mod format;
 
 pub use format::{OutputFormat, format_batches};
 
+use arrow_flight::Ticket;
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_client::FlightServiceClient;
-use arrow_flight::Ticket;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use futures::TryStreamExt;
@@ -88,17 +88,27 @@ impl BatonClient {
 
     /// Submits SQL; returns the query id.
     pub async fn submit_sql(&mut self, sql: &str) -> Result<String, ClientError> {
-        self.submit(submit_query_request::Query::Sql(sql.to_string()), String::new())
-            .await
+        self.submit(
+            submit_query_request::Query::Sql(sql.to_string()),
+            String::new(),
+        )
+        .await
     }
 
     /// Submits a physical plan the caller serialized with [`crate::planner::encode_plan`].
     pub async fn submit_plan(&mut self, plan: Vec<u8>, label: &str) -> Result<String, ClientError> {
-        self.submit(submit_query_request::Query::PhysicalPlan(plan), label.to_string())
-            .await
+        self.submit(
+            submit_query_request::Query::PhysicalPlan(plan),
+            label.to_string(),
+        )
+        .await
     }
 
-    async fn submit(&mut self, query: submit_query_request::Query, label: String) -> Result<String, ClientError> {
+    async fn submit(
+        &mut self,
+        query: submit_query_request::Query,
+        label: String,
+    ) -> Result<String, ClientError> {
         let response = self
             .scheduler
             .submit_query(SubmitQueryRequest {
@@ -110,7 +120,10 @@ impl BatonClient {
     }
 
     /// Waits for the query and streams its result batches.
-    pub async fn result_stream(&mut self, query_id: &str) -> Result<FlightRecordBatchStream, ClientError> {
+    pub async fn result_stream(
+        &mut self,
+        query_id: &str,
+    ) -> Result<FlightRecordBatchStream, ClientError> {
         let ticket = Ticket::new(
             ResultTicket {
                 query_id: query_id.to_string(),

@@ -29,6 +29,9 @@ use runner::TaskRunner;
 /// How often an executor tells the scheduler it is alive.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How long an executor keeps trying to reach its scheduler at start.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
+
 /// Errors of the executor.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecutorError {
@@ -107,26 +110,24 @@ impl Executor {
             .clone()
             .unwrap_or_else(|| format!("exec-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
         let store = ShuffleStore::new(&config.work_dir.join(&id), config.memory_limit)?;
-        let listener = TcpListener::bind(config.bind)
-            .await
+        let listener =
+            TcpListener::bind(config.bind)
+                .await
+                .map_err(|source| ExecutorError::Bind {
+                    addr: config.bind.to_string(),
+                    source,
+                })?;
+        let local = listener
+            .local_addr()
             .map_err(|source| ExecutorError::Bind {
                 addr: config.bind.to_string(),
                 source,
             })?;
-        let local = listener.local_addr().map_err(|source| ExecutorError::Bind {
-            addr: config.bind.to_string(),
-            source,
-        })?;
         let flight_address = local.to_string();
         let (shutdown, shutdown_rx) = watch::channel(false);
         spawn_flight_server(listener, store.clone(), shutdown_rx.clone());
 
-        let channel = connect_channel(&config.scheduler)
-            .await
-            .map_err(|source| ExecutorError::Connect {
-                addr: config.scheduler.clone(),
-                source,
-            })?;
+        let channel = connect_with_retry(&config.scheduler).await?;
         let mut client = SchedulerServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -214,7 +215,34 @@ impl Drop for Executor {
     }
 }
 
-fn spawn_flight_server(listener: TcpListener, store: ShuffleStore, mut shutdown: watch::Receiver<bool>) {
+/// Dials the scheduler, retrying with backoff for up to [`CONNECT_PATIENCE`]: an executor
+/// may start before its scheduler does.
+async fn connect_with_retry(address: &str) -> Result<tonic::transport::Channel, ExecutorError> {
+    let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match connect_channel(address).await {
+            Ok(channel) => return Ok(channel),
+            Err(source) if tokio::time::Instant::now() + backoff > deadline => {
+                return Err(ExecutorError::Connect {
+                    addr: address.to_string(),
+                    source,
+                });
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "scheduler not reachable yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn spawn_flight_server(
+    listener: TcpListener,
+    store: ShuffleStore,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let service = arrow_flight::flight_service_server::FlightServiceServer::new(
         flight::ShuffleFlight::new(store),
     )
@@ -268,7 +296,9 @@ async fn serve_stream(
 ) {
     loop {
         match inbound.message().await {
-            Ok(Some(SchedulerMessage { message: Some(message) })) => match message {
+            Ok(Some(SchedulerMessage {
+                message: Some(message),
+            })) => match message {
                 scheduler_message::Message::RunTask(task) => runner.start(task),
                 scheduler_message::Message::CancelTask(cancel) => {
                     if let Some(id) = cancel.task {

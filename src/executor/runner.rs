@@ -156,16 +156,26 @@ impl TaskRunner {
     }
 
     fn finish(&self, id: TaskId, started: Instant, result: Result<Vec<PartitionStats>>) {
-        self.running
+        self.running.lock().expect("running lock").remove(&(
+            id.query_id.clone(),
+            id.stage_id,
+            id.partition,
+        ));
+        if self
+            .released
             .lock()
-            .expect("running lock")
-            .remove(&(id.query_id.clone(), id.stage_id, id.partition));
-        if self.released.lock().expect("released lock").contains(&id.query_id) {
+            .expect("released lock")
+            .contains(&id.query_id)
+        {
             self.store.release(&id.query_id, &[]);
         }
         self.completed.fetch_add(1, Ordering::Relaxed);
         let elapsed = started.elapsed();
-        debug!(ok = result.is_ok(), elapsed_ms = elapsed.as_millis() as u64, "task finished");
+        debug!(
+            ok = result.is_ok(),
+            elapsed_ms = elapsed.as_millis() as u64,
+            "task finished"
+        );
         let result = match result {
             Ok(partitions) => {
                 let bytes: u64 = partitions.iter().map(|p| p.bytes).sum();
@@ -179,7 +189,8 @@ impl TaskRunner {
                 error: e.to_string(),
             }),
         };
-        metrics::counter!("baton_executor_busy_seconds_total").increment(elapsed.as_micros() as u64);
+        metrics::counter!("baton_executor_busy_seconds_total")
+            .increment(elapsed.as_micros() as u64);
         let _ = self.outbound.send(ExecutorMessage {
             message: Some(executor_message::Message::TaskStatus(TaskStatus {
                 task: Some(id),

@@ -32,7 +32,10 @@ pub fn encode_plan(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<u8>, PlannerError
 }
 
 /// Deserializes a physical plan; functions and object stores resolve in `ctx`.
-pub fn decode_plan(bytes: &[u8], ctx: &TaskContext) -> Result<Arc<dyn ExecutionPlan>, PlannerError> {
+pub fn decode_plan(
+    bytes: &[u8],
+    ctx: &TaskContext,
+) -> Result<Arc<dyn ExecutionPlan>, PlannerError> {
     Ok(PhysicalPlanNode::decode(bytes)?.try_into_physical_plan(ctx, &BatonCodec)?)
 }
 
@@ -65,12 +68,20 @@ impl PhysicalExtensionCodec for BatonCodec {
                         .map(|bytes| {
                             let expr = PhysicalExprNode::decode(bytes.as_slice())
                                 .map_err(|e| proto_error("decode", e))?;
-                            parse_physical_expr_with_converter(&expr, &schema, &decode_ctx, proto_converter)
+                            parse_physical_expr_with_converter(
+                                &expr,
+                                &schema,
+                                &decode_ctx,
+                                proto_converter,
+                            )
                         })
                         .collect::<Result<Vec<_>>>()?;
                     Some(Partitioning::Hash(exprs, node.hash_partitions as usize))
                 };
-                Ok(Arc::new(ShuffleWriterExec::try_new(input.clone(), partitioning)?))
+                Ok(Arc::new(ShuffleWriterExec::try_new(
+                    input.clone(),
+                    partitioning,
+                )?))
             }
             Some(plan_extension::Node::ShuffleReader(node)) => {
                 let schema = datafusion_proto::protobuf::Schema::decode(node.schema.as_slice())
@@ -126,10 +137,15 @@ impl PhysicalExtensionCodec for BatonCodec {
                 per_map: reader.mode() == ReadMode::PerMap,
             })
         } else {
-            return Err(proto_error("encode", format!("unknown operator {}", node.name())));
+            return Err(proto_error(
+                "encode",
+                format!("unknown operator {}", node.name()),
+            ));
         };
-        PlanExtension { node: Some(extension) }
-            .encode(buf)
-            .map_err(|e| proto_error("encode", e))
+        PlanExtension {
+            node: Some(extension),
+        }
+        .encode(buf)
+        .map_err(|e| proto_error("encode", e))
     }
 }

@@ -27,7 +27,11 @@ use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 fn emits_build_rows_at_end(join_type: JoinType) -> bool {
     matches!(
         join_type,
-        JoinType::Left | JoinType::LeftAnti | JoinType::LeftSemi | JoinType::LeftMark | JoinType::Full
+        JoinType::Left
+            | JoinType::LeftAnti
+            | JoinType::LeftSemi
+            | JoinType::LeftMark
+            | JoinType::Full
     )
 }
 
@@ -46,9 +50,13 @@ fn single_partition(plan: &Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
 
 fn rewrite_join(node: Arc<dyn ExecutionPlan>) -> Result<Transformed<Arc<dyn ExecutionPlan>>> {
     if let Some(join) = node.downcast_ref::<NestedLoopJoinExec>() {
-        if emits_build_rows_at_end(*join.join_type()) && join.right().output_partitioning().partition_count() > 1 {
+        if emits_build_rows_at_end(*join.join_type())
+            && join.right().output_partitioning().partition_count() > 1
+        {
             let children = vec![join.left().clone(), single_partition(join.right())];
-            return Ok(Transformed::yes(replace_children_if_necessary(node, children)?));
+            return Ok(Transformed::yes(replace_children_if_necessary(
+                node, children,
+            )?));
         }
         return Ok(Transformed::no(node));
     }
@@ -63,7 +71,9 @@ fn rewrite_join(node: Arc<dyn ExecutionPlan>) -> Result<Transformed<Arc<dyn Exec
     }
     if join.null_aware {
         let children = vec![join.left().clone(), single_partition(join.right())];
-        return Ok(Transformed::yes(replace_children_if_necessary(node, children)?));
+        return Ok(Transformed::yes(replace_children_if_necessary(
+            node, children,
+        )?));
     }
     let build = match join.left().downcast_ref::<CoalescePartitionsExec>() {
         Some(coalesce) => coalesce.input().clone(),

@@ -98,7 +98,12 @@ impl FlightHandler for ResultFlight {
                     map_partition: map as u32,
                     output_partition: 0,
                 };
-                let opened = match scheduler.inner.clients.client(&location.flight_address).await {
+                let opened = match scheduler
+                    .inner
+                    .clients
+                    .client(&location.flight_address)
+                    .await
+                {
                     Ok(mut client) => client.do_get(shuffle_ticket(&key)).await,
                     Err(e) => Err(Status::unavailable(e.to_string())),
                 };

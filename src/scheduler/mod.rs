@@ -104,9 +104,8 @@ impl std::fmt::Debug for Scheduler {
 impl Scheduler {
     /// A scheduler with the tables of `config.catalog`.
     pub async fn new(config: SchedulerConfig) -> Result<Self, SchedulerError> {
-        let session = SessionContext::new_with_config(distributed_session_config(
-            config.target_partitions,
-        ));
+        let session =
+            SessionContext::new_with_config(distributed_session_config(config.target_partitions));
         if let Some(path) = &config.catalog {
             catalog::register_catalog(&session, path).await?;
         }
@@ -152,7 +151,10 @@ impl Scheduler {
         id
     }
 
-    async fn plan(&self, submission: Submission) -> Result<(Vec<StageSpec>, SchemaRef), PlannerError> {
+    async fn plan(
+        &self,
+        submission: Submission,
+    ) -> Result<(Vec<StageSpec>, SchemaRef), PlannerError> {
         let plan = match submission {
             Submission::Sql(sql) => {
                 let frame = self.inner.session.sql(&sql).await?;
@@ -202,7 +204,12 @@ impl Scheduler {
             .watch(query_id)
             .ok_or_else(|| SchedulerError::UnknownQuery(query_id.to_string()))?;
         let state = rx
-            .wait_for(|s| matches!(s, QueryState::Succeeded | QueryState::Failed | QueryState::Cancelled))
+            .wait_for(|s| {
+                matches!(
+                    s,
+                    QueryState::Succeeded | QueryState::Failed | QueryState::Cancelled
+                )
+            })
             .await
             .map(|s| *s)
             .unwrap_or(QueryState::Failed);
@@ -221,9 +228,11 @@ impl Scheduler {
             .query(query_id)
             .ok_or_else(|| SchedulerError::UnknownQuery(query_id.to_string()))?;
         match (state, &query.schema) {
-            (QueryState::Succeeded, Some(schema)) => {
-                Ok((schema.clone(), query.result_locations(), query.final_stage()))
-            }
+            (QueryState::Succeeded, Some(schema)) => Ok((
+                schema.clone(),
+                query.result_locations(),
+                query.final_stage(),
+            )),
             _ => Err(SchedulerError::NoResult {
                 id: query_id.to_string(),
                 state: query.state().as_str_name(),

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use datafusion::arrow::datatypes::SchemaRef;
 
 use crate::proto::{
-    MapOutputLocation, QueryState, StageInput, StageState, StageStatus,
-    QueryStatus as QueryStatusProto,
+    MapOutputLocation, QueryState, QueryStatus as QueryStatusProto, StageInput, StageState,
+    StageStatus,
 };
 use crate::shuffle::MapLocation;
 
@@ -247,10 +247,12 @@ impl Query {
         if stage.tasks.is_empty() {
             self.complete_stage(sid, progress);
         } else {
-            progress.ready.extend((0..stage.tasks.len() as u32).map(|partition| TaskRef {
-                stage: sid,
-                partition,
-            }));
+            progress
+                .ready
+                .extend((0..stage.tasks.len() as u32).map(|partition| TaskRef {
+                    stage: sid,
+                    partition,
+                }));
         }
     }
 
@@ -295,7 +297,12 @@ impl Query {
     }
 
     /// A task finished; its output is at `location`.
-    pub fn task_succeeded(&mut self, task: TaskRef, attempt: u32, location: MapLocation) -> Progress {
+    pub fn task_succeeded(
+        &mut self,
+        task: TaskRef,
+        attempt: u32,
+        location: MapLocation,
+    ) -> Progress {
         let mut progress = Progress::default();
         if !self.is_current(task, attempt) {
             return progress;
@@ -313,14 +320,22 @@ impl Query {
 
     /// A task failed: the query fails with the cause. Returns the tasks still running
     /// elsewhere, to be cancelled, or None when the result was stale.
-    pub fn task_failed(&mut self, task: TaskRef, attempt: u32, error: &str) -> Option<Vec<(TaskRef, String)>> {
+    pub fn task_failed(
+        &mut self,
+        task: TaskRef,
+        attempt: u32,
+        error: &str,
+    ) -> Option<Vec<(TaskRef, String)>> {
         if !self.is_current(task, attempt) {
             return None;
         }
         self.stages[task.stage as usize].tasks[task.partition as usize].running_on = None;
         self.finish(
             QueryState::Failed,
-            Some(format!("stage {} task {}: {error}", task.stage, task.partition)),
+            Some(format!(
+                "stage {} task {}: {error}",
+                task.stage, task.partition
+            )),
         );
         Some(self.take_running())
     }
@@ -368,10 +383,11 @@ impl Query {
                 .any(|c| self.stages[*c as usize].state != StageState::Done)
                 || *sid as u32 == self.final_stage();
             needed
-                && stage
-                    .tasks
-                    .iter()
-                    .any(|t| t.output.as_ref().is_some_and(|o| o.executor_id == executor_id))
+                && stage.tasks.iter().any(|t| {
+                    t.output
+                        .as_ref()
+                        .is_some_and(|o| o.executor_id == executor_id)
+                })
         });
         if let Some((sid, _)) = lost_output {
             self.finish(
@@ -396,7 +412,11 @@ impl Query {
                 }
             }
         }
-        if let Some(task) = progress.ready.iter().find(|t| self.attempt(**t) >= MAX_TASK_ATTEMPTS) {
+        if let Some(task) = progress
+            .ready
+            .iter()
+            .find(|t| self.attempt(**t) >= MAX_TASK_ATTEMPTS)
+        {
             let msg = format!(
                 "stage {} task {} lost its executor {} times",
                 task.stage, task.partition, MAX_TASK_ATTEMPTS
@@ -430,7 +450,11 @@ impl Query {
                     tasks_done: s.done as u32,
                     tasks_running: s.tasks.iter().filter(|t| t.running_on.is_some()).count() as u32,
                     input_stages: s.inputs.clone(),
-                    running_on: s.tasks.iter().filter_map(|t| t.running_on.clone()).collect(),
+                    running_on: s
+                        .tasks
+                        .iter()
+                        .filter_map(|t| t.running_on.clone())
+                        .collect(),
                 })
                 .collect(),
         }
@@ -502,10 +526,16 @@ mod tests {
         let mut q = join_query();
         q.start();
         q.task_started(task(0, 0), "a");
-        assert_eq!(q.task_succeeded(task(0, 0), 7, loc("a")), Progress::default());
+        assert_eq!(
+            q.task_succeeded(task(0, 0), 7, loc("a")),
+            Progress::default()
+        );
         assert!(q.task_failed(task(0, 0), 7, "boom").is_none());
         run(&mut q, task(0, 0), "a");
-        assert_eq!(q.task_succeeded(task(0, 0), 0, loc("a")), Progress::default());
+        assert_eq!(
+            q.task_succeeded(task(0, 0), 0, loc("a")),
+            Progress::default()
+        );
         assert_eq!(q.status().stages[0].tasks_done, 1);
     }
 

@@ -63,7 +63,10 @@ impl Registry {
             sender,
             generation,
         };
-        (self.executors.insert(location.executor_id, entry), generation)
+        (
+            self.executors.insert(location.executor_id, entry),
+            generation,
+        )
     }
 
     /// Removes an executor if `generation` is its current connection.

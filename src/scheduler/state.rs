@@ -157,7 +157,12 @@ impl SchedulerState {
     }
 
     /// A new executor stream; returns the connection generation.
-    pub fn register_executor(&mut self, location: MapLocation, slots: u32, sender: ExecutorSender) -> u64 {
+    pub fn register_executor(
+        &mut self,
+        location: MapLocation,
+        slots: u32,
+        sender: ExecutorSender,
+    ) -> u64 {
         let id = location.executor_id.clone();
         let (replaced, generation) = self.registry.register(location, slots, sender);
         if let Some(old) = replaced {
@@ -220,15 +225,23 @@ impl SchedulerState {
                 Some(task_status::Result::Succeeded(ok)) => {
                     metrics::histogram!("baton_task_duration_seconds")
                         .record(ok.elapsed_micros as f64 / 1e6);
-                    metrics::counter!("baton_tasks_completed_total", "result" => "succeeded").increment(1);
+                    metrics::counter!("baton_tasks_completed_total", "result" => "succeeded")
+                        .increment(1);
                     let progress = query.task_succeeded(task, id.attempt, location);
                     self.apply(&query_id, progress);
                 }
                 Some(task_status::Result::Failed(failed)) => {
-                    metrics::counter!("baton_tasks_completed_total", "result" => "failed").increment(1);
+                    metrics::counter!("baton_tasks_completed_total", "result" => "failed")
+                        .increment(1);
                     if let Some(to_cancel) = query.task_failed(task, id.attempt, &failed.error) {
                         self.cancel_tasks(&query_id, to_cancel);
-                        self.apply(&query_id, Progress { ready: vec![], finished: true });
+                        self.apply(
+                            &query_id,
+                            Progress {
+                                ready: vec![],
+                                finished: true,
+                            },
+                        );
                     }
                 }
                 None => {}
@@ -263,7 +276,13 @@ impl SchedulerState {
             return Some(false);
         };
         self.cancel_tasks(&id, running);
-        self.apply(&id, Progress { ready: vec![], finished: true });
+        self.apply(
+            &id,
+            Progress {
+                ready: vec![],
+                finished: true,
+            },
+        );
         self.dispatch();
         Some(true)
     }
@@ -280,7 +299,10 @@ impl SchedulerState {
 
     /// Queries newest first.
     pub fn queries(&self) -> impl Iterator<Item = &Query> {
-        self.order.iter().rev().filter_map(|id| self.queries.get(id))
+        self.order
+            .iter()
+            .rev()
+            .filter_map(|id| self.queries.get(id))
     }
 
     /// The registry (for status and tests).

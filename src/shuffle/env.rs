@@ -40,20 +40,25 @@ pub struct TaskEnv {
 impl TaskEnv {
     /// The environment of the task running in `ctx`.
     pub fn from_context(ctx: &TaskContext) -> Result<Arc<TaskEnv>> {
-        ctx.session_config().get_extension::<TaskEnv>().ok_or_else(|| {
-            DataFusionError::Execution(
-                "Baton shuffle operators run only inside a Baton executor task".into(),
-            )
-        })
+        ctx.session_config()
+            .get_extension::<TaskEnv>()
+            .ok_or_else(|| {
+                DataFusionError::Execution(
+                    "Baton shuffle operators run only inside a Baton executor task".into(),
+                )
+            })
     }
 
     /// The map-output locations of one input stage.
     pub fn input(&self, stage_id: u32) -> Result<&[MapLocation]> {
-        self.inputs.get(&stage_id).map(Vec::as_slice).ok_or_else(|| {
-            DataFusionError::Execution(format!(
-                "task of stage {} has no locations for its input stage {stage_id}",
-                self.stage_id
-            ))
-        })
+        self.inputs
+            .get(&stage_id)
+            .map(Vec::as_slice)
+            .ok_or_else(|| {
+                DataFusionError::Execution(format!(
+                    "task of stage {} has no locations for its input stage {stage_id}",
+                    self.stage_id
+                ))
+            })
     }
 }

@@ -86,8 +86,11 @@ impl FlightClients {
         schema: SchemaRef,
     ) -> Result<SendableRecordBatchStream> {
         let mut client = self.client(address).await?;
-        let fetch_error =
-            |e: &dyn std::fmt::Display| DataFusionError::Execution(format!("fetching shuffle partition {key} from {address}: {e}"));
+        let fetch_error = |e: &dyn std::fmt::Display| {
+            DataFusionError::Execution(format!(
+                "fetching shuffle partition {key} from {address}: {e}"
+            ))
+        };
         let response = client
             .do_get(shuffle_ticket(key))
             .await
@@ -110,6 +113,9 @@ impl FlightClients {
                     "fetching shuffle partition {key_text} from {address}: {e}"
                 ))
             });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches.boxed())))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            batches.boxed(),
+        )))
     }
 }

@@ -73,11 +73,7 @@ impl ShuffleReaderExec {
     }
 
     /// The (map location, shuffle key) pairs that make up reader partition `partition`.
-    fn sources(
-        &self,
-        env: &TaskEnv,
-        partition: usize,
-    ) -> Result<Vec<(MapLocation, ShuffleKey)>> {
+    fn sources(&self, env: &TaskEnv, partition: usize) -> Result<Vec<(MapLocation, ShuffleKey)>> {
         let locations = env.input(self.stage_id)?;
         let key = |map: usize, output: usize| ShuffleKey {
             query_id: env.query_id.clone(),
@@ -183,6 +179,8 @@ async fn open_source(
             .increment(partition.bytes());
         Ok(partition.stream())
     } else {
-        env.clients.fetch(&location.flight_address, key, schema).await
+        env.clients
+            .fetch(&location.flight_address, key, schema)
+            .await
     }
 }

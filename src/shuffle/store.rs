@@ -271,8 +271,13 @@ impl PartitionWriter {
         for batch in self.batches.drain(..) {
             writer.write(&batch).map_err(ipc)?;
         }
-        self.store.budget.release(std::mem::take(&mut self.reserved));
-        self.store.budget.spilled_files.fetch_add(1, Ordering::Relaxed);
+        self.store
+            .budget
+            .release(std::mem::take(&mut self.reserved));
+        self.store
+            .budget
+            .spilled_files
+            .fetch_add(1, Ordering::Relaxed);
         self.file = Some((path, writer));
         Ok(())
     }
@@ -460,7 +465,13 @@ mod tests {
             w.push(batch(3000)).unwrap();
         }
         store.commit(vec![w.finish().unwrap()]);
-        store.get(&key(stage)).unwrap().stream().try_collect().await.unwrap()
+        store
+            .get(&key(stage))
+            .unwrap()
+            .stream()
+            .try_collect()
+            .await
+            .unwrap()
     }
 
     #[tokio::test]

@@ -49,7 +49,10 @@ pub struct ShuffleWriterExec {
 
 impl ShuffleWriterExec {
     /// A writer of `input`'s partitions; `partitioning` must be a hash partitioning or None.
-    pub fn try_new(input: Arc<dyn ExecutionPlan>, partitioning: Option<Partitioning>) -> Result<Self> {
+    pub fn try_new(
+        input: Arc<dyn ExecutionPlan>,
+        partitioning: Option<Partitioning>,
+    ) -> Result<Self> {
         if let Some(p) = &partitioning
             && !matches!(p, Partitioning::Hash(_, n) if *n > 0)
         {
@@ -82,7 +85,9 @@ impl ShuffleWriterExec {
 
     /// Output partitions each task writes.
     pub fn output_partitions(&self) -> usize {
-        self.partitioning.as_ref().map_or(1, Partitioning::partition_count)
+        self.partitioning
+            .as_ref()
+            .map_or(1, Partitioning::partition_count)
     }
 }
 
@@ -200,8 +205,12 @@ async fn write_partition(
             Arc::new(UInt32Array::from_iter_values(
                 finished.iter().map(|(k, _)| k.output_partition),
             )),
-            Arc::new(UInt64Array::from_iter_values(finished.iter().map(|(_, p)| p.rows()))),
-            Arc::new(UInt64Array::from_iter_values(finished.iter().map(|(_, p)| p.bytes()))),
+            Arc::new(UInt64Array::from_iter_values(
+                finished.iter().map(|(_, p)| p.rows()),
+            )),
+            Arc::new(UInt64Array::from_iter_values(
+                finished.iter().map(|(_, p)| p.bytes()),
+            )),
         ],
     )?;
     env.store.commit(finished);

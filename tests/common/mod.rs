@@ -18,13 +18,16 @@ pub fn tpch_catalog() -> PathBuf {
     let cache = std::env::var_os("BATON_TEST_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("baton-test-cache"));
-    baton::datagen::cached_tpch(&cache, TEST_SCALE, TableFormat::Parquet).expect("generate TPC-H test data")
+    baton::datagen::cached_tpch(&cache, TEST_SCALE, TableFormat::Parquet)
+        .expect("generate TPC-H test data")
 }
 
 /// Single-node DataFusion over the same catalog.
 pub async fn single_node(catalog: &std::path::Path) -> SessionContext {
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
-    register_catalog(&ctx, catalog).await.expect("register catalog");
+    register_catalog(&ctx, catalog)
+        .await
+        .expect("register catalog");
     ctx
 }
 
@@ -83,11 +86,19 @@ fn cells_match(a: &Cell, b: &Cell) -> bool {
 /// Compares two results: same rows (floats within a relative tolerance), in the same
 /// order when `ordered`, as multisets otherwise. Returns a description of the first
 /// difference.
-pub fn compare(expected: &[RecordBatch], actual: &[RecordBatch], ordered: bool) -> Result<(), String> {
+pub fn compare(
+    expected: &[RecordBatch],
+    actual: &[RecordBatch],
+    ordered: bool,
+) -> Result<(), String> {
     let mut want = rows(expected);
     let mut got = rows(actual);
     if want.len() != got.len() {
-        return Err(format!("{} rows expected, {} returned", want.len(), got.len()));
+        return Err(format!(
+            "{} rows expected, {} returned",
+            want.len(),
+            got.len()
+        ));
     }
     if !ordered {
         let key = |r: &Vec<Cell>| format!("{r:?}");
