@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -11,8 +12,10 @@ use tokio::task::JoinHandle;
 
 use crate::client::{BatonClient, ClientError};
 use crate::config::DEFAULT_TARGET_PARTITIONS;
-use crate::executor::{Executor, ExecutorConfig, ExecutorError};
-use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerError};
+use crate::executor::{DEFAULT_SHUFFLE_MEMORY, Executor, ExecutorConfig, ExecutorError};
+use crate::scheduler::{
+    DEFAULT_RESULT_TTL, PolicyKind, Scheduler, SchedulerConfig, SchedulerError,
+};
 
 /// Errors of starting a cluster.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +52,12 @@ pub struct ClusterConfig {
     pub target_partitions: usize,
     /// Scheduler address (port 0: any free port).
     pub bind: SocketAddr,
+    /// Scheduling policy.
+    pub policy: PolicyKind,
+    /// Bytes of shuffle output each executor keeps in memory before spilling to disk.
+    pub shuffle_memory: usize,
+    /// How long an unfetched result is kept.
+    pub result_ttl: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -59,6 +68,9 @@ impl Default for ClusterConfig {
             catalog: None,
             target_partitions: DEFAULT_TARGET_PARTITIONS,
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            policy: PolicyKind::default(),
+            shuffle_memory: DEFAULT_SHUFFLE_MEMORY,
+            result_ttl: DEFAULT_RESULT_TTL,
         }
     }
 }
@@ -82,6 +94,9 @@ impl LocalCluster {
         let scheduler = Scheduler::new(SchedulerConfig {
             catalog: config.catalog.clone(),
             target_partitions: config.target_partitions,
+            policy: config.policy,
+            result_ttl: config.result_ttl,
+            ..Default::default()
         })
         .await?;
         let listener =
@@ -109,14 +124,9 @@ impl LocalCluster {
         ));
         let mut executors = Vec::with_capacity(config.executors);
         for _ in 0..config.executors {
-            executors.push(
-                Executor::start(ExecutorConfig::local(
-                    &address,
-                    config.slots,
-                    work_dir.clone(),
-                ))
-                .await?,
-            );
+            let mut executor = ExecutorConfig::local(&address, config.slots, work_dir.clone());
+            executor.memory_limit = config.shuffle_memory;
+            executors.push(Executor::start(executor).await?);
         }
         scheduler.wait_for_executors(config.executors).await;
         Ok(Self {

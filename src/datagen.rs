@@ -226,7 +226,13 @@ pub fn cached_tpch(
     }
     // Generate beside the final place and rename, so an interrupted run leaves no
     // half-written cache behind.
-    let staging = cache_dir.join(format!(".tpch-sf{scale}-{name}-{}", std::process::id()));
+    // Unique per call: threads of one process may generate the same data at once.
+    static STAGINGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let staging = cache_dir.join(format!(
+        ".tpch-sf{scale}-{name}-{}-{}",
+        std::process::id(),
+        STAGINGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     let _ = std::fs::remove_dir_all(&staging);
     generate_tpch(scale, &staging, format)?;
     match std::fs::rename(&staging, &dir) {

@@ -1,6 +1,5 @@
-//! A Flight server that answers `get_flight_info` and `do_get` through a small handler
-//! trait and refuses the rest, shared by the executors' shuffle endpoint and the
-//! scheduler's result endpoint.
+//! A Flight server that answers `do_get` through a small handler trait and refuses the
+//! rest: the executors' shuffle endpoint.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,12 +19,6 @@ pub type FlightDataStream = BoxStream<'static, Result<FlightData, Status>>;
 /// What a Baton Flight endpoint serves.
 #[tonic::async_trait]
 pub trait FlightHandler: Send + Sync + 'static {
-    /// Describes the flight named by `descriptor`.
-    async fn flight_info(&self, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
-        let _ = descriptor;
-        Err(Status::unimplemented("get_flight_info is not served here"))
-    }
-
     /// Streams the data named by `ticket`.
     async fn get(&self, ticket: Ticket) -> Result<FlightDataStream, Status>;
 }
@@ -73,12 +66,9 @@ impl<H: FlightHandler> FlightService for FlightEndpoint<H> {
 
     async fn get_flight_info(
         &self,
-        request: Request<FlightDescriptor>,
+        _request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.0
-            .flight_info(request.into_inner())
-            .await
-            .map(Response::new)
+        refused("get_flight_info")
     }
 
     async fn poll_flight_info(

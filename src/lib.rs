@@ -33,4 +33,5 @@ pub mod planner;
 pub mod proto;
 pub mod scheduler;
 pub mod shuffle;
+pub mod telemetry;
 pub mod tpch;

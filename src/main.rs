@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use baton::catalog::TableFormat;
 use baton::cli::{self, SqlSource, SqlTarget};
 use baton::client::OutputFormat;
+use baton::client::bench::TpchBench;
+use baton::client::bench::fairness::FairnessBench;
+use baton::client::bench::scheduler::SchedulerBench;
 use baton::config::DEFAULT_TARGET_PARTITIONS;
+use baton::scheduler::{DEFAULT_AGING_RATE, DEFAULT_RESULT_TTL, PolicyKind, SchedulerConfig};
 
 /// Baton: a push-based, streaming, distributed query scheduler for Apache DataFusion.
 #[derive(Debug, Parser)]
@@ -32,6 +36,18 @@ enum Command {
         /// Partitions per stage DataFusion plans with.
         #[arg(long, default_value_t = DEFAULT_TARGET_PARTITIONS)]
         partitions: usize,
+        /// How tasks of concurrent queries are ordered: priority, fair or fifo.
+        #[arg(long, default_value_t = PolicyKind::default())]
+        policy: PolicyKind,
+        /// Cost units of credit per second of waiting (priority policy).
+        #[arg(long, default_value_t = DEFAULT_AGING_RATE)]
+        aging_rate: f64,
+        /// Seconds an unfetched result is kept before its partitions are freed.
+        #[arg(long, default_value_t = DEFAULT_RESULT_TTL.as_secs())]
+        result_ttl: u64,
+        /// Serve Prometheus metrics and the JSON query API over HTTP on this address.
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
     },
     /// Run an executor that connects to a scheduler.
     Executor {
@@ -50,16 +66,22 @@ enum Command {
         /// MiB of shuffle output kept in memory before spilling to disk.
         #[arg(long, default_value_t = 4096)]
         memory_mb: usize,
+        /// Serve Prometheus metrics over HTTP on this address.
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
     },
     /// Run a scheduler and executors in one process.
     Standalone {
         /// Address of the scheduler.
         #[arg(long, default_value = "127.0.0.1:50050")]
         bind: SocketAddr,
+        /// Serve Prometheus metrics and the JSON query API over HTTP on this address.
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
         #[command(flatten)]
         cluster: ClusterArgs,
     },
-    /// Run SQL: with -c, -f, or statements on standard input.
+    /// Run SQL: with -c, -f, or in the interactive shell when neither is given.
     Sql {
         /// Scheduler address; without it an embedded cluster on loopback runs the SQL.
         #[arg(long)]
@@ -84,6 +106,11 @@ enum Command {
         #[command(subcommand)]
         data: Datagen,
     },
+    /// Run benchmarks.
+    Bench {
+        #[command(subcommand)]
+        bench: Bench,
+    },
     /// Show the status of one query, or list all.
     Status {
         /// The query id; all queries when omitted.
@@ -91,6 +118,9 @@ enum Command {
         /// Scheduler address.
         #[arg(long, default_value = "127.0.0.1:50050")]
         scheduler: String,
+        /// Print JSON (the same documents as the scheduler's /api/queries).
+        #[arg(long, value_enum, default_value_t = StatusFormat::Table)]
+        format: StatusFormat,
     },
     /// Cancel a query.
     Cancel {
@@ -116,6 +146,100 @@ struct ClusterArgs {
     /// Partitions per stage DataFusion plans with.
     #[arg(long, default_value_t = DEFAULT_TARGET_PARTITIONS)]
     partitions: usize,
+    /// How tasks of concurrent queries are ordered: priority, fair or fifo.
+    #[arg(long, default_value_t = PolicyKind::default())]
+    policy: PolicyKind,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// The 22 TPC-H queries on embedded clusters (or a running one).
+    Tpch {
+        /// Scale factor; data is generated and cached on first use.
+        #[arg(long, default_value_t = 0.1)]
+        scale: f64,
+        /// Executor counts to run with, a fresh embedded cluster each (e.g. 1,2,4).
+        #[arg(long, value_delimiter = ',', default_value = "2")]
+        executors: Vec<usize>,
+        /// Slots per executor.
+        #[arg(long, default_value_t = 1)]
+        slots: u32,
+        /// Partitions per stage (and of the single-node baseline).
+        #[arg(long, default_value_t = 2)]
+        partitions: usize,
+        /// Runs of each query; the fastest counts.
+        #[arg(long, default_value_t = 1)]
+        iterations: usize,
+        /// Submit all queries at once.
+        #[arg(long)]
+        concurrent: bool,
+        /// Use a running scheduler instead of embedded clusters.
+        #[arg(long)]
+        scheduler: Option<String>,
+        /// Also run single-node DataFusion on the same data and print the ratios.
+        #[arg(long)]
+        baseline: bool,
+        /// Only these queries (e.g. 1,5,22).
+        #[arg(long, value_delimiter = ',')]
+        queries: Vec<u32>,
+        /// Directory for tpch.json and the SVG plots.
+        #[arg(long, default_value = "bench-results")]
+        out: PathBuf,
+    },
+    /// Short queries under a load of long ones, under each scheduling policy.
+    Fairness {
+        /// TPC-H scale factor of the data (generated and cached on first use).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Executors of each cluster.
+        #[arg(long, default_value_t = 2)]
+        executors: usize,
+        /// Slots per executor.
+        #[arg(long, default_value_t = 2)]
+        slots: u32,
+        /// Partitions per stage.
+        #[arg(long, default_value_t = DEFAULT_TARGET_PARTITIONS)]
+        partitions: usize,
+        /// Long background queries submitted at the start.
+        #[arg(long, default_value_t = 8)]
+        long: usize,
+        /// Short queries submitted over time.
+        #[arg(long, default_value_t = 20)]
+        short: usize,
+        /// Milliseconds between short queries.
+        #[arg(long, default_value_t = 250)]
+        interval_ms: u64,
+        /// Policies to compare.
+        #[arg(long, value_delimiter = ',', default_value = "fifo,fair,priority")]
+        policies: Vec<PolicyKind>,
+        /// Directory for fairness.json.
+        #[arg(long, default_value = "bench-results")]
+        out: PathBuf,
+    },
+    /// The scheduler alone: simulated executors that finish tasks at once.
+    Scheduler {
+        /// Queries submitted at once in the throughput phase.
+        #[arg(long, default_value_t = 1000)]
+        queries: usize,
+        /// Map tasks per query in the throughput phase.
+        #[arg(long, default_value_t = 100)]
+        tasks: usize,
+        /// Simulated executors.
+        #[arg(long, default_value_t = 2)]
+        executors: usize,
+        /// Slots per simulated executor.
+        #[arg(long, default_value_t = 16)]
+        slots: u32,
+        /// Queries run one at a time in the latency phase.
+        #[arg(long, default_value_t = 200)]
+        latency_queries: usize,
+        /// Scheduling policy.
+        #[arg(long, default_value_t = PolicyKind::default())]
+        policy: PolicyKind,
+        /// Directory for scheduler.json.
+        #[arg(long, default_value = "bench-results")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,6 +256,12 @@ enum Datagen {
         #[arg(long, value_enum, default_value_t = DataFormat::Parquet)]
         format: DataFormat,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum StatusFormat {
+    Table,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -156,6 +286,7 @@ impl From<ClusterArgs> for cli::ClusterOptions {
             executors: a.executors,
             slots: a.slots,
             partitions: a.partitions,
+            policy: a.policy,
         }
     }
 }
@@ -168,6 +299,7 @@ fn main() -> ExitCode {
             | Command::Status { .. }
             | Command::Cancel { .. }
             | Command::Datagen { .. }
+            | Command::Bench { .. }
     );
     cli::init_logging(if quiet { "warn" } else { "info" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -186,17 +318,105 @@ fn main() -> ExitCode {
                 bind,
                 catalog,
                 partitions,
-            } => cli::run_scheduler(bind, catalog, partitions).await,
+                policy,
+                aging_rate,
+                result_ttl,
+                metrics,
+            } => {
+                let config = SchedulerConfig {
+                    catalog,
+                    target_partitions: partitions,
+                    policy,
+                    aging_rate,
+                    result_ttl: std::time::Duration::from_secs(result_ttl),
+                };
+                cli::run_scheduler(bind, config, metrics).await
+            }
             Command::Executor {
                 scheduler,
                 bind,
                 slots,
                 work_dir,
                 memory_mb,
-            } => cli::run_executor(scheduler, bind, slots, work_dir, memory_mb << 20).await,
-            Command::Standalone { bind, cluster } => {
-                cli::run_standalone(bind, cluster.into()).await
+                metrics,
+            } => {
+                cli::run_executor(scheduler, bind, slots, work_dir, memory_mb << 20, metrics).await
             }
+            Command::Standalone {
+                bind,
+                metrics,
+                cluster,
+            } => cli::run_standalone(bind, cluster.into(), metrics).await,
+            Command::Bench { bench } => match bench {
+                Bench::Tpch {
+                    scale,
+                    executors,
+                    slots,
+                    partitions,
+                    iterations,
+                    concurrent,
+                    scheduler,
+                    baseline,
+                    queries,
+                    out,
+                } => {
+                    cli::run_tpch_bench(TpchBench {
+                        scale,
+                        executors,
+                        slots,
+                        partitions,
+                        iterations: iterations.max(1),
+                        concurrent,
+                        scheduler,
+                        baseline,
+                        queries,
+                        out: Some(out),
+                    })
+                    .await
+                }
+                Bench::Fairness {
+                    scale,
+                    executors,
+                    slots,
+                    partitions,
+                    long,
+                    short,
+                    interval_ms,
+                    policies,
+                    out,
+                } => {
+                    let bench = FairnessBench {
+                        scale,
+                        executors,
+                        slots,
+                        partitions,
+                        long_queries: long,
+                        short_queries: short,
+                        interval: std::time::Duration::from_millis(interval_ms),
+                        policies,
+                    };
+                    cli::run_fairness_bench(bench, out).await
+                }
+                Bench::Scheduler {
+                    queries,
+                    tasks,
+                    executors,
+                    slots,
+                    latency_queries,
+                    policy,
+                    out,
+                } => {
+                    let bench = SchedulerBench {
+                        queries,
+                        tasks,
+                        executors,
+                        slots,
+                        latency_queries,
+                        policy,
+                    };
+                    cli::run_scheduler_bench(bench, out).await
+                }
+            },
             Command::Sql {
                 scheduler,
                 command,
@@ -208,7 +428,7 @@ fn main() -> ExitCode {
                 let source = match (command, file) {
                     (Some(sql), _) => SqlSource::Command(sql),
                     (None, Some(path)) => SqlSource::File(path),
-                    (None, None) => SqlSource::Stdin,
+                    (None, None) => SqlSource::Interactive,
                 };
                 let target = match scheduler {
                     Some(address) => SqlTarget::Remote {
@@ -225,7 +445,8 @@ fn main() -> ExitCode {
             Command::Status {
                 query_id,
                 scheduler,
-            } => cli::run_status(&scheduler, query_id).await,
+                format,
+            } => cli::run_status(&scheduler, query_id, matches!(format, StatusFormat::Json)).await,
             Command::Cancel {
                 query_id,
                 scheduler,

@@ -197,3 +197,147 @@ fn embedded_cluster_runs_sql_from_a_file_and_stops_at_the_first_failure() {
         "{stderr}"
     );
 }
+
+/// Runs the interactive shell of an embedded cluster with `input` on its standard input.
+fn shell(catalog: &Path, input: &str) -> Output {
+    use std::io::Write;
+    let home = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BATON)
+        .args([
+            "sql",
+            "--catalog",
+            catalog.to_str().unwrap(),
+            "--format",
+            "csv",
+        ])
+        .env("BATON_CACHE_DIR", home.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn baton sql");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn the_shell_runs_multi_line_statements_describes_tables_and_survives_errors() {
+    let catalog = common::tpch_catalog();
+    let out = shell(
+        &catalog,
+        "select count(*) as n\n  from region;\n\\d\n\\d nation\nselect oops;\nselect 40 + 2 as answer; select 'a;b' as s;\n\\q\nselect 'never' as x;\n",
+    );
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "stderr: {stderr}");
+    assert!(
+        stdout.contains("n\n5\n"),
+        "a statement over two lines ran: {stdout}"
+    );
+    assert!(
+        stdout.contains("8 table(s)") && stdout.contains("  lineitem (16 columns)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("table nation") && stdout.contains("n_regionkey"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("error:") && stderr.contains("oops"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("answer\n42\n") && stdout.contains("s\na;b\n"),
+        "the shell went on after an error: {stdout}"
+    );
+    assert!(!stdout.contains("never"), "\\q quits");
+    assert!(
+        stderr.contains("row(s) in"),
+        "row count and time per query: {stderr}"
+    );
+}
+
+#[test]
+fn ctrl_c_in_the_shell_cancels_the_running_query_and_keeps_the_shell() {
+    use std::io::{BufRead, BufReader, Write};
+    let catalog = common::tpch_catalog();
+    let home = tempfile::tempdir().unwrap();
+    let mut child = Process(
+        Command::new(BATON)
+            .args([
+                "sql",
+                "--catalog",
+                catalog.to_str().unwrap(),
+                "--format",
+                "csv",
+            ])
+            .env("BATON_CACHE_DIR", home.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn baton sql"),
+    );
+    let mut stdin = child.0.stdin.take().unwrap();
+    let stderr = BufReader::new(child.0.stderr.take().unwrap());
+    let heavy = "select sum(a.l_quantity * b.l_quantity) from lineitem a join lineitem b on a.l_linestatus = b.l_linestatus;\n";
+    // A warm-up statement whose result line tells that the cluster is up.
+    stdin.write_all(b"select 1 as one;\n").unwrap();
+    let mut lines = stderr.lines();
+    let ready = lines
+        .by_ref()
+        .take(50)
+        .any(|l| l.is_ok_and(|l| l.contains("row(s) in")));
+    assert!(ready, "the shell answered the first statement");
+    stdin.write_all(heavy.as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = child.0.id().to_string();
+    let kill = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(kill.success());
+    let cancelled = lines
+        .by_ref()
+        .take(50)
+        .any(|l| l.is_ok_and(|l| l.contains("cancelled")));
+    assert!(cancelled, "Ctrl-C cancelled the query");
+    stdin.write_all(b"select 7 as seven;\n\\q\n").unwrap();
+    drop(stdin);
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(child.0.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    assert!(
+        stdout.contains("seven\n7\n"),
+        "the shell kept going: {stdout}"
+    );
+    assert!(child.0.wait().unwrap().success());
+}
+
+#[test]
+fn status_prints_json() {
+    let catalog = common::tpch_catalog();
+    let scheduler = format!("127.0.0.1:{}", free_port());
+    let _standalone = spawn(&[
+        "standalone",
+        "--bind",
+        &scheduler,
+        "--catalog",
+        catalog.to_str().unwrap(),
+    ]);
+    let out = first_query(&scheduler, &catalog);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let out = baton(&["status", "--scheduler", &scheduler, "--format", "json"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let first = &listing[0];
+    assert_eq!(first["state"], "succeeded");
+    let id = first["query_id"].as_str().unwrap();
+    let out = baton(&["status", id, "--scheduler", &scheduler, "--format", "json"]);
+    let one: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(one["query_id"], id);
+    assert!(!one["stages"].as_array().unwrap().is_empty());
+    assert!(one["label"].as_str().unwrap().contains("nation"), "{one}");
+}

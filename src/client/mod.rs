@@ -1,26 +1,29 @@
 //! The client side: submitting queries, fetching results over Flight, status and cancel,
 //! and printing results for the CLI.
 
+pub mod bench;
 mod format;
 
 pub use format::{OutputFormat, format_batches};
 
-use arrow_flight::Ticket;
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::sql::CommandGetTables;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use datafusion::arrow::array::AsArray;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::ipc::convert::try_schema_from_ipc_buffer;
 use futures::TryStreamExt;
-use prost::Message;
 use std::sync::Arc;
 use tonic::transport::Channel;
 
 use crate::config::MAX_MESSAGE_BYTES;
 use crate::proto::scheduler_service_client::SchedulerServiceClient;
 use crate::proto::{
-    CancelQueryRequest, GetQueryStatusRequest, ListQueriesRequest, QueryStatus, ResultTicket,
-    SubmitQueryRequest, submit_query_request,
+    CancelQueryRequest, GetQueryStatusRequest, ListQueriesRequest, QueryStatus, SubmitQueryRequest,
+    submit_query_request,
 };
 use crate::shuffle::fetch::{connect_channel, flight_client};
 
@@ -124,12 +127,7 @@ impl BatonClient {
         &mut self,
         query_id: &str,
     ) -> Result<FlightRecordBatchStream, ClientError> {
-        let ticket = Ticket::new(
-            ResultTicket {
-                query_id: query_id.to_string(),
-            }
-            .encode_to_vec(),
-        );
+        let ticket = crate::scheduler::result_ticket(query_id);
         let response = self.flight.do_get(ticket).await.map_err(query_error)?;
         let data = response.into_inner().map_err(FlightError::from);
         Ok(FlightRecordBatchStream::new_from_flight_data(data))
@@ -139,10 +137,7 @@ impl BatonClient {
     pub async fn fetch(&mut self, query_id: &str) -> Result<QueryResult, ClientError> {
         let mut stream = self.result_stream(query_id).await?;
         let mut batches = Vec::new();
-        while let Some(batch) = stream.try_next().await.map_err(|e| match e {
-            FlightError::Tonic(status) => query_error(*status),
-            other => ClientError::Query(other.to_string()),
-        })? {
+        while let Some(batch) = stream.try_next().await.map_err(flight_error)? {
             batches.push(batch);
         }
         let schema = stream
@@ -183,6 +178,53 @@ impl BatonClient {
             .queries)
     }
 
+    /// Tables of the scheduler's catalog and their schemas, over Flight SQL
+    /// `CommandGetTables`; only `name` when given.
+    pub async fn tables(
+        &mut self,
+        name: Option<&str>,
+    ) -> Result<Vec<(String, SchemaRef)>, ClientError> {
+        let mut sql = FlightSqlServiceClient::new_from_inner(self.flight.clone());
+        let info = sql
+            .get_tables(CommandGetTables {
+                table_name_filter_pattern: name.map(str::to_string),
+                include_schema: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(flight_error)?;
+        let mut tables = Vec::new();
+        for endpoint in info.endpoint {
+            let Some(ticket) = endpoint.ticket else {
+                continue;
+            };
+            let batches: Vec<RecordBatch> = sql
+                .do_get(ticket)
+                .await
+                .map_err(flight_error)?
+                .try_collect()
+                .await
+                .map_err(flight_error)?;
+            for batch in batches {
+                let names = batch
+                    .column_by_name("table_name")
+                    .and_then(|c| c.as_string_opt::<i32>().cloned());
+                let schemas = batch
+                    .column_by_name("table_schema")
+                    .and_then(|c| c.as_binary_opt::<i32>().cloned());
+                let (Some(names), Some(schemas)) = (names, schemas) else {
+                    return Err(ClientError::Query("malformed GetTables answer".into()));
+                };
+                for row in 0..batch.num_rows() {
+                    let schema = try_schema_from_ipc_buffer(schemas.value(row))
+                        .map_err(|e| ClientError::Query(e.to_string()))?;
+                    tables.push((names.value(row).to_string(), Arc::new(schema)));
+                }
+            }
+        }
+        Ok(tables)
+    }
+
     /// Cancels a query; false when it had already ended.
     pub async fn cancel(&mut self, query_id: &str) -> Result<bool, ClientError> {
         Ok(self
@@ -193,6 +235,13 @@ impl BatonClient {
             .await?
             .into_inner()
             .cancelled)
+    }
+}
+
+fn flight_error(e: FlightError) -> ClientError {
+    match e {
+        FlightError::Tonic(status) => query_error(*status),
+        other => ClientError::Query(other.to_string()),
     }
 }
 

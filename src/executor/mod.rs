@@ -4,6 +4,8 @@
 mod flight;
 mod runner;
 
+pub use runner::micros_since;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,6 +33,9 @@ const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How long an executor keeps trying to reach its scheduler at start.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Bytes of shuffle output an executor keeps in memory before spilling, by default.
+pub const DEFAULT_SHUFFLE_MEMORY: usize = 4 << 30;
 
 /// Errors of the executor.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +89,7 @@ impl ExecutorConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             slots,
             work_dir,
-            memory_limit: 4 << 30,
+            memory_limit: DEFAULT_SHUFFLE_MEMORY,
             executor_id: None,
         }
     }
@@ -105,6 +110,7 @@ pub struct Executor {
 impl Executor {
     /// Binds the Flight endpoint, connects to the scheduler and registers.
     pub async fn start(config: ExecutorConfig) -> Result<Self, ExecutorError> {
+        crate::telemetry::recorder();
         let id = config
             .executor_id
             .clone()
@@ -147,6 +153,7 @@ impl Executor {
         let session = SessionContext::new_with_config(distributed_session_config(1));
         let runner = Arc::new(TaskRunner::new(
             id.clone(),
+            config.slots,
             store.clone(),
             clients.clone(),
             session,
@@ -206,6 +213,7 @@ impl Executor {
     pub fn stop(&self) {
         self.shutdown.send_replace(true);
         self.stream_task.abort();
+        self.runner.abort_all();
     }
 }
 
@@ -273,6 +281,7 @@ fn spawn_heartbeat(
         loop {
             tokio::select! {
                 _ = ticks.tick() => {
+                    runner.report_utilization();
                     let beat = ExecutorMessage {
                         message: Some(executor_message::Message::Heartbeat(Heartbeat {
                             running_tasks: runner.running() as u32,

@@ -8,9 +8,11 @@ use std::time::Instant;
 
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{UInt32Type, UInt64Type};
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::prelude::SessionContext;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::AbortHandle;
@@ -41,6 +43,9 @@ pub struct TaskRunner {
     running: Mutex<HashMap<TaskKey, AbortHandle>>,
     released: Mutex<VecDeque<String>>,
     completed: AtomicU64,
+    busy_micros: AtomicU64,
+    slots: u32,
+    started: Instant,
 }
 
 impl std::fmt::Debug for TaskRunner {
@@ -56,6 +61,7 @@ impl TaskRunner {
     /// A runner that reports on `outbound`.
     pub fn new(
         executor_id: String,
+        slots: u32,
         store: ShuffleStore,
         clients: FlightClients,
         session: SessionContext,
@@ -71,6 +77,9 @@ impl TaskRunner {
             running: Mutex::default(),
             released: Mutex::default(),
             completed: AtomicU64::new(0),
+            busy_micros: AtomicU64::new(0),
+            slots,
+            started: Instant::now(),
         }
     }
 
@@ -84,11 +93,25 @@ impl TaskRunner {
         self.completed.load(Ordering::Relaxed)
     }
 
+    /// Publishes slot-seconds spent running tasks and left idle since start.
+    pub fn report_utilization(&self) {
+        let busy = self.busy_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let capacity = self.started.elapsed().as_secs_f64() * self.slots as f64;
+        let executor = self.executor_id.clone();
+        metrics::gauge!("baton_executor_busy_seconds", "executor" => executor.clone()).set(busy);
+        metrics::gauge!("baton_executor_idle_seconds", "executor" => executor)
+            .set((capacity - busy).max(0.0));
+    }
+
     /// Starts a pushed task.
     pub fn start(self: &Arc<Self>, task: RunTask) {
         let Some(id) = task.task.clone() else {
             return;
         };
+        if task.ready_at_micros > 0 {
+            metrics::histogram!("baton_task_start_latency_seconds")
+                .record(micros_since(task.ready_at_micros));
+        }
         let key: TaskKey = (id.query_id.clone(), id.stage_id, id.partition);
         let span = info_span!("task", query_id = %id.query_id, stage = id.stage_id, partition = id.partition, attempt = id.attempt);
         let runner = self.clone();
@@ -148,6 +171,7 @@ impl TaskRunner {
             return Ok(plan.clone());
         }
         let plan = decode_plan(bytes, ctx).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let plan = cooperative(plan)?;
         self.plans
             .lock()
             .expect("plans lock")
@@ -189,8 +213,9 @@ impl TaskRunner {
                 error: e.to_string(),
             }),
         };
-        metrics::counter!("baton_executor_busy_seconds_total")
-            .increment(elapsed.as_micros() as u64);
+        self.busy_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.report_utilization();
         let _ = self.outbound.send(ExecutorMessage {
             message: Some(executor_message::Message::TaskStatus(TaskStatus {
                 task: Some(id),
@@ -217,6 +242,13 @@ impl TaskRunner {
         }
     }
 
+    /// Stops every running task (the executor is shutting down).
+    pub fn abort_all(&self) {
+        for (_, handle) in self.running.lock().expect("running lock").drain() {
+            handle.abort();
+        }
+    }
+
     /// Drops a query's shuffle output (of some stages, or all) and its cached plans.
     pub fn release(&self, query_id: &str, stages: &[u32]) {
         self.store.release(query_id, stages);
@@ -232,6 +264,31 @@ impl TaskRunner {
             }
         }
     }
+}
+
+/// Wraps every operator of a stage plan so that its output stream spends Tokio's
+/// cooperative budget: an operator looping over in-memory input (a join's probe, an
+/// aggregate over it) then yields now and then, so a cancelled task's abort lands and
+/// the executor's stream, heartbeats and Flight endpoint keep getting the CPU.
+fn cooperative(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    plan.transform_up(|node| {
+        if node.downcast_ref::<CooperativeExec>().is_some() {
+            return Ok(Transformed::no(node));
+        }
+        Ok(Transformed::yes(
+            Arc::new(CooperativeExec::new(node)) as Arc<dyn ExecutionPlan>
+        ))
+    })
+    .map(|t| t.data)
+}
+
+/// Seconds from `unix_micros` (a wall-clock instant) to now; 0 if it lies ahead.
+pub fn micros_since(unix_micros: u64) -> f64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64;
+    now.saturating_sub(unix_micros) as f64 / 1e6
 }
 
 /// Reads the writer's statistics batches.

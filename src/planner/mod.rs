@@ -2,10 +2,12 @@
 //! become bytes (datafusion-proto plus [`BatonCodec`] for Baton's operators) and back.
 
 mod codec;
+mod cost;
 mod joins;
 mod stages;
 
 pub use codec::{BatonCodec, decode_plan, encode_plan};
+pub use cost::stage_cost;
 pub use joins::distribute_joins;
 pub use stages::{StageDag, StagePlan, plan_stages};
 

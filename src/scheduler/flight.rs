@@ -1,46 +1,89 @@
-//! The scheduler's Flight endpoint for query results.
+//! The scheduler's Arrow Flight endpoint: query results, spoken as Flight SQL so that
+//! standard clients (ADBC, pyarrow, JDBC) connect to it as well as Baton's own client.
 //!
-//! `get_flight_info` with a descriptor whose command is a [`ResultTicket`] waits for the
-//! query to end and describes its result; `do_get` on that ticket streams the final
-//! stage's partitions from the executors that hold them, message by message, without
-//! decoding or buffering them. The scheduler sends the schema once and drops the schema
-//! message that opens each executor stream.
+//! - `CommandStatementQuery`: `get_flight_info` submits the SQL, waits for the query to
+//!   end and answers its schema and a `TicketStatementQuery` whose handle is the query id;
+//!   `do_get` on that ticket streams the final stage's partitions from the executors that
+//!   hold them, message by message, without decoding or buffering them (the schema is
+//!   sent once; each executor stream's own schema message is dropped).
+//! - `CommandGetCatalogs`, `CommandGetDbSchemas`, `CommandGetTables` (with schemas),
+//!   `CommandGetTableTypes` and `CommandGetSqlInfo` describe the scheduler's catalog.
+//!
+//! Baton's own client submits over gRPC and `do_get`s a `TicketStatementQuery` directly.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
-use arrow_flight::{FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, SchemaAsIpc, Ticket};
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
+use arrow_flight::sql::server::FlightSqlService;
+use arrow_flight::sql::{
+    CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes,
+    CommandGetTables, CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
+};
+use arrow_flight::{
+    FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse,
+    SchemaAsIpc, Ticket,
+};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::writer::IpcWriteOptions;
 use datafusion::arrow::ipc::{MessageHeader, root_as_message};
-use futures::StreamExt;
+use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Status;
+use tonic::{Request, Response, Status, Streaming};
 use tracing::warn;
 
-use super::{Scheduler, SchedulerError};
-use crate::flight_service::{FlightDataStream, FlightHandler};
-use crate::proto::ResultTicket;
+use super::{Scheduler, SchedulerError, Submission};
 use crate::shuffle::ShuffleKey;
 use crate::shuffle::fetch::shuffle_ticket;
 
-/// Serves query results.
-#[derive(Debug)]
+/// Table types the catalog reports.
+const TABLE_TYPES: [&str; 2] = ["TABLE", "VIEW"];
+
+type DataStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
+
+/// Serves query results and catalog metadata over Flight SQL.
 pub struct ResultFlight {
     scheduler: Scheduler,
+    sql_info: SqlInfoData,
+}
+
+impl std::fmt::Debug for ResultFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResultFlight").finish_non_exhaustive()
+    }
 }
 
 impl ResultFlight {
     /// A result endpoint for `scheduler`.
-    pub fn new(scheduler: Scheduler) -> crate::flight_service::FlightEndpoint<Self> {
-        crate::flight_service::FlightEndpoint::new(Self { scheduler })
+    pub fn new(scheduler: Scheduler) -> Self {
+        let mut info = SqlInfoDataBuilder::new();
+        info.append(SqlInfo::FlightSqlServerName, "Baton");
+        info.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
+        info.append(SqlInfo::FlightSqlServerArrowVersion, "59");
+        info.append(SqlInfo::FlightSqlServerReadOnly, true);
+        info.append(SqlInfo::FlightSqlServerSql, true);
+        info.append(SqlInfo::FlightSqlServerSubstrait, false);
+        info.append(SqlInfo::FlightSqlServerTransaction, 0i32);
+        let sql_info = info.build().expect("static SqlInfo values are valid");
+        Self {
+            scheduler,
+            sql_info,
+        }
     }
 }
 
-fn query_id_of(bytes: &[u8]) -> Result<String, Status> {
-    ResultTicket::decode(bytes)
-        .map(|t| t.query_id)
-        .map_err(|e| Status::invalid_argument(format!("not a Baton result ticket: {e}")))
+/// The Flight SQL ticket that streams query `query_id`'s result.
+pub fn result_ticket(query_id: &str) -> Ticket {
+    let ticket = TicketStatementQuery {
+        statement_handle: query_id.as_bytes().to_vec().into(),
+    };
+    Ticket::new(ticket.as_any().encode_to_vec())
 }
 
 fn to_status(e: SchedulerError) -> Status {
@@ -51,32 +94,42 @@ fn to_status(e: SchedulerError) -> Status {
     }
 }
 
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
 fn is_schema_message(data: &FlightData) -> bool {
     root_as_message(&data.data_header).is_ok_and(|m| m.header_type() == MessageHeader::Schema)
 }
 
-#[tonic::async_trait]
-impl FlightHandler for ResultFlight {
-    async fn flight_info(&self, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
-        let query_id = query_id_of(&descriptor.cmd)?;
-        let (schema, _, _) = self
-            .scheduler
-            .wait_for_result(&query_id)
-            .await
-            .map_err(to_status)?;
-        let ticket = Ticket::new(ResultTicket { query_id }.encode_to_vec());
-        FlightInfo::new()
-            .try_with_schema(&schema)
-            .map_err(|e| Status::internal(e.to_string()))
-            .map(|info| {
-                info.with_descriptor(descriptor)
-                    .with_endpoint(FlightEndpoint::new().with_ticket(ticket))
-                    .with_ordered(true)
-            })
-    }
+/// A FlightInfo whose one endpoint's ticket is `command` itself (metadata commands).
+fn command_info(
+    command: impl ProstMessageExt,
+    schema: &SchemaRef,
+    descriptor: FlightDescriptor,
+) -> Result<Response<FlightInfo>, Status> {
+    let ticket = Ticket::new(command.as_any().encode_to_vec());
+    let info = FlightInfo::new()
+        .try_with_schema(schema)
+        .map_err(internal)?
+        .with_descriptor(descriptor)
+        .with_endpoint(FlightEndpoint::new().with_ticket(ticket));
+    Ok(Response::new(info))
+}
 
-    async fn get(&self, ticket: Ticket) -> Result<FlightDataStream, Status> {
-        let query_id = query_id_of(&ticket.ticket)?;
+/// One batch as a Flight stream (schema, then data).
+fn batch_stream(batch: RecordBatch) -> Response<DataStream> {
+    let schema = batch.schema();
+    let stream = FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .build(futures::stream::once(async move { Ok(batch) }))
+        .map_err(|e: FlightError| Status::internal(e.to_string()));
+    Response::new(Box::pin(stream))
+}
+
+impl ResultFlight {
+    /// Streams a finished query's result from the executors holding it.
+    async fn stream_result(&self, query_id: String) -> Result<DataStream, Status> {
         let (schema, locations, final_stage) = self
             .scheduler
             .wait_for_result(&query_id)
@@ -128,8 +181,208 @@ impl FlightHandler for ResultFlight {
                     }
                 }
             }
-            scheduler.release_results(&query_id);
+            scheduler.results_fetched(&query_id);
         });
-        Ok(ReceiverStream::new(rx).boxed())
+        Ok(Box::pin(ReceiverStream::new(rx)))
     }
+
+    /// Every table: (catalog, schema, table, arrow schema).
+    async fn tables(&self) -> Result<Vec<(String, String, String, SchemaRef)>, Status> {
+        let session = self.scheduler.session();
+        let mut tables = Vec::new();
+        for catalog_name in session.catalog_names() {
+            let Some(catalog) = session.catalog(&catalog_name) else {
+                continue;
+            };
+            for schema_name in catalog.schema_names() {
+                let Some(schema) = catalog.schema(&schema_name) else {
+                    continue;
+                };
+                let mut names = schema.table_names();
+                names.sort();
+                for name in names {
+                    if let Some(table) = schema.table(&name).await.map_err(internal)? {
+                        tables.push((
+                            catalog_name.clone(),
+                            schema_name.clone(),
+                            name,
+                            table.schema(),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(tables)
+    }
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for ResultFlight {
+    type FlightService = ResultFlight;
+
+    async fn do_handshake(
+        &self,
+        _request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<
+        Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
+        Status,
+    > {
+        // No authentication: answer with an empty token.
+        let response = HandshakeResponse {
+            protocol_version: 0,
+            payload: Default::default(),
+        };
+        Ok(Response::new(Box::pin(futures::stream::once(async {
+            Ok(response)
+        }))))
+    }
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let id = self
+            .scheduler
+            .submit(Submission::Sql(query.query.clone()), query.query)
+            .await;
+        let (schema, _, _) = self
+            .scheduler
+            .wait_for_result(&id)
+            .await
+            .map_err(to_status)?;
+        let info = FlightInfo::new()
+            .try_with_schema(&schema)
+            .map_err(internal)?
+            .with_descriptor(request.into_inner())
+            .with_endpoint(FlightEndpoint::new().with_ticket(result_ticket(&id)))
+            .with_ordered(true);
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let query_id = String::from_utf8(ticket.statement_handle.to_vec())
+            .map_err(|_| Status::invalid_argument("statement handle is not a Baton query id"))?;
+        Ok(Response::new(self.stream_result(query_id).await?))
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.into_builder().schema();
+        command_info(query, &schema, request.into_inner())
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        let mut names = self.scheduler.session().catalog_names();
+        names.sort();
+        for name in names {
+            builder.append(name);
+        }
+        Ok(batch_stream(builder.build().map_err(internal)?))
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        command_info(query, &schema, request.into_inner())
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        let session = self.scheduler.session();
+        for catalog_name in session.catalog_names() {
+            if let Some(catalog) = session.catalog(&catalog_name) {
+                for schema_name in catalog.schema_names() {
+                    builder.append(&catalog_name, schema_name);
+                }
+            }
+        }
+        Ok(batch_stream(builder.build().map_err(internal)?))
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        command_info(query, &schema, request.into_inner())
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        for (catalog, schema, table, arrow_schema) in self.tables().await? {
+            builder
+                .append(catalog, schema, table, "TABLE", &arrow_schema)
+                .map_err(internal)?;
+        }
+        Ok(batch_stream(builder.build().map_err(internal)?))
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.into_builder().schema();
+        command_info(query, &schema, request.into_inner())
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        for table_type in TABLE_TYPES {
+            builder.append(table_type);
+        }
+        Ok(batch_stream(builder.build().map_err(internal)?))
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder(&self.sql_info).schema();
+        command_info(query, &schema, request.into_inner())
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let batch = query
+            .into_builder(&self.sql_info)
+            .build()
+            .map_err(internal)?;
+        Ok(batch_stream(batch))
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
 }

@@ -2,6 +2,7 @@
 //! and Flight endpoints that clients and executors talk to.
 
 mod flight;
+pub mod policy;
 mod query;
 mod queue;
 mod registry;
@@ -11,6 +12,7 @@ mod state;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -21,8 +23,10 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::info_span;
 
+pub use flight::result_ticket;
+pub use policy::{DEFAULT_AGING_RATE, Policy, PolicyKind};
 pub use query::{MAX_TASK_ATTEMPTS, Query, StageSpec, TaskRef};
-pub use state::SchedulerState;
+pub use state::{SchedulerState, TaskSpan};
 
 use crate::catalog::{self, CatalogError};
 use crate::config::{DEFAULT_TARGET_PARTITIONS, MAX_MESSAGE_BYTES, distributed_session_config};
@@ -55,6 +59,52 @@ pub enum SchedulerError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// A query status as JSON, with states by name.
+pub fn status_to_json(status: &QueryStatus) -> serde_json::Value {
+    let state = QueryState::try_from(status.state).unwrap_or(QueryState::Unspecified);
+    let stages: Vec<_> = status
+        .stages
+        .iter()
+        .map(|s| {
+            let stage_state = crate::proto::StageState::try_from(s.state)
+                .unwrap_or(crate::proto::StageState::Unspecified);
+            serde_json::json!({
+                "stage_id": s.stage_id,
+                "state": stage_state.as_str_name().trim_start_matches("STAGE_STATE_").to_lowercase(),
+                "tasks_total": s.tasks_total,
+                "tasks_done": s.tasks_done,
+                "tasks_running": s.tasks_running,
+                "input_stages": s.input_stages,
+                "running": s.running.iter().map(|t| serde_json::json!({
+                    "partition": t.partition,
+                    "executor": t.executor_id,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "query_id": status.query_id,
+        "state": state.as_str_name().trim_start_matches("QUERY_STATE_").to_lowercase(),
+        "label": status.label,
+        "error": status.error,
+        "submitted_at_ms": status.submitted_at_ms,
+        "started_at_ms": status.started_at_ms,
+        "ended_at_ms": status.ended_at_ms,
+        "stages": stages,
+    })
+}
+
+/// True for the states a query ends in.
+fn is_final(state: QueryState) -> bool {
+    matches!(
+        state,
+        QueryState::Succeeded | QueryState::Failed | QueryState::Cancelled
+    )
+}
+
+/// How long results wait to be fetched by default.
+pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(600);
+
 /// How a scheduler is set up.
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
@@ -62,6 +112,12 @@ pub struct SchedulerConfig {
     pub catalog: Option<PathBuf>,
     /// Partitions (tasks per stage) DataFusion plans with.
     pub target_partitions: usize,
+    /// How queued tasks of different queries are ordered.
+    pub policy: PolicyKind,
+    /// Cost units credited per second of waiting under the `priority` policy.
+    pub aging_rate: f64,
+    /// How long a succeeded query's result stays fetchable when nobody fetches it.
+    pub result_ttl: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -69,6 +125,9 @@ impl Default for SchedulerConfig {
         Self {
             catalog: None,
             target_partitions: DEFAULT_TARGET_PARTITIONS,
+            policy: PolicyKind::default(),
+            aging_rate: DEFAULT_AGING_RATE,
+            result_ttl: DEFAULT_RESULT_TTL,
         }
     }
 }
@@ -87,6 +146,7 @@ struct Inner {
     session: SessionContext,
     executors: watch::Receiver<usize>,
     clients: FlightClients,
+    result_ttl: Duration,
 }
 
 /// A handle to the scheduler; cheap to clone.
@@ -109,18 +169,24 @@ impl Scheduler {
         if let Some(path) = &config.catalog {
             catalog::register_catalog(&session, path).await?;
         }
-        Ok(Self::with_session(session))
+        let mut scheduler = Self::with_session(session, config.policy.build(config.aging_rate));
+        if let Some(inner) = Arc::get_mut(&mut scheduler.inner) {
+            inner.result_ttl = config.result_ttl;
+        }
+        Ok(scheduler)
     }
 
-    /// A scheduler that plans SQL in `session`.
-    pub fn with_session(session: SessionContext) -> Self {
+    /// A scheduler that plans SQL in `session` and orders queued tasks by `policy`.
+    pub fn with_session(session: SessionContext, policy: Box<dyn Policy>) -> Self {
+        crate::telemetry::recorder();
         let (tx, rx) = watch::channel(0);
         Self {
             inner: Arc::new(Inner {
-                state: Mutex::new(SchedulerState::new(tx)),
+                state: Mutex::new(SchedulerState::new(tx, policy)),
                 session,
                 executors: rx,
                 clients: FlightClients::default(),
+                result_ttl: DEFAULT_RESULT_TTL,
             }),
         }
     }
@@ -147,8 +213,29 @@ impl Scheduler {
                 Query::failed(id.clone(), label, e.to_string())
             }
         };
-        self.state().add_query(query);
+        self.add(query);
         id
+    }
+
+    /// Starts a query and arranges for its result to expire after the time to live.
+    fn add(&self, query: Query) {
+        let id = query.id.clone();
+        let mut ended = self.state().add_query(query);
+        // A weak handle: a pending expiry does not keep a stopped scheduler alive.
+        let weak = Arc::downgrade(&self.inner);
+        let ttl = self.inner.result_ttl;
+        tokio::spawn(async move {
+            let Ok(state) = ended.wait_for(|s| is_final(*s)).await.map(|s| *s) else {
+                return;
+            };
+            if state == QueryState::Succeeded {
+                tokio::time::sleep(ttl).await;
+                if let Some(inner) = weak.upgrade() {
+                    let scheduler = Scheduler { inner };
+                    scheduler.state().release_results(&id, "expired");
+                }
+            }
+        });
     }
 
     async fn plan(
@@ -171,6 +258,7 @@ impl Scheduler {
             .iter()
             .map(|s| {
                 Ok(StageSpec {
+                    cost: planner::stage_cost(&s.plan),
                     plan: planner::encode_plan(s.plan.clone())?.into(),
                     inputs: s.inputs.clone(),
                     tasks: s.tasks,
@@ -204,12 +292,7 @@ impl Scheduler {
             .watch(query_id)
             .ok_or_else(|| SchedulerError::UnknownQuery(query_id.to_string()))?;
         let state = rx
-            .wait_for(|s| {
-                matches!(
-                    s,
-                    QueryState::Succeeded | QueryState::Failed | QueryState::Cancelled
-                )
-            })
+            .wait_for(|s| is_final(*s))
             .await
             .map(|s| *s)
             .unwrap_or(QueryState::Failed);
@@ -228,6 +311,16 @@ impl Scheduler {
             .query(query_id)
             .ok_or_else(|| SchedulerError::UnknownQuery(query_id.to_string()))?;
         match (state, &query.schema) {
+            (QueryState::Succeeded, Some(_)) if query.results_released.is_some() => {
+                Err(SchedulerError::NoResult {
+                    id: query_id.to_string(),
+                    state: "succeeded",
+                    error: format!(
+                        "its result was already {} and freed",
+                        query.results_released.unwrap_or("released")
+                    ),
+                })
+            }
             (QueryState::Succeeded, Some(schema)) => Ok((
                 schema.clone(),
                 query.result_locations(),
@@ -241,15 +334,44 @@ impl Scheduler {
         }
     }
 
-    /// Frees a fetched query's result partitions on the executors.
-    pub fn release_results(&self, query_id: &str) {
-        self.state().release_results(query_id);
+    /// Frees a query's result partitions on the executors once its result was fetched.
+    pub fn results_fetched(&self, query_id: &str) {
+        self.state().release_results(query_id, "fetched");
     }
 
     /// Waits until at least `n` executors are connected.
     pub async fn wait_for_executors(&self, n: usize) {
         let mut rx = self.inner.executors.clone();
         let _ = rx.wait_for(|count| *count >= n).await;
+    }
+
+    /// The JSON answer of the HTTP API below `/api/queries`: `""` lists every query,
+    /// `"/ID"` shows one; None when there is no such query.
+    pub fn status_json(&self, path: &str) -> Option<String> {
+        let id = path.trim_matches('/');
+        let value = if id.is_empty() {
+            serde_json::Value::Array(self.list().iter().map(status_to_json).collect())
+        } else {
+            status_to_json(&self.status(id)?)
+        };
+        Some(value.to_string())
+    }
+
+    /// Finished tasks that started at or after `since` (for timelines).
+    pub fn timeline(&self, since: std::time::Instant) -> Vec<TaskSpan> {
+        self.state().timeline(since)
+    }
+
+    /// Submits a query already cut into stages (benchmarks of the scheduler itself).
+    pub fn submit_stages(
+        &self,
+        label: String,
+        stages: Vec<StageSpec>,
+        schema: SchemaRef,
+    ) -> Arc<str> {
+        let id: Arc<str> = uuid::Uuid::new_v4().simple().to_string()[..16].into();
+        self.add(Query::new(id.clone(), label, stages, schema));
+        id
     }
 
     /// Connected executors and their (total, busy) slots.

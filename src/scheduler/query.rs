@@ -6,14 +6,14 @@
 //! locations resolved and all of its tasks queued.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use datafusion::arrow::datatypes::SchemaRef;
 
 use crate::proto::{
-    MapOutputLocation, QueryState, QueryStatus as QueryStatusProto, StageInput, StageState,
-    StageStatus,
+    MapOutputLocation, QueryState, QueryStatus as QueryStatusProto, RunningTask, StageInput,
+    StageState, StageStatus,
 };
 use crate::shuffle::MapLocation;
 
@@ -44,6 +44,8 @@ pub struct Stage {
     done: usize,
     /// Map-output locations of the inputs, resolved when the stage became ready.
     resolved_inputs: Vec<StageInput>,
+    /// Estimated cost of one task (the stage's cost over its tasks).
+    task_cost: f64,
 }
 
 /// One task of a stage.
@@ -51,6 +53,7 @@ pub struct Stage {
 struct Task {
     attempt: u32,
     running_on: Option<String>,
+    started_at: Option<Instant>,
     output: Option<MapLocation>,
 }
 
@@ -63,6 +66,8 @@ pub struct StageSpec {
     pub inputs: Vec<u32>,
     /// Task count.
     pub tasks: usize,
+    /// Estimated work of the whole stage, in cost units (see `planner::stage_cost`).
+    pub cost: f64,
 }
 
 /// One query in the query table.
@@ -80,6 +85,13 @@ pub struct Query {
     stages: Vec<Stage>,
     /// Schema of the query result.
     pub schema: Option<SchemaRef>,
+    /// Submission order, set by the scheduler.
+    pub seq: u64,
+    /// Submission instant, for the policy's aging.
+    pub arrived: Instant,
+    remaining_cost: f64,
+    /// Why the result partitions were freed ("fetched", "expired"), once they were.
+    pub results_released: Option<&'static str>,
 }
 
 /// What a task result did to its query.
@@ -119,8 +131,14 @@ impl Query {
                 tasks: vec![Task::default(); s.tasks],
                 done: 0,
                 resolved_inputs: Vec::new(),
+                task_cost: if s.tasks == 0 {
+                    0.0
+                } else {
+                    s.cost / s.tasks as f64
+                },
             })
             .collect();
+        let remaining_cost = stages.iter().map(|s| s.cost).sum();
         Self {
             id,
             label,
@@ -131,6 +149,10 @@ impl Query {
             ended_at: None,
             stages: tracked,
             schema: Some(schema),
+            seq: 0,
+            arrived: Instant::now(),
+            remaining_cost,
+            results_released: None,
         }
     }
 
@@ -147,7 +169,24 @@ impl Query {
             ended_at: Some(now),
             stages: Vec::new(),
             schema: None,
+            seq: 0,
+            arrived: Instant::now(),
+            remaining_cost: 0.0,
+            results_released: None,
         }
+    }
+
+    /// Time from submission to the end (or to now while it runs).
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.ended_at
+            .unwrap_or_else(SystemTime::now)
+            .duration_since(self.submitted_at)
+            .unwrap_or_default()
+    }
+
+    /// Estimated work left: the cost of every task that has not succeeded.
+    pub fn remaining_cost(&self) -> f64 {
+        self.remaining_cost.max(0.0)
     }
 
     /// The query's state.
@@ -280,8 +319,18 @@ impl Query {
 
     /// Records that `task` (attempt `attempt`) was pushed to `executor`.
     pub fn task_started(&mut self, task: TaskRef, executor: &str) {
-        self.stages[task.stage as usize].tasks[task.partition as usize].running_on =
-            Some(executor.to_string());
+        let t = &mut self.stages[task.stage as usize].tasks[task.partition as usize];
+        t.running_on = Some(executor.to_string());
+        t.started_at = Some(Instant::now());
+    }
+
+    /// When the running attempt of `task` was pushed.
+    pub fn task_started_at(&self, task: TaskRef) -> Option<Instant> {
+        self.stages
+            .get(task.stage as usize)?
+            .tasks
+            .get(task.partition as usize)?
+            .started_at
     }
 
     /// True when the result is for the attempt that is running now.
@@ -312,6 +361,7 @@ impl Query {
         t.running_on = None;
         t.output = Some(location);
         stage.done += 1;
+        self.remaining_cost -= stage.task_cost;
         if stage.done == stage.tasks.len() {
             self.complete_stage(task.stage, &mut progress);
         }
@@ -450,10 +500,16 @@ impl Query {
                     tasks_done: s.done as u32,
                     tasks_running: s.tasks.iter().filter(|t| t.running_on.is_some()).count() as u32,
                     input_stages: s.inputs.clone(),
-                    running_on: s
+                    running: s
                         .tasks
                         .iter()
-                        .filter_map(|t| t.running_on.clone())
+                        .enumerate()
+                        .filter_map(|(p, t)| {
+                            t.running_on.clone().map(|executor_id| RunningTask {
+                                partition: p as u32,
+                                executor_id,
+                            })
+                        })
                         .collect(),
                 })
                 .collect(),
@@ -468,6 +524,7 @@ mod tests {
 
     fn spec(inputs: &[u32], tasks: usize) -> StageSpec {
         StageSpec {
+            cost: tasks as f64,
             plan: Bytes::new(),
             inputs: inputs.to_vec(),
             tasks,

@@ -4,13 +4,14 @@
 //! All of it sits behind one mutex that is never held across an await; every change
 //! ends with [`SchedulerState::dispatch`], which pushes ready tasks to free slots at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::policy::{Policy, QueryInfo};
 use super::query::{Progress, Query, TaskRef};
 use super::queue::{QueuedTask, WorkQueue};
 use super::registry::{ExecutorSender, Registry};
@@ -19,6 +20,26 @@ use crate::proto::{
     scheduler_message, task_status,
 };
 use crate::shuffle::MapLocation;
+
+/// Task spans kept for timelines; older ones are dropped first.
+const TIMELINE_CAPACITY: usize = 200_000;
+
+/// One finished task: where and when it ran (pushed → result received).
+#[derive(Debug, Clone)]
+pub struct TaskSpan {
+    /// The query.
+    pub query_id: Arc<str>,
+    /// The stage.
+    pub stage: u32,
+    /// The partition.
+    pub partition: u32,
+    /// The executor that ran it.
+    pub executor: String,
+    /// When it was pushed.
+    pub start: Instant,
+    /// When its result arrived.
+    pub end: Instant,
+}
 
 /// Everything the scheduler knows.
 #[derive(Debug)]
@@ -29,24 +50,40 @@ pub struct SchedulerState {
     queue: WorkQueue,
     registry: Registry,
     executors_watch: watch::Sender<usize>,
+    next_seq: u64,
+    timeline: VecDeque<TaskSpan>,
 }
 
 impl SchedulerState {
-    /// An empty state; `executors_watch` follows the number of connected executors.
-    pub fn new(executors_watch: watch::Sender<usize>) -> Self {
+    /// An empty state whose queue is ordered by `policy`; `executors_watch` follows the
+    /// number of connected executors.
+    pub fn new(executors_watch: watch::Sender<usize>, policy: Box<dyn Policy>) -> Self {
         Self {
             queries: HashMap::new(),
             order: Vec::new(),
             watchers: HashMap::new(),
-            queue: WorkQueue::default(),
+            queue: WorkQueue::new(policy),
             registry: Registry::default(),
             executors_watch,
+            next_seq: 0,
+            timeline: VecDeque::new(),
+        }
+    }
+
+    /// What the policy sees of a query now.
+    fn info(&self, query: &Query) -> QueryInfo {
+        QueryInfo {
+            seq: query.seq,
+            arrival: self.queue.clock(query.arrived),
+            remaining_cost: query.remaining_cost(),
         }
     }
 
     /// Adds a query and starts it; returns a receiver that sees its state change.
     pub fn add_query(&mut self, mut query: Query) -> watch::Receiver<QueryState> {
         let id = query.id.clone();
+        query.seq = self.next_seq;
+        self.next_seq += 1;
         let progress = if query.is_finished() {
             Progress::default()
         } else {
@@ -54,6 +91,7 @@ impl SchedulerState {
         };
         let (tx, rx) = watch::channel(query.state());
         info!(query_id = %id, stages = query.stage_count(), state = ?query.state(), "query submitted");
+        metrics::gauge!("baton_queries", "state" => "running").increment(1.0);
         self.order.push(id.clone());
         self.queries.insert(id.clone(), query);
         self.watchers.insert(id.clone(), tx);
@@ -64,9 +102,16 @@ impl SchedulerState {
 
     /// Queues what became ready and reports an ended query.
     fn apply(&mut self, query_id: &Arc<str>, progress: Progress) {
-        self.queue.push(query_id, progress.ready);
-        if progress.finished || self.queries.get(query_id).is_some_and(Query::is_finished) {
+        let Some(query) = self.queries.get(query_id) else {
+            return;
+        };
+        if progress.finished || query.is_finished() {
+            self.queue.remove_query(query_id);
             self.on_finished(query_id);
+        } else if progress.ready.is_empty() {
+            self.queue.update(query_id, self.info(query));
+        } else {
+            self.queue.push(query_id, self.info(query), progress.ready);
         }
     }
 
@@ -79,6 +124,11 @@ impl SchedulerState {
             tx.send_replace(state);
         }
         info!(query_id = %query_id, ?state, error = query.error().unwrap_or(""), "query ended");
+        let label = state_label(state);
+        metrics::histogram!("baton_query_duration_seconds", "state" => label)
+            .record(query.elapsed().as_secs_f64());
+        metrics::gauge!("baton_queries", "state" => "running").decrement(1.0);
+        metrics::gauge!("baton_queries", "state" => label).increment(1.0);
         let stages: Vec<u32> = if state == QueryState::Succeeded {
             (0..query.final_stage()).collect()
         } else {
@@ -101,11 +151,19 @@ impl SchedulerState {
         }
     }
 
-    /// Frees the result partitions of a query whose result was fetched.
-    pub fn release_results(&self, query_id: &str) {
-        if let Some(query) = self.queries.get(query_id) {
-            self.broadcast_release(query_id, vec![query.final_stage()]);
+    /// Frees the result partitions of a succeeded query (fetched, or kept past their
+    /// time to live); `reason` is what a later fetch is told.
+    pub fn release_results(&mut self, query_id: &str, reason: &'static str) {
+        let Some(query) = self.queries.get_mut(query_id) else {
+            return;
+        };
+        if query.state() != QueryState::Succeeded || query.results_released.is_some() {
+            return;
         }
+        query.results_released = Some(reason);
+        let final_stage = query.final_stage();
+        debug!(query_id, reason, "result partitions released");
+        self.broadcast_release(query_id, vec![final_stage]);
     }
 
     /// Pushes ready tasks to free slots until either runs out.
@@ -134,6 +192,8 @@ impl SchedulerState {
                 }),
                 stage_plan: stage.plan.clone(),
                 inputs: query.stage_inputs(task.stage).to_vec(),
+                ready_at_micros: unix_micros(queued.ready_at),
+                pushed_at_micros: unix_micros(Instant::now()),
             };
             let message = SchedulerMessage {
                 message: Some(scheduler_message::Message::RunTask(run)),
@@ -141,7 +201,12 @@ impl SchedulerState {
             if !executor.send(message) {
                 // The stream is closing; its end will remove the executor.
                 executor.slots = 0;
-                self.queue.push_front(queued);
+                let info = QueryInfo {
+                    seq: query.seq,
+                    arrival: self.queue.clock(query.arrived),
+                    remaining_cost: query.remaining_cost(),
+                };
+                self.queue.push_front(queued, info);
                 continue;
             }
             executor.running.insert((queued.query_id.clone(), task));
@@ -227,6 +292,19 @@ impl SchedulerState {
                         .record(ok.elapsed_micros as f64 / 1e6);
                     metrics::counter!("baton_tasks_completed_total", "result" => "succeeded")
                         .increment(1);
+                    if let Some(start) = query.task_started_at(task) {
+                        if self.timeline.len() == TIMELINE_CAPACITY {
+                            self.timeline.pop_front();
+                        }
+                        self.timeline.push_back(TaskSpan {
+                            query_id: query_id.clone(),
+                            stage: task.stage,
+                            partition: task.partition,
+                            executor: executor_id.to_string(),
+                            start,
+                            end: Instant::now(),
+                        });
+                    }
                     let progress = query.task_succeeded(task, id.attempt, location);
                     self.apply(&query_id, progress);
                 }
@@ -310,10 +388,40 @@ impl SchedulerState {
         &self.registry
     }
 
+    /// Finished tasks that started at or after `since`, oldest first.
+    pub fn timeline(&self, since: Instant) -> Vec<TaskSpan> {
+        self.timeline
+            .iter()
+            .filter(|s| s.start >= since)
+            .cloned()
+            .collect()
+    }
+
     /// Ready tasks waiting for a slot.
     pub fn queue_len(&self) -> usize {
         self.queue.len()
     }
+}
+
+/// The `state` label of query metrics.
+fn state_label(state: QueryState) -> &'static str {
+    match state {
+        QueryState::Succeeded => "succeeded",
+        QueryState::Failed => "failed",
+        QueryState::Cancelled => "cancelled",
+        QueryState::Queued => "queued",
+        QueryState::Running => "running",
+        QueryState::Unspecified => "unknown",
+    }
+}
+
+/// `at` on the wall clock, in Unix epoch microseconds.
+fn unix_micros(at: Instant) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    now.saturating_sub(Instant::now().saturating_duration_since(at))
+        .as_micros() as u64
 }
 
 fn record_dispatch(queued: &QueuedTask) {

@@ -410,6 +410,16 @@ impl ShuffleStore {
         before - partitions.len()
     }
 
+    /// Number of stored partitions of one query.
+    pub fn partitions_of(&self, query_id: &str) -> usize {
+        self.partitions
+            .lock()
+            .expect("store lock")
+            .keys()
+            .filter(|key| &*key.query_id == query_id)
+            .count()
+    }
+
     /// Number of stored partitions.
     pub fn len(&self) -> usize {
         self.partitions.lock().expect("store lock").len()

@@ -194,6 +194,9 @@ async fn write_partition(
             })?,
             None => writers[0].push(batch)?,
         }
+        // Operators over in-memory input may never return Pending; yielding now and
+        // then lets a cancelled task's abort take effect and other tasks run.
+        tokio::task::consume_budget().await;
     }
     let finished = writers
         .into_iter()

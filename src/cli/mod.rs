@@ -1,7 +1,10 @@
 //! The work behind each `baton` subcommand, callable from tests as well as `main.rs`.
 
+mod shell;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use datafusion::arrow::array::RecordBatch;
@@ -9,6 +12,15 @@ use datafusion::prelude::SessionContext;
 use tokio::net::TcpListener;
 
 use crate::catalog::{self, CatalogError, TableFormat};
+use crate::client::bench::fairness::{
+    FairnessBench, format_fairness_report, run_fairness_bench as run_fairness,
+};
+use crate::client::bench::scheduler::{
+    SchedulerBench, format_scheduler_report, run_scheduler_bench as run_sched,
+};
+use crate::client::bench::{
+    self, BenchError, TpchBench, format_report, run_tpch_bench as run_bench,
+};
 use crate::client::{BatonClient, ClientError, OutputFormat, QueryResult, format_batches};
 use crate::cluster::{ClusterConfig, ClusterError, LocalCluster};
 use crate::config::distributed_session_config;
@@ -16,7 +28,8 @@ use crate::datagen::{self, DatagenError};
 use crate::executor::{Executor, ExecutorConfig, ExecutorError};
 use crate::planner::{self, PlannerError};
 use crate::proto::{QueryState, QueryStatus, StageState};
-use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerError};
+use crate::scheduler::{PolicyKind, Scheduler, SchedulerConfig, SchedulerError, status_to_json};
+use crate::telemetry::{self, JsonRoute, TelemetryError};
 
 /// Scale factor of the TPC-H data an embedded cluster uses when no catalog is given.
 pub const DEFAULT_SCALE: f64 = 0.1;
@@ -53,6 +66,12 @@ pub enum CliError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A benchmark failed.
+    #[error(transparent)]
+    Bench(#[from] BenchError),
+    /// The metrics endpoint could not start.
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
     /// Results could not be printed.
     #[error("printing results: {0}")]
     Format(#[from] datafusion::arrow::error::ArrowError),
@@ -66,6 +85,9 @@ pub enum CliError {
         /// Why it failed.
         cause: Box<CliError>,
     },
+    /// The interactive shell's terminal failed.
+    #[error("shell: {0}")]
+    Shell(String),
     /// Some statements failed (with --continue-on-error).
     #[error("{0} statement(s) failed")]
     Failures(usize),
@@ -92,6 +114,8 @@ pub struct ClusterOptions {
     pub slots: u32,
     /// Partitions per stage.
     pub partitions: usize,
+    /// Scheduling policy.
+    pub policy: PolicyKind,
 }
 
 /// The catalog to use: the given one, or TPC-H SF 0.1 generated into the cache.
@@ -125,6 +149,8 @@ async fn start_cluster(
         catalog: Some(catalog),
         target_partitions: options.partitions,
         bind,
+        policy: options.policy,
+        ..Default::default()
     })
     .await?)
 }
@@ -133,17 +159,28 @@ async fn until_ctrl_c() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// Serves `/metrics` on `addr`, and the scheduler's JSON query API when there is one.
+async fn serve_metrics(addr: SocketAddr, scheduler: Option<&Scheduler>) -> Result<(), CliError> {
+    let json = scheduler.map(|scheduler| {
+        let scheduler = scheduler.clone();
+        let route: JsonRoute = Arc::new(move |path: &str| scheduler.status_json(path));
+        ("/api/queries", route)
+    });
+    let bound = telemetry::serve_http(addr, json).await?;
+    tracing::info!(address = %bound, "metrics endpoint listening");
+    Ok(())
+}
+
 /// `baton scheduler`.
 pub async fn run_scheduler(
     bind: SocketAddr,
-    catalog: Option<PathBuf>,
-    partitions: usize,
+    config: SchedulerConfig,
+    metrics: Option<SocketAddr>,
 ) -> Result<(), CliError> {
-    let scheduler = Scheduler::new(SchedulerConfig {
-        catalog,
-        target_partitions: partitions,
-    })
-    .await?;
+    let scheduler = Scheduler::new(config).await?;
+    if let Some(addr) = metrics {
+        serve_metrics(addr, Some(&scheduler)).await?;
+    }
     let listener = TcpListener::bind(bind)
         .await
         .map_err(|source| CliError::Io {
@@ -162,7 +199,11 @@ pub async fn run_executor(
     slots: u32,
     work_dir: Option<PathBuf>,
     memory_limit: usize,
+    metrics: Option<SocketAddr>,
 ) -> Result<(), CliError> {
+    if let Some(addr) = metrics {
+        serve_metrics(addr, None).await?;
+    }
     let work_dir = work_dir.unwrap_or_else(|| std::env::temp_dir().join("baton-executor"));
     let mut executor = Executor::start(ExecutorConfig {
         scheduler: scheduler.trim_start_matches("http://").to_string(),
@@ -181,9 +222,16 @@ pub async fn run_executor(
 }
 
 /// `baton standalone`.
-pub async fn run_standalone(bind: SocketAddr, options: ClusterOptions) -> Result<(), CliError> {
+pub async fn run_standalone(
+    bind: SocketAddr,
+    options: ClusterOptions,
+    metrics: Option<SocketAddr>,
+) -> Result<(), CliError> {
     let executors = options.executors;
     let cluster = start_cluster(options, bind).await?;
+    if let Some(addr) = metrics {
+        serve_metrics(addr, Some(cluster.scheduler())).await?;
+    }
     eprintln!(
         "baton standalone: scheduler on {} with {executors} executors (Ctrl-C stops)",
         cluster.scheduler_address()
@@ -199,8 +247,8 @@ pub enum SqlSource {
     Command(String),
     /// A file of statements.
     File(PathBuf),
-    /// Standard input.
-    Stdin,
+    /// The interactive shell (statements from the terminal or standard input).
+    Interactive,
 }
 
 /// Where `baton sql` runs statements.
@@ -293,8 +341,9 @@ impl Session {
         }
     }
 
-    async fn run(&mut self, sql: &str) -> Result<QueryResult, CliError> {
-        let id = match &self.planner {
+    /// Plans (when this session plans locally) and submits `sql`; returns the query id.
+    async fn submit(&mut self, sql: &str) -> Result<String, CliError> {
+        Ok(match &self.planner {
             Some(ctx) => {
                 let plan = async {
                     let frame = ctx.sql(sql).await?;
@@ -306,7 +355,11 @@ impl Session {
                 self.client.submit_plan(bytes, sql).await?
             }
             None => self.client.submit_sql(sql).await?,
-        };
+        })
+    }
+
+    async fn run(&mut self, sql: &str) -> Result<QueryResult, CliError> {
+        let id = self.submit(sql).await?;
         Ok(self.client.fetch(&id).await?)
     }
 }
@@ -348,11 +401,9 @@ pub async fn run_sql(
     let text = match &source {
         SqlSource::Command(sql) => sql.clone(),
         SqlSource::File(path) => read_file(path)?,
-        SqlSource::Stdin => {
-            std::io::read_to_string(std::io::stdin()).map_err(|source| CliError::Io {
-                what: "reading standard input".into(),
-                source,
-            })?
+        SqlSource::Interactive => {
+            let mut session = Session::open(target).await?;
+            return shell::run_shell(&mut session, format).await;
         }
     };
     let statements = split_statements(&text);
@@ -449,19 +500,77 @@ fn print_status(status: &QueryStatus, detailed: bool) {
                 stage.tasks_total,
                 stage.tasks_running,
                 stage.input_stages,
-                if stage.running_on.is_empty() {
+                if stage.running.is_empty() {
                     String::new()
                 } else {
-                    format!("  on {}", stage.running_on.join(","))
+                    let tasks: Vec<String> = stage
+                        .running
+                        .iter()
+                        .map(|t| format!("{}@{}", t.partition, t.executor_id))
+                        .collect();
+                    format!("  running {}", tasks.join(","))
                 }
             );
         }
     }
 }
 
+/// `baton bench tpch`.
+pub async fn run_tpch_bench(bench: TpchBench) -> Result<(), CliError> {
+    if !datagen::cache_dir()
+        .join(format!("tpch-sf{}-parquet", bench.scale))
+        .join("catalog.toml")
+        .exists()
+    {
+        eprintln!("generating TPC-H SF {} (first run only)…", bench.scale);
+    }
+    let report = run_bench(&bench).await?;
+    println!("{}", format_report(&report));
+    if let Some(out) = &bench.out {
+        eprintln!("results and plots written to {}", out.display());
+    }
+    Ok(())
+}
+
+/// `baton bench fairness`.
+pub async fn run_fairness_bench(bench: FairnessBench, out: PathBuf) -> Result<(), CliError> {
+    eprintln!(
+        "fairness: {} long + {} short queries per policy on {} executors × {} slots, TPC-H SF {}",
+        bench.long_queries, bench.short_queries, bench.executors, bench.slots, bench.scale
+    );
+    let results = run_fairness(&bench).await?;
+    println!("{}", format_fairness_report(&results));
+    let path = bench::write_json(&out, "fairness.json", &results)?;
+    eprintln!("results written to {}", path.display());
+    Ok(())
+}
+
+/// `baton bench scheduler`.
+pub async fn run_scheduler_bench(bench: SchedulerBench, out: PathBuf) -> Result<(), CliError> {
+    let report = run_sched(&bench).await?;
+    println!("{}", format_scheduler_report(&report));
+    let path = bench::write_json(&out, "scheduler.json", &report)?;
+    eprintln!("results written to {}", path.display());
+    Ok(())
+}
+
 /// `baton status`.
-pub async fn run_status(scheduler: &str, query_id: Option<String>) -> Result<(), CliError> {
+pub async fn run_status(
+    scheduler: &str,
+    query_id: Option<String>,
+    json: bool,
+) -> Result<(), CliError> {
     let mut client = BatonClient::connect(scheduler).await?;
+    if json {
+        let value = match query_id {
+            Some(id) => status_to_json(&client.status(&id).await?),
+            None => {
+                serde_json::Value::Array(client.list().await?.iter().map(status_to_json).collect())
+            }
+        };
+        println!("{value:#}");
+        return Ok(());
+    }
     match query_id {
         Some(id) => print_status(&client.status(&id).await?, true),
         None => {

@@ -1,0 +1,187 @@
+//! `baton bench fairness`: short interactive queries arriving over time while long
+//! background queries keep the cluster busy, run under each policy on a fresh cluster
+//! of the same shape. Reports per policy the short queries' latency p50/p99, their
+//! slowdown (latency under load ÷ latency alone) and the makespan of the whole mix.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::{BenchError, quantile, text_table};
+use crate::catalog::TableFormat;
+use crate::client::BatonClient;
+use crate::cluster::{ClusterConfig, LocalCluster};
+use crate::datagen;
+use crate::scheduler::PolicyKind;
+use crate::tpch;
+
+/// Short queries: small tables, a few stages each.
+const SHORT_QUERIES: [&str; 4] = [
+    "select r_name, count(*) from nation join region on n_regionkey = r_regionkey group by r_name",
+    "select n_name, count(*) as suppliers from supplier join nation on s_nationkey = n_nationkey group by n_name order by suppliers desc limit 5",
+    "select c_mktsegment, count(*), avg(c_acctbal) from customer group by c_mktsegment",
+    "select p_brand, count(*) from part where p_size < 5 group by p_brand order by 2 desc limit 5",
+];
+
+/// Long background queries (TPC-H numbers): joins and aggregations over lineitem.
+const LONG_QUERIES: [u32; 4] = [9, 18, 21, 1];
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct FairnessBench {
+    /// TPC-H scale factor of the data.
+    pub scale: f64,
+    /// Executors of each cluster.
+    pub executors: usize,
+    /// Slots per executor.
+    pub slots: u32,
+    /// Partitions per stage.
+    pub partitions: usize,
+    /// Long queries submitted at the start.
+    pub long_queries: usize,
+    /// Short queries, one every `interval`.
+    pub short_queries: usize,
+    /// Time between short queries.
+    pub interval: Duration,
+    /// Policies to compare.
+    pub policies: Vec<PolicyKind>,
+}
+
+impl Default for FairnessBench {
+    fn default() -> Self {
+        Self {
+            scale: 1.0,
+            executors: 2,
+            slots: 2,
+            partitions: 4,
+            long_queries: 8,
+            short_queries: 20,
+            interval: Duration::from_millis(250),
+            policies: PolicyKind::ALL.to_vec(),
+        }
+    }
+}
+
+/// What one policy achieved.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyResult {
+    /// The policy.
+    pub policy: String,
+    /// Short-query latency p50, seconds.
+    pub short_p50: f64,
+    /// Short-query latency p99, seconds.
+    pub short_p99: f64,
+    /// Slowdown (under load ÷ alone) p50.
+    pub slowdown_p50: f64,
+    /// Slowdown p99.
+    pub slowdown_p99: f64,
+    /// Seconds from the first submission until every query ended.
+    pub makespan: f64,
+}
+
+/// Seconds a query took: submit → whole result fetched.
+async fn timed(client: &BatonClient, sql: &str) -> Result<f64, BenchError> {
+    let mut client = client.clone();
+    let started = Instant::now();
+    client
+        .sql(sql)
+        .await
+        .map_err(|source| BenchError::Query { query: 0, source })?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Runs the mix under each policy.
+pub async fn run_fairness_bench(bench: &FairnessBench) -> Result<Vec<PolicyResult>, BenchError> {
+    let catalog = datagen::cached_tpch(&datagen::cache_dir(), bench.scale, TableFormat::Parquet)?;
+    let mut results = Vec::new();
+    for &policy in &bench.policies {
+        let cluster = LocalCluster::start(ClusterConfig {
+            executors: bench.executors.max(1),
+            slots: bench.slots.max(1),
+            catalog: Some(catalog.clone()),
+            target_partitions: bench.partitions,
+            policy,
+            ..Default::default()
+        })
+        .await?;
+        let client = cluster.client().await?;
+        // Each short query alone on the idle cluster (best of two, after a warm-up).
+        let mut alone = Vec::new();
+        for sql in SHORT_QUERIES {
+            timed(&client, sql).await?;
+            let best = timed(&client, sql).await?.min(timed(&client, sql).await?);
+            alone.push(best);
+        }
+        let started = Instant::now();
+        let long: Vec<_> = (0..bench.long_queries)
+            .map(|i| {
+                let number = LONG_QUERIES[i % LONG_QUERIES.len()];
+                let sql = tpch::query(number).map_or("select 1", |q| q.sql);
+                let client = client.clone();
+                tokio::spawn(async move { timed(&client, sql).await })
+            })
+            .collect();
+        let mut short = Vec::new();
+        for i in 0..bench.short_queries {
+            tokio::time::sleep_until((started + bench.interval * i as u32).into()).await;
+            let kind = i % SHORT_QUERIES.len();
+            let client = client.clone();
+            short.push((
+                kind,
+                tokio::spawn(async move { timed(&client, SHORT_QUERIES[kind]).await }),
+            ));
+        }
+        let mut latencies = Vec::new();
+        let mut slowdowns = Vec::new();
+        for (kind, handle) in short {
+            let seconds = handle
+                .await
+                .map_err(|e| BenchError::Simulated(e.to_string()))??;
+            latencies.push(seconds);
+            slowdowns.push(seconds / alone[kind].max(1e-6));
+        }
+        for handle in long {
+            handle
+                .await
+                .map_err(|e| BenchError::Simulated(e.to_string()))??;
+        }
+        results.push(PolicyResult {
+            policy: policy.to_string(),
+            short_p50: quantile(&latencies, 0.5),
+            short_p99: quantile(&latencies, 0.99),
+            slowdown_p50: quantile(&slowdowns, 0.5),
+            slowdown_p99: quantile(&slowdowns, 0.99),
+            makespan: started.elapsed().as_secs_f64(),
+        });
+    }
+    Ok(results)
+}
+
+/// The results as a table, with each makespan relative to `fifo`'s.
+pub fn format_fairness_report(results: &[PolicyResult]) -> String {
+    let fifo = results
+        .iter()
+        .find(|r| r.policy == "fifo")
+        .map(|r| r.makespan);
+    let mut rows = vec![vec![
+        "policy".to_string(),
+        "short p50 s".into(),
+        "short p99 s".into(),
+        "slowdown p50".into(),
+        "slowdown p99".into(),
+        "makespan s".into(),
+        "makespan / fifo".into(),
+    ]];
+    for r in results {
+        rows.push(vec![
+            r.policy.clone(),
+            format!("{:.3}", r.short_p50),
+            format!("{:.3}", r.short_p99),
+            format!("{:.2}", r.slowdown_p50),
+            format!("{:.2}", r.slowdown_p99),
+            format!("{:.2}", r.makespan),
+            fifo.map_or("-".into(), |f| format!("{:.3}", r.makespan / f)),
+        ]);
+    }
+    text_table(&rows)
+}

@@ -1,0 +1,287 @@
+//! Query lifecycle and scheduling on an in-process cluster over real gRPC and Flight:
+//! many queries at once, cancelling a running query, and result retention.
+
+mod common;
+
+use std::time::Duration;
+
+use baton::cluster::{ClusterConfig, LocalCluster};
+use baton::proto::QueryState;
+use baton::scheduler::PolicyKind;
+use baton::tpch::QUERIES;
+
+/// Polls `check` every 20 ms for at most `limit`; true once it holds.
+async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    check()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn all_22_tpch_queries_submitted_at_once_are_all_correct() {
+    for policy in [PolicyKind::Priority, PolicyKind::Fair] {
+        let cluster = LocalCluster::start(ClusterConfig {
+            executors: 3,
+            slots: 2,
+            catalog: Some(common::tpch_catalog()),
+            policy,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let reference = common::single_node(&common::tpch_catalog()).await;
+        let client = cluster.client().await.unwrap();
+        // Submit all first, then fetch: every query is in the scheduler at once.
+        let mut ids = Vec::new();
+        for query in QUERIES {
+            let mut client = client.clone();
+            ids.push(client.submit_sql(query.sql).await.unwrap());
+        }
+        let fetches = ids.iter().map(|id| {
+            let mut client = client.clone();
+            async move { client.fetch(id).await }
+        });
+        let results = futures::future::join_all(fetches).await;
+        let mut failures = Vec::new();
+        for (query, result) in QUERIES.iter().zip(results) {
+            let expected = reference
+                .sql(query.sql)
+                .await
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            match result {
+                Ok(actual) => {
+                    let ordered = query.sql.to_lowercase().contains("order by");
+                    if let Err(diff) = common::compare(&expected, &actual.batches, ordered) {
+                        failures.push(format!("{policy} Q{}: {diff}", query.number));
+                    }
+                }
+                Err(e) => failures.push(format!("{policy} Q{}: failed: {e}", query.number)),
+            }
+        }
+        assert!(failures.is_empty(), "mismatches:\n{}", failures.join("\n"));
+        assert_eq!(cluster.scheduler().executors().1.1, 0, "every slot free");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancelled_query_stops_frees_its_slots_and_leaves_no_shuffle_files() {
+    let cluster = LocalCluster::start(ClusterConfig {
+        executors: 2,
+        slots: 2,
+        catalog: Some(common::tpch_catalog()),
+        // Every shuffle partition goes to disk, so files are there to be cleaned up.
+        shuffle_memory: 0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut client = cluster.client().await.unwrap();
+    // l_linestatus has two values: a join on it pairs ~60k × 30k rows per key.
+    let heavy = "select sum(a.l_quantity * b.l_quantity) from lineitem a \
+                 join lineitem b on a.l_linestatus = b.l_linestatus";
+    let id = client.submit_sql(heavy).await.unwrap();
+
+    // Wait until the join stage runs (its inputs wrote shuffle files).
+    let mut running_join = false;
+    for _ in 0..1500 {
+        let status = client.status(&id).await.unwrap();
+        assert_eq!(status.state, QueryState::Running as i32, "{status:?}");
+        running_join = status
+            .stages
+            .iter()
+            .any(|s| !s.input_stages.is_empty() && s.tasks_running > 0);
+        if running_join {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(running_join, "the join stage never started");
+    let files: usize = cluster
+        .executors()
+        .iter()
+        .map(|e| e.store().files_on_disk())
+        .sum();
+    assert!(files > 0, "input stages spilled shuffle files");
+
+    assert!(client.cancel(&id).await.unwrap(), "cancel a running query");
+    let status = client.status(&id).await.unwrap();
+    assert_eq!(status.state, QueryState::Cancelled as i32);
+    assert!(
+        client.fetch(&id).await.is_err(),
+        "no result for a cancelled query"
+    );
+
+    let executors = cluster.executors();
+    let stopped = eventually(Duration::from_secs(10), || {
+        executors.iter().all(|e| e.running_tasks() == 0) && cluster.scheduler().executors().1.1 == 0
+    })
+    .await;
+    assert!(stopped, "running tasks stopped and every slot is free");
+    let cleaned = eventually(Duration::from_secs(10), || {
+        executors
+            .iter()
+            .all(|e| e.store().partitions_of(&id) == 0 && e.store().files_on_disk() == 0)
+    })
+    .await;
+    assert!(cleaned, "no shuffle partition or file of the query remains");
+    assert!(
+        !client.cancel(&id).await.unwrap(),
+        "a second cancel finds it ended"
+    );
+
+    // The cluster serves the next query normally.
+    let result = client.sql("select count(*) from nation").await.unwrap();
+    assert_eq!(result.rows(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn flight_sql_clients_list_tables_and_run_queries() {
+    use arrow_flight::sql::client::FlightSqlServiceClient;
+    use arrow_flight::sql::{CommandGetDbSchemas, CommandGetTables, SqlInfo};
+    use datafusion::arrow::array::{AsArray, RecordBatch};
+    use futures::TryStreamExt;
+
+    let cluster = LocalCluster::start(ClusterConfig {
+        executors: 2,
+        catalog: Some(common::tpch_catalog()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.scheduler_address()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut client = FlightSqlServiceClient::new(channel);
+    async fn collect(
+        client: &mut FlightSqlServiceClient<tonic::transport::Channel>,
+        info: arrow_flight::FlightInfo,
+    ) -> Vec<RecordBatch> {
+        let mut batches = Vec::new();
+        for endpoint in info.endpoint {
+            let stream = client.do_get(endpoint.ticket.unwrap()).await.unwrap();
+            batches.extend(stream.try_collect::<Vec<_>>().await.unwrap());
+        }
+        batches
+    }
+
+    // A query, checked against single-node DataFusion.
+    let sql = baton::tpch::query(3).unwrap().sql;
+    let info = client.execute(sql.to_string(), None).await.unwrap();
+    assert_eq!(info.clone().try_decode_schema().unwrap().fields().len(), 4);
+    let actual = collect(&mut client, info).await;
+    let reference = common::single_node(&common::tpch_catalog()).await;
+    let expected = reference.sql(sql).await.unwrap().collect().await.unwrap();
+    common::compare(&expected, &actual, true).unwrap();
+
+    // A bad query fails with its cause.
+    let error = client
+        .execute("select * from nowhere".into(), None)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("nowhere"), "{error}");
+
+    // Catalog metadata.
+    let info = client.get_catalogs().await.unwrap();
+    let catalogs = collect(&mut client, info).await;
+    let names: Vec<String> = catalogs
+        .iter()
+        .flat_map(|b| {
+            b.column(0)
+                .as_string::<i32>()
+                .iter()
+                .flatten()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(names.contains(&"datafusion".to_string()), "{names:?}");
+    let info = client
+        .get_db_schemas(CommandGetDbSchemas::default())
+        .await
+        .unwrap();
+    let schemas = collect(&mut client, info).await;
+    assert!(schemas.iter().map(RecordBatch::num_rows).sum::<usize>() >= 1);
+    let info = client
+        .get_tables(CommandGetTables {
+            include_schema: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let tables = collect(&mut client, info).await;
+    let table_names: Vec<String> = tables
+        .iter()
+        .flat_map(|b| {
+            b.column_by_name("table_name")
+                .unwrap()
+                .as_string::<i32>()
+                .iter()
+                .flatten()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for table in [
+        "customer", "lineitem", "nation", "orders", "part", "partsupp", "region", "supplier",
+    ] {
+        assert!(
+            table_names.contains(&table.to_string()),
+            "{table} in {table_names:?}"
+        );
+    }
+    let info = client
+        .get_sql_info(vec![SqlInfo::FlightSqlServerName])
+        .await
+        .unwrap();
+    let info = collect(&mut client, info).await;
+    assert_eq!(info.iter().map(RecordBatch::num_rows).sum::<usize>(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn results_are_freed_once_fetched_or_when_their_time_to_live_ends() {
+    let cluster = LocalCluster::start(ClusterConfig {
+        executors: 2,
+        catalog: Some(common::tpch_catalog()),
+        result_ttl: Duration::from_millis(500),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut client = cluster.client().await.unwrap();
+    let stored = |id: &str| -> usize {
+        cluster
+            .executors()
+            .iter()
+            .map(|e| e.store().partitions_of(id))
+            .sum()
+    };
+
+    // Fetched: freed at once, and a second fetch says why there is nothing.
+    let fetched = client.submit_sql("select * from nation").await.unwrap();
+    assert_eq!(client.fetch(&fetched).await.unwrap().rows(), 25);
+    assert!(eventually(Duration::from_secs(10), || stored(&fetched) == 0).await);
+    let again = client.fetch(&fetched).await.unwrap_err().to_string();
+    assert!(again.contains("already fetched"), "{again}");
+
+    // Not fetched: kept until the time to live ends, then freed.
+    let kept = client.submit_sql("select * from region").await.unwrap();
+    cluster.scheduler().wait(&kept).await.unwrap();
+    assert!(stored(&kept) > 0, "the result waits for its client");
+    assert!(
+        eventually(Duration::from_secs(10), || stored(&kept) == 0).await,
+        "freed after the TTL"
+    );
+    let late = client.fetch(&kept).await.unwrap_err().to_string();
+    assert!(late.contains("expired"), "{late}");
+}

@@ -1,0 +1,158 @@
+//! Prometheus metrics of a running in-process cluster, scraped over HTTP and parsed with a
+//! Prometheus text-format parser, and the Grafana dashboard's queries checked against them.
+//! One test in its own binary: the recorder is process-wide.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use baton::cluster::{ClusterConfig, LocalCluster};
+use baton::telemetry::{self, JsonRoute};
+use prometheus_parse::{Scrape, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+/// Sample values by metric name and sorted labels.
+fn scrape(text: &str) -> HashMap<String, f64> {
+    let parsed =
+        Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("valid Prometheus text");
+    let mut values = HashMap::new();
+    for sample in parsed.samples {
+        let mut labels: Vec<_> = sample
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        labels.sort();
+        let key = format!("{}{{{}}}", sample.metric, labels.join(","));
+        let value = match sample.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+            Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+            Value::Summary(_) => continue,
+        };
+        values.insert(key, value);
+    }
+    values
+}
+
+fn sum(values: &HashMap<String, f64>, prefix: &str) -> f64 {
+    values
+        .iter()
+        .filter(|(k, _)| k.starts_with(&format!("{prefix}{{")))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_move_with_a_query_and_cover_the_dashboard() {
+    let cluster = LocalCluster::start(ClusterConfig {
+        executors: 2,
+        slots: 2,
+        catalog: Some(common::tpch_catalog()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let scheduler = cluster.scheduler().clone();
+    let route: JsonRoute = Arc::new(move |path: &str| scheduler.status_json(path));
+    let addr = telemetry::serve_http(
+        "127.0.0.1:0".parse().unwrap(),
+        Some(("/api/queries", route)),
+    )
+    .await
+    .unwrap();
+
+    let before = scrape(&get(addr, "/metrics").await);
+    let mut client = cluster.client().await.unwrap();
+    let sql = baton::tpch::query(5).unwrap().sql;
+    let id = client.submit_sql(sql).await.unwrap();
+    let during = scrape(&get(addr, "/metrics").await);
+    assert_eq!(sum(&during, "baton_executors_connected"), 2.0);
+    assert_eq!(sum(&during, "baton_slots_total"), 4.0);
+    let result = client.fetch(&id).await.unwrap();
+    assert!(result.rows() > 0);
+    let after = scrape(&get(addr, "/metrics").await);
+
+    let status = client.status(&id).await.unwrap();
+    let tasks: u32 = status.stages.iter().map(|s| s.tasks_total).sum();
+    let moved = |name: &str| sum(&after, name) - sum(&before, name);
+    assert_eq!(
+        moved("baton_tasks_dispatched_total"),
+        tasks as f64,
+        "one dispatch per task"
+    );
+    assert_eq!(moved("baton_tasks_completed_total"), tasks as f64);
+    assert_eq!(
+        moved("baton_dispatch_latency_seconds"),
+        tasks as f64,
+        "a latency sample per dispatch"
+    );
+    assert_eq!(moved("baton_task_duration_seconds"), tasks as f64);
+    assert_eq!(moved("baton_query_duration_seconds"), 1.0);
+    assert!(moved("baton_shuffle_bytes_written_total") > 0.0);
+    assert!(moved("baton_shuffle_bytes_read_total") > 0.0);
+    assert!(moved("baton_flight_bytes_served_total") > 0.0);
+    assert!(sum(&after, "baton_executor_busy_seconds") > 0.0);
+    assert!(
+        after
+            .keys()
+            .any(|k| k.starts_with("baton_executor_idle_seconds{"))
+    );
+    assert_eq!(
+        sum(&after, "baton_slots_busy"),
+        0.0,
+        "all slots free after the query"
+    );
+    assert_eq!(sum(&after, "baton_queue_depth"), 0.0);
+    assert!(after.contains_key("baton_queries{state=succeeded}"));
+
+    // The JSON API shows the same query.
+    let one: serde_json::Value =
+        serde_json::from_str(&get(addr, &format!("/api/queries/{id}")).await).unwrap();
+    assert_eq!(one["state"], "succeeded");
+    assert_eq!(one["stages"].as_array().unwrap().len(), status.stages.len());
+    let all: serde_json::Value = serde_json::from_str(&get(addr, "/api/queries").await).unwrap();
+    assert!(
+        all.as_array()
+            .unwrap()
+            .iter()
+            .any(|q| q["query_id"] == id.as_str())
+    );
+
+    // Every metric the Grafana dashboard charts is exported.
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../grafana/dashboard.json")).unwrap();
+    let mut charted = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (i, _) in expr.match_indices("baton_") {
+                let name: String = expr[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                charted.insert(name.trim_end_matches("_bucket").to_string());
+            }
+        }
+    }
+    assert!(charted.len() >= 13, "{charted:?}");
+    for name in charted {
+        assert!(
+            after.keys().any(|k| k.starts_with(&format!("{name}{{"))),
+            "dashboard charts {name}, which is not exported"
+        );
+    }
+}
