@@ -1,6 +1,8 @@
 //! Settings every Baton process shares: DataFusion session options for distributed
 //! plans and the gRPC message-size limits.
 
+use std::time::Duration;
+
 use datafusion::prelude::SessionConfig;
 
 /// Largest gRPC / Flight message any Baton client or server accepts or sends.
@@ -8,6 +10,12 @@ use datafusion::prelude::SessionConfig;
 /// tonic's default decode limit is 4 MiB; serialized plans with large literal lists and
 /// wide batches exceed it, so every endpoint sets this limit explicitly.
 pub const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
+
+/// How often an executor tells the scheduler it is alive.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// An executor silent for this long (three missed heartbeats) is taken as lost.
+pub const EXECUTOR_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Default number of partitions DataFusion plans with (and so tasks per stage).
 pub const DEFAULT_TARGET_PARTITIONS: usize = 4;

@@ -29,6 +29,7 @@ pub mod config;
 pub mod datagen;
 pub mod executor;
 pub mod flight_service;
+pub mod net;
 pub mod planner;
 pub mod proto;
 pub mod scheduler;

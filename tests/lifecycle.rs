@@ -10,6 +10,15 @@ use baton::proto::QueryState;
 use baton::scheduler::PolicyKind;
 use baton::tpch::QUERIES;
 
+/// A gRPC channel to the cluster's scheduler.
+async fn channel(cluster: &LocalCluster) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.scheduler_address()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
 /// Polls `check` every 20 ms for at most `limit`; true once it holds.
 async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
@@ -156,12 +165,7 @@ async fn flight_sql_clients_list_tables_and_run_queries() {
     })
     .await
     .unwrap();
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.scheduler_address()))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+    let channel = channel(&cluster).await;
     let mut client = FlightSqlServiceClient::new(channel);
     async fn collect(
         client: &mut FlightSqlServiceClient<tonic::transport::Channel>,
@@ -284,4 +288,45 @@ async fn results_are_freed_once_fetched_or_when_their_time_to_live_ends() {
     );
     let late = client.fetch(&kept).await.unwrap_err().to_string();
     assert!(late.contains("expired"), "{late}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_that_misses_its_heartbeats_is_taken_as_lost() {
+    use baton::proto::scheduler_service_client::SchedulerServiceClient;
+    use baton::proto::{ExecutorMessage, RegisterExecutor, executor_message};
+
+    let cluster = LocalCluster::start(ClusterConfig {
+        executors: 1,
+        catalog: Some(common::tpch_catalog()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let channel = channel(&cluster).await;
+    // Registers, then stays connected but silent (the sender is kept open).
+    let (outbound, outbound_rx) = tokio::sync::mpsc::unbounded_channel();
+    outbound
+        .send(ExecutorMessage {
+            message: Some(executor_message::Message::Register(RegisterExecutor {
+                executor_id: "silent".into(),
+                flight_address: "127.0.0.1:9".into(),
+                slots: 1,
+            })),
+        })
+        .unwrap();
+    let _inbound = SchedulerServiceClient::new(channel)
+        .connect(tokio_stream::wrappers::UnboundedReceiverStream::new(
+            outbound_rx,
+        ))
+        .await
+        .unwrap();
+    let scheduler = cluster.scheduler();
+    assert!(eventually(Duration::from_secs(5), || scheduler.executors().0 == 2).await);
+    let lost = eventually(
+        baton::config::EXECUTOR_TIMEOUT + Duration::from_secs(10),
+        || scheduler.executors().0 == 1,
+    )
+    .await;
+    assert!(lost, "the silent executor was dropped; the live one stays");
+    drop(outbound);
 }

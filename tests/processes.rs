@@ -198,11 +198,10 @@ fn embedded_cluster_runs_sql_from_a_file_and_stops_at_the_first_failure() {
     );
 }
 
-/// Runs the interactive shell of an embedded cluster with `input` on its standard input.
-fn shell(catalog: &Path, input: &str) -> Output {
-    use std::io::Write;
-    let home = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BATON)
+/// The interactive shell of an embedded cluster, its standard streams piped, its history
+/// kept in `home`.
+fn spawn_shell(catalog: &Path, home: &Path) -> Child {
+    Command::new(BATON)
         .args([
             "sql",
             "--catalog",
@@ -210,12 +209,19 @@ fn shell(catalog: &Path, input: &str) -> Output {
             "--format",
             "csv",
         ])
-        .env("BATON_CACHE_DIR", home.path())
+        .env("BATON_CACHE_DIR", home)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn baton sql");
+        .expect("spawn baton sql")
+}
+
+/// Runs the interactive shell with `input` on its standard input.
+fn shell(catalog: &Path, input: &str) -> Output {
+    use std::io::Write;
+    let home = tempfile::tempdir().unwrap();
+    let mut child = spawn_shell(catalog, home.path());
     child
         .stdin
         .take()
@@ -267,22 +273,7 @@ fn ctrl_c_in_the_shell_cancels_the_running_query_and_keeps_the_shell() {
     use std::io::{BufRead, BufReader, Write};
     let catalog = common::tpch_catalog();
     let home = tempfile::tempdir().unwrap();
-    let mut child = Process(
-        Command::new(BATON)
-            .args([
-                "sql",
-                "--catalog",
-                catalog.to_str().unwrap(),
-                "--format",
-                "csv",
-            ])
-            .env("BATON_CACHE_DIR", home.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn baton sql"),
-    );
+    let mut child = Process(spawn_shell(&catalog, home.path()));
     let mut stdin = child.0.stdin.take().unwrap();
     let stderr = BufReader::new(child.0.stderr.take().unwrap());
     let heavy = "select sum(a.l_quantity * b.l_quantity) from lineitem a join lineitem b on a.l_linestatus = b.l_linestatus;\n";

@@ -15,10 +15,10 @@ use datafusion::prelude::SessionContext;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::{info, warn};
 
-use crate::config::{MAX_MESSAGE_BYTES, distributed_session_config};
+use crate::config::{HEARTBEAT_INTERVAL, MAX_MESSAGE_BYTES, distributed_session_config};
 use crate::proto::scheduler_service_client::SchedulerServiceClient;
 use crate::proto::{
     ExecutorMessage, Heartbeat, RegisterExecutor, SchedulerMessage, executor_message,
@@ -27,9 +27,6 @@ use crate::proto::{
 use crate::shuffle::fetch::{FlightClients, connect_channel};
 use crate::shuffle::{ShuffleStore, StoreError};
 use runner::TaskRunner;
-
-/// How often an executor tells the scheduler it is alive.
-const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How long an executor keeps trying to reach its scheduler at start.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
@@ -263,7 +260,7 @@ fn spawn_flight_server(
         if let Err(e) = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped)
+            .serve_with_incoming_shutdown(crate::net::incoming(listener), stopped)
             .await
         {
             warn!(error = %e, "executor Flight endpoint failed");

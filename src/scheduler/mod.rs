@@ -20,7 +20,6 @@ use datafusion::execution::TaskContext;
 use datafusion::prelude::SessionContext;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::info_span;
 
 pub use flight::result_ticket;
@@ -399,7 +398,7 @@ impl Scheduler {
             .add_service(flight);
         async move {
             router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .serve_with_incoming_shutdown(crate::net::incoming(listener), shutdown)
                 .await?;
             Ok(())
         }

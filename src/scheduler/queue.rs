@@ -73,13 +73,7 @@ impl WorkQueue {
         if added.peek().is_none() {
             return;
         }
-        let entry = self
-            .queries
-            .entry(query_id.clone())
-            .or_insert_with(|| QueryTasks {
-                info: info.clone(),
-                tasks: VecDeque::new(),
-            });
+        let entry = Self::entry(&mut self.queries, query_id, &info);
         let was_empty = entry.tasks.is_empty();
         let before = entry.tasks.len();
         entry.tasks.extend(added);
@@ -95,19 +89,26 @@ impl WorkQueue {
     /// Puts a task back at the head of its query (its push failed).
     pub fn push_front(&mut self, task: QueuedTask, info: QueryInfo) {
         let query_id = task.query_id.clone();
-        let entry = self
-            .queries
-            .entry(query_id.clone())
-            .or_insert_with(|| QueryTasks {
-                info: info.clone(),
-                tasks: VecDeque::new(),
-            });
+        let entry = Self::entry(&mut self.queries, &query_id, &info);
         let was_empty = entry.tasks.is_empty();
         entry.tasks.push_front(task);
         self.len += 1;
         if was_empty {
             self.policy.activate(&query_id, &entry.info);
         }
+    }
+
+    fn entry<'a>(
+        queries: &'a mut HashMap<Arc<str>, QueryTasks>,
+        query_id: &Arc<str>,
+        info: &QueryInfo,
+    ) -> &'a mut QueryTasks {
+        queries
+            .entry(query_id.clone())
+            .or_insert_with(|| QueryTasks {
+                info: info.clone(),
+                tasks: VecDeque::new(),
+            })
     }
 
     /// The next task to dispatch, as the policy orders queries.

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use super::{Scheduler, Submission};
+use crate::config::EXECUTOR_TIMEOUT;
 use crate::proto::scheduler_service_server::SchedulerService;
 use crate::proto::{
     CancelQueryRequest, CancelQueryResponse, ExecutorMessage, GetQueryStatusRequest,
@@ -69,7 +70,14 @@ impl SchedulerService for SchedulerGrpc {
         let scheduler = self.scheduler.clone();
         tokio::spawn(async move {
             loop {
-                match inbound.message().await {
+                // Heartbeats come every few seconds; a stream silent for longer than
+                // the timeout belongs to an executor that hangs or is cut off.
+                let Ok(next) = tokio::time::timeout(EXECUTOR_TIMEOUT, inbound.message()).await
+                else {
+                    warn!(executor = %executor_id, timeout = ?EXECUTOR_TIMEOUT, "executor missed its heartbeats");
+                    break;
+                };
+                match next {
                     Ok(Some(message)) => match message.message {
                         Some(executor_message::Message::TaskStatus(status)) => {
                             scheduler.state().task_status(&executor_id, status);
