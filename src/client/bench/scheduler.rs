@@ -20,11 +20,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::{BenchError, quantile, text_table};
-use crate::config::MAX_MESSAGE_BYTES;
+use crate::config::{HEARTBEAT_INTERVAL, MAX_MESSAGE_BYTES};
 use crate::executor::micros_since;
 use crate::proto::scheduler_service_client::SchedulerServiceClient;
 use crate::proto::{
-    ExecutorMessage, RegisterExecutor, TaskStatus, TaskSucceeded, executor_message,
+    ExecutorMessage, Heartbeat, RegisterExecutor, TaskStatus, TaskSucceeded, executor_message,
     scheduler_message, task_status,
 };
 use crate::scheduler::{PolicyKind, Scheduler, StageSpec};
@@ -113,6 +113,21 @@ async fn simulated_executor(
         .await
         .map_err(|e| BenchError::Simulated(e.to_string()))?
         .into_inner();
+    let beats = outbound.clone();
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);
+        loop {
+            ticks.tick().await;
+            let beat = ExecutorMessage {
+                message: Some(executor_message::Message::Heartbeat(Heartbeat {
+                    running_tasks: 0,
+                })),
+            };
+            if beats.send(beat).is_err() {
+                return;
+            }
+        }
+    });
     tokio::spawn(async move {
         while let Ok(Some(message)) = inbound.message().await {
             let Some(scheduler_message::Message::RunTask(task)) = message.message else {
@@ -209,8 +224,10 @@ pub async fn run_scheduler_bench(bench: &SchedulerBench) -> Result<SchedulerRepo
     let latency: Vec<(f64, f64)> = samples.lock().expect("samples lock").clone();
     let pushed: Vec<f64> = latency.iter().map(|l| l.0).collect();
     let received: Vec<f64> = latency.iter().map(|l| l.1).collect();
+    // The simulated executors' streams never end by themselves, so a graceful shutdown
+    // would wait for them forever: stop the server outright.
     let _ = stop.send(());
-    let _ = server.await;
+    server.abort();
     Ok(SchedulerReport {
         tasks,
         queries: bench.queries,
