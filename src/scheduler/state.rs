@@ -21,6 +21,9 @@ use crate::proto::{
 };
 use crate::shuffle::MapLocation;
 
+/// Ended queries whose status the scheduler keeps; older ones are forgotten first.
+const ENDED_RETAINED: usize = 10_000;
+
 /// Task spans kept for timelines; older ones are dropped first.
 const TIMELINE_CAPACITY: usize = 200_000;
 
@@ -52,6 +55,8 @@ pub struct SchedulerState {
     executors_watch: watch::Sender<usize>,
     next_seq: u64,
     timeline: VecDeque<TaskSpan>,
+    ended: VecDeque<Arc<str>>,
+    ended_retained: usize,
 }
 
 impl SchedulerState {
@@ -67,6 +72,8 @@ impl SchedulerState {
             executors_watch,
             next_seq: 0,
             timeline: VecDeque::new(),
+            ended: VecDeque::new(),
+            ended_retained: ENDED_RETAINED,
         }
     }
 
@@ -137,6 +144,25 @@ impl SchedulerState {
         if state != QueryState::Succeeded || !stages.is_empty() {
             self.broadcast_release(query_id, stages);
         }
+        self.ended.push_back(query_id.clone());
+        if self.ended.len() > self.ended_retained {
+            self.forget_oldest();
+        }
+    }
+
+    /// Forgets the oldest tenth of the retained ended queries, so the query table stays
+    /// bounded; each call costs one pass over the submission order.
+    fn forget_oldest(&mut self) {
+        let count = (self.ended_retained / 10).max(1);
+        for id in self.ended.drain(..count.min(self.ended.len())) {
+            if let Some(query) = self.queries.remove(&id) {
+                metrics::gauge!("baton_queries", "state" => state_label(query.state()))
+                    .decrement(1.0);
+            }
+            self.watchers.remove(&id);
+        }
+        let queries = &self.queries;
+        self.order.retain(|id| queries.contains_key(id));
     }
 
     fn broadcast_release(&self, query_id: &str, stage_ids: Vec<u32>) {
@@ -428,4 +454,29 @@ fn record_dispatch(queued: &QueuedTask) {
     metrics::counter!("baton_tasks_dispatched_total").increment(1);
     metrics::histogram!("baton_dispatch_latency_seconds")
         .record(Instant::now().duration_since(queued.ready_at).as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::PolicyKind;
+
+    #[test]
+    fn the_query_table_forgets_the_oldest_ended_queries() {
+        let (tx, _rx) = watch::channel(0);
+        let mut state = SchedulerState::new(tx, PolicyKind::Fifo.build(0.0));
+        state.ended_retained = 20;
+        for i in 0..25 {
+            let id: Arc<str> = format!("q{i}").into();
+            state.add_query(Query::failed(id, String::new(), "bad".into()));
+        }
+        // Each time 21 ended queries exceed 20, the oldest 2 go: at q20, q22 and q24.
+        assert!((0..6).all(|i| state.query(&format!("q{i}")).is_none()));
+        assert!((6..25).all(|i| state.query(&format!("q{i}")).is_some()));
+        assert_eq!(state.queries().count(), 19);
+        assert_eq!(
+            state.queries().next().map(|q| q.id.to_string()),
+            Some("q24".into())
+        );
+    }
 }
