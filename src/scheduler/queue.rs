@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::policy::{Policy, QueryInfo};
-use super::query::TaskRef;
+use super::query::{Query, TaskRef};
 
 /// A ready task waiting for a slot.
 #[derive(Debug, Clone)]
@@ -50,8 +50,17 @@ impl WorkQueue {
     }
 
     /// The scheduler clock's reading of `at`, as the policy sees time.
-    pub fn clock(&self, at: Instant) -> Duration {
+    fn clock(&self, at: Instant) -> Duration {
         at.saturating_duration_since(self.epoch)
+    }
+
+    /// What the policy sees of `query` now.
+    pub fn info(&self, query: &Query) -> QueryInfo {
+        QueryInfo {
+            seq: query.seq,
+            arrival: self.clock(query.arrived),
+            remaining_cost: query.remaining_cost(),
+        }
     }
 
     /// Adds tasks of a query that just became ready; `info` describes the query now.

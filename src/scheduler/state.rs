@@ -6,12 +6,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::policy::{Policy, QueryInfo};
+use super::policy::Policy;
 use super::query::{Progress, Query, TaskRef};
 use super::queue::{QueuedTask, WorkQueue};
 use super::registry::{ExecutorSender, Registry};
@@ -77,15 +77,6 @@ impl SchedulerState {
         }
     }
 
-    /// What the policy sees of a query now.
-    fn info(&self, query: &Query) -> QueryInfo {
-        QueryInfo {
-            seq: query.seq,
-            arrival: self.queue.clock(query.arrived),
-            remaining_cost: query.remaining_cost(),
-        }
-    }
-
     /// Adds a query and starts it; returns a receiver that sees its state change.
     pub fn add_query(&mut self, mut query: Query) -> watch::Receiver<QueryState> {
         let id = query.id.clone();
@@ -116,9 +107,10 @@ impl SchedulerState {
             self.queue.remove_query(query_id);
             self.on_finished(query_id);
         } else if progress.ready.is_empty() {
-            self.queue.update(query_id, self.info(query));
+            self.queue.update(query_id, self.queue.info(query));
         } else {
-            self.queue.push(query_id, self.info(query), progress.ready);
+            self.queue
+                .push(query_id, self.queue.info(query), progress.ready);
         }
     }
 
@@ -209,6 +201,7 @@ impl SchedulerState {
             }
             let task = queued.task;
             let stage = query.stage(task.stage);
+            let pushed_at = wall_clock();
             let run = RunTask {
                 task: Some(TaskId {
                     query_id: queued.query_id.to_string(),
@@ -218,8 +211,8 @@ impl SchedulerState {
                 }),
                 stage_plan: stage.plan.clone(),
                 inputs: query.stage_inputs(task.stage).to_vec(),
-                ready_at_micros: unix_micros(queued.ready_at),
-                pushed_at_micros: unix_micros(Instant::now()),
+                ready_at_micros: ready_at_micros(queued.ready_at, pushed_at),
+                pushed_at_micros: pushed_at.as_micros() as u64,
             };
             let message = SchedulerMessage {
                 message: Some(scheduler_message::Message::RunTask(run)),
@@ -227,11 +220,7 @@ impl SchedulerState {
             if !executor.send(message) {
                 // The stream is closing; its end will remove the executor.
                 executor.slots = 0;
-                let info = QueryInfo {
-                    seq: query.seq,
-                    arrival: self.queue.clock(query.arrived),
-                    remaining_cost: query.remaining_cost(),
-                };
+                let info = self.queue.info(query);
                 self.queue.push_front(queued, info);
                 continue;
             }
@@ -441,12 +430,16 @@ fn state_label(state: QueryState) -> &'static str {
     }
 }
 
-/// `at` on the wall clock, in Unix epoch microseconds.
-fn unix_micros(at: Instant) -> u64 {
-    let now = SystemTime::now()
+/// Now on the wall clock, since the Unix epoch.
+fn wall_clock() -> Duration {
+    SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    now.saturating_sub(Instant::now().saturating_duration_since(at))
+        .unwrap_or_default()
+}
+
+/// `ready_at` on the wall clock, in Unix epoch microseconds, given `now` on it.
+fn ready_at_micros(ready_at: Instant, now: Duration) -> u64 {
+    now.saturating_sub(Instant::now().saturating_duration_since(ready_at))
         .as_micros() as u64
 }
 
