@@ -14,7 +14,7 @@ use crate::client::{BatonClient, ClientError};
 use crate::config::DEFAULT_TARGET_PARTITIONS;
 use crate::executor::{DEFAULT_SHUFFLE_MEMORY, Executor, ExecutorConfig, ExecutorError};
 use crate::scheduler::{
-    DEFAULT_RESULT_TTL, PolicyKind, Scheduler, SchedulerConfig, SchedulerError,
+    DEFAULT_AGING_RATE, DEFAULT_RESULT_TTL, PolicyKind, Scheduler, SchedulerConfig, SchedulerError,
 };
 
 /// Errors of starting a cluster.
@@ -54,6 +54,11 @@ pub struct ClusterConfig {
     pub bind: SocketAddr,
     /// Scheduling policy.
     pub policy: PolicyKind,
+    /// Aging credit of the `priority` policy, cost units per second of waiting.
+    pub aging_rate: f64,
+    /// Tasks each executor takes beyond its slots when they are more urgent than running
+    /// ones; None: as many as its slots.
+    pub preempt_slots: Option<u32>,
     /// Bytes of shuffle output each executor keeps in memory before spilling to disk.
     pub shuffle_memory: usize,
     /// How long an unfetched result is kept.
@@ -69,6 +74,8 @@ impl Default for ClusterConfig {
             target_partitions: DEFAULT_TARGET_PARTITIONS,
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             policy: PolicyKind::default(),
+            aging_rate: DEFAULT_AGING_RATE,
+            preempt_slots: None,
             shuffle_memory: DEFAULT_SHUFFLE_MEMORY,
             result_ttl: DEFAULT_RESULT_TTL,
         }
@@ -95,6 +102,7 @@ impl LocalCluster {
             catalog: config.catalog.clone(),
             target_partitions: config.target_partitions,
             policy: config.policy,
+            aging_rate: config.aging_rate,
             result_ttl: config.result_ttl,
             ..Default::default()
         })
@@ -124,8 +132,12 @@ impl LocalCluster {
         ));
         let mut executors = Vec::with_capacity(config.executors);
         for _ in 0..config.executors {
-            let mut executor = ExecutorConfig::local(&address, config.slots, work_dir.clone());
+            let mut executor =
+                ExecutorConfig::local(&address, config.slots, Some(work_dir.clone()));
             executor.memory_limit = config.shuffle_memory;
+            if let Some(preempt_slots) = config.preempt_slots {
+                executor.preempt_slots = preempt_slots;
+            }
             executors.push(Executor::start(executor).await?);
         }
         scheduler.wait_for_executors(config.executors).await;

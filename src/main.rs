@@ -13,6 +13,7 @@ use baton::client::bench::TpchBench;
 use baton::client::bench::fairness::FairnessBench;
 use baton::client::bench::scheduler::SchedulerBench;
 use baton::config::DEFAULT_TARGET_PARTITIONS;
+use baton::executor::ExecutorConfig;
 use baton::scheduler::{DEFAULT_AGING_RATE, DEFAULT_RESULT_TTL, PolicyKind, SchedulerConfig};
 
 /// Baton: a push-based, streaming, distributed query scheduler for Apache DataFusion.
@@ -60,6 +61,10 @@ enum Command {
         /// Tasks run at once.
         #[arg(long, default_value_t = 2)]
         slots: u32,
+        /// Tasks taken beyond the slots when more urgent than running ones, which then
+        /// wait suspended (holding their memory); default: as many as --slots, 0: never.
+        #[arg(long)]
+        preempt_slots: Option<u32>,
         /// Directory for spilled shuffle files.
         #[arg(long)]
         work_dir: Option<PathBuf>,
@@ -149,6 +154,13 @@ struct ClusterArgs {
     /// How tasks of concurrent queries are ordered: priority, fair or fifo.
     #[arg(long, default_value_t = PolicyKind::default())]
     policy: PolicyKind,
+    /// Aging credit of the priority policy, cost units per second of waiting.
+    #[arg(long, default_value_t = DEFAULT_AGING_RATE)]
+    aging_rate: f64,
+    /// Tasks each executor takes beyond its slots when more urgent than running ones,
+    /// which then wait suspended; default: as many as --slots, 0: never.
+    #[arg(long)]
+    preempt_slots: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -212,6 +224,10 @@ enum Bench {
         /// Policies to compare.
         #[arg(long, value_delimiter = ',', default_value = "fifo,fair,priority")]
         policies: Vec<PolicyKind>,
+        /// Tasks each executor takes beyond its slots when urgent (priority preempts);
+        /// default: as many as --slots, 0: no preemption.
+        #[arg(long)]
+        preempt_slots: Option<u32>,
         /// Directory for fairness.json.
         #[arg(long, default_value = "bench-results")]
         out: PathBuf,
@@ -287,6 +303,8 @@ impl From<ClusterArgs> for cli::ClusterOptions {
             slots: a.slots,
             partitions: a.partitions,
             policy: a.policy,
+            aging_rate: a.aging_rate,
+            preempt_slots: a.preempt_slots,
         }
     }
 }
@@ -336,11 +354,18 @@ fn main() -> ExitCode {
                 scheduler,
                 bind,
                 slots,
+                preempt_slots,
                 work_dir,
                 memory_mb,
                 metrics,
             } => {
-                cli::run_executor(scheduler, bind, slots, work_dir, memory_mb << 20, metrics).await
+                let mut config = ExecutorConfig::local(&scheduler, slots, work_dir);
+                config.bind = bind;
+                config.memory_limit = memory_mb << 20;
+                if let Some(preempt_slots) = preempt_slots {
+                    config.preempt_slots = preempt_slots;
+                }
+                cli::run_executor(config, metrics).await
             }
             Command::Standalone {
                 bind,
@@ -383,9 +408,11 @@ fn main() -> ExitCode {
                     short,
                     interval_ms,
                     policies,
+                    preempt_slots,
                     out,
                 } => {
                     let bench = FairnessBench {
+                        preempt_slots,
                         scale,
                         executors,
                         slots,

@@ -9,6 +9,7 @@ use baton::cluster::{ClusterConfig, LocalCluster};
 use baton::proto::QueryState;
 use baton::scheduler::PolicyKind;
 use baton::tpch::QUERIES;
+use datafusion::arrow::array::AsArray;
 
 /// A gRPC channel to the cluster's scheduler.
 async fn channel(cluster: &LocalCluster) -> tonic::transport::Channel {
@@ -311,6 +312,7 @@ async fn an_executor_that_misses_its_heartbeats_is_taken_as_lost() {
                 executor_id: "silent".into(),
                 flight_address: "127.0.0.1:9".into(),
                 slots: 1,
+                preempt_slots: 0,
             })),
         })
         .unwrap();
@@ -329,4 +331,70 @@ async fn an_executor_that_misses_its_heartbeats_is_taken_as_lost() {
     .await;
     assert!(lost, "the silent executor was dropped; the live one stays");
     drop(outbound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cheap_query_preempts_a_long_task_holding_the_only_slot() {
+    let cluster = LocalCluster::start(ClusterConfig {
+        executors: 1,
+        slots: 1,
+        // One partition: the long query is one task that holds the slot.
+        target_partitions: 1,
+        catalog: Some(common::tpch_catalog()),
+        // No aging: the cheaper query outranks the long one however late it comes.
+        aging_rate: 0.0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut client = cluster.client().await.unwrap();
+    // Pairs ~1.8 billion rows: minutes of work, far longer than this test waits.
+    let heavy = "select sum(a.l_quantity * b.l_quantity) from lineitem a \
+                 join lineitem b on a.l_linestatus = b.l_linestatus";
+    let id = client.submit_sql(heavy).await.unwrap();
+    // With one partition the whole query is one stage of one task.
+    let join_stage = |status: &baton::proto::QueryStatus| {
+        assert_eq!(status.stages.len(), 1, "{status:?}");
+        (status.stages[0].tasks_running, status.stages[0].tasks_done)
+    };
+    let mut joining = false;
+    for _ in 0..1500 {
+        let status = client.status(&id).await.unwrap();
+        if join_stage(&status) == (1, 0) {
+            joining = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        joining,
+        "the join task never started: {:?}",
+        client.status(&id).await.unwrap()
+    );
+
+    // The only slot is held by the join task; the cheap query still runs to the end.
+    let cheap = client.sql("select count(*) from nation");
+    let result = tokio::time::timeout(Duration::from_secs(60), cheap)
+        .await
+        .expect("the cheap query waited for the long task's slot")
+        .unwrap();
+    let count = result.batches[0]
+        .column(0)
+        .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+        .value(0);
+    assert_eq!(count, 25);
+    let status = client.status(&id).await.unwrap();
+    assert_eq!(status.state, QueryState::Running as i32, "{status:?}");
+    assert_eq!(
+        join_stage(&status),
+        (1, 0),
+        "the join task kept running (suspended) while the cheap query took its slot"
+    );
+    let executor = &cluster.executors()[0];
+    assert!(executor.suspensions() >= 1, "the join task was suspended");
+
+    // The suspended-then-resumed task still stops on cancel.
+    assert!(client.cancel(&id).await.unwrap());
+    let stopped = eventually(Duration::from_secs(10), || executor.running_tasks() == 0).await;
+    assert!(stopped, "no task remains after the cancel");
 }

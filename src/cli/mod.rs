@@ -116,6 +116,10 @@ pub struct ClusterOptions {
     pub partitions: usize,
     /// Scheduling policy.
     pub policy: PolicyKind,
+    /// Aging credit of the `priority` policy.
+    pub aging_rate: f64,
+    /// Tasks each executor takes beyond its slots when urgent; None: as many as slots.
+    pub preempt_slots: Option<u32>,
 }
 
 /// The catalog to use: the given one, or TPC-H SF 0.1 generated into the cache.
@@ -150,6 +154,8 @@ async fn start_cluster(
         target_partitions: options.partitions,
         bind,
         policy: options.policy,
+        aging_rate: options.aging_rate,
+        preempt_slots: options.preempt_slots,
         ..Default::default()
     })
     .await?)
@@ -194,26 +200,13 @@ pub async fn run_scheduler(
 
 /// `baton executor`.
 pub async fn run_executor(
-    scheduler: String,
-    bind: SocketAddr,
-    slots: u32,
-    work_dir: Option<PathBuf>,
-    memory_limit: usize,
+    config: ExecutorConfig,
     metrics: Option<SocketAddr>,
 ) -> Result<(), CliError> {
     if let Some(addr) = metrics {
         serve_metrics(addr, None).await?;
     }
-    let work_dir = work_dir.unwrap_or_else(|| std::env::temp_dir().join("baton-executor"));
-    let mut executor = Executor::start(ExecutorConfig {
-        scheduler: scheduler.trim_start_matches("http://").to_string(),
-        bind,
-        slots: slots.max(1),
-        work_dir,
-        memory_limit,
-        executor_id: None,
-    })
-    .await?;
+    let mut executor = Executor::start(config).await?;
     tokio::select! {
         _ = executor.wait() => tracing::info!("scheduler went away; executor stops"),
         _ = until_ctrl_c() => tracing::info!("interrupted; executor stops"),
@@ -534,8 +527,10 @@ pub async fn run_tpch_bench(bench: TpchBench) -> Result<(), CliError> {
 
 /// `baton bench fairness`.
 pub async fn run_fairness_bench(bench: FairnessBench, out: PathBuf) -> Result<(), CliError> {
+    let preempt = bench.preempt_slots.unwrap_or(bench.slots);
     eprintln!(
-        "fairness: {} long + {} short queries per policy on {} executors × {} slots, TPC-H SF {}",
+        "fairness: {} long + {} short queries per policy on {} executors × {} slots \
+         (+{preempt} for preemption), TPC-H SF {}",
         bench.long_queries, bench.short_queries, bench.executors, bench.slots, bench.scale
     );
     let results = run_fairness(&bench).await?;

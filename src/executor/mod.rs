@@ -1,7 +1,9 @@
 //! The executor: one stream to the scheduler, a task runner, a shuffle store and a Flight
 //! endpoint that serves the store to other executors and to the scheduler.
 
+mod arbiter;
 mod flight;
+mod gated;
 mod runner;
 
 pub use runner::micros_since;
@@ -70,6 +72,9 @@ pub struct ExecutorConfig {
     pub bind: SocketAddr,
     /// Tasks run at once.
     pub slots: u32,
+    /// Tasks taken beyond `slots` when they are more urgent than running ones (which then
+    /// wait suspended); 0: never more than `slots`.
+    pub preempt_slots: u32,
     /// Directory for spilled shuffle files.
     pub work_dir: PathBuf,
     /// Bytes of shuffle output kept in memory before spilling to disk.
@@ -79,13 +84,17 @@ pub struct ExecutorConfig {
 }
 
 impl ExecutorConfig {
-    /// An executor of `slots` slots for the scheduler at `scheduler`, on loopback.
-    pub fn local(scheduler: &str, slots: u32, work_dir: PathBuf) -> Self {
+    /// An executor of `slots` slots (at least 1) for the scheduler at `scheduler` (a
+    /// leading `http://` is dropped), on loopback, that takes as many tasks again when
+    /// they are urgent; its spill directory is `work_dir`, a temporary one when None.
+    pub fn local(scheduler: &str, slots: u32, work_dir: Option<PathBuf>) -> Self {
+        let slots = slots.max(1);
         Self {
-            scheduler: scheduler.to_string(),
+            scheduler: scheduler.trim_start_matches("http://").to_string(),
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             slots,
-            work_dir,
+            preempt_slots: slots,
+            work_dir: work_dir.unwrap_or_else(|| std::env::temp_dir().join("baton-executor")),
             memory_limit: DEFAULT_SHUFFLE_MEMORY,
             executor_id: None,
         }
@@ -140,6 +149,7 @@ impl Executor {
                 executor_id: id.clone(),
                 flight_address: flight_address.clone(),
                 slots: config.slots,
+                preempt_slots: config.preempt_slots,
             })),
         });
         let inbound = client
@@ -195,9 +205,14 @@ impl Executor {
         self.runner.completed()
     }
 
-    /// Tasks running now.
+    /// Tasks running now (suspended ones included).
     pub fn running_tasks(&self) -> usize {
         self.runner.running()
+    }
+
+    /// Times a running task was suspended for a more urgent one, since start.
+    pub fn suspensions(&self) -> u64 {
+        self.runner.suspensions()
     }
 
     /// Waits until the scheduler stream ends (the scheduler went away or said Shutdown).

@@ -18,6 +18,8 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::AbortHandle;
 use tracing::{Instrument, debug, info_span};
 
+use super::arbiter::{SlotArbiter, TaskGate};
+use super::gated::GatedExec;
 use crate::planner::decode_plan;
 use crate::proto::{
     ExecutorMessage, PartitionStats, RunTask, TaskFailed, TaskId, TaskStatus, TaskSucceeded,
@@ -41,8 +43,10 @@ pub struct TaskRunner {
     outbound: UnboundedSender<ExecutorMessage>,
     plans: Mutex<HashMap<(String, u32), Arc<dyn ExecutionPlan>>>,
     running: Mutex<HashMap<TaskKey, AbortHandle>>,
+    arbiter: SlotArbiter<TaskKey>,
     released: Mutex<VecDeque<String>>,
     completed: AtomicU64,
+    suspensions: AtomicU64,
     busy_micros: AtomicU64,
     slots: u32,
     started: Instant,
@@ -75,8 +79,10 @@ impl TaskRunner {
             outbound,
             plans: Mutex::default(),
             running: Mutex::default(),
+            arbiter: SlotArbiter::new(slots as usize),
             released: Mutex::default(),
             completed: AtomicU64::new(0),
+            suspensions: AtomicU64::new(0),
             busy_micros: AtomicU64::new(0),
             slots,
             started: Instant::now(),
@@ -93,6 +99,11 @@ impl TaskRunner {
         self.completed.load(Ordering::Relaxed)
     }
 
+    /// Times a running task was suspended for a more urgent one, since start.
+    pub fn suspensions(&self) -> u64 {
+        self.suspensions.load(Ordering::Relaxed)
+    }
+
     /// Publishes slot-seconds spent running tasks and left idle since start.
     pub fn report_utilization(&self) {
         let busy = self.busy_micros.load(Ordering::Relaxed) as f64 / 1e6;
@@ -103,7 +114,13 @@ impl TaskRunner {
             .set((capacity - busy).max(0.0));
     }
 
-    /// Starts a pushed task.
+    fn report_suspended(&self) {
+        metrics::gauge!("baton_tasks_suspended", "executor" => self.executor_id.clone())
+            .set(self.arbiter.suspended() as f64);
+    }
+
+    /// Starts a pushed task; it runs at once unless more urgent tasks hold every slot
+    /// (see [`SlotArbiter`]).
     pub fn start(self: &Arc<Self>, task: RunTask) {
         let Some(id) = task.task.clone() else {
             return;
@@ -113,6 +130,13 @@ impl TaskRunner {
                 .record(micros_since(task.ready_at_micros));
         }
         let key: TaskKey = (id.query_id.clone(), id.stage_id, id.partition);
+        let (gate, suspended) = self.arbiter.admit(key.clone(), task.rank);
+        if suspended > 0 {
+            self.suspensions
+                .fetch_add(suspended as u64, Ordering::Relaxed);
+            metrics::counter!("baton_task_suspensions_total").increment(suspended as u64);
+        }
+        self.report_suspended();
         let span = info_span!("task", query_id = %id.query_id, stage = id.stage_id, partition = id.partition, attempt = id.attempt);
         let runner = self.clone();
         // Hold the lock across spawn so the task cannot finish before it is registered.
@@ -120,7 +144,7 @@ impl TaskRunner {
         let handle = tokio::spawn(
             async move {
                 let started = Instant::now();
-                let result = runner.execute(&task).await;
+                let result = runner.execute(&task, gate).await;
                 runner.finish(id, started, result);
             }
             .instrument(span),
@@ -128,7 +152,7 @@ impl TaskRunner {
         running.insert(key, handle.abort_handle());
     }
 
-    async fn execute(&self, task: &RunTask) -> Result<Vec<PartitionStats>> {
+    async fn execute(&self, task: &RunTask, gate: Arc<TaskGate>) -> Result<Vec<PartitionStats>> {
         let id = task.task.as_ref().expect("checked in start");
         let base = TaskContext::from(&self.session.state());
         let plan = self.plan(id, &task.stage_plan, &base)?;
@@ -155,7 +179,11 @@ impl TaskRunner {
             store: self.store.clone(),
             clients: self.clients.clone(),
         };
-        let config = base.session_config().clone().with_extension(Arc::new(env));
+        let config = base
+            .session_config()
+            .clone()
+            .with_extension(Arc::new(env))
+            .with_extension(gate);
         let ctx = Arc::new(
             base.with_session_config(config)
                 .with_task_id(format!("{}/{}/{}", id.query_id, id.stage_id, id.partition)),
@@ -171,7 +199,7 @@ impl TaskRunner {
             return Ok(plan.clone());
         }
         let plan = decode_plan(bytes, ctx).map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let plan = cooperative(plan)?;
+        let plan = preemptible(plan)?;
         self.plans
             .lock()
             .expect("plans lock")
@@ -180,11 +208,10 @@ impl TaskRunner {
     }
 
     fn finish(&self, id: TaskId, started: Instant, result: Result<Vec<PartitionStats>>) {
-        self.running.lock().expect("running lock").remove(&(
-            id.query_id.clone(),
-            id.stage_id,
-            id.partition,
-        ));
+        let key = (id.query_id.clone(), id.stage_id, id.partition);
+        self.running.lock().expect("running lock").remove(&key);
+        self.arbiter.leave(&key);
+        self.report_suspended();
         if self
             .released
             .lock()
@@ -231,6 +258,8 @@ impl TaskRunner {
         let handle = self.running.lock().expect("running lock").remove(&key);
         if let Some(handle) = handle {
             handle.abort();
+            self.arbiter.leave(&key);
+            self.report_suspended();
             let _ = self.outbound.send(ExecutorMessage {
                 message: Some(executor_message::Message::TaskStatus(TaskStatus {
                     task: Some(id.clone()),
@@ -244,8 +273,9 @@ impl TaskRunner {
 
     /// Stops every running task (the executor is shutting down).
     pub fn abort_all(&self) {
-        for (_, handle) in self.running.lock().expect("running lock").drain() {
+        for (key, handle) in self.running.lock().expect("running lock").drain() {
             handle.abort();
+            self.arbiter.leave(&key);
         }
     }
 
@@ -266,17 +296,20 @@ impl TaskRunner {
     }
 }
 
-/// Wraps every operator of a stage plan so that its output stream spends Tokio's
-/// cooperative budget: an operator looping over in-memory input (a join's probe, an
-/// aggregate over it) then yields now and then, so a cancelled task's abort lands and
-/// the executor's stream, heartbeats and Flight endpoint keep getting the CPU.
-fn cooperative(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+/// Wraps every operator of a stage plan twice:
+/// - in a [`GatedExec`], so a suspended task stops at its next batch;
+/// - in a [`CooperativeExec`], so its output stream spends Tokio's cooperative budget: an
+///   operator looping over in-memory input (a join's probe, an aggregate over it) then
+///   yields now and then, so a cancelled task's abort lands and the executor's stream,
+///   heartbeats and Flight endpoint keep getting the CPU.
+fn preemptible(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
     plan.transform_up(|node| {
         if node.downcast_ref::<CooperativeExec>().is_some() {
             return Ok(Transformed::no(node));
         }
+        let gated = Arc::new(GatedExec::new(node)) as Arc<dyn ExecutionPlan>;
         Ok(Transformed::yes(
-            Arc::new(CooperativeExec::new(node)) as Arc<dyn ExecutionPlan>
+            Arc::new(CooperativeExec::new(gated)) as Arc<dyn ExecutionPlan>
         ))
     })
     .map(|t| t.data)

@@ -14,6 +14,11 @@
 //!   passes, so a sorted set holds it. A query of cost C that arrived at t0 goes ahead of
 //!   every query of cost c arriving after `t0 + (C - c) / aging_rate`: no query waits
 //!   forever.
+//!
+//! `priority` also preempts: its key is the rank a task carries to its executor, and a
+//! task may be pushed to an executor whose slots are all busy when it outranks a task
+//! running there (see [`Policy::rank`]). The aging credit bounds suspensions as it
+//! bounds waits: an old query outranks every query that arrived long enough after it.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -48,6 +53,13 @@ pub trait Policy: fmt::Debug + Send {
     fn dispatched(&mut self, _id: &Arc<str>) {}
     /// A query's estimated remaining work changed.
     fn cost_changed(&mut self, _id: &Arc<str>, _info: &QueryInfo) {}
+    /// How urgent a task of the query is, lower first, when this policy preempts: a task
+    /// may then run on an executor whose slots are all busy if it is more urgent than
+    /// one of the tasks there, which waits suspended until it ends. None: the policy
+    /// never preempts.
+    fn rank(&self, _info: &QueryInfo) -> Option<f64> {
+        None
+    }
 }
 
 /// The policies `--policy` names.
@@ -219,6 +231,10 @@ impl Policy for Priority {
             self.deactivate(id);
             self.activate(id, info);
         }
+    }
+
+    fn rank(&self, info: &QueryInfo) -> Option<f64> {
+        Some(self.key(info).0)
     }
 }
 

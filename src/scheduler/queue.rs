@@ -141,6 +141,18 @@ impl WorkQueue {
         task
     }
 
+    /// The rank under the policy of the task [`WorkQueue::pop`] would return next; None
+    /// when nothing waits or the policy does not preempt.
+    pub fn head_rank(&self) -> Option<f64> {
+        let id = self.policy.next()?;
+        self.policy.rank(&self.queries.get(&id)?.info)
+    }
+
+    /// The rank under the policy of a task of a query described by `info`.
+    pub fn rank(&self, info: &QueryInfo) -> Option<f64> {
+        self.policy.rank(info)
+    }
+
     /// A query's estimated remaining work changed (a task of it finished).
     pub fn update(&mut self, query_id: &Arc<str>, info: QueryInfo) {
         if let Some(entry) = self.queries.get_mut(query_id) {

@@ -1,6 +1,6 @@
 //! The executor registry: who is connected, their free slots and the stream to each.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::mpsc::UnboundedSender;
@@ -20,8 +20,10 @@ pub struct ExecutorEntry {
     pub location: MapLocation,
     /// Slots it offered.
     pub slots: u32,
-    /// Tasks it runs now.
-    pub running: HashSet<(Arc<str>, TaskRef)>,
+    /// Tasks it takes beyond its slots when they outrank tasks running there.
+    pub preempt_slots: u32,
+    /// Tasks it runs now (some may be suspended), with the rank each was pushed with.
+    pub running: HashMap<(Arc<str>, TaskRef), f64>,
     sender: ExecutorSender,
     /// Connection generation, so a stale stream's end does not remove a newer connection.
     pub generation: u64,
@@ -31,6 +33,14 @@ impl ExecutorEntry {
     /// Slots not running a task.
     pub fn free_slots(&self) -> u32 {
         self.slots.saturating_sub(self.running.len() as u32)
+    }
+
+    /// True when a task of `rank` would run at once here although every slot is busy:
+    /// the executor has room for one more task and fewer than `slots` of its tasks are
+    /// at least as urgent (the executor suspends the least urgent one).
+    pub fn admits_urgent(&self, rank: f64) -> bool {
+        self.running.len() < (self.slots + self.preempt_slots) as usize
+            && self.running.values().filter(|r| **r <= rank).count() < self.slots as usize
     }
 
     /// Pushes a message down the executor's stream; false when the stream is gone.
@@ -52,6 +62,7 @@ impl Registry {
         &mut self,
         location: MapLocation,
         slots: u32,
+        preempt_slots: u32,
         sender: ExecutorSender,
     ) -> (Option<ExecutorEntry>, u64) {
         self.next_generation += 1;
@@ -59,7 +70,8 @@ impl Registry {
         let entry = ExecutorEntry {
             location: location.clone(),
             slots,
-            running: HashSet::new(),
+            preempt_slots,
+            running: HashMap::new(),
             sender,
             generation,
         };
@@ -96,6 +108,20 @@ impl Registry {
             .max_by_key(|e| (e.free_slots(), std::cmp::Reverse(e.generation)))
     }
 
+    /// Where a task of `rank` goes: the executor with the most free slots; when no slot
+    /// is free and `rank` is given, the executor running the fewest tasks among those
+    /// where the task would preempt a less urgent one.
+    pub fn pick(&mut self, rank: Option<f64>) -> Option<&mut ExecutorEntry> {
+        if self.executors.values().any(|e| e.free_slots() > 0) {
+            return self.most_free();
+        }
+        let rank = rank?;
+        self.executors
+            .values_mut()
+            .filter(|e| e.admits_urgent(rank))
+            .min_by_key(|e| (e.running.len(), e.generation))
+    }
+
     /// Every executor.
     pub fn iter(&self) -> impl Iterator<Item = &ExecutorEntry> {
         self.executors.values()
@@ -111,10 +137,79 @@ impl Registry {
         self.executors.is_empty()
     }
 
-    /// Total and busy slots.
+    /// Total and busy slots (tasks suspended beyond the slots not counted).
     pub fn slots(&self) -> (u32, u32) {
         self.executors.values().fold((0, 0), |(total, busy), e| {
-            (total + e.slots, busy + e.running.len() as u32)
+            (
+                total + e.slots,
+                busy + (e.running.len() as u32).min(e.slots),
+            )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn executor(registry: &mut Registry, id: &str, slots: u32, preempt_slots: u32) {
+        let (sender, _receiver) = tokio::sync::mpsc::unbounded_channel();
+        let location = MapLocation {
+            executor_id: id.into(),
+            flight_address: String::new(),
+        };
+        registry.register(location, slots, preempt_slots, sender);
+    }
+
+    fn run(registry: &mut Registry, id: &str, query: &str, rank: f64) {
+        let entry = registry.get_mut(id).unwrap();
+        let task = TaskRef {
+            stage: 0,
+            partition: entry.running.len() as u32,
+        };
+        entry.running.insert((query.into(), task), rank);
+    }
+
+    #[test]
+    fn a_task_preempts_only_where_it_outranks_a_running_one() {
+        let mut registry = Registry::default();
+        executor(&mut registry, "a", 2, 1);
+        run(&mut registry, "a", "long", 500.0);
+        assert_eq!(registry.pick(None).unwrap().location.executor_id, "a");
+        run(&mut registry, "a", "long", 500.0);
+        // Every slot busy: without a rank nothing goes, nor when the rank is not lower.
+        assert!(registry.pick(None).is_none());
+        assert!(registry.pick(Some(500.0)).is_none());
+        assert_eq!(registry.pick(Some(10.0)).unwrap().location.executor_id, "a");
+        run(&mut registry, "a", "short", 10.0);
+        // The preemption room is used up.
+        assert!(registry.pick(Some(1.0)).is_none());
+        assert_eq!(registry.slots(), (2, 2));
+    }
+
+    #[test]
+    fn no_preemption_past_tasks_at_least_as_urgent() {
+        let mut registry = Registry::default();
+        executor(&mut registry, "a", 1, 4);
+        run(&mut registry, "a", "short", 10.0);
+        assert!(registry.pick(Some(10.0)).is_none());
+        assert!(registry.pick(Some(20.0)).is_none());
+        assert!(registry.pick(Some(5.0)).is_some());
+    }
+
+    #[test]
+    fn urgent_tasks_spread_over_executors() {
+        let mut registry = Registry::default();
+        executor(&mut registry, "a", 1, 2);
+        executor(&mut registry, "b", 1, 2);
+        run(&mut registry, "a", "long", 500.0);
+        run(&mut registry, "b", "long", 500.0);
+        run(&mut registry, "a", "short", 10.0);
+        assert_eq!(registry.pick(Some(5.0)).unwrap().location.executor_id, "b");
+        // An executor with preemption off takes nothing beyond its slots.
+        executor(&mut registry, "c", 1, 0);
+        run(&mut registry, "c", "long", 500.0);
+        run(&mut registry, "b", "short", 10.0);
+        assert_eq!(registry.pick(Some(1.0)).unwrap().location.executor_id, "a");
     }
 }

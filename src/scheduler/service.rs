@@ -63,10 +63,12 @@ impl SchedulerService for SchedulerGrpc {
             executor_id: executor_id.clone(),
             flight_address: register.flight_address,
         };
-        let generation =
-            self.scheduler
-                .state()
-                .register_executor(location, register.slots.max(1), tx);
+        let generation = self.scheduler.state().register_executor(
+            location,
+            register.slots.max(1),
+            register.preempt_slots,
+            tx,
+        );
         let scheduler = self.scheduler.clone();
         tokio::spawn(async move {
             loop {

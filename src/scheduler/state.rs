@@ -184,10 +184,11 @@ impl SchedulerState {
         self.broadcast_release(query_id, vec![final_stage]);
     }
 
-    /// Pushes ready tasks to free slots until either runs out.
+    /// Pushes ready tasks to free slots until either runs out; under a preempting
+    /// policy, then also the most urgent tasks to executors running less urgent ones.
     pub fn dispatch(&mut self) {
         while !self.queue.is_empty() {
-            let Some(executor) = self.registry.most_free() else {
+            let Some(executor) = self.registry.pick(self.queue.head_rank()) else {
                 break;
             };
             let Some(queued) = self.queue.pop() else {
@@ -199,6 +200,7 @@ impl SchedulerState {
             if !query.is_dispatchable(queued.task) {
                 continue;
             }
+            let rank = self.queue.rank(&self.queue.info(query)).unwrap_or(0.0);
             let task = queued.task;
             let stage = query.stage(task.stage);
             let pushed_at = wall_clock();
@@ -213,6 +215,7 @@ impl SchedulerState {
                 inputs: query.stage_inputs(task.stage).to_vec(),
                 ready_at_micros: ready_at_micros(queued.ready_at, pushed_at),
                 pushed_at_micros: pushed_at.as_micros() as u64,
+                rank,
             };
             let message = SchedulerMessage {
                 message: Some(scheduler_message::Message::RunTask(run)),
@@ -224,7 +227,9 @@ impl SchedulerState {
                 self.queue.push_front(queued, info);
                 continue;
             }
-            executor.running.insert((queued.query_id.clone(), task));
+            executor
+                .running
+                .insert((queued.query_id.clone(), task), rank);
             let executor_id = executor.location.executor_id.clone();
             query.task_started(task, &executor_id);
             record_dispatch(&queued);
@@ -241,15 +246,18 @@ impl SchedulerState {
         &mut self,
         location: MapLocation,
         slots: u32,
+        preempt_slots: u32,
         sender: ExecutorSender,
     ) -> u64 {
         let id = location.executor_id.clone();
-        let (replaced, generation) = self.registry.register(location, slots, sender);
+        let (replaced, generation) = self
+            .registry
+            .register(location, slots, preempt_slots, sender);
         if let Some(old) = replaced {
             warn!(executor = %id, "executor reconnected; its previous connection is lost");
-            self.requeue_lost(&id, old.running.into_iter().map(|(q, _)| q).collect());
+            self.requeue_lost(&id, old.running.into_keys().map(|(q, _)| q).collect());
         }
-        info!(executor = %id, slots, "executor registered");
+        info!(executor = %id, slots, preempt_slots, "executor registered");
         self.executors_watch.send_replace(self.registry.len());
         metrics::gauge!("baton_executors_connected").set(self.registry.len() as f64);
         self.dispatch();

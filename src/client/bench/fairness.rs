@@ -45,6 +45,8 @@ pub struct FairnessBench {
     pub interval: Duration,
     /// Policies to compare.
     pub policies: Vec<PolicyKind>,
+    /// Tasks each executor takes beyond its slots when urgent; None: as many as slots.
+    pub preempt_slots: Option<u32>,
 }
 
 impl Default for FairnessBench {
@@ -58,6 +60,7 @@ impl Default for FairnessBench {
             short_queries: 20,
             interval: Duration::from_millis(250),
             policies: PolicyKind::ALL.to_vec(),
+            preempt_slots: None,
         }
     }
 }
@@ -101,6 +104,7 @@ pub async fn run_fairness_bench(bench: &FairnessBench) -> Result<Vec<PolicyResul
             catalog: Some(catalog.clone()),
             target_partitions: bench.partitions,
             policy,
+            preempt_slots: bench.preempt_slots,
             ..Default::default()
         })
         .await?;

@@ -106,6 +106,8 @@ async fn simulated_executor(
             executor_id: name.clone(),
             flight_address: format!("{name}.invalid:1"),
             slots,
+            // Its tasks end at once; there is nothing to suspend.
+            preempt_slots: 0,
         })),
     });
     let mut inbound = client

@@ -1,0 +1,206 @@
+//! Preemption inside an executor: which of its tasks may use its slots right now.
+//!
+//! The scheduler may push more tasks than an executor has slots when the extra ones are
+//! more urgent (a lower rank) than tasks already running there. The [`SlotArbiter`] lets
+//! the `slots` most urgent tasks run and suspends the rest: every operator of a task checks
+//! the task's [`TaskGate`] before producing its next batch, so a suspended task stops at
+//! its next batch boundary, keeps its state, and resumes where it stopped once a more
+//! urgent task ends.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+/// Whether one task may run; the operators of a closed task wait at their next batch.
+#[derive(Debug)]
+pub struct TaskGate {
+    open: AtomicBool,
+    waiting: Mutex<Vec<Waker>>,
+}
+
+impl TaskGate {
+    fn closed() -> Self {
+        Self {
+            open: AtomicBool::new(false),
+            waiting: Mutex::default(),
+        }
+    }
+
+    /// Ready when the task may run; otherwise wakes `cx` once it may.
+    pub fn poll_open(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.open.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        let mut waiting = self.waiting.lock().expect("gate lock");
+        // Checked again under the lock: `set_open` flips the flag before it takes the lock.
+        if self.open.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
+            waiting.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// True when the task may run.
+    pub fn is_open(&self) -> bool {
+        self.open.load(Ordering::Acquire)
+    }
+
+    fn set_open(&self, open: bool) {
+        self.open.store(open, Ordering::Release);
+        if open {
+            let waiting = std::mem::take(&mut *self.waiting.lock().expect("gate lock"));
+            waiting.into_iter().for_each(Waker::wake);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Admitted<K> {
+    key: K,
+    rank: f64,
+    seq: u64,
+    gate: Arc<TaskGate>,
+}
+
+#[derive(Debug)]
+struct Tasks<K> {
+    admitted: Vec<Admitted<K>>,
+    next_seq: u64,
+}
+
+/// Opens the gates of the `slots` most urgent tasks (lowest rank; among equal ranks the
+/// one admitted first) and closes the others'.
+#[derive(Debug)]
+pub struct SlotArbiter<K> {
+    slots: usize,
+    tasks: Mutex<Tasks<K>>,
+}
+
+impl<K: PartialEq> SlotArbiter<K> {
+    /// An arbiter of `slots` slots.
+    pub fn new(slots: usize) -> Self {
+        Self {
+            slots: slots.max(1),
+            tasks: Mutex::new(Tasks {
+                admitted: Vec::new(),
+                next_seq: 0,
+            }),
+        }
+    }
+
+    /// Admits a task of `rank`; returns its gate and how many tasks this suspended.
+    pub fn admit(&self, key: K, rank: f64) -> (Arc<TaskGate>, usize) {
+        let mut tasks = self.tasks.lock().expect("arbiter lock");
+        // Closed until the rebalance opens it, so only tasks that were running count
+        // as suspended.
+        let gate = Arc::new(TaskGate::closed());
+        let seq = tasks.next_seq;
+        tasks.next_seq += 1;
+        tasks.admitted.push(Admitted {
+            key,
+            rank,
+            seq,
+            gate: gate.clone(),
+        });
+        let suspended = self.rebalance(&mut tasks.admitted);
+        (gate, suspended)
+    }
+
+    /// A task ended; a suspended one may take its slot.
+    pub fn leave(&self, key: &K) {
+        let mut tasks = self.tasks.lock().expect("arbiter lock");
+        let before = tasks.admitted.len();
+        tasks.admitted.retain(|t| &t.key != key);
+        if tasks.admitted.len() != before {
+            self.rebalance(&mut tasks.admitted);
+        }
+    }
+
+    /// Tasks admitted and waiting for a slot.
+    pub fn suspended(&self) -> usize {
+        let tasks = self.tasks.lock().expect("arbiter lock");
+        tasks.admitted.len().saturating_sub(self.slots)
+    }
+
+    /// Opens the first `slots` gates in urgency order and closes the rest; returns how
+    /// many gates it closed that were open.
+    fn rebalance(&self, admitted: &mut [Admitted<K>]) -> usize {
+        admitted.sort_by(|a, b| a.rank.total_cmp(&b.rank).then(a.seq.cmp(&b.seq)));
+        let mut closed = 0;
+        for (i, task) in admitted.iter().enumerate() {
+            let open = i < self.slots;
+            if task.gate.is_open() && !open {
+                closed += 1;
+            }
+            task.gate.set_open(open);
+        }
+        closed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    struct CountingWaker(AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_most_urgent_tasks_hold_the_slots() {
+        let arbiter = SlotArbiter::new(2);
+        let (long_a, _) = arbiter.admit("long-a", 900.0);
+        let (long_b, _) = arbiter.admit("long-b", 800.0);
+        assert!(long_a.is_open() && long_b.is_open());
+        // A cheap task displaces the least urgent running one.
+        let (short, suspended) = arbiter.admit("short", 10.0);
+        assert_eq!(suspended, 1);
+        assert!(short.is_open() && long_b.is_open() && !long_a.is_open());
+        // A task less urgent than both running ones waits at once.
+        let (late, suspended) = arbiter.admit("late", 1000.0);
+        assert_eq!(suspended, 0);
+        assert!(!late.is_open());
+        assert_eq!(arbiter.suspended(), 2);
+        // When the cheap task ends, the suspended long task resumes before the later one.
+        arbiter.leave(&"short");
+        assert!(long_a.is_open() && long_b.is_open() && !late.is_open());
+        arbiter.leave(&"long-a");
+        assert!(late.is_open());
+        assert_eq!(arbiter.suspended(), 0);
+    }
+
+    #[test]
+    fn equal_ranks_keep_their_admission_order() {
+        let arbiter = SlotArbiter::new(1);
+        let (first, _) = arbiter.admit(1, 0.0);
+        let (second, _) = arbiter.admit(2, 0.0);
+        assert!(first.is_open() && !second.is_open());
+        arbiter.leave(&1);
+        assert!(second.is_open());
+    }
+
+    #[test]
+    fn a_closed_gate_wakes_its_waiters_when_it_opens() {
+        let arbiter = SlotArbiter::new(1);
+        let (_running, _) = arbiter.admit("a", 1.0);
+        let (waiting, _) = arbiter.admit("b", 2.0);
+        let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(waiting.poll_open(&mut cx).is_pending());
+        // The same waker registers once.
+        assert!(waiting.poll_open(&mut cx).is_pending());
+        assert_eq!(counter.0.load(Ordering::SeqCst), 0);
+        arbiter.leave(&"a");
+        assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+        assert!(waiting.poll_open(&mut cx).is_ready());
+    }
+}
