@@ -104,7 +104,6 @@ impl LocalCluster {
             policy: config.policy,
             aging_rate: config.aging_rate,
             result_ttl: config.result_ttl,
-            ..Default::default()
         })
         .await?;
         let listener =
