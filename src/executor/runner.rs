@@ -14,6 +14,7 @@ use datafusion::execution::TaskContext;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::prelude::SessionContext;
+use tokio::runtime::Handle;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::AbortHandle;
 use tracing::{Instrument, debug, info_span};
@@ -50,6 +51,7 @@ pub struct TaskRunner {
     busy_micros: AtomicU64,
     slots: u32,
     started: Instant,
+    tasks_runtime: Handle,
 }
 
 impl std::fmt::Debug for TaskRunner {
@@ -62,7 +64,7 @@ impl std::fmt::Debug for TaskRunner {
 }
 
 impl TaskRunner {
-    /// A runner that reports on `outbound`.
+    /// A runner that runs tasks on `tasks_runtime` and reports on `outbound`.
     pub fn new(
         executor_id: String,
         slots: u32,
@@ -70,6 +72,7 @@ impl TaskRunner {
         clients: FlightClients,
         session: SessionContext,
         outbound: UnboundedSender<ExecutorMessage>,
+        tasks_runtime: Handle,
     ) -> Self {
         Self {
             executor_id,
@@ -86,6 +89,7 @@ impl TaskRunner {
             busy_micros: AtomicU64::new(0),
             slots,
             started: Instant::now(),
+            tasks_runtime,
         }
     }
 
@@ -141,7 +145,7 @@ impl TaskRunner {
         let runner = self.clone();
         // Hold the lock across spawn so the task cannot finish before it is registered.
         let mut running = self.running.lock().expect("running lock");
-        let handle = tokio::spawn(
+        let handle = self.tasks_runtime.spawn(
             async move {
                 let started = Instant::now();
                 let result = runner.execute(&task, gate).await;

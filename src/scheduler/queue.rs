@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::policy::{Policy, QueryInfo};
 use super::query::{Query, TaskRef};
+use super::registry::Urgency;
 
 /// A ready task waiting for a slot.
 #[derive(Debug, Clone)]
@@ -141,16 +142,20 @@ impl WorkQueue {
         task
     }
 
-    /// The rank under the policy of the task [`WorkQueue::pop`] would return next; None
-    /// when nothing waits or the policy does not preempt.
-    pub fn head_rank(&self) -> Option<f64> {
+    /// The urgency of the task [`WorkQueue::pop`] would return next; None when nothing
+    /// waits or the policy does not preempt.
+    pub fn head_urgency(&self) -> Option<Urgency> {
         let id = self.policy.next()?;
-        self.policy.rank(&self.queries.get(&id)?.info)
+        self.urgency(&self.queries.get(&id)?.info)
     }
 
-    /// The rank under the policy of a task of a query described by `info`.
-    pub fn rank(&self, info: &QueryInfo) -> Option<f64> {
-        self.policy.rank(info)
+    /// The urgency of a task of a query described by `info`; None when the policy does
+    /// not preempt.
+    pub fn urgency(&self, info: &QueryInfo) -> Option<Urgency> {
+        Some(Urgency {
+            rank: self.policy.rank(info)?,
+            cost: info.remaining_cost,
+        })
     }
 
     /// A query's estimated remaining work changed (a task of it finished).

@@ -10,6 +10,21 @@ use super::query::TaskRef;
 use crate::proto::SchedulerMessage;
 use crate::shuffle::MapLocation;
 
+/// A task preempts only for a query with less than this share of the remaining work of
+/// the task it displaces: cheap queries jump ahead of long ones, while long queries of
+/// similar size do not keep suspending each other.
+pub const PREEMPT_COST_RATIO: f64 = 4.0;
+
+/// How urgent a pushed task is: its rank under the policy (lower first) and the
+/// remaining work of its query when it was pushed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Urgency {
+    /// Rank under the policy.
+    pub rank: f64,
+    /// The query's estimated remaining work, cost units.
+    pub cost: f64,
+}
+
 /// The sending half of an executor's stream.
 pub type ExecutorSender = UnboundedSender<Result<SchedulerMessage, Status>>;
 
@@ -22,8 +37,8 @@ pub struct ExecutorEntry {
     pub slots: u32,
     /// Tasks it takes beyond its slots when they outrank tasks running there.
     pub preempt_slots: u32,
-    /// Tasks it runs now (some may be suspended), with the rank each was pushed with.
-    pub running: HashMap<(Arc<str>, TaskRef), f64>,
+    /// Tasks it runs now (some may be suspended), with their urgency when pushed.
+    pub running: HashMap<(Arc<str>, TaskRef), Urgency>,
     sender: ExecutorSender,
     /// Connection generation, so a stale stream's end does not remove a newer connection.
     pub generation: u64,
@@ -35,12 +50,20 @@ impl ExecutorEntry {
         self.slots.saturating_sub(self.running.len() as u32)
     }
 
-    /// True when a task of `rank` would run at once here although every slot is busy:
-    /// the executor has room for one more task and fewer than `slots` of its tasks are
-    /// at least as urgent (the executor suspends the least urgent one).
-    pub fn admits_urgent(&self, rank: f64) -> bool {
-        self.running.len() < (self.slots + self.preempt_slots) as usize
-            && self.running.values().filter(|r| **r <= rank).count() < self.slots as usize
+    /// True when a task of `urgency` may run here at once although every slot is busy:
+    /// the executor has room for one more task, and the task outranks the least urgent
+    /// of those holding a slot (which the executor then suspends) and has under
+    /// 1/[`PREEMPT_COST_RATIO`] of its remaining work.
+    pub fn admits_urgent(&self, urgency: Urgency) -> bool {
+        if self.running.len() >= (self.slots + self.preempt_slots) as usize {
+            return false;
+        }
+        let mut held: Vec<Urgency> = self.running.values().copied().collect();
+        held.sort_by(|a, b| a.rank.total_cmp(&b.rank));
+        let Some(victim) = held.get(self.slots as usize - 1) else {
+            return true;
+        };
+        urgency.rank < victim.rank && urgency.cost * PREEMPT_COST_RATIO < victim.cost
     }
 
     /// Pushes a message down the executor's stream; false when the stream is gone.
@@ -108,17 +131,17 @@ impl Registry {
             .max_by_key(|e| (e.free_slots(), std::cmp::Reverse(e.generation)))
     }
 
-    /// Where a task of `rank` goes: the executor with the most free slots; when no slot
-    /// is free and `rank` is given, the executor running the fewest tasks among those
-    /// where the task would preempt a less urgent one.
-    pub fn pick(&mut self, rank: Option<f64>) -> Option<&mut ExecutorEntry> {
+    /// Where a task goes: the executor with the most free slots; when no slot is free
+    /// and the task's `urgency` is given (the policy preempts), the executor running
+    /// the fewest tasks among those where it may preempt a running one.
+    pub fn pick(&mut self, urgency: Option<Urgency>) -> Option<&mut ExecutorEntry> {
         if self.executors.values().any(|e| e.free_slots() > 0) {
             return self.most_free();
         }
-        let rank = rank?;
+        let urgency = urgency?;
         self.executors
             .values_mut()
-            .filter(|e| e.admits_urgent(rank))
+            .filter(|e| e.admits_urgent(urgency))
             .min_by_key(|e| (e.running.len(), e.generation))
     }
 
@@ -161,40 +184,59 @@ mod tests {
         registry.register(location, slots, preempt_slots, sender);
     }
 
-    fn run(registry: &mut Registry, id: &str, query: &str, rank: f64) {
+    fn urgency(rank: f64, cost: f64) -> Urgency {
+        Urgency { rank, cost }
+    }
+
+    fn run(registry: &mut Registry, id: &str, query: &str, rank: f64, cost: f64) {
         let entry = registry.get_mut(id).unwrap();
         let task = TaskRef {
             stage: 0,
             partition: entry.running.len() as u32,
         };
-        entry.running.insert((query.into(), task), rank);
+        entry
+            .running
+            .insert((query.into(), task), urgency(rank, cost));
     }
 
     #[test]
-    fn a_task_preempts_only_where_it_outranks_a_running_one() {
+    fn a_cheap_task_preempts_only_where_it_outranks_a_running_one() {
         let mut registry = Registry::default();
         executor(&mut registry, "a", 2, 1);
-        run(&mut registry, "a", "long", 500.0);
+        run(&mut registry, "a", "long", 500.0, 500.0);
         assert_eq!(registry.pick(None).unwrap().location.executor_id, "a");
-        run(&mut registry, "a", "long", 500.0);
-        // Every slot busy: without a rank nothing goes, nor when the rank is not lower.
+        run(&mut registry, "a", "long", 500.0, 500.0);
+        // Every slot busy: without an urgency nothing goes, nor when it does not outrank.
         assert!(registry.pick(None).is_none());
-        assert!(registry.pick(Some(500.0)).is_none());
-        assert_eq!(registry.pick(Some(10.0)).unwrap().location.executor_id, "a");
-        run(&mut registry, "a", "short", 10.0);
+        assert!(registry.pick(Some(urgency(500.0, 10.0))).is_none());
+        let cheap = Some(urgency(10.0, 10.0));
+        assert_eq!(registry.pick(cheap).unwrap().location.executor_id, "a");
+        run(&mut registry, "a", "short", 10.0, 10.0);
         // The preemption room is used up.
-        assert!(registry.pick(Some(1.0)).is_none());
+        assert!(registry.pick(Some(urgency(1.0, 1.0))).is_none());
         assert_eq!(registry.slots(), (2, 2));
+    }
+
+    #[test]
+    fn queries_of_similar_size_do_not_preempt_each_other() {
+        let mut registry = Registry::default();
+        executor(&mut registry, "a", 1, 4);
+        run(&mut registry, "a", "q21", 1800.0, 1800.0);
+        // Ahead by rank, but with a third of the work left: not cheap enough.
+        assert!(registry.pick(Some(urgency(600.0, 600.0))).is_none());
+        assert!(registry.pick(Some(urgency(400.0, 400.0))).is_some());
     }
 
     #[test]
     fn no_preemption_past_tasks_at_least_as_urgent() {
         let mut registry = Registry::default();
         executor(&mut registry, "a", 1, 4);
-        run(&mut registry, "a", "short", 10.0);
-        assert!(registry.pick(Some(10.0)).is_none());
-        assert!(registry.pick(Some(20.0)).is_none());
-        assert!(registry.pick(Some(5.0)).is_some());
+        run(&mut registry, "a", "long", 900.0, 900.0);
+        run(&mut registry, "a", "short", 10.0, 10.0);
+        // The short task holds the slot; the long one waits already.
+        assert!(registry.pick(Some(urgency(10.0, 1.0))).is_none());
+        assert!(registry.pick(Some(urgency(20.0, 1.0))).is_none());
+        assert!(registry.pick(Some(urgency(5.0, 1.0))).is_some());
     }
 
     #[test]
@@ -202,14 +244,16 @@ mod tests {
         let mut registry = Registry::default();
         executor(&mut registry, "a", 1, 2);
         executor(&mut registry, "b", 1, 2);
-        run(&mut registry, "a", "long", 500.0);
-        run(&mut registry, "b", "long", 500.0);
-        run(&mut registry, "a", "short", 10.0);
-        assert_eq!(registry.pick(Some(5.0)).unwrap().location.executor_id, "b");
+        run(&mut registry, "a", "long", 500.0, 500.0);
+        run(&mut registry, "b", "long", 500.0, 500.0);
+        run(&mut registry, "a", "short", 10.0, 10.0);
+        let cheaper = Some(urgency(5.0, 1.0));
+        assert_eq!(registry.pick(cheaper).unwrap().location.executor_id, "b");
         // An executor with preemption off takes nothing beyond its slots.
         executor(&mut registry, "c", 1, 0);
-        run(&mut registry, "c", "long", 500.0);
-        run(&mut registry, "b", "short", 10.0);
-        assert_eq!(registry.pick(Some(1.0)).unwrap().location.executor_id, "a");
+        run(&mut registry, "c", "long", 500.0, 500.0);
+        run(&mut registry, "b", "short", 10.0, 10.0);
+        let cheapest = Some(urgency(1.0, 1.0));
+        assert_eq!(registry.pick(cheapest).unwrap().location.executor_id, "a");
     }
 }

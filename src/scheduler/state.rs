@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 use super::policy::Policy;
 use super::query::{Progress, Query, TaskRef};
 use super::queue::{QueuedTask, WorkQueue};
-use super::registry::{ExecutorSender, Registry};
+use super::registry::{ExecutorSender, Registry, Urgency};
 use crate::proto::{
     CancelTask, QueryState, ReleaseShuffle, RunTask, SchedulerMessage, TaskId, TaskStatus,
     scheduler_message, task_status,
@@ -188,7 +188,7 @@ impl SchedulerState {
     /// policy, then also the most urgent tasks to executors running less urgent ones.
     pub fn dispatch(&mut self) {
         while !self.queue.is_empty() {
-            let Some(executor) = self.registry.pick(self.queue.head_rank()) else {
+            let Some(executor) = self.registry.pick(self.queue.head_urgency()) else {
                 break;
             };
             let Some(queued) = self.queue.pop() else {
@@ -200,7 +200,14 @@ impl SchedulerState {
             if !query.is_dispatchable(queued.task) {
                 continue;
             }
-            let rank = self.queue.rank(&self.queue.info(query)).unwrap_or(0.0);
+            // Without preemption every task has the same urgency: executors keep order.
+            let urgency = self
+                .queue
+                .urgency(&self.queue.info(query))
+                .unwrap_or(Urgency {
+                    rank: 0.0,
+                    cost: 0.0,
+                });
             let task = queued.task;
             let stage = query.stage(task.stage);
             let pushed_at = wall_clock();
@@ -215,7 +222,7 @@ impl SchedulerState {
                 inputs: query.stage_inputs(task.stage).to_vec(),
                 ready_at_micros: ready_at_micros(queued.ready_at, pushed_at),
                 pushed_at_micros: pushed_at.as_micros() as u64,
-                rank,
+                rank: urgency.rank,
             };
             let message = SchedulerMessage {
                 message: Some(scheduler_message::Message::RunTask(run)),
@@ -229,7 +236,7 @@ impl SchedulerState {
             }
             executor
                 .running
-                .insert((queued.query_id.clone(), task), rank);
+                .insert((queued.query_id.clone(), task), urgency);
             let executor_id = executor.location.executor_id.clone();
             query.task_started(task, &executor_id);
             record_dispatch(&queued);
