@@ -19,10 +19,22 @@ use super::store::ShuffleKey;
 use crate::config::MAX_MESSAGE_BYTES;
 use crate::proto::ShuffleTicket;
 
+/// HTTP/2 flow-control window of each stream a channel receives: how much of a fetch
+/// may arrive ahead of its reader.
+const STREAM_WINDOW: u32 = 2 << 20;
+
+/// HTTP/2 flow-control window of a whole channel. Streams of one channel share it, and
+/// data a reader has not taken yet holds it: a suspended task's fetches must not use it
+/// all up, or the fetches of the task that preempted it would stall behind them. So it
+/// is far larger than the sum of the stream windows it is shared by.
+const CONNECTION_WINDOW: u32 = 1 << 30;
+
 /// Opens a gRPC channel to `address` (host:port) with Baton's transport settings.
 pub async fn connect_channel(address: &str) -> Result<Channel, tonic::transport::Error> {
     Endpoint::from_shared(format!("http://{address}"))?
         .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .connect()
         .await
 }
