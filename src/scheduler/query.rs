@@ -11,6 +11,7 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use datafusion::arrow::datatypes::SchemaRef;
 
+use crate::planner::ROWS_PER_UNIT;
 use crate::proto::{
     MapOutputLocation, QueryState, QueryStatus as QueryStatusProto, RunningTask, StageInput,
     StageState, StageStatus,
@@ -345,12 +346,17 @@ impl Query {
             && self.state == QueryState::Running
     }
 
-    /// A task finished; its output is at `location`.
+    /// A task finished; its output (`rows_out` rows) is at `location`.
+    ///
+    /// The rows are work its consumer stages will do: their estimated cost grows by them
+    /// (plan statistics rarely know what a shuffle will carry), so a query's remaining
+    /// cost follows what its stages actually read.
     pub fn task_succeeded(
         &mut self,
         task: TaskRef,
         attempt: u32,
         location: MapLocation,
+        rows_out: u64,
     ) -> Progress {
         let mut progress = Progress::default();
         if !self.is_current(task, attempt) {
@@ -362,6 +368,15 @@ impl Query {
         t.output = Some(location);
         stage.done += 1;
         self.remaining_cost -= stage.task_cost;
+        let input_cost = rows_out as f64 / ROWS_PER_UNIT;
+        for consumer in self.stages[task.stage as usize].consumers.clone() {
+            let consumer = &mut self.stages[consumer as usize];
+            if !consumer.tasks.is_empty() {
+                consumer.task_cost += input_cost / consumer.tasks.len() as f64;
+                self.remaining_cost += input_cost;
+            }
+        }
+        let stage = &self.stages[task.stage as usize];
         if stage.done == stage.tasks.len() {
             self.complete_stage(task.stage, &mut progress);
         }
@@ -550,7 +565,7 @@ mod tests {
 
     fn run(q: &mut Query, t: TaskRef, e: &str) -> Progress {
         q.task_started(t, e);
-        q.task_succeeded(t, q.attempt(t), loc(e))
+        q.task_succeeded(t, q.attempt(t), loc(e), 0)
     }
 
     fn task(stage: u32, partition: u32) -> TaskRef {
@@ -579,18 +594,36 @@ mod tests {
     }
 
     #[test]
+    fn rows_a_stage_writes_become_cost_of_the_stages_reading_them() {
+        let mut q = join_query();
+        q.start();
+        // Stage costs are their task counts: 2 + 1 + 2 + 1.
+        assert_eq!(q.remaining_cost(), 6.0);
+        q.task_started(task(0, 0), "a");
+        q.task_succeeded(task(0, 0), 0, loc("a"), 40_000);
+        // One task of stage 0 done (-1); stage 2 will read 40k more rows (+4).
+        assert_eq!(q.remaining_cost(), 9.0);
+        run(&mut q, task(0, 1), "a");
+        run(&mut q, task(1, 0), "a");
+        // Each of stage 2's two tasks carries half of the added cost: 1 + 2.
+        run(&mut q, task(2, 0), "a");
+        // Left: stage 2's other task and stage 3.
+        assert_eq!(q.remaining_cost(), 3.0 + 1.0);
+    }
+
+    #[test]
     fn stale_and_duplicate_results_are_ignored() {
         let mut q = join_query();
         q.start();
         q.task_started(task(0, 0), "a");
         assert_eq!(
-            q.task_succeeded(task(0, 0), 7, loc("a")),
+            q.task_succeeded(task(0, 0), 7, loc("a"), 0),
             Progress::default()
         );
         assert!(q.task_failed(task(0, 0), 7, "boom").is_none());
         run(&mut q, task(0, 0), "a");
         assert_eq!(
-            q.task_succeeded(task(0, 0), 0, loc("a")),
+            q.task_succeeded(task(0, 0), 0, loc("a"), 0),
             Progress::default()
         );
         assert_eq!(q.status().stages[0].tasks_done, 1);

@@ -335,7 +335,8 @@ impl SchedulerState {
                             end: Instant::now(),
                         });
                     }
-                    let progress = query.task_succeeded(task, id.attempt, location);
+                    let rows = ok.partitions.iter().map(|p| p.rows).sum();
+                    let progress = query.task_succeeded(task, id.attempt, location, rows);
                     self.apply(&query_id, progress);
                 }
                 Some(task_status::Result::Failed(failed)) => {
