@@ -1,14 +1,14 @@
 //! The executor: one stream to the scheduler, a task runner, a shuffle store and a Flight
 //! endpoint that serves the store to other executors and to the scheduler.
 //!
-//! Tasks run on a runtime of their own with one thread per slot, apart from the runtime
-//! of the stream, heartbeats and Flight endpoint: a CPU-bound operator then never delays
-//! a pushed task, a cancel or a shuffle fetch, which the OS wakes at once.
+//! Tasks run on runtimes of their own (see [`runtimes`]), and a task may be suspended for
+//! a more urgent one (see [`arbiter`]).
 
 mod arbiter;
 mod flight;
 mod gated;
 mod runner;
+mod runtimes;
 
 pub use runner::micros_since;
 
@@ -33,6 +33,7 @@ use crate::proto::{
 use crate::shuffle::fetch::{FlightClients, connect_channel};
 use crate::shuffle::{ShuffleStore, StoreError};
 use runner::TaskRunner;
+use runtimes::TaskRuntimes;
 
 /// How long an executor keeps trying to reach its scheduler at start.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
@@ -118,7 +119,7 @@ pub struct Executor {
     runner: Arc<TaskRunner>,
     shutdown: watch::Sender<bool>,
     stream_task: JoinHandle<()>,
-    tasks_runtime: Option<tokio::runtime::Runtime>,
+    task_runtimes: Option<TaskRuntimes>,
 }
 
 impl Executor {
@@ -164,11 +165,7 @@ impl Executor {
             .connect(UnboundedReceiverStream::new(outbound_rx))
             .await?
             .into_inner();
-        let tasks_runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(config.slots.max(1) as usize)
-            .thread_name(format!("{id}-task"))
-            .enable_all()
-            .build()
+        let task_runtimes = TaskRuntimes::start(&id, config.slots, config.preempt_slots)
             .map_err(ExecutorError::Runtime)?;
         let clients = FlightClients::default();
         let session = SessionContext::new_with_config(distributed_session_config(1));
@@ -179,7 +176,7 @@ impl Executor {
             clients.clone(),
             session,
             outbound.clone(),
-            tasks_runtime.handle().clone(),
+            task_runtimes.handles(),
         ));
         spawn_heartbeat(outbound, runner.clone(), shutdown_rx.clone());
         let stream_task = tokio::spawn(serve_stream(inbound, runner.clone(), shutdown.clone()));
@@ -192,7 +189,7 @@ impl Executor {
             runner,
             shutdown,
             stream_task,
-            tasks_runtime: Some(tasks_runtime),
+            task_runtimes: Some(task_runtimes),
         })
     }
 
@@ -248,9 +245,8 @@ impl Executor {
 impl Drop for Executor {
     fn drop(&mut self) {
         self.stop();
-        if let Some(runtime) = self.tasks_runtime.take() {
-            // Not waiting: the executor may be dropped on an async thread.
-            runtime.shutdown_background();
+        if let Some(runtimes) = self.task_runtimes.take() {
+            runtimes.shutdown();
         }
     }
 }

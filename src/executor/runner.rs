@@ -14,13 +14,13 @@ use datafusion::execution::TaskContext;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::prelude::SessionContext;
-use tokio::runtime::Handle;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::AbortHandle;
 use tracing::{Instrument, debug, info_span};
 
 use super::arbiter::{SlotArbiter, TaskGate};
 use super::gated::GatedExec;
+use super::runtimes::TaskHandles;
 use crate::planner::decode_plan;
 use crate::proto::{
     ExecutorMessage, PartitionStats, RunTask, TaskFailed, TaskId, TaskStatus, TaskSucceeded,
@@ -51,7 +51,7 @@ pub struct TaskRunner {
     busy_micros: AtomicU64,
     slots: u32,
     started: Instant,
-    tasks_runtime: Handle,
+    runtimes: TaskHandles,
 }
 
 impl std::fmt::Debug for TaskRunner {
@@ -64,7 +64,7 @@ impl std::fmt::Debug for TaskRunner {
 }
 
 impl TaskRunner {
-    /// A runner that runs tasks on `tasks_runtime` and reports on `outbound`.
+    /// A runner that runs tasks on `runtimes` and reports on `outbound`.
     pub fn new(
         executor_id: String,
         slots: u32,
@@ -72,7 +72,7 @@ impl TaskRunner {
         clients: FlightClients,
         session: SessionContext,
         outbound: UnboundedSender<ExecutorMessage>,
-        tasks_runtime: Handle,
+        runtimes: TaskHandles,
     ) -> Self {
         Self {
             executor_id,
@@ -89,7 +89,7 @@ impl TaskRunner {
             busy_micros: AtomicU64::new(0),
             slots,
             started: Instant::now(),
-            tasks_runtime,
+            runtimes,
         }
     }
 
@@ -145,7 +145,12 @@ impl TaskRunner {
         let runner = self.clone();
         // Hold the lock across spawn so the task cannot finish before it is registered.
         let mut running = self.running.lock().expect("running lock");
-        let handle = self.tasks_runtime.spawn(
+        let runtime = if task.urgent {
+            &self.runtimes.urgent
+        } else {
+            &self.runtimes.background
+        };
+        let handle = runtime.spawn(
             async move {
                 let started = Instant::now();
                 let result = runner.execute(&task, gate).await;

@@ -25,6 +25,14 @@ pub struct Urgency {
     pub cost: f64,
 }
 
+impl Urgency {
+    /// True when a task of this urgency may displace `other`: it outranks it and has
+    /// under 1/[`PREEMPT_COST_RATIO`] of its remaining work.
+    pub fn preempts(&self, other: &Urgency) -> bool {
+        self.rank < other.rank && self.cost * PREEMPT_COST_RATIO < other.cost
+    }
+}
+
 /// The sending half of an executor's stream.
 pub type ExecutorSender = UnboundedSender<Result<SchedulerMessage, Status>>;
 
@@ -63,7 +71,7 @@ impl ExecutorEntry {
         let Some(victim) = held.get(self.slots as usize - 1) else {
             return true;
         };
-        urgency.rank < victim.rank && urgency.cost * PREEMPT_COST_RATIO < victim.cost
+        urgency.preempts(victim)
     }
 
     /// Pushes a message down the executor's stream; false when the stream is gone.
@@ -145,6 +153,15 @@ impl Registry {
             .min_by_key(|e| (e.running.len(), e.generation))
     }
 
+    /// True when a task of `urgency` may displace a task running on any executor: it is
+    /// then urgent, and runs at normal OS priority while that work runs at a lower one.
+    pub fn is_urgent(&self, urgency: &Urgency) -> bool {
+        self.executors
+            .values()
+            .flat_map(|e| e.running.values())
+            .any(|running| urgency.preempts(running))
+    }
+
     /// Every executor.
     pub fn iter(&self) -> impl Iterator<Item = &ExecutorEntry> {
         self.executors.values()
@@ -214,6 +231,10 @@ mod tests {
         run(&mut registry, "a", "short", 10.0, 10.0);
         // The preemption room is used up.
         assert!(registry.pick(Some(urgency(1.0, 1.0))).is_none());
+        // Cheap next to the long tasks, not next to the short one.
+        assert!(registry.is_urgent(&urgency(5.0, 5.0)));
+        assert!(!registry.is_urgent(&urgency(600.0, 5.0)));
+        assert!(!registry.is_urgent(&urgency(5.0, 200.0)));
         assert_eq!(registry.slots(), (2, 2));
     }
 

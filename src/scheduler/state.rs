@@ -188,7 +188,9 @@ impl SchedulerState {
     /// policy, then also the most urgent tasks to executors running less urgent ones.
     pub fn dispatch(&mut self) {
         while !self.queue.is_empty() {
-            let Some(executor) = self.registry.pick(self.queue.head_urgency()) else {
+            let head = self.queue.head_urgency();
+            let urgent = head.is_some_and(|u| self.registry.is_urgent(&u));
+            let Some(executor) = self.registry.pick(head) else {
                 break;
             };
             let Some(queued) = self.queue.pop() else {
@@ -223,6 +225,7 @@ impl SchedulerState {
                 ready_at_micros: ready_at_micros(queued.ready_at, pushed_at),
                 pushed_at_micros: pushed_at.as_micros() as u64,
                 rank: urgency.rank,
+                urgent,
             };
             let message = SchedulerMessage {
                 message: Some(scheduler_message::Message::RunTask(run)),
