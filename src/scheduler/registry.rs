@@ -10,10 +10,10 @@ use super::query::TaskRef;
 use crate::proto::SchedulerMessage;
 use crate::shuffle::MapLocation;
 
-/// A task preempts only for a query with less than this share of the remaining work of
-/// the task it displaces: cheap queries jump ahead of long ones, while long queries of
-/// similar size do not keep suspending each other.
-pub const PREEMPT_COST_RATIO: f64 = 4.0;
+/// A task preempts only when its query has under 1/`PREEMPT_COST_RATIO` of the remaining
+/// work of the task it displaces: cheap queries jump ahead of long ones, while long
+/// queries of comparable size do not keep suspending each other.
+pub const PREEMPT_COST_RATIO: f64 = 10.0;
 
 /// How urgent a pushed task is: its rank under the policy (lower first) and the
 /// remaining work of its query when it was pushed.
@@ -245,7 +245,7 @@ mod tests {
         run(&mut registry, "a", "q21", 1800.0, 1800.0);
         // Ahead by rank, but with a third of the work left: not cheap enough.
         assert!(registry.pick(Some(urgency(600.0, 600.0))).is_none());
-        assert!(registry.pick(Some(urgency(400.0, 400.0))).is_some());
+        assert!(registry.pick(Some(urgency(150.0, 150.0))).is_some());
     }
 
     #[test]
