@@ -253,7 +253,7 @@ mod tests {
         let mut registry = Registry::default();
         executor(&mut registry, "a", 1, 4);
         run(&mut registry, "a", "long", 900.0, 900.0);
-        run(&mut registry, "a", "short", 10.0, 10.0);
+        run(&mut registry, "a", "short", 10.0, 20.0);
         // The short task holds the slot; the long one waits already.
         assert!(registry.pick(Some(urgency(10.0, 1.0))).is_none());
         assert!(registry.pick(Some(urgency(20.0, 1.0))).is_none());
@@ -267,13 +267,13 @@ mod tests {
         executor(&mut registry, "b", 1, 2);
         run(&mut registry, "a", "long", 500.0, 500.0);
         run(&mut registry, "b", "long", 500.0, 500.0);
-        run(&mut registry, "a", "short", 10.0, 10.0);
+        run(&mut registry, "a", "short", 10.0, 20.0);
         let cheaper = Some(urgency(5.0, 1.0));
         assert_eq!(registry.pick(cheaper).unwrap().location.executor_id, "b");
         // An executor with preemption off takes nothing beyond its slots.
         executor(&mut registry, "c", 1, 0);
         run(&mut registry, "c", "long", 500.0, 500.0);
-        run(&mut registry, "b", "short", 10.0, 10.0);
+        run(&mut registry, "b", "short", 10.0, 20.0);
         let cheapest = Some(urgency(1.0, 1.0));
         assert_eq!(registry.pick(cheapest).unwrap().location.executor_id, "a");
     }
