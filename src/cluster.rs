@@ -14,7 +14,8 @@ use crate::client::{BatonClient, ClientError};
 use crate::config::DEFAULT_TARGET_PARTITIONS;
 use crate::executor::{DEFAULT_SHUFFLE_MEMORY, Executor, ExecutorConfig, ExecutorError};
 use crate::scheduler::{
-    DEFAULT_AGING_RATE, DEFAULT_RESULT_TTL, PolicyKind, Scheduler, SchedulerConfig, SchedulerError,
+    DEFAULT_AGING_RATE, DEFAULT_PREEMPT_COST_RATIO, DEFAULT_RESULT_TTL, PolicyKind, Scheduler,
+    SchedulerConfig, SchedulerError,
 };
 
 /// Errors of starting a cluster.
@@ -59,6 +60,9 @@ pub struct ClusterConfig {
     /// Tasks each executor takes beyond its slots when they are more urgent than running
     /// ones; None: as many as its slots.
     pub preempt_slots: Option<u32>,
+    /// A task preempts only for a query with under 1/this of the remaining work of the
+    /// task it displaces.
+    pub preempt_cost_ratio: f64,
     /// Bytes of shuffle output each executor keeps in memory before spilling to disk.
     pub shuffle_memory: usize,
     /// How long an unfetched result is kept.
@@ -76,6 +80,7 @@ impl Default for ClusterConfig {
             policy: PolicyKind::default(),
             aging_rate: DEFAULT_AGING_RATE,
             preempt_slots: None,
+            preempt_cost_ratio: DEFAULT_PREEMPT_COST_RATIO,
             shuffle_memory: DEFAULT_SHUFFLE_MEMORY,
             result_ttl: DEFAULT_RESULT_TTL,
         }
@@ -104,6 +109,7 @@ impl LocalCluster {
             policy: config.policy,
             aging_rate: config.aging_rate,
             result_ttl: config.result_ttl,
+            preempt_cost_ratio: config.preempt_cost_ratio,
         })
         .await?;
         let listener =

@@ -14,7 +14,9 @@ use baton::client::bench::fairness::FairnessBench;
 use baton::client::bench::scheduler::SchedulerBench;
 use baton::config::DEFAULT_TARGET_PARTITIONS;
 use baton::executor::ExecutorConfig;
-use baton::scheduler::{DEFAULT_AGING_RATE, DEFAULT_RESULT_TTL, PolicyKind, SchedulerConfig};
+use baton::scheduler::{
+    DEFAULT_AGING_RATE, DEFAULT_PREEMPT_COST_RATIO, DEFAULT_RESULT_TTL, PolicyKind, SchedulerConfig,
+};
 
 /// Baton: a push-based, streaming, distributed query scheduler for Apache DataFusion.
 #[derive(Debug, Parser)]
@@ -46,6 +48,10 @@ enum Command {
         /// Seconds an unfetched result is kept before its partitions are freed.
         #[arg(long, default_value_t = DEFAULT_RESULT_TTL.as_secs())]
         result_ttl: u64,
+        /// A task preempts (priority policy) only for a query with under 1/this of the
+        /// remaining work of the task it displaces.
+        #[arg(long, default_value_t = DEFAULT_PREEMPT_COST_RATIO)]
+        preempt_cost_ratio: f64,
         /// Serve Prometheus metrics and the JSON query API over HTTP on this address.
         #[arg(long)]
         metrics: Option<SocketAddr>,
@@ -339,6 +345,7 @@ fn main() -> ExitCode {
                 policy,
                 aging_rate,
                 result_ttl,
+                preempt_cost_ratio,
                 metrics,
             } => {
                 let config = SchedulerConfig {
@@ -347,6 +354,7 @@ fn main() -> ExitCode {
                     policy,
                     aging_rate,
                     result_ttl: std::time::Duration::from_secs(result_ttl),
+                    preempt_cost_ratio,
                 };
                 cli::run_scheduler(bind, config, metrics).await
             }

@@ -25,6 +25,7 @@ use tracing::info_span;
 pub use flight::result_ticket;
 pub use policy::{DEFAULT_AGING_RATE, Policy, PolicyKind};
 pub use query::{MAX_TASK_ATTEMPTS, Query, StageSpec, TaskRef};
+pub use registry::DEFAULT_PREEMPT_COST_RATIO;
 pub use state::{SchedulerState, TaskSpan};
 
 use crate::catalog::{self, CatalogError};
@@ -117,6 +118,9 @@ pub struct SchedulerConfig {
     pub aging_rate: f64,
     /// How long a succeeded query's result stays fetchable when nobody fetches it.
     pub result_ttl: Duration,
+    /// A task preempts only for a query with under 1/this of the remaining work of the
+    /// task it displaces (the `priority` policy).
+    pub preempt_cost_ratio: f64,
 }
 
 impl Default for SchedulerConfig {
@@ -127,6 +131,7 @@ impl Default for SchedulerConfig {
             policy: PolicyKind::default(),
             aging_rate: DEFAULT_AGING_RATE,
             result_ttl: DEFAULT_RESULT_TTL,
+            preempt_cost_ratio: DEFAULT_PREEMPT_COST_RATIO,
         }
     }
 }
@@ -172,6 +177,9 @@ impl Scheduler {
         if let Some(inner) = Arc::get_mut(&mut scheduler.inner) {
             inner.result_ttl = config.result_ttl;
         }
+        scheduler
+            .state()
+            .set_preempt_cost_ratio(config.preempt_cost_ratio);
         Ok(scheduler)
     }
 

@@ -10,10 +10,10 @@ use super::query::TaskRef;
 use crate::proto::SchedulerMessage;
 use crate::shuffle::MapLocation;
 
-/// A task preempts only when its query has under 1/`PREEMPT_COST_RATIO` of the remaining
-/// work of the task it displaces: cheap queries jump ahead of long ones, while long
-/// queries of comparable size do not keep suspending each other.
-pub const PREEMPT_COST_RATIO: f64 = 10.0;
+/// By default a task preempts only when its query has under 1/10 of the remaining work of
+/// the task it displaces: cheap queries jump ahead of long ones, while long queries of
+/// comparable size do not keep suspending each other.
+pub const DEFAULT_PREEMPT_COST_RATIO: f64 = 10.0;
 
 /// How urgent a pushed task is: its rank under the policy (lower first) and the
 /// remaining work of its query when it was pushed.
@@ -27,9 +27,9 @@ pub struct Urgency {
 
 impl Urgency {
     /// True when a task of this urgency may displace `other`: it outranks it and has
-    /// under 1/[`PREEMPT_COST_RATIO`] of its remaining work.
-    pub fn preempts(&self, other: &Urgency) -> bool {
-        self.rank < other.rank && self.cost * PREEMPT_COST_RATIO < other.cost
+    /// under 1/`cost_ratio` of its remaining work.
+    pub fn preempts(&self, other: &Urgency, cost_ratio: f64) -> bool {
+        self.rank < other.rank && self.cost * cost_ratio < other.cost
     }
 }
 
@@ -61,8 +61,8 @@ impl ExecutorEntry {
     /// True when a task of `urgency` may run here at once although every slot is busy:
     /// the executor has room for one more task, and the task outranks the least urgent
     /// of those holding a slot (which the executor then suspends) and has under
-    /// 1/[`PREEMPT_COST_RATIO`] of its remaining work.
-    pub fn admits_urgent(&self, urgency: Urgency) -> bool {
+    /// 1/`cost_ratio` of its remaining work.
+    pub fn admits_urgent(&self, urgency: Urgency, cost_ratio: f64) -> bool {
         if self.running.len() >= (self.slots + self.preempt_slots) as usize {
             return false;
         }
@@ -71,7 +71,7 @@ impl ExecutorEntry {
         let Some(victim) = held.get(self.slots as usize - 1) else {
             return true;
         };
-        urgency.preempts(victim)
+        urgency.preempts(victim, cost_ratio)
     }
 
     /// Pushes a message down the executor's stream; false when the stream is gone.
@@ -81,13 +81,38 @@ impl ExecutorEntry {
 }
 
 /// Connected executors by id.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
     executors: HashMap<String, ExecutorEntry>,
     next_generation: u64,
+    preempt_cost_ratio: f64,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new(DEFAULT_PREEMPT_COST_RATIO)
+    }
 }
 
 impl Registry {
+    /// An empty registry whose preempting tasks need under 1/`preempt_cost_ratio` of the
+    /// remaining work of the task they displace.
+    pub fn new(preempt_cost_ratio: f64) -> Self {
+        Self {
+            executors: HashMap::new(),
+            next_generation: 0,
+            preempt_cost_ratio,
+        }
+    }
+
+    /// The same registry with another cost ratio for preemption.
+    pub fn with_preempt_cost_ratio(self, preempt_cost_ratio: f64) -> Self {
+        Self {
+            preempt_cost_ratio,
+            ..self
+        }
+    }
+
     /// Adds (or replaces) an executor; returns the replaced entry and the new generation.
     pub fn register(
         &mut self,
@@ -147,9 +172,10 @@ impl Registry {
             return self.most_free();
         }
         let urgency = urgency?;
+        let ratio = self.preempt_cost_ratio;
         self.executors
             .values_mut()
-            .filter(|e| e.admits_urgent(urgency))
+            .filter(|e| e.admits_urgent(urgency, ratio))
             .min_by_key(|e| (e.running.len(), e.generation))
     }
 
@@ -159,7 +185,7 @@ impl Registry {
         self.executors
             .values()
             .flat_map(|e| e.running.values())
-            .any(|running| urgency.preempts(running))
+            .any(|running| urgency.preempts(running, self.preempt_cost_ratio))
     }
 
     /// Every executor.

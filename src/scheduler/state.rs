@@ -88,7 +88,7 @@ impl SchedulerState {
             query.start()
         };
         let (tx, rx) = watch::channel(query.state());
-        info!(query_id = %id, stages = query.stage_count(), state = ?query.state(), "query submitted");
+        info!(query_id = %id, stages = query.stage_count(), cost = query.remaining_cost(), state = ?query.state(), "query submitted");
         metrics::gauge!("baton_queries", "state" => "running").increment(1.0);
         self.order.push(id.clone());
         self.queries.insert(id.clone(), query);
@@ -249,6 +249,12 @@ impl SchedulerState {
         let (total, busy) = self.registry.slots();
         metrics::gauge!("baton_slots_total").set(total as f64);
         metrics::gauge!("baton_slots_busy").set(busy as f64);
+    }
+
+    /// A task preempts only for a query with under 1/`ratio` of the remaining work of the
+    /// task it displaces (default [`super::registry::DEFAULT_PREEMPT_COST_RATIO`]).
+    pub fn set_preempt_cost_ratio(&mut self, ratio: f64) {
+        self.registry = std::mem::take(&mut self.registry).with_preempt_cost_ratio(ratio);
     }
 
     /// A new executor stream; returns the connection generation.
