@@ -151,7 +151,7 @@ impl WorkQueue {
 
     /// The urgency of a task of a query described by `info`; None when the policy does
     /// not preempt.
-    pub fn urgency(&self, info: &QueryInfo) -> Option<Urgency> {
+    fn urgency(&self, info: &QueryInfo) -> Option<Urgency> {
         Some(Urgency {
             rank: self.policy.rank(info)?,
             cost: info.remaining_cost,

@@ -90,27 +90,19 @@ pub struct Registry {
 
 impl Default for Registry {
     fn default() -> Self {
-        Self::new(DEFAULT_PREEMPT_COST_RATIO)
+        Self {
+            executors: HashMap::new(),
+            next_generation: 0,
+            preempt_cost_ratio: DEFAULT_PREEMPT_COST_RATIO,
+        }
     }
 }
 
 impl Registry {
-    /// An empty registry whose preempting tasks need under 1/`preempt_cost_ratio` of the
-    /// remaining work of the task they displace.
-    pub fn new(preempt_cost_ratio: f64) -> Self {
-        Self {
-            executors: HashMap::new(),
-            next_generation: 0,
-            preempt_cost_ratio,
-        }
-    }
-
-    /// The same registry with another cost ratio for preemption.
-    pub fn with_preempt_cost_ratio(self, preempt_cost_ratio: f64) -> Self {
-        Self {
-            preempt_cost_ratio,
-            ..self
-        }
+    /// Preempting tasks need under 1/`ratio` of the remaining work of the task they
+    /// displace.
+    pub fn set_preempt_cost_ratio(&mut self, ratio: f64) {
+        self.preempt_cost_ratio = ratio;
     }
 
     /// Adds (or replaces) an executor; returns the replaced entry and the new generation.

@@ -202,14 +202,12 @@ impl SchedulerState {
             if !query.is_dispatchable(queued.task) {
                 continue;
             }
-            // Without preemption every task has the same urgency: executors keep order.
-            let urgency = self
-                .queue
-                .urgency(&self.queue.info(query))
-                .unwrap_or(Urgency {
-                    rank: 0.0,
-                    cost: 0.0,
-                });
+            // The popped task is the head's. Without preemption every task has the same
+            // urgency: executors keep their order.
+            let urgency = head.unwrap_or(Urgency {
+                rank: 0.0,
+                cost: 0.0,
+            });
             let task = queued.task;
             let stage = query.stage(task.stage);
             let pushed_at = wall_clock();
@@ -254,7 +252,7 @@ impl SchedulerState {
     /// A task preempts only for a query with under 1/`ratio` of the remaining work of the
     /// task it displaces (default [`super::registry::DEFAULT_PREEMPT_COST_RATIO`]).
     pub fn set_preempt_cost_ratio(&mut self, ratio: f64) {
-        self.registry = std::mem::take(&mut self.registry).with_preempt_cost_ratio(ratio);
+        self.registry.set_preempt_cost_ratio(ratio);
     }
 
     /// A new executor stream; returns the connection generation.
