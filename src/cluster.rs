@@ -14,7 +14,7 @@ use crate::client::{BatonClient, ClientError};
 use crate::config::DEFAULT_TARGET_PARTITIONS;
 use crate::executor::{DEFAULT_SHUFFLE_MEMORY, Executor, ExecutorConfig, ExecutorError};
 use crate::scheduler::{
-    DEFAULT_AGING_RATE, DEFAULT_PREEMPT_COST_RATIO, DEFAULT_RESULT_TTL, PolicyKind, Scheduler,
+    DEFAULT_AGING_HALF_LIFE, DEFAULT_PREEMPT_COST_RATIO, DEFAULT_RESULT_TTL, PolicyKind, Scheduler,
     SchedulerConfig, SchedulerError,
 };
 
@@ -55,8 +55,8 @@ pub struct ClusterConfig {
     pub bind: SocketAddr,
     /// Scheduling policy.
     pub policy: PolicyKind,
-    /// Aging credit of the `priority` policy, cost units per second of waiting.
-    pub aging_rate: f64,
+    /// Aging half-life of the `priority` policy, seconds (0: no aging).
+    pub aging_half_life: f64,
     /// Tasks each executor takes beyond its slots when they are more urgent than running
     /// ones; None: as many as its slots.
     pub preempt_slots: Option<u32>,
@@ -78,7 +78,7 @@ impl Default for ClusterConfig {
             target_partitions: DEFAULT_TARGET_PARTITIONS,
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             policy: PolicyKind::default(),
-            aging_rate: DEFAULT_AGING_RATE,
+            aging_half_life: DEFAULT_AGING_HALF_LIFE,
             preempt_slots: None,
             preempt_cost_ratio: DEFAULT_PREEMPT_COST_RATIO,
             shuffle_memory: DEFAULT_SHUFFLE_MEMORY,
@@ -107,7 +107,7 @@ impl LocalCluster {
             catalog: config.catalog.clone(),
             target_partitions: config.target_partitions,
             policy: config.policy,
-            aging_rate: config.aging_rate,
+            aging_half_life: config.aging_half_life,
             result_ttl: config.result_ttl,
             preempt_cost_ratio: config.preempt_cost_ratio,
         })

@@ -15,7 +15,8 @@ use baton::client::bench::scheduler::SchedulerBench;
 use baton::config::DEFAULT_TARGET_PARTITIONS;
 use baton::executor::ExecutorConfig;
 use baton::scheduler::{
-    DEFAULT_AGING_RATE, DEFAULT_PREEMPT_COST_RATIO, DEFAULT_RESULT_TTL, PolicyKind, SchedulerConfig,
+    DEFAULT_AGING_HALF_LIFE, DEFAULT_PREEMPT_COST_RATIO, DEFAULT_RESULT_TTL, PolicyKind,
+    SchedulerConfig,
 };
 
 /// Baton: a push-based, streaming, distributed query scheduler for Apache DataFusion.
@@ -42,9 +43,10 @@ enum Command {
         /// How tasks of concurrent queries are ordered: priority, fair or fifo.
         #[arg(long, default_value_t = PolicyKind::default())]
         policy: PolicyKind,
-        /// Cost units of credit per second of waiting (priority policy).
-        #[arg(long, default_value_t = DEFAULT_AGING_RATE)]
-        aging_rate: f64,
+        /// Seconds of waiting that halve a query's cost against newer queries (priority
+        /// policy); 0: no aging.
+        #[arg(long, default_value_t = DEFAULT_AGING_HALF_LIFE)]
+        aging_half_life: f64,
         /// Seconds an unfetched result is kept before its partitions are freed.
         #[arg(long, default_value_t = DEFAULT_RESULT_TTL.as_secs())]
         result_ttl: u64,
@@ -160,9 +162,10 @@ struct ClusterArgs {
     /// How tasks of concurrent queries are ordered: priority, fair or fifo.
     #[arg(long, default_value_t = PolicyKind::default())]
     policy: PolicyKind,
-    /// Aging credit of the priority policy, cost units per second of waiting.
-    #[arg(long, default_value_t = DEFAULT_AGING_RATE)]
-    aging_rate: f64,
+    /// Seconds of waiting that halve a query's cost against newer queries (priority
+    /// policy); 0: no aging.
+    #[arg(long, default_value_t = DEFAULT_AGING_HALF_LIFE)]
+    aging_half_life: f64,
     /// Tasks each executor takes beyond its slots when more urgent than running ones,
     /// which then wait suspended; default: as many as --slots, 0: never.
     #[arg(long)]
@@ -234,6 +237,14 @@ enum Bench {
         /// default: as many as --slots, 0: no preemption.
         #[arg(long)]
         preempt_slots: Option<u32>,
+        /// A task preempts (priority policy) only for a query with under 1/this of the
+        /// remaining work of the task it displaces.
+        #[arg(long, default_value_t = DEFAULT_PREEMPT_COST_RATIO)]
+        preempt_cost_ratio: f64,
+        /// Seconds of waiting that halve a query's cost against newer queries (priority
+        /// policy); 0: no aging.
+        #[arg(long, default_value_t = DEFAULT_AGING_HALF_LIFE)]
+        aging_half_life: f64,
         /// Directory for fairness.json.
         #[arg(long, default_value = "bench-results")]
         out: PathBuf,
@@ -309,7 +320,7 @@ impl From<ClusterArgs> for cli::ClusterOptions {
             slots: a.slots,
             partitions: a.partitions,
             policy: a.policy,
-            aging_rate: a.aging_rate,
+            aging_half_life: a.aging_half_life,
             preempt_slots: a.preempt_slots,
         }
     }
@@ -343,7 +354,7 @@ fn main() -> ExitCode {
                 catalog,
                 partitions,
                 policy,
-                aging_rate,
+                aging_half_life,
                 result_ttl,
                 preempt_cost_ratio,
                 metrics,
@@ -352,7 +363,7 @@ fn main() -> ExitCode {
                     catalog,
                     target_partitions: partitions,
                     policy,
-                    aging_rate,
+                    aging_half_life,
                     result_ttl: std::time::Duration::from_secs(result_ttl),
                     preempt_cost_ratio,
                 };
@@ -417,10 +428,14 @@ fn main() -> ExitCode {
                     interval_ms,
                     policies,
                     preempt_slots,
+                    preempt_cost_ratio,
+                    aging_half_life,
                     out,
                 } => {
                     let bench = FairnessBench {
                         preempt_slots,
+                        preempt_cost_ratio,
+                        aging_half_life,
                         scale,
                         executors,
                         slots,

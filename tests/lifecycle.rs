@@ -343,7 +343,7 @@ async fn a_cheap_query_preempts_a_long_task_holding_the_only_slot() {
         catalog: Some(common::tpch_catalog()),
         // No aging: the cheaper query outranks the long one however late it comes; and
         // any cheaper query may preempt (at SF 0.01 the estimates are close together).
-        aging_rate: 0.0,
+        aging_half_life: 0.0,
         preempt_cost_ratio: 1.0,
         ..Default::default()
     })

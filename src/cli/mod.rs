@@ -116,8 +116,8 @@ pub struct ClusterOptions {
     pub partitions: usize,
     /// Scheduling policy.
     pub policy: PolicyKind,
-    /// Aging credit of the `priority` policy.
-    pub aging_rate: f64,
+    /// Aging half-life of the `priority` policy, seconds.
+    pub aging_half_life: f64,
     /// Tasks each executor takes beyond its slots when urgent; None: as many as slots.
     pub preempt_slots: Option<u32>,
 }
@@ -154,7 +154,7 @@ async fn start_cluster(
         target_partitions: options.partitions,
         bind,
         policy: options.policy,
-        aging_rate: options.aging_rate,
+        aging_half_life: options.aging_half_life,
         preempt_slots: options.preempt_slots,
         ..Default::default()
     })

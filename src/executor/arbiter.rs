@@ -2,7 +2,9 @@
 //!
 //! The scheduler may push more tasks than an executor has slots when the extra ones are
 //! more urgent (a lower rank) than tasks already running there. The [`SlotArbiter`] lets
-//! the `slots` most urgent tasks run and suspends the rest: every operator of a task checks
+//! the `slots` most urgent tasks run and suspends the rest, ranking each task as the
+//! scheduler does: by its rank when pushed, raised by [`running_rank`] once it has run
+//! longer than its query's estimate implies. every operator of a task checks
 //! the task's [`TaskGate`] before producing its next batch, so a suspended task stops at
 //! its next batch boundary, keeps its state, and resumes where it stopped once a more
 //! urgent task ends.
@@ -10,6 +12,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use crate::scheduler::running_rank;
 
 /// Whether one task may run; the operators of a closed task wait at their next batch.
 #[derive(Debug)]
@@ -60,6 +65,8 @@ impl TaskGate {
 struct Admitted<K> {
     key: K,
     rank: f64,
+    cost: f64,
+    since: Instant,
     seq: u64,
     gate: Arc<TaskGate>,
 }
@@ -78,7 +85,7 @@ pub struct SlotArbiter<K> {
     tasks: Mutex<Tasks<K>>,
 }
 
-impl<K: PartialEq> SlotArbiter<K> {
+impl<K: PartialEq + std::fmt::Debug> SlotArbiter<K> {
     /// An arbiter of `slots` slots.
     pub fn new(slots: usize) -> Self {
         Self {
@@ -90,8 +97,9 @@ impl<K: PartialEq> SlotArbiter<K> {
         }
     }
 
-    /// Admits a task of `rank`; returns its gate and how many tasks this suspended.
-    pub fn admit(&self, key: K, rank: f64) -> (Arc<TaskGate>, usize) {
+    /// Admits, at `now`, a task of `rank` whose query had `cost` units left; returns its
+    /// gate and how many tasks this suspended.
+    pub fn admit(&self, key: K, rank: f64, cost: f64, now: Instant) -> (Arc<TaskGate>, usize) {
         let mut tasks = self.tasks.lock().expect("arbiter lock");
         // Closed until the rebalance opens it, so only tasks that were running count
         // as suspended.
@@ -101,20 +109,22 @@ impl<K: PartialEq> SlotArbiter<K> {
         tasks.admitted.push(Admitted {
             key,
             rank,
+            cost,
+            since: now,
             seq,
             gate: gate.clone(),
         });
-        let suspended = self.rebalance(&mut tasks.admitted);
+        let suspended = self.rebalance(&mut tasks.admitted, now);
         (gate, suspended)
     }
 
-    /// A task ended; a suspended one may take its slot.
-    pub fn leave(&self, key: &K) {
+    /// A task ended at `now`; a suspended one may take its slot.
+    pub fn leave(&self, key: &K, now: Instant) {
         let mut tasks = self.tasks.lock().expect("arbiter lock");
         let before = tasks.admitted.len();
         tasks.admitted.retain(|t| &t.key != key);
         if tasks.admitted.len() != before {
-            self.rebalance(&mut tasks.admitted);
+            self.rebalance(&mut tasks.admitted, now);
         }
     }
 
@@ -124,15 +134,18 @@ impl<K: PartialEq> SlotArbiter<K> {
         tasks.admitted.len().saturating_sub(self.slots)
     }
 
-    /// Opens the first `slots` gates in urgency order and closes the rest; returns how
-    /// many gates it closed that were open.
-    fn rebalance(&self, admitted: &mut [Admitted<K>]) -> usize {
-        admitted.sort_by(|a, b| a.rank.total_cmp(&b.rank).then(a.seq.cmp(&b.seq)));
+    /// Opens the first `slots` gates in urgency order at `now` and closes the rest;
+    /// returns how many gates it closed that were open.
+    fn rebalance(&self, admitted: &mut [Admitted<K>], now: Instant) -> usize {
+        let rank =
+            |t: &Admitted<K>| running_rank(t.rank, t.cost, now.saturating_duration_since(t.since));
+        admitted.sort_by(|a, b| rank(a).total_cmp(&rank(b)).then(a.seq.cmp(&b.seq)));
         let mut closed = 0;
         for (i, task) in admitted.iter().enumerate() {
             let open = i < self.slots;
             if task.gate.is_open() && !open {
                 closed += 1;
+                tracing::debug!(task = ?task.key, rank = rank(task), "task suspended");
             }
             task.gate.set_open(open);
         }
@@ -156,42 +169,57 @@ mod tests {
 
     #[test]
     fn the_most_urgent_tasks_hold_the_slots() {
+        let now = Instant::now();
         let arbiter = SlotArbiter::new(2);
-        let (long_a, _) = arbiter.admit("long-a", 900.0);
-        let (long_b, _) = arbiter.admit("long-b", 800.0);
+        let (long_a, _) = arbiter.admit("long-a", 9.0, 900.0, now);
+        let (long_b, _) = arbiter.admit("long-b", 8.0, 800.0, now);
         assert!(long_a.is_open() && long_b.is_open());
         // A cheap task displaces the least urgent running one.
-        let (short, suspended) = arbiter.admit("short", 10.0);
+        let (short, suspended) = arbiter.admit("short", 1.0, 10.0, now);
         assert_eq!(suspended, 1);
         assert!(short.is_open() && long_b.is_open() && !long_a.is_open());
         // A task less urgent than both running ones waits at once.
-        let (late, suspended) = arbiter.admit("late", 1000.0);
+        let (late, suspended) = arbiter.admit("late", 10.0, 1000.0, now);
         assert_eq!(suspended, 0);
         assert!(!late.is_open());
         assert_eq!(arbiter.suspended(), 2);
         // When the cheap task ends, the suspended long task resumes before the later one.
-        arbiter.leave(&"short");
+        arbiter.leave(&"short", now);
         assert!(long_a.is_open() && long_b.is_open() && !late.is_open());
-        arbiter.leave(&"long-a");
+        arbiter.leave(&"long-a", now);
         assert!(late.is_open());
         assert_eq!(arbiter.suspended(), 0);
     }
 
     #[test]
-    fn equal_ranks_keep_their_admission_order() {
+    fn a_task_running_past_its_estimate_yields_to_a_newer_cheap_one() {
+        let start = Instant::now();
         let arbiter = SlotArbiter::new(1);
-        let (first, _) = arbiter.admit(1, 0.0);
-        let (second, _) = arbiter.admit(2, 0.0);
+        // Pushed as nearly done (rank of 5 units), it has run for two seconds.
+        let (long, _) = arbiter.admit("long", 5f64.ln(), 5.0, start);
+        let later = start + std::time::Duration::from_secs(2);
+        let (short, suspended) = arbiter.admit("short", 40f64.ln(), 40.0, later);
+        assert_eq!(suspended, 1);
+        assert!(short.is_open() && !long.is_open());
+    }
+
+    #[test]
+    fn equal_ranks_keep_their_admission_order() {
+        let now = Instant::now();
+        let arbiter = SlotArbiter::new(1);
+        let (first, _) = arbiter.admit(1, 0.0, 1.0, now);
+        let (second, _) = arbiter.admit(2, 0.0, 1.0, now);
         assert!(first.is_open() && !second.is_open());
-        arbiter.leave(&1);
+        arbiter.leave(&1, now);
         assert!(second.is_open());
     }
 
     #[test]
     fn a_closed_gate_wakes_its_waiters_when_it_opens() {
+        let now = Instant::now();
         let arbiter = SlotArbiter::new(1);
-        let (_running, _) = arbiter.admit("a", 1.0);
-        let (waiting, _) = arbiter.admit("b", 2.0);
+        let (_running, _) = arbiter.admit("a", 1.0, 10.0, now);
+        let (waiting, _) = arbiter.admit("b", 2.0, 10.0, now);
         let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
         let waker = Waker::from(counter.clone());
         let mut cx = Context::from_waker(&waker);
@@ -199,7 +227,7 @@ mod tests {
         // The same waker registers once.
         assert!(waiting.poll_open(&mut cx).is_pending());
         assert_eq!(counter.0.load(Ordering::SeqCst), 0);
-        arbiter.leave(&"a");
+        arbiter.leave(&"a", now);
         assert_eq!(counter.0.load(Ordering::SeqCst), 1);
         assert!(waiting.poll_open(&mut cx).is_ready());
     }

@@ -167,7 +167,7 @@ impl Executor {
             .into_inner();
         let task_runtimes = TaskRuntimes::start(&id, config.slots, config.preempt_slots)
             .map_err(ExecutorError::Runtime)?;
-        let clients = FlightClients::default();
+        let clients = FlightClients::on_runtime(tokio::runtime::Handle::current());
         let session = SessionContext::new_with_config(distributed_session_config(1));
         let runner = Arc::new(TaskRunner::new(
             id.clone(),

@@ -134,7 +134,9 @@ impl TaskRunner {
                 .record(micros_since(task.ready_at_micros));
         }
         let key: TaskKey = (id.query_id.clone(), id.stage_id, id.partition);
-        let (gate, suspended) = self.arbiter.admit(key.clone(), task.rank);
+        let (gate, suspended) =
+            self.arbiter
+                .admit(key.clone(), task.rank, task.cost, Instant::now());
         if suspended > 0 {
             self.suspensions
                 .fetch_add(suspended as u64, Ordering::Relaxed);
@@ -219,7 +221,7 @@ impl TaskRunner {
     fn finish(&self, id: TaskId, started: Instant, result: Result<Vec<PartitionStats>>) {
         let key = (id.query_id.clone(), id.stage_id, id.partition);
         self.running.lock().expect("running lock").remove(&key);
-        self.arbiter.leave(&key);
+        self.arbiter.leave(&key, Instant::now());
         self.report_suspended();
         if self
             .released
@@ -267,7 +269,7 @@ impl TaskRunner {
         let handle = self.running.lock().expect("running lock").remove(&key);
         if let Some(handle) = handle {
             handle.abort();
-            self.arbiter.leave(&key);
+            self.arbiter.leave(&key, Instant::now());
             self.report_suspended();
             let _ = self.outbound.send(ExecutorMessage {
                 message: Some(executor_message::Message::TaskStatus(TaskStatus {
@@ -284,7 +286,7 @@ impl TaskRunner {
     pub fn abort_all(&self) {
         for (key, handle) in self.running.lock().expect("running lock").drain() {
             handle.abort();
-            self.arbiter.leave(&key);
+            self.arbiter.leave(&key, Instant::now());
         }
     }
 

@@ -4,10 +4,11 @@
 //!
 //! Tasks the scheduler marks urgent (a cheap query's, while much costlier work runs in
 //! the cluster) run on threads of normal OS priority; every other task runs on threads
-//! of lower priority ([`BACKGROUND_NICE`] more nice on Linux). The OS then gives an urgent
-//! task most of the CPU even against tasks of other executors on the same host, which
-//! the executor's own suspension cannot reach; with no urgent task around, background
-//! threads get the whole CPU as before.
+//! of the lowest priority (Linux's idle scheduling class, or where that is refused
+//! [`BACKGROUND_NICE`] more nice). The OS then runs an urgent task, and the stream,
+//! Flight and scheduler threads it depends on, as soon as they are ready, even against
+//! tasks of other executors on the same host, which the executor's own suspension cannot
+//! reach; with no urgent task around, background threads get the whole CPU as before.
 
 use tokio::runtime::{Builder, Handle, Runtime};
 
@@ -65,9 +66,17 @@ impl TaskRuntimes {
     }
 }
 
-/// Raises the calling thread's nice value by [`BACKGROUND_NICE`] (to 19 at most).
+/// Puts the calling thread in Linux's idle scheduling class (it runs only when no
+/// normal thread wants the CPU), or where that is refused raises its nice value by
+/// [`BACKGROUND_NICE`] (to 19 at most).
 #[cfg(target_os = "linux")]
 fn lower_thread_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler reads `param` only during the call; pid 0 names the
+    // calling thread. Moving oneself to SCHED_IDLE needs no privilege.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0 {
+        return;
+    }
     // SAFETY: getpriority and setpriority only read their integer arguments; on Linux
     // PRIO_PROCESS with a thread id names that one thread. Raising one's own nice value
     // needs no privilege; on failure the thread keeps its priority, which is harmless.
@@ -89,24 +98,34 @@ fn lower_thread_priority() {}
 mod tests {
     use super::*;
 
-    fn nice_of_current_thread() -> i32 {
-        // SAFETY: as above; getpriority only reads its arguments.
-        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+    /// The scheduling policy and nice value of the calling thread.
+    fn priority_of_current_thread() -> (i32, i32) {
+        // SAFETY: sched_getscheduler and getpriority only read their integer arguments.
+        unsafe {
+            (
+                libc::sched_getscheduler(0),
+                libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t),
+            )
+        }
     }
 
     #[test]
     fn background_threads_run_at_a_lower_priority_than_urgent_ones() {
         let runtimes = TaskRuntimes::start("test", 1, 1).unwrap();
         let handles = runtimes.handles();
-        let background = handles
-            .background
-            .block_on(async { tokio::spawn(async { nice_of_current_thread() }).await })
-            .unwrap();
-        let urgent = handles
-            .urgent
-            .block_on(async { tokio::spawn(async { nice_of_current_thread() }).await })
-            .unwrap();
-        assert_eq!(background, (urgent + BACKGROUND_NICE).min(19));
+        let on = |handle: &Handle| {
+            handle
+                .block_on(async { tokio::spawn(async { priority_of_current_thread() }).await })
+                .unwrap()
+        };
+        let (background_policy, background_nice) = on(&handles.background);
+        let (urgent_policy, urgent_nice) = on(&handles.urgent);
+        assert_eq!(urgent_policy, libc::SCHED_OTHER);
+        assert!(
+            background_policy == libc::SCHED_IDLE
+                || background_nice == (urgent_nice + BACKGROUND_NICE).min(19),
+            "background thread: policy {background_policy}, nice {background_nice}"
+        );
         runtimes.shutdown();
     }
 }

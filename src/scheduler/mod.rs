@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tracing::info_span;
 
 pub use flight::result_ticket;
-pub use policy::{DEFAULT_AGING_RATE, Policy, PolicyKind};
+pub use policy::{DEFAULT_AGING_HALF_LIFE, Policy, PolicyKind, running_rank};
 pub use query::{MAX_TASK_ATTEMPTS, Query, StageSpec, TaskRef};
 pub use registry::DEFAULT_PREEMPT_COST_RATIO;
 pub use state::{SchedulerState, TaskSpan};
@@ -114,8 +114,9 @@ pub struct SchedulerConfig {
     pub target_partitions: usize,
     /// How queued tasks of different queries are ordered.
     pub policy: PolicyKind,
-    /// Cost units credited per second of waiting under the `priority` policy.
-    pub aging_rate: f64,
+    /// Seconds of waiting that halve a query's cost against newer ones under the
+    /// `priority` policy; 0: no aging.
+    pub aging_half_life: f64,
     /// How long a succeeded query's result stays fetchable when nobody fetches it.
     pub result_ttl: Duration,
     /// A task preempts only for a query with under 1/this of the remaining work of the
@@ -129,7 +130,7 @@ impl Default for SchedulerConfig {
             catalog: None,
             target_partitions: DEFAULT_TARGET_PARTITIONS,
             policy: PolicyKind::default(),
-            aging_rate: DEFAULT_AGING_RATE,
+            aging_half_life: DEFAULT_AGING_HALF_LIFE,
             result_ttl: DEFAULT_RESULT_TTL,
             preempt_cost_ratio: DEFAULT_PREEMPT_COST_RATIO,
         }
@@ -173,7 +174,8 @@ impl Scheduler {
         if let Some(path) = &config.catalog {
             catalog::register_catalog(&session, path).await?;
         }
-        let mut scheduler = Self::with_session(session, config.policy.build(config.aging_rate));
+        let mut scheduler =
+            Self::with_session(session, config.policy.build(config.aging_half_life));
         if let Some(inner) = Arc::get_mut(&mut scheduler.inner) {
             inner.result_ttl = config.result_ttl;
         }

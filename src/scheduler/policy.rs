@@ -7,18 +7,21 @@
 //!
 //! - `fifo`: the query submitted first goes first.
 //! - `fair`: round robin, one task per query in turn.
-//! - `priority`: the query with the least estimated remaining work goes first, with an
-//!   aging credit of `aging_rate` cost units per second of waiting. The credit makes the
-//!   order `remaining_cost - aging_rate × (now - arrival)`, which sorts the same as
-//!   `remaining_cost + aging_rate × arrival`: a key that does not change while time
-//!   passes, so a sorted set holds it. A query of cost C that arrived at t0 goes ahead of
-//!   every query of cost c arriving after `t0 + (C - c) / aging_rate`: no query waits
-//!   forever.
+//! - `priority`: the query with the least estimated remaining work goes first, with
+//!   aging. Its rank is `ln(remaining_cost) + ln 2 × arrival / half_life`: ordering by it
+//!   is ordering by `remaining_cost × 2^(-waited / half_life)` (the arrival terms differ
+//!   from the waiting terms by the same amount for every query), so a query's cost counts
+//!   half as much against a newer query for every `half_life` it has waited; and the key
+//!   does not change while time passes, so a sorted set holds it. A query of cost C that
+//!   arrived at t0 goes ahead of every query of cost c arriving after
+//!   `t0 + half_life × log2(C / c)`: no query waits forever. Aging in proportion, not by
+//!   a fixed credit per second, keeps the order independent of the scale of cost units.
 //!
 //! `priority` also preempts: its key is the rank a task carries to its executor, and a
-//! task may be pushed to an executor whose slots are all busy when it outranks a task
-//! running there (see [`Policy::rank`]). The aging credit bounds suspensions as it
-//! bounds waits: an old query outranks every query that arrived long enough after it.
+//! task may be pushed to an executor whose slots are all busy when its rank is below a
+//! running task's by a margin (see [`Policy::rank`] and [`running_rank`]). The aging
+//! bounds suspensions as it bounds waits: an old query outranks every query that arrived
+//! long enough after it.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -27,8 +30,30 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Cost units of waiting credited per second under the `priority` policy by default.
-pub const DEFAULT_AGING_RATE: f64 = 100.0;
+/// Seconds of waiting after which a query's cost counts half as much against newer
+/// queries, under the `priority` policy by default.
+pub const DEFAULT_AGING_HALF_LIFE: f64 = 10.0;
+
+/// Cost units taken to be one second of work on one core (one unit is 10k rows, see
+/// [`crate::planner::ROWS_PER_UNIT`], which a core scans or aggregates in about a
+/// millisecond).
+pub const COST_UNITS_PER_SECOND: f64 = 1000.0;
+
+/// The rank of a query with `cost` units of work left (a floor of one unit keeps it
+/// finite), before aging.
+fn cost_rank(cost: f64) -> f64 {
+    cost.max(1.0).ln()
+}
+
+/// The rank of a task that has been running for `elapsed`, pushed with `rank` for a
+/// query of `cost` remaining units. A task that has run longer than its query's estimate
+/// implies shows the estimate was low, so it is taken to have at least as much work left
+/// as it did so far: its rank rises as if its query's remaining cost were that much. A
+/// long task whose query looks nearly done can then still be preempted by a short query.
+pub fn running_rank(rank: f64, cost: f64, elapsed: Duration) -> f64 {
+    let done = elapsed.as_secs_f64() * COST_UNITS_PER_SECOND;
+    rank + (cost_rank(done) - cost_rank(cost)).max(0.0)
+}
 
 /// What a policy knows of a query with ready tasks.
 #[derive(Debug, Clone)]
@@ -75,12 +100,13 @@ pub enum PolicyKind {
 }
 
 impl PolicyKind {
-    /// A fresh policy of this kind.
-    pub fn build(self, aging_rate: f64) -> Box<dyn Policy> {
+    /// A fresh policy of this kind; `aging_half_life` (seconds, 0 for none) applies to
+    /// `priority`.
+    pub fn build(self, aging_half_life: f64) -> Box<dyn Policy> {
         match self {
             PolicyKind::Fifo => Box::<Fifo>::default(),
             PolicyKind::Fair => Box::<Fair>::default(),
-            PolicyKind::Priority => Box::new(Priority::new(aging_rate)),
+            PolicyKind::Priority => Box::new(Priority::new(aging_half_life)),
         }
     }
 
@@ -189,23 +215,30 @@ impl Ord for Key {
 /// Least estimated remaining work first, aged by arrival time.
 #[derive(Debug)]
 pub struct Priority {
-    aging_rate: f64,
+    /// Rank added per second of later arrival (`ln 2 / half_life`).
+    aging_per_second: f64,
     order: BTreeSet<(Key, u64, Arc<str>)>,
     keys: HashMap<Arc<str>, (Key, u64)>,
 }
 
 impl Priority {
-    /// A priority policy crediting `aging_rate` cost units per second of waiting.
-    pub fn new(aging_rate: f64) -> Self {
+    /// A priority policy under which a query's cost counts half as much against newer
+    /// queries for every `aging_half_life` seconds it has waited; 0 turns aging off.
+    pub fn new(aging_half_life: f64) -> Self {
+        let aging_per_second = if aging_half_life > 0.0 {
+            std::f64::consts::LN_2 / aging_half_life
+        } else {
+            0.0
+        };
         Self {
-            aging_rate,
+            aging_per_second,
             order: BTreeSet::new(),
             keys: HashMap::new(),
         }
     }
 
     fn key(&self, info: &QueryInfo) -> Key {
-        Key(info.remaining_cost + self.aging_rate * info.arrival.as_secs_f64())
+        Key(cost_rank(info.remaining_cost) + self.aging_per_second * info.arrival.as_secs_f64())
     }
 }
 
@@ -322,7 +355,7 @@ mod tests {
         let order = simulate(
             PolicyKind::Priority,
             0.0,
-            &[("a", 0, 3, 10.0), ("b", 0, 2, 1.0), ("c", 1, 1, 0.5)],
+            &[("a", 0, 3, 100.0), ("b", 0, 2, 10.0), ("c", 1, 1, 5.0)],
             6,
         );
         assert_eq!(compress(&order), "bcbaaa");
@@ -354,20 +387,50 @@ mod tests {
     #[test]
     fn aging_bounds_the_wait_of_an_old_long_query() {
         // A new short query (cost 1) arrives every second; the long one (cost 50) arrived
-        // first. With 10 units of credit per second it must go once 50 - 10 t < 1, that
-        // is at t = 5 (ties go to the older query).
+        // first. With a half-life of one second it must go once 50 × 2^-t < 1, that is
+        // at t = 6 (log2 50 = 5.6; ties go to the older query).
         let mut arrivals = vec![("long", 0, 1, 50.0)];
         let names: Vec<String> = (0..20).map(|i| format!("s{i:02}")).collect();
         for (i, name) in names.iter().enumerate() {
             arrivals.push((name.as_str(), i as u64, 1, 1.0));
         }
-        let order = simulate(PolicyKind::Priority, 10.0, &arrivals, 20);
+        let order = simulate(PolicyKind::Priority, 1.0, &arrivals, 20);
         let at = order
             .iter()
             .position(|q| q == "long")
             .expect("long query dispatched");
-        assert!(at <= 6, "long query dispatched at step {at}: {order:?}");
-        assert!(at >= 4, "aging must not erase priority at once: {order:?}");
+        assert_eq!(at, 6, "long query dispatched at step {at}: {order:?}");
+    }
+
+    #[test]
+    fn aging_is_proportional_to_cost() {
+        // Ten times the costs, same order: aging does not depend on the unit of cost.
+        let arrivals = |scale: f64| {
+            vec![
+                ("a", 0, 4, 10.0 * scale),
+                ("b", 1, 1, 25.0 * scale),
+                ("c", 2, 1, 2.0 * scale),
+            ]
+        };
+        let small = simulate(PolicyKind::Priority, 2.0, &arrivals(1.0), 6);
+        let large = simulate(PolicyKind::Priority, 2.0, &arrivals(10.0), 6);
+        assert_eq!(small, large);
+        // b (25) arrives when a has 30 left: a second of waiting halves a's cost by a
+        // factor 2^(1/2), enough to stay ahead; c (2) is far cheaper and goes at once.
+        assert_eq!(compress(&small), "aacaab");
+        let unaged = simulate(PolicyKind::Priority, 0.0, &arrivals(1.0), 6);
+        assert_eq!(compress(&unaged), "abcaaa");
+    }
+
+    #[test]
+    fn a_task_running_longer_than_its_estimate_ranks_as_costlier() {
+        let rank = cost_rank(10.0);
+        // Within its estimate (10 units = 10 ms) the rank stays.
+        assert_eq!(running_rank(rank, 10.0, Duration::from_millis(5)), rank);
+        // After 2 s it ranks like a query with 2,000 units left.
+        let long = running_rank(rank, 10.0, Duration::from_secs(2));
+        assert!((long - cost_rank(2000.0)).abs() < 1e-9, "{long}");
+        assert!(running_rank(rank, 10.0, Duration::from_secs(3)) > long);
     }
 
     #[test]

@@ -2,17 +2,19 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 use tonic::Status;
 
+use super::policy::running_rank;
 use super::query::TaskRef;
 use crate::proto::SchedulerMessage;
 use crate::shuffle::MapLocation;
 
-/// By default a task preempts only when its query has under 1/10 of the remaining work of
-/// the task it displaces: cheap queries jump ahead of long ones, while long queries of
-/// comparable size do not keep suspending each other.
+/// By default a task preempts only when its query has under 1/10 of the (aged) remaining
+/// work of the task it displaces: cheap queries jump ahead of long ones, while long
+/// queries of comparable size do not keep suspending each other.
 pub const DEFAULT_PREEMPT_COST_RATIO: f64 = 10.0;
 
 /// How urgent a pushed task is: its rank under the policy (lower first) and the
@@ -26,11 +28,24 @@ pub struct Urgency {
 }
 
 impl Urgency {
-    /// True when a task of this urgency may displace `other`: it outranks it and has
-    /// under 1/`cost_ratio` of its remaining work.
-    pub fn preempts(&self, other: &Urgency, cost_ratio: f64) -> bool {
-        self.rank < other.rank && self.cost * cost_ratio < other.cost
+    /// True when a task of this urgency may displace `other`, which has been running for
+    /// `other_since` until `now`: its rank is below the other's [`running_rank`] by at
+    /// least `ln(cost_ratio)`, that is (under `priority`) its query has under
+    /// 1/`cost_ratio` of the other's aged remaining work. The test is monotone in rank,
+    /// so when the most urgent waiting task may displace nothing, no other may either.
+    pub fn preempts(&self, other: &Held, now: Instant, cost_ratio: f64) -> bool {
+        let elapsed = now.saturating_duration_since(other.since);
+        self.rank + cost_ratio.ln() < running_rank(other.urgency.rank, other.urgency.cost, elapsed)
     }
+}
+
+/// A task an executor holds: its urgency when pushed, and since when.
+#[derive(Debug, Clone, Copy)]
+pub struct Held {
+    /// Urgency when pushed.
+    pub urgency: Urgency,
+    /// When it was pushed.
+    pub since: Instant,
 }
 
 /// The sending half of an executor's stream.
@@ -46,7 +61,7 @@ pub struct ExecutorEntry {
     /// Tasks it takes beyond its slots when they outrank tasks running there.
     pub preempt_slots: u32,
     /// Tasks it runs now (some may be suspended), with their urgency when pushed.
-    pub running: HashMap<(Arc<str>, TaskRef), Urgency>,
+    pub running: HashMap<(Arc<str>, TaskRef), Held>,
     sender: ExecutorSender,
     /// Connection generation, so a stale stream's end does not remove a newer connection.
     pub generation: u64,
@@ -59,19 +74,26 @@ impl ExecutorEntry {
     }
 
     /// True when a task of `urgency` may run here at once although every slot is busy:
-    /// the executor has room for one more task, and the task outranks the least urgent
-    /// of those holding a slot (which the executor then suspends) and has under
-    /// 1/`cost_ratio` of its remaining work.
-    pub fn admits_urgent(&self, urgency: Urgency, cost_ratio: f64) -> bool {
+    /// the executor has room for one more task, and the task may displace (see
+    /// [`Urgency::preempts`]) the least urgent of those holding a slot, which the executor
+    /// then suspends.
+    pub fn admits_urgent(&self, urgency: Urgency, now: Instant, cost_ratio: f64) -> bool {
         if self.running.len() >= (self.slots + self.preempt_slots) as usize {
             return false;
         }
-        let mut held: Vec<Urgency> = self.running.values().copied().collect();
-        held.sort_by(|a, b| a.rank.total_cmp(&b.rank));
-        let Some(victim) = held.get(self.slots as usize - 1) else {
+        let mut held: Vec<(f64, &Held)> = self
+            .running
+            .values()
+            .map(|h| {
+                let elapsed = now.saturating_duration_since(h.since);
+                (running_rank(h.urgency.rank, h.urgency.cost, elapsed), h)
+            })
+            .collect();
+        held.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let Some((_, victim)) = held.get(self.slots as usize - 1) else {
             return true;
         };
-        urgency.preempts(victim, cost_ratio)
+        urgency.preempts(victim, now, cost_ratio)
     }
 
     /// Pushes a message down the executor's stream; false when the stream is gone.
@@ -100,9 +122,9 @@ impl Default for Registry {
 
 impl Registry {
     /// Preempting tasks need under 1/`ratio` of the remaining work of the task they
-    /// displace.
+    /// displace (a ratio under 1 counts as 1).
     pub fn set_preempt_cost_ratio(&mut self, ratio: f64) {
-        self.preempt_cost_ratio = ratio;
+        self.preempt_cost_ratio = ratio.max(1.0);
     }
 
     /// Adds (or replaces) an executor; returns the replaced entry and the new generation.
@@ -159,7 +181,7 @@ impl Registry {
     /// Where a task goes: the executor with the most free slots; when no slot is free
     /// and the task's `urgency` is given (the policy preempts), the executor running
     /// the fewest tasks among those where it may preempt a running one.
-    pub fn pick(&mut self, urgency: Option<Urgency>) -> Option<&mut ExecutorEntry> {
+    pub fn pick(&mut self, urgency: Option<Urgency>, now: Instant) -> Option<&mut ExecutorEntry> {
         if self.executors.values().any(|e| e.free_slots() > 0) {
             return self.most_free();
         }
@@ -167,17 +189,19 @@ impl Registry {
         let ratio = self.preempt_cost_ratio;
         self.executors
             .values_mut()
-            .filter(|e| e.admits_urgent(urgency, ratio))
+            .filter(|e| e.admits_urgent(urgency, now, ratio))
             .min_by_key(|e| (e.running.len(), e.generation))
     }
 
     /// True when a task of `urgency` may displace a task running on any executor: it is
     /// then urgent, and runs at normal OS priority while that work runs at a lower one.
-    pub fn is_urgent(&self, urgency: &Urgency) -> bool {
+    /// (Marking every task that merely outranks one running somewhere urgent was measured
+    /// to be worse: nearly done long queries then share the CPU with short ones.)
+    pub fn is_urgent(&self, urgency: &Urgency, now: Instant) -> bool {
         self.executors
             .values()
             .flat_map(|e| e.running.values())
-            .any(|running| urgency.preempts(running, self.preempt_cost_ratio))
+            .any(|running| urgency.preempts(running, now, self.preempt_cost_ratio))
     }
 
     /// Every executor.
@@ -209,6 +233,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn executor(registry: &mut Registry, id: &str, slots: u32, preempt_slots: u32) {
         let (sender, _receiver) = tokio::sync::mpsc::unbounded_channel();
@@ -219,80 +244,110 @@ mod tests {
         registry.register(location, slots, preempt_slots, sender);
     }
 
-    fn urgency(rank: f64, cost: f64) -> Urgency {
-        Urgency { rank, cost }
+    /// The urgency of a query of `cost` under `priority` without aging.
+    fn urgency(cost: f64) -> Urgency {
+        Urgency {
+            rank: cost.ln(),
+            cost,
+        }
     }
 
-    fn run(registry: &mut Registry, id: &str, query: &str, rank: f64, cost: f64) {
+    fn run(registry: &mut Registry, id: &str, query: &str, cost: f64, since: Instant) {
         let entry = registry.get_mut(id).unwrap();
         let task = TaskRef {
             stage: 0,
             partition: entry.running.len() as u32,
         };
-        entry
-            .running
-            .insert((query.into(), task), urgency(rank, cost));
+        let held = Held {
+            urgency: urgency(cost),
+            since,
+        };
+        entry.running.insert((query.into(), task), held);
     }
 
     #[test]
-    fn a_cheap_task_preempts_only_where_it_outranks_a_running_one() {
+    fn a_cheap_task_preempts_only_where_it_outranks_a_running_one_by_the_ratio() {
+        let now = Instant::now();
         let mut registry = Registry::default();
         executor(&mut registry, "a", 2, 1);
-        run(&mut registry, "a", "long", 500.0, 500.0);
-        assert_eq!(registry.pick(None).unwrap().location.executor_id, "a");
-        run(&mut registry, "a", "long", 500.0, 500.0);
-        // Every slot busy: without an urgency nothing goes, nor when it does not outrank.
-        assert!(registry.pick(None).is_none());
-        assert!(registry.pick(Some(urgency(500.0, 10.0))).is_none());
-        let cheap = Some(urgency(10.0, 10.0));
-        assert_eq!(registry.pick(cheap).unwrap().location.executor_id, "a");
-        run(&mut registry, "a", "short", 10.0, 10.0);
+        run(&mut registry, "a", "long", 500.0, now);
+        assert_eq!(registry.pick(None, now).unwrap().location.executor_id, "a");
+        run(&mut registry, "a", "long", 500.0, now);
+        // Every slot busy: without an urgency nothing goes, nor without a tenth the work.
+        assert!(registry.pick(None, now).is_none());
+        assert!(registry.pick(Some(urgency(60.0)), now).is_none());
+        let cheap = Some(urgency(40.0));
+        assert_eq!(registry.pick(cheap, now).unwrap().location.executor_id, "a");
+        run(&mut registry, "a", "short", 40.0, now);
         // The preemption room is used up.
-        assert!(registry.pick(Some(urgency(1.0, 1.0))).is_none());
-        // Cheap next to the long tasks, not next to the short one.
-        assert!(registry.is_urgent(&urgency(5.0, 5.0)));
-        assert!(!registry.is_urgent(&urgency(600.0, 5.0)));
-        assert!(!registry.is_urgent(&urgency(5.0, 200.0)));
+        assert!(registry.pick(Some(urgency(1.0)), now).is_none());
+        // Urgent where it may displace a running task.
+        assert!(registry.is_urgent(&urgency(5.0), now));
+        assert!(!registry.is_urgent(&urgency(60.0), now));
         assert_eq!(registry.slots(), (2, 2));
     }
 
     #[test]
     fn queries_of_similar_size_do_not_preempt_each_other() {
+        let now = Instant::now();
         let mut registry = Registry::default();
         executor(&mut registry, "a", 1, 4);
-        run(&mut registry, "a", "q21", 1800.0, 1800.0);
-        // Ahead by rank, but with a third of the work left: not cheap enough.
-        assert!(registry.pick(Some(urgency(600.0, 600.0))).is_none());
-        assert!(registry.pick(Some(urgency(150.0, 150.0))).is_some());
+        run(&mut registry, "a", "q21", 1800.0, now);
+        // A third of the work left: not cheap enough.
+        assert!(registry.pick(Some(urgency(600.0)), now).is_none());
+        assert!(registry.pick(Some(urgency(150.0)), now).is_some());
+    }
+
+    #[test]
+    fn a_task_running_far_past_its_estimate_becomes_preemptible() {
+        let pushed = Instant::now();
+        let mut registry = Registry::default();
+        executor(&mut registry, "a", 1, 1);
+        // Its query looks nearly done (20 units), so a 35-unit query may not displace it.
+        run(&mut registry, "a", "long", 20.0, pushed);
+        assert!(registry.pick(Some(urgency(35.0)), pushed).is_none());
+        // 100 ms are about 100 units of work: still not ten times 35.
+        let later = pushed + Duration::from_millis(100);
+        assert!(registry.pick(Some(urgency(35.0)), later).is_none());
+        // After a second it is taken to have 1,000 units left.
+        let much_later = pushed + Duration::from_secs(1);
+        assert!(registry.pick(Some(urgency(35.0)), much_later).is_some());
+        assert!(registry.is_urgent(&urgency(35.0), much_later));
     }
 
     #[test]
     fn no_preemption_past_tasks_at_least_as_urgent() {
+        let now = Instant::now();
         let mut registry = Registry::default();
         executor(&mut registry, "a", 1, 4);
-        run(&mut registry, "a", "long", 900.0, 900.0);
-        run(&mut registry, "a", "short", 10.0, 20.0);
+        run(&mut registry, "a", "long", 900.0, now);
+        run(&mut registry, "a", "short", 20.0, now);
         // The short task holds the slot; the long one waits already.
-        assert!(registry.pick(Some(urgency(10.0, 1.0))).is_none());
-        assert!(registry.pick(Some(urgency(20.0, 1.0))).is_none());
-        assert!(registry.pick(Some(urgency(5.0, 1.0))).is_some());
+        assert!(registry.pick(Some(urgency(10.0)), now).is_none());
+        assert!(registry.pick(Some(urgency(1.0)), now).is_some());
     }
 
     #[test]
     fn urgent_tasks_spread_over_executors() {
+        let now = Instant::now();
         let mut registry = Registry::default();
         executor(&mut registry, "a", 1, 2);
         executor(&mut registry, "b", 1, 2);
-        run(&mut registry, "a", "long", 500.0, 500.0);
-        run(&mut registry, "b", "long", 500.0, 500.0);
-        run(&mut registry, "a", "short", 10.0, 20.0);
-        let cheaper = Some(urgency(5.0, 1.0));
-        assert_eq!(registry.pick(cheaper).unwrap().location.executor_id, "b");
+        run(&mut registry, "a", "long", 500.0, now);
+        run(&mut registry, "b", "long", 500.0, now);
+        run(&mut registry, "a", "short", 20.0, now);
+        let cheaper = Some(urgency(1.0));
+        assert_eq!(
+            registry.pick(cheaper, now).unwrap().location.executor_id,
+            "b"
+        );
         // An executor with preemption off takes nothing beyond its slots.
         executor(&mut registry, "c", 1, 0);
-        run(&mut registry, "c", "long", 500.0, 500.0);
-        run(&mut registry, "b", "short", 10.0, 20.0);
-        let cheapest = Some(urgency(1.0, 1.0));
-        assert_eq!(registry.pick(cheapest).unwrap().location.executor_id, "a");
+        run(&mut registry, "c", "long", 500.0, now);
+        run(&mut registry, "b", "short", 20.0, now);
+        assert_eq!(
+            registry.pick(cheaper, now).unwrap().location.executor_id,
+            "a"
+        );
     }
 }

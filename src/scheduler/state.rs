@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 use super::policy::Policy;
 use super::query::{Progress, Query, TaskRef};
 use super::queue::{QueuedTask, WorkQueue};
-use super::registry::{ExecutorSender, Registry, Urgency};
+use super::registry::{ExecutorSender, Held, Registry, Urgency};
 use crate::proto::{
     CancelTask, QueryState, ReleaseShuffle, RunTask, SchedulerMessage, TaskId, TaskStatus,
     scheduler_message, task_status,
@@ -187,10 +187,11 @@ impl SchedulerState {
     /// Pushes ready tasks to free slots until either runs out; under a preempting
     /// policy, then also the most urgent tasks to executors running less urgent ones.
     pub fn dispatch(&mut self) {
+        let now = Instant::now();
         while !self.queue.is_empty() {
             let head = self.queue.head_urgency();
-            let urgent = head.is_some_and(|u| self.registry.is_urgent(&u));
-            let Some(executor) = self.registry.pick(head) else {
+            let urgent = head.is_some_and(|u| self.registry.is_urgent(&u, now));
+            let Some(executor) = self.registry.pick(head, now) else {
                 break;
             };
             let Some(queued) = self.queue.pop() else {
@@ -223,6 +224,7 @@ impl SchedulerState {
                 ready_at_micros: ready_at_micros(queued.ready_at, pushed_at),
                 pushed_at_micros: pushed_at.as_micros() as u64,
                 rank: urgency.rank,
+                cost: urgency.cost,
                 urgent,
             };
             let message = SchedulerMessage {
@@ -235,13 +237,17 @@ impl SchedulerState {
                 self.queue.push_front(queued, info);
                 continue;
             }
+            let held = Held {
+                urgency,
+                since: now,
+            };
             executor
                 .running
-                .insert((queued.query_id.clone(), task), urgency);
+                .insert((queued.query_id.clone(), task), held);
             let executor_id = executor.location.executor_id.clone();
             query.task_started(task, &executor_id);
             record_dispatch(&queued);
-            debug!(query_id = %queued.query_id, stage = task.stage, partition = task.partition, executor = %executor_id, "task pushed");
+            debug!(query_id = %queued.query_id, stage = task.stage, partition = task.partition, executor = %executor_id, rank = urgency.rank, urgent, "task pushed");
         }
         metrics::gauge!("baton_queue_depth").set(self.queue.len() as f64);
         let (total, busy) = self.registry.slots();

@@ -1,6 +1,7 @@
 //! Reading shuffle partitions that live on other executors, over Arrow Flight `do_get`.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -13,6 +14,7 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::{StreamExt, TryStreamExt};
 use prost::Message;
+use tokio::runtime::Handle;
 use tonic::transport::{Channel, Endpoint};
 
 use super::store::ShuffleKey;
@@ -29,14 +31,40 @@ const STREAM_WINDOW: u32 = 2 << 20;
 /// is far larger than the sum of the stream windows it is shared by.
 const CONNECTION_WINDOW: u32 = 1 << 30;
 
-/// Opens a gRPC channel to `address` (host:port) with Baton's transport settings.
+/// Opens a gRPC channel to `address` (host:port) with Baton's transport settings; its
+/// connection runs on the runtime this is called on.
 pub async fn connect_channel(address: &str) -> Result<Channel, tonic::transport::Error> {
-    Endpoint::from_shared(format!("http://{address}"))?
-        .tcp_nodelay(true)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
+    endpoint(address)?.connect().await
+}
+
+/// Opens a channel like [`connect_channel`], whose connection runs on `runtime` whatever
+/// runtime the caller is on.
+pub async fn connect_channel_on(
+    address: &str,
+    runtime: Handle,
+) -> Result<Channel, tonic::transport::Error> {
+    endpoint(address)?
+        .executor(OnRuntime(runtime))
         .connect()
         .await
+}
+
+fn endpoint(address: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{address}"))?
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW))
+}
+
+/// Spawns a channel's background work (its request buffer, its HTTP/2 connection) on one
+/// runtime.
+#[derive(Clone)]
+struct OnRuntime(Handle);
+
+impl<F: Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for OnRuntime {
+    fn execute(&self, future: F) {
+        self.0.spawn(future);
+    }
 }
 
 /// A Flight client with Baton's message-size limits.
@@ -63,9 +91,21 @@ pub fn shuffle_ticket(key: &ShuffleKey) -> Ticket {
 pub struct FlightClients {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     bytes_fetched: Arc<AtomicU64>,
+    runtime: Option<Handle>,
 }
 
 impl FlightClients {
+    /// Clients whose connections run on `runtime`, not on the runtime of the task that
+    /// happens to open them first. An executor's connections serve tasks of every
+    /// priority, so they must not live on the lower-priority task runtime, where an
+    /// urgent task's fetches would wait for background threads.
+    pub fn on_runtime(runtime: Handle) -> Self {
+        Self {
+            runtime: Some(runtime),
+            ..Self::default()
+        }
+    }
+
     /// Bytes of Flight data fetched from other executors since start.
     pub fn bytes_fetched(&self) -> u64 {
         self.bytes_fetched.load(Ordering::Relaxed)
@@ -80,7 +120,11 @@ impl FlightClients {
         if let Some(channel) = self.channels.lock().expect("clients lock").get(address) {
             return Ok(channel.clone());
         }
-        let channel = connect_channel(address).await.map_err(|e| {
+        let channel = match &self.runtime {
+            Some(runtime) => connect_channel_on(address, runtime.clone()).await,
+            None => connect_channel(address).await,
+        };
+        let channel = channel.map_err(|e| {
             DataFusionError::Execution(format!("connecting to executor at {address}: {e}"))
         })?;
         self.channels

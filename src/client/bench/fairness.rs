@@ -12,7 +12,7 @@ use crate::catalog::TableFormat;
 use crate::client::BatonClient;
 use crate::cluster::{ClusterConfig, LocalCluster};
 use crate::datagen;
-use crate::scheduler::PolicyKind;
+use crate::scheduler::{DEFAULT_AGING_HALF_LIFE, DEFAULT_PREEMPT_COST_RATIO, PolicyKind};
 use crate::tpch;
 
 /// Short queries: small tables, a few stages each.
@@ -47,6 +47,10 @@ pub struct FairnessBench {
     pub policies: Vec<PolicyKind>,
     /// Tasks each executor takes beyond its slots when urgent; None: as many as slots.
     pub preempt_slots: Option<u32>,
+    /// Work ratio a preempting query needs (see [`ClusterConfig::preempt_cost_ratio`]).
+    pub preempt_cost_ratio: f64,
+    /// Aging half-life of `priority`, seconds.
+    pub aging_half_life: f64,
 }
 
 impl Default for FairnessBench {
@@ -61,6 +65,8 @@ impl Default for FairnessBench {
             interval: Duration::from_millis(250),
             policies: PolicyKind::ALL.to_vec(),
             preempt_slots: None,
+            preempt_cost_ratio: DEFAULT_PREEMPT_COST_RATIO,
+            aging_half_life: DEFAULT_AGING_HALF_LIFE,
         }
     }
 }
@@ -105,6 +111,8 @@ pub async fn run_fairness_bench(bench: &FairnessBench) -> Result<Vec<PolicyResul
             target_partitions: bench.partitions,
             policy,
             preempt_slots: bench.preempt_slots,
+            preempt_cost_ratio: bench.preempt_cost_ratio,
+            aging_half_life: bench.aging_half_life,
             ..Default::default()
         })
         .await?;

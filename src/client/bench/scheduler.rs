@@ -179,7 +179,9 @@ fn stages(map_tasks: usize) -> Vec<StageSpec> {
 pub async fn run_scheduler_bench(bench: &SchedulerBench) -> Result<SchedulerReport, BenchError> {
     let scheduler = Scheduler::with_session(
         datafusion::prelude::SessionContext::new(),
-        bench.policy.build(crate::scheduler::DEFAULT_AGING_RATE),
+        bench
+            .policy
+            .build(crate::scheduler::DEFAULT_AGING_HALF_LIFE),
     );
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
