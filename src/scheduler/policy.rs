@@ -52,6 +52,10 @@ fn cost_rank(cost: f64) -> f64 {
 /// long task whose query looks nearly done can then still be preempted by a short query.
 pub fn running_rank(rank: f64, cost: f64, elapsed: Duration) -> f64 {
     let done = elapsed.as_secs_f64() * COST_UNITS_PER_SECOND;
+    if done <= cost {
+        // Within its estimate: the common case, without logarithms.
+        return rank;
+    }
     rank + (cost_rank(done) - cost_rank(cost)).max(0.0)
 }
 

@@ -28,14 +28,13 @@ pub struct Urgency {
 }
 
 impl Urgency {
-    /// True when a task of this urgency may displace `other`, which has been running for
-    /// `other_since` until `now`: its rank is below the other's [`running_rank`] by at
-    /// least `ln(cost_ratio)`, that is (under `priority`) its query has under
-    /// 1/`cost_ratio` of the other's aged remaining work. The test is monotone in rank,
-    /// so when the most urgent waiting task may displace nothing, no other may either.
-    pub fn preempts(&self, other: &Held, now: Instant, cost_ratio: f64) -> bool {
-        let elapsed = now.saturating_duration_since(other.since);
-        self.rank + cost_ratio.ln() < running_rank(other.urgency.rank, other.urgency.cost, elapsed)
+    /// True when a task of this urgency may displace `other` at `now`: its rank is below
+    /// the other's [`running_rank`] by at least `margin` (`ln` of the preemption cost
+    /// ratio), that is (under `priority`) its query has under 1/ratio of the other's aged
+    /// remaining work. The test is monotone in rank, so when the most urgent waiting task
+    /// may displace nothing, no other may either.
+    pub fn preempts(&self, other: &Held, now: Instant, margin: f64) -> bool {
+        self.rank + margin < other.rank_at(now)
     }
 }
 
@@ -46,6 +45,14 @@ pub struct Held {
     pub urgency: Urgency,
     /// When it was pushed.
     pub since: Instant,
+}
+
+impl Held {
+    /// Its rank at `now`, raised once it has run past its query's estimate.
+    pub fn rank_at(&self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.since);
+        running_rank(self.urgency.rank, self.urgency.cost, elapsed)
+    }
 }
 
 /// The sending half of an executor's stream.
@@ -77,23 +84,16 @@ impl ExecutorEntry {
     /// the executor has room for one more task, and the task may displace (see
     /// [`Urgency::preempts`]) the least urgent of those holding a slot, which the executor
     /// then suspends.
-    pub fn admits_urgent(&self, urgency: Urgency, now: Instant, cost_ratio: f64) -> bool {
+    pub fn admits_urgent(&self, urgency: Urgency, now: Instant, margin: f64) -> bool {
         if self.running.len() >= (self.slots + self.preempt_slots) as usize {
             return false;
         }
-        let mut held: Vec<(f64, &Held)> = self
-            .running
-            .values()
-            .map(|h| {
-                let elapsed = now.saturating_duration_since(h.since);
-                (running_rank(h.urgency.rank, h.urgency.cost, elapsed), h)
-            })
-            .collect();
-        held.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let Some((_, victim)) = held.get(self.slots as usize - 1) else {
+        let mut ranks: Vec<f64> = self.running.values().map(|h| h.rank_at(now)).collect();
+        ranks.sort_by(f64::total_cmp);
+        let Some(victim) = ranks.get(self.slots as usize - 1) else {
             return true;
         };
-        urgency.preempts(victim, now, cost_ratio)
+        urgency.rank + margin < *victim
     }
 
     /// Pushes a message down the executor's stream; false when the stream is gone.
@@ -107,7 +107,8 @@ impl ExecutorEntry {
 pub struct Registry {
     executors: HashMap<String, ExecutorEntry>,
     next_generation: u64,
-    preempt_cost_ratio: f64,
+    /// `ln` of the preemption cost ratio: the rank margin a preempting task needs.
+    preempt_margin: f64,
 }
 
 impl Default for Registry {
@@ -115,7 +116,7 @@ impl Default for Registry {
         Self {
             executors: HashMap::new(),
             next_generation: 0,
-            preempt_cost_ratio: DEFAULT_PREEMPT_COST_RATIO,
+            preempt_margin: DEFAULT_PREEMPT_COST_RATIO.ln(),
         }
     }
 }
@@ -124,7 +125,7 @@ impl Registry {
     /// Preempting tasks need under 1/`ratio` of the remaining work of the task they
     /// displace (a ratio under 1 counts as 1).
     pub fn set_preempt_cost_ratio(&mut self, ratio: f64) {
-        self.preempt_cost_ratio = ratio.max(1.0);
+        self.preempt_margin = ratio.max(1.0).ln();
     }
 
     /// Adds (or replaces) an executor; returns the replaced entry and the new generation.
@@ -178,18 +179,23 @@ impl Registry {
             .max_by_key(|e| (e.free_slots(), std::cmp::Reverse(e.generation)))
     }
 
+    /// True when some executor has a free slot.
+    pub fn has_free_slot(&self) -> bool {
+        self.executors.values().any(|e| e.free_slots() > 0)
+    }
+
     /// Where a task goes: the executor with the most free slots; when no slot is free
     /// and the task's `urgency` is given (the policy preempts), the executor running
     /// the fewest tasks among those where it may preempt a running one.
     pub fn pick(&mut self, urgency: Option<Urgency>, now: Instant) -> Option<&mut ExecutorEntry> {
-        if self.executors.values().any(|e| e.free_slots() > 0) {
+        if self.has_free_slot() {
             return self.most_free();
         }
         let urgency = urgency?;
-        let ratio = self.preempt_cost_ratio;
+        let margin = self.preempt_margin;
         self.executors
             .values_mut()
-            .filter(|e| e.admits_urgent(urgency, now, ratio))
+            .filter(|e| e.admits_urgent(urgency, now, margin))
             .min_by_key(|e| (e.running.len(), e.generation))
     }
 
@@ -201,7 +207,7 @@ impl Registry {
         self.executors
             .values()
             .flat_map(|e| e.running.values())
-            .any(|running| urgency.preempts(running, now, self.preempt_cost_ratio))
+            .any(|running| urgency.preempts(running, now, self.preempt_margin))
     }
 
     /// Every executor.

@@ -190,7 +190,13 @@ impl SchedulerState {
         let now = Instant::now();
         while !self.queue.is_empty() {
             let head = self.queue.head_urgency();
-            let urgent = head.is_some_and(|u| self.registry.is_urgent(&u, now));
+            // A task placed beyond the slots preempts, so it is urgent; one placed in a
+            // free slot is urgent when it could preempt somewhere.
+            let urgent = match head {
+                Some(u) if self.registry.has_free_slot() => self.registry.is_urgent(&u, now),
+                Some(_) => true,
+                None => false,
+            };
             let Some(executor) = self.registry.pick(head, now) else {
                 break;
             };
