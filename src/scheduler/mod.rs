@@ -214,8 +214,13 @@ impl Scheduler {
     pub async fn submit(&self, submission: Submission, label: String) -> Arc<str> {
         let id: Arc<str> = uuid::Uuid::new_v4().simple().to_string()[..16].into();
         let span = info_span!("plan", query_id = %id);
+        let started = std::time::Instant::now();
         let query = match self.plan(submission).await {
-            Ok((stages, schema)) => Query::new(id.clone(), label, stages, schema),
+            Ok((stages, schema)) => {
+                let micros = started.elapsed().as_micros() as u64;
+                tracing::debug!(query_id = %id, micros, "query planned");
+                Query::new(id.clone(), label, stages, schema)
+            }
             Err(e) => {
                 let _enter = span.enter();
                 tracing::info!(error = %e, "query failed to plan");
