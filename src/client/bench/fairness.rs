@@ -91,12 +91,19 @@ pub struct PolicyResult {
 /// Seconds a query took: submit → whole result fetched.
 async fn timed(client: &BatonClient, sql: &str) -> Result<f64, BenchError> {
     let mut client = client.clone();
+    let failed = |source| BenchError::Query { query: 0, source };
     let started = Instant::now();
-    client
-        .sql(sql)
-        .await
-        .map_err(|source| BenchError::Query { query: 0, source })?;
-    Ok(started.elapsed().as_secs_f64())
+    let id = client.submit_sql(sql).await.map_err(failed)?;
+    let submitted = started.elapsed();
+    client.fetch(&id).await.map_err(failed)?;
+    let elapsed = started.elapsed();
+    tracing::debug!(
+        query_id = %id,
+        submit_micros = submitted.as_micros() as u64,
+        total_micros = elapsed.as_micros() as u64,
+        "bench query done"
+    );
+    Ok(elapsed.as_secs_f64())
 }
 
 /// Runs the mix under each policy.
