@@ -9,6 +9,7 @@
 //! its next batch boundary, keeps its state, and resumes where it stopped once a more
 //! urgent task ends.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -64,6 +65,10 @@ impl TaskGate {
 #[derive(Debug)]
 struct Admitted<K> {
     key: K,
+    /// The task's query: tasks of one query keep their admission order.
+    query: String,
+    /// Where the query's tasks sort: the rank of its earliest admitted task, and its seq.
+    order: (f64, u64),
     rank: f64,
     cost: f64,
     since: Instant,
@@ -97,9 +102,16 @@ impl<K: PartialEq + std::fmt::Debug> SlotArbiter<K> {
         }
     }
 
-    /// Admits, at `now`, a task of `rank` whose query had `cost` units left; returns its
-    /// gate and how many tasks this suspended.
-    pub fn admit(&self, key: K, rank: f64, cost: f64, now: Instant) -> (Arc<TaskGate>, usize) {
+    /// Admits, at `now`, a task of `query` with `rank` whose query had `cost` units left;
+    /// returns its gate and how many tasks this suspended.
+    pub fn admit(
+        &self,
+        key: K,
+        query: &str,
+        rank: f64,
+        cost: f64,
+        now: Instant,
+    ) -> (Arc<TaskGate>, usize) {
         let mut tasks = self.tasks.lock().expect("arbiter lock");
         // Closed until the rebalance opens it, so only tasks that were running count
         // as suspended.
@@ -108,6 +120,8 @@ impl<K: PartialEq + std::fmt::Debug> SlotArbiter<K> {
         tasks.next_seq += 1;
         tasks.admitted.push(Admitted {
             key,
+            query: query.to_string(),
+            order: (rank, seq),
             rank,
             cost,
             since: now,
@@ -136,10 +150,33 @@ impl<K: PartialEq + std::fmt::Debug> SlotArbiter<K> {
 
     /// Opens the first `slots` gates in urgency order at `now` and closes the rest;
     /// returns how many gates it closed that were open.
+    ///
+    /// A query ranks as its earliest admitted task here, and its tasks keep their
+    /// admission order: a task never suspends a task of its own query. Tasks of one stage
+    /// share operator state (a hash join's build side is built by the first task and
+    /// awaited by the others), so suspending the builder for a sibling would leave the
+    /// sibling waiting on a gate that never opens.
     fn rebalance(&self, admitted: &mut [Admitted<K>], now: Instant) -> usize {
         let rank =
             |t: &Admitted<K>| running_rank(t.rank, t.cost, now.saturating_duration_since(t.since));
-        admitted.sort_by(|a, b| rank(a).total_cmp(&rank(b)).then(a.seq.cmp(&b.seq)));
+        let mut first: HashMap<String, (f64, u64)> = HashMap::new();
+        for task in admitted.iter() {
+            let entry = first
+                .entry(task.query.clone())
+                .or_insert((rank(task), task.seq));
+            if task.seq < entry.1 {
+                *entry = (rank(task), task.seq);
+            }
+        }
+        for task in admitted.iter_mut() {
+            task.order = first[&task.query];
+        }
+        admitted.sort_by(|a, b| {
+            (a.order.0)
+                .total_cmp(&b.order.0)
+                .then(a.order.1.cmp(&b.order.1))
+                .then(a.seq.cmp(&b.seq))
+        });
         let mut closed = 0;
         for (i, task) in admitted.iter().enumerate() {
             let open = i < self.slots;
@@ -171,15 +208,15 @@ mod tests {
     fn the_most_urgent_tasks_hold_the_slots() {
         let now = Instant::now();
         let arbiter = SlotArbiter::new(2);
-        let (long_a, _) = arbiter.admit("long-a", 9.0, 900.0, now);
-        let (long_b, _) = arbiter.admit("long-b", 8.0, 800.0, now);
+        let (long_a, _) = arbiter.admit("long-a", "long-a", 9.0, 900.0, now);
+        let (long_b, _) = arbiter.admit("long-b", "long-b", 8.0, 800.0, now);
         assert!(long_a.is_open() && long_b.is_open());
         // A cheap task displaces the least urgent running one.
-        let (short, suspended) = arbiter.admit("short", 1.0, 10.0, now);
+        let (short, suspended) = arbiter.admit("short", "short", 1.0, 10.0, now);
         assert_eq!(suspended, 1);
         assert!(short.is_open() && long_b.is_open() && !long_a.is_open());
         // A task less urgent than both running ones waits at once.
-        let (late, suspended) = arbiter.admit("late", 10.0, 1000.0, now);
+        let (late, suspended) = arbiter.admit("late", "late", 10.0, 1000.0, now);
         assert_eq!(suspended, 0);
         assert!(!late.is_open());
         assert_eq!(arbiter.suspended(), 2);
@@ -196,19 +233,36 @@ mod tests {
         let start = Instant::now();
         let arbiter = SlotArbiter::new(1);
         // Pushed as nearly done (rank of 5 units), it has run for two seconds.
-        let (long, _) = arbiter.admit("long", 5f64.ln(), 5.0, start);
+        let (long, _) = arbiter.admit("long", "long", 5f64.ln(), 5.0, start);
         let later = start + std::time::Duration::from_secs(2);
-        let (short, suspended) = arbiter.admit("short", 40f64.ln(), 40.0, later);
+        let (short, suspended) = arbiter.admit("short", "short", 40f64.ln(), 40.0, later);
         assert_eq!(suspended, 1);
         assert!(short.is_open() && !long.is_open());
+    }
+
+    #[test]
+    fn a_task_never_suspends_one_of_its_own_query() {
+        let start = Instant::now();
+        let arbiter = SlotArbiter::new(1);
+        // The first task of a stage has run for two seconds, far past its estimate.
+        let (first, _) = arbiter.admit("q/1/0", "q", 5f64.ln(), 5.0, start);
+        let later = start + std::time::Duration::from_secs(2);
+        // A sibling pushed later, with less of the query left, still waits behind it.
+        let (sibling, suspended) = arbiter.admit("q/1/1", "q", 2f64.ln(), 2.0, later);
+        assert_eq!(suspended, 0);
+        assert!(first.is_open() && !sibling.is_open());
+        // Another, cheap query does suspend it.
+        let (other, suspended) = arbiter.admit("r/0/0", "r", 40f64.ln(), 40.0, later);
+        assert_eq!(suspended, 1);
+        assert!(other.is_open() && !first.is_open());
     }
 
     #[test]
     fn equal_ranks_keep_their_admission_order() {
         let now = Instant::now();
         let arbiter = SlotArbiter::new(1);
-        let (first, _) = arbiter.admit(1, 0.0, 1.0, now);
-        let (second, _) = arbiter.admit(2, 0.0, 1.0, now);
+        let (first, _) = arbiter.admit(1, "q1", 0.0, 1.0, now);
+        let (second, _) = arbiter.admit(2, "q2", 0.0, 1.0, now);
         assert!(first.is_open() && !second.is_open());
         arbiter.leave(&1, now);
         assert!(second.is_open());
@@ -218,8 +272,8 @@ mod tests {
     fn a_closed_gate_wakes_its_waiters_when_it_opens() {
         let now = Instant::now();
         let arbiter = SlotArbiter::new(1);
-        let (_running, _) = arbiter.admit("a", 1.0, 10.0, now);
-        let (waiting, _) = arbiter.admit("b", 2.0, 10.0, now);
+        let (_running, _) = arbiter.admit("a", "a", 1.0, 10.0, now);
+        let (waiting, _) = arbiter.admit("b", "b", 2.0, 10.0, now);
         let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
         let waker = Waker::from(counter.clone());
         let mut cx = Context::from_waker(&waker);

@@ -134,9 +134,13 @@ impl TaskRunner {
                 .record(micros_since(task.ready_at_micros));
         }
         let key: TaskKey = (id.query_id.clone(), id.stage_id, id.partition);
-        let (gate, suspended) =
-            self.arbiter
-                .admit(key.clone(), task.rank, task.cost, Instant::now());
+        let (gate, suspended) = self.arbiter.admit(
+            key.clone(),
+            &id.query_id,
+            task.rank,
+            task.cost,
+            Instant::now(),
+        );
         if suspended > 0 {
             self.suspensions
                 .fetch_add(suspended as u64, Ordering::Relaxed);
