@@ -4,7 +4,7 @@
 //! more urgent (a lower rank) than tasks already running there. The [`SlotArbiter`] lets
 //! the `slots` most urgent tasks run and suspends the rest, ranking each task as the
 //! scheduler does: by its rank when pushed, raised by [`running_rank`] once it has run
-//! longer than its query's estimate implies. every operator of a task checks
+//! longer than its query's estimate implies. Every operator of a task checks
 //! the task's [`TaskGate`] before producing its next batch, so a suspended task stops at
 //! its next batch boundary, keeps its state, and resumes where it stopped once a more
 //! urgent task ends.
@@ -67,8 +67,6 @@ struct Admitted<K> {
     key: K,
     /// The task's query: tasks of one query keep their admission order.
     query: String,
-    /// Where the query's tasks sort: the rank of its earliest admitted task, and its seq.
-    order: (f64, u64),
     rank: f64,
     cost: f64,
     since: Instant,
@@ -121,7 +119,6 @@ impl<K: PartialEq + std::fmt::Debug> SlotArbiter<K> {
         tasks.admitted.push(Admitted {
             key,
             query: query.to_string(),
-            order: (rank, seq),
             rank,
             cost,
             since: now,
@@ -168,13 +165,12 @@ impl<K: PartialEq + std::fmt::Debug> SlotArbiter<K> {
                 *entry = (rank(task), task.seq);
             }
         }
-        for task in admitted.iter_mut() {
-            task.order = first[&task.query];
-        }
         admitted.sort_by(|a, b| {
-            (a.order.0)
-                .total_cmp(&b.order.0)
-                .then(a.order.1.cmp(&b.order.1))
+            let (a_rank, a_first) = first[&a.query];
+            let (b_rank, b_first) = first[&b.query];
+            a_rank
+                .total_cmp(&b_rank)
+                .then(a_first.cmp(&b_first))
                 .then(a.seq.cmp(&b.seq))
         });
         let mut closed = 0;

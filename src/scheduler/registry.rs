@@ -88,12 +88,13 @@ impl ExecutorEntry {
         if self.running.len() >= (self.slots + self.preempt_slots) as usize {
             return false;
         }
-        let mut ranks: Vec<f64> = self.running.values().map(|h| h.rank_at(now)).collect();
-        ranks.sort_by(f64::total_cmp);
-        let Some(victim) = ranks.get(self.slots as usize - 1) else {
+        let mut held: Vec<(f64, &Held)> =
+            self.running.values().map(|h| (h.rank_at(now), h)).collect();
+        held.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let Some((_, victim)) = held.get(self.slots as usize - 1) else {
             return true;
         };
-        urgency.rank + margin < *victim
+        urgency.preempts(victim, now, margin)
     }
 
     /// Pushes a message down the executor's stream; false when the stream is gone.
