@@ -7,7 +7,7 @@ mod joins;
 mod stages;
 
 pub use codec::{BatonCodec, decode_plan, encode_plan};
-pub use cost::{ROWS_PER_UNIT, stage_cost};
+pub use cost::{ROWS_PER_UNIT, StageEstimate, estimate_stages};
 pub use joins::distribute_joins;
 pub use stages::{StageDag, StagePlan, plan_stages};
 

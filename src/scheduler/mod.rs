@@ -267,12 +267,16 @@ impl Scheduler {
             }
         };
         let dag = planner::plan_stages(plan)?;
+        let estimates = planner::estimate_stages(&dag);
         let stages = dag
             .stages
             .iter()
-            .map(|s| {
+            .zip(estimates)
+            .map(|(s, estimate)| {
                 Ok(StageSpec {
-                    cost: planner::stage_cost(&s.plan),
+                    cost: estimate.cost,
+                    output_rows: estimate.output_rows,
+                    cost_per_input_row: estimate.cost_per_input_row,
                     plan: planner::encode_plan(s.plan.clone())?.into(),
                     inputs: s.inputs.clone(),
                     tasks: s.tasks,

@@ -11,7 +11,6 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use datafusion::arrow::datatypes::SchemaRef;
 
-use crate::planner::ROWS_PER_UNIT;
 use crate::proto::{
     MapOutputLocation, QueryState, QueryStatus as QueryStatusProto, RunningTask, StageInput,
     StageState, StageStatus,
@@ -47,6 +46,11 @@ pub struct Stage {
     resolved_inputs: Vec<StageInput>,
     /// Estimated cost of one task (the stage's cost over its tasks).
     task_cost: f64,
+    /// Estimated rows one task writes (the stage's estimate over its tasks), replaced in
+    /// its consumers' costs by the rows each task reports.
+    task_output_rows: f64,
+    /// Cost units each row read from input stages adds.
+    cost_per_input_row: f64,
 }
 
 /// One task of a stage.
@@ -67,8 +71,12 @@ pub struct StageSpec {
     pub inputs: Vec<u32>,
     /// Task count.
     pub tasks: usize,
-    /// Estimated work of the whole stage, in cost units (see `planner::stage_cost`).
+    /// Estimated work of the whole stage, in cost units (see `planner::estimate_stages`).
     pub cost: f64,
+    /// Estimated rows the whole stage writes.
+    pub output_rows: f64,
+    /// Cost units each row read from input stages adds (see `planner::StageEstimate`).
+    pub cost_per_input_row: f64,
 }
 
 /// One query in the query table.
@@ -104,6 +112,15 @@ pub struct Progress {
     pub finished: bool,
 }
 
+/// A stage-wide quantity split evenly over `tasks` (nothing for a stage without tasks).
+fn per_task(total: f64, tasks: usize) -> f64 {
+    if tasks == 0 {
+        0.0
+    } else {
+        total / tasks as f64
+    }
+}
+
 fn millis(t: Option<SystemTime>) -> u64 {
     t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_millis() as u64)
@@ -132,11 +149,9 @@ impl Query {
                 tasks: vec![Task::default(); s.tasks],
                 done: 0,
                 resolved_inputs: Vec::new(),
-                task_cost: if s.tasks == 0 {
-                    0.0
-                } else {
-                    s.cost / s.tasks as f64
-                },
+                task_cost: per_task(s.cost, s.tasks),
+                task_output_rows: per_task(s.output_rows, s.tasks),
+                cost_per_input_row: s.cost_per_input_row,
             })
             .collect();
         let remaining_cost = stages.iter().map(|s| s.cost).sum();
@@ -368,13 +383,15 @@ impl Query {
         t.output = Some(location);
         stage.done += 1;
         self.remaining_cost -= stage.task_cost;
-        let input_cost = rows_out as f64 / ROWS_PER_UNIT;
+        // The consumers were costed for the rows this task was expected to write.
+        let surplus_rows = rows_out as f64 - stage.task_output_rows;
         for consumer in self.stages[task.stage as usize].consumers.clone() {
             let consumer = &mut self.stages[consumer as usize];
-            if !consumer.tasks.is_empty() {
-                consumer.task_cost += input_cost / consumer.tasks.len() as f64;
-                self.remaining_cost += input_cost;
-            }
+            let before = consumer.task_cost;
+            let correction = surplus_rows * consumer.cost_per_input_row;
+            consumer.task_cost = (before + per_task(correction, consumer.tasks.len())).max(0.0);
+            let unfinished = consumer.tasks.len() - consumer.done;
+            self.remaining_cost += (consumer.task_cost - before) * unfinished as f64;
         }
         let stage = &self.stages[task.stage as usize];
         if stage.done == stage.tasks.len() {
@@ -535,11 +552,14 @@ impl Query {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::planner::ROWS_PER_UNIT;
     use datafusion::arrow::datatypes::Schema;
 
     fn spec(inputs: &[u32], tasks: usize) -> StageSpec {
         StageSpec {
             cost: tasks as f64,
+            output_rows: 0.0,
+            cost_per_input_row: 1.0 / ROWS_PER_UNIT,
             plan: Bytes::new(),
             inputs: inputs.to_vec(),
             tasks,
@@ -609,6 +629,45 @@ mod tests {
         run(&mut q, task(2, 0), "a");
         // Left: stage 2's other task and stage 3.
         assert_eq!(q.remaining_cost(), 3.0 + 1.0);
+    }
+
+    #[test]
+    fn a_consumer_estimate_follows_the_rows_its_inputs_actually_wrote() {
+        // Stage 0 is expected to write 20k rows; stage 1 passes each through 3 operators.
+        let per_row = 3.0 / ROWS_PER_UNIT;
+        let producer = StageSpec {
+            output_rows: 20_000.0,
+            ..spec(&[], 2)
+        };
+        let consumer = StageSpec {
+            cost: 1.0 + 20_000.0 * per_row,
+            cost_per_input_row: per_row,
+            ..spec(&[0], 1)
+        };
+        let mut q = Query::new(
+            "q".into(),
+            String::new(),
+            vec![producer, consumer],
+            Arc::new(Schema::empty()),
+        );
+        q.start();
+        assert_eq!(q.remaining_cost(), 2.0 + 7.0);
+        // Nothing instead of the expected 10k rows: 3 units fewer for the consumer.
+        q.task_started(task(0, 0), "a");
+        q.task_succeeded(task(0, 0), 0, loc("a"), 0);
+        assert!(
+            (q.remaining_cost() - (1.0 + 4.0)).abs() < 1e-9,
+            "{}",
+            q.remaining_cost()
+        );
+        // 30k instead of 10k: 6 more.
+        q.task_started(task(0, 1), "a");
+        q.task_succeeded(task(0, 1), 0, loc("a"), 30_000);
+        assert!(
+            (q.remaining_cost() - 10.0).abs() < 1e-9,
+            "{}",
+            q.remaining_cost()
+        );
     }
 
     #[test]

@@ -165,12 +165,16 @@ fn stages(map_tasks: usize) -> Vec<StageSpec> {
             inputs: vec![],
             tasks: map_tasks,
             cost: map_tasks as f64,
+            output_rows: 0.0,
+            cost_per_input_row: 0.0,
         },
         StageSpec {
             plan: Bytes::from_static(b"final"),
             inputs: vec![0],
             tasks: 1,
             cost: 1.0,
+            output_rows: 0.0,
+            cost_per_input_row: 0.0,
         },
     ]
 }
