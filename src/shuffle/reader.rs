@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -179,8 +180,21 @@ async fn open_source(
             .increment(partition.bytes());
         Ok(partition.stream())
     } else {
-        env.clients
-            .fetch(&location.flight_address, key, schema)
-            .await
+        let started = Instant::now();
+        let fetched = env
+            .clients
+            .fetch(&location.flight_address, key, schema.clone())
+            .await?;
+        let answered = started.elapsed();
+        // Logged once the stream ends, to tell a slow peer from a slow reader.
+        let key = key.to_string();
+        let done = futures::stream::once(async move {
+            tracing::debug!(%key, answered_micros = answered.as_micros() as u64, total_micros = started.elapsed().as_micros() as u64, "remote shuffle source read");
+        })
+        .filter_map(|()| async { None });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            fetched.chain(done),
+        )))
     }
 }
