@@ -123,30 +123,10 @@ impl Walk<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::planner::plan_stages;
-    use datafusion::prelude::SessionContext;
+    use crate::planner::tpch_stages_of;
 
-    async fn tpch_context() -> SessionContext {
-        let cache = std::env::temp_dir().join("baton-test-cache");
-        let catalog =
-            crate::datagen::cached_tpch(&cache, 0.01, crate::catalog::TableFormat::Parquet)
-                .unwrap();
-        let ctx = SessionContext::new_with_config(crate::config::distributed_session_config(4));
-        crate::catalog::register_catalog(&ctx, &catalog)
-            .await
-            .unwrap();
-        ctx
-    }
-
-    async fn estimates(ctx: &SessionContext, sql: &str) -> Vec<StageEstimate> {
-        let plan = ctx
-            .sql(sql)
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
-        estimate_stages(&plan_stages(plan).unwrap())
+    async fn estimates(sql: &str) -> Vec<StageEstimate> {
+        estimate_stages(&tpch_stages_of(sql).await)
     }
 
     fn total(estimates: &[StageEstimate]) -> f64 {
@@ -155,15 +135,10 @@ mod tests {
 
     #[tokio::test]
     async fn more_rows_and_more_operators_cost_more() {
-        let ctx = tpch_context().await;
-        let small = total(&estimates(&ctx, "select * from nation").await);
-        let large = total(&estimates(&ctx, "select * from lineitem").await);
+        let small = total(&estimates("select * from nation").await);
+        let large = total(&estimates("select * from lineitem").await);
         let deeper = total(
-            &estimates(
-                &ctx,
-                "select n_regionkey % 2, count(*) from nation group by 1 order by 1",
-            )
-            .await,
+            &estimates("select n_regionkey % 2, count(*) from nation group by 1 order by 1").await,
         );
         assert!(small >= 1.0);
         assert!(large > small, "{large} > {small}");
@@ -172,10 +147,9 @@ mod tests {
 
     #[tokio::test]
     async fn stages_reading_a_large_join_are_estimated_from_their_input_stages() {
-        let ctx = tpch_context().await;
         let join = "select l_returnflag, count(*) from lineitem join orders \
                     on l_orderkey = o_orderkey group by l_returnflag";
-        let stages = estimates(&ctx, join).await;
+        let stages = estimates(join).await;
         let lineitem_rows = 60_175.0; // SF 0.01
         // The last stage only reads other stages. DataFusion has no statistics there, so
         // it is taken to read what the join may put out, at least lineitem's rows (an
@@ -184,7 +158,7 @@ mod tests {
         assert!(last.cost > lineitem_rows / ROWS_PER_UNIT, "{stages:?}");
         assert!(last.cost_per_input_row >= 1.0 / ROWS_PER_UNIT, "{stages:?}");
         // A small query costs far less than that stage alone.
-        let small = estimates(&ctx, "select r_name from region").await;
+        let small = estimates("select r_name from region").await;
         assert!(total(&small) * 3.0 < last.cost, "{small:?} vs {stages:?}");
     }
 }

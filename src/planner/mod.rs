@@ -21,3 +21,25 @@ pub enum PlannerError {
     #[error("invalid plan bytes: {0}")]
     Decode(#[from] prost::DecodeError),
 }
+
+/// Stages of `sql` planned over TPC-H SF 0.01 with 4 partitions, for planner tests.
+#[cfg(test)]
+async fn tpch_stages_of(sql: &str) -> StageDag {
+    let cache = std::env::temp_dir().join("baton-test-cache");
+    let catalog =
+        crate::datagen::cached_tpch(&cache, 0.01, crate::catalog::TableFormat::Parquet).unwrap();
+    let ctx = datafusion::prelude::SessionContext::new_with_config(
+        crate::config::distributed_session_config(4),
+    );
+    crate::catalog::register_catalog(&ctx, &catalog)
+        .await
+        .unwrap();
+    let plan = ctx
+        .sql(sql)
+        .await
+        .unwrap()
+        .create_physical_plan()
+        .await
+        .unwrap();
+    plan_stages(plan).unwrap()
+}

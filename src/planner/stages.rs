@@ -261,7 +261,6 @@ fn add_stage(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::{TableFormat, register_catalog};
     use crate::config::distributed_session_config;
     use crate::planner::{decode_plan, encode_plan};
     use crate::tpch;
@@ -269,19 +268,7 @@ mod tests {
     use datafusion::prelude::SessionContext;
 
     async fn tpch_dag(number: u32) -> StageDag {
-        let cache = std::env::temp_dir().join("baton-test-cache");
-        let catalog = crate::datagen::cached_tpch(&cache, 0.01, TableFormat::Parquet).unwrap();
-        let ctx = SessionContext::new_with_config(distributed_session_config(4));
-        register_catalog(&ctx, &catalog).await.unwrap();
-        let sql = tpch::query(number).unwrap().sql;
-        let plan = ctx
-            .sql(sql)
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
-        plan_stages(plan).unwrap()
+        crate::planner::tpch_stages_of(tpch::query(number).unwrap().sql).await
     }
 
     /// (tasks, inputs) of every stage.

@@ -187,7 +187,7 @@ async fn open_source(
             .await?;
         let answered = started.elapsed();
         // Logged once the stream ends, to tell a slow peer from a slow reader.
-        let key = key.to_string();
+        let key = key.clone();
         let done = futures::stream::once(async move {
             tracing::debug!(%key, answered_micros = answered.as_micros() as u64, total_micros = started.elapsed().as_micros() as u64, "remote shuffle source read");
         })
