@@ -35,4 +35,5 @@ pub mod proto;
 pub mod scheduler;
 pub mod shuffle;
 pub mod telemetry;
+pub mod thread_priority;
 pub mod tpch;

@@ -66,6 +66,10 @@ enum Command {
         /// Address of this executor's Flight endpoint (port 0: any free port).
         #[arg(long, default_value = "127.0.0.1:0")]
         bind: SocketAddr,
+        /// Address of its second Flight endpoint, which serves background tasks' shuffle
+        /// reads on low-priority threads; default: --bind's host, any free port.
+        #[arg(long)]
+        background_bind: Option<SocketAddr>,
         /// Tasks run at once.
         #[arg(long, default_value_t = 2)]
         slots: u32,
@@ -372,6 +376,7 @@ fn main() -> ExitCode {
             Command::Executor {
                 scheduler,
                 bind,
+                background_bind,
                 slots,
                 preempt_slots,
                 work_dir,
@@ -380,6 +385,7 @@ fn main() -> ExitCode {
             } => {
                 let mut config = ExecutorConfig::local(&scheduler, slots, work_dir);
                 config.bind = bind;
+                config.background_bind = background_bind;
                 config.memory_limit = memory_mb << 20;
                 if let Some(preempt_slots) = preempt_slots {
                     config.preempt_slots = preempt_slots;

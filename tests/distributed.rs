@@ -57,6 +57,17 @@ async fn all_22_tpch_queries_match_single_node_datafusion_and_shuffle_crosses_ex
     assert_eq!(busy, 3, "every executor ran tasks");
     let fetched: u64 = cluster.executors().iter().map(|e| e.bytes_fetched()).sum();
     assert!(fetched > 0, "shuffle data crossed executors over Flight");
+    // One query at a time: its tasks run in the background (unless one ran far past its
+    // estimate) and read over the peers' background Flight endpoints.
+    let in_background: u64 = cluster
+        .executors()
+        .iter()
+        .map(|e| e.bytes_fetched_in_background())
+        .sum();
+    assert!(
+        in_background > 0 && in_background <= fetched,
+        "{in_background} of {fetched} bytes read over background endpoints"
+    );
     for query in client.list().await.unwrap() {
         assert_eq!(query.state, QueryState::Succeeded as i32, "{query:?}");
     }

@@ -30,7 +30,7 @@ use crate::proto::{
     ExecutorMessage, Heartbeat, RegisterExecutor, SchedulerMessage, executor_message,
     scheduler_message,
 };
-use crate::shuffle::fetch::{FlightClients, connect_channel};
+use crate::shuffle::fetch::{FlightClients, PriorityClients, connect_channel};
 use crate::shuffle::{ShuffleStore, StoreError};
 use runner::TaskRunner;
 use runtimes::TaskRuntimes;
@@ -78,6 +78,9 @@ pub struct ExecutorConfig {
     pub scheduler: String,
     /// Address to bind the Flight endpoint to (port 0: any free port).
     pub bind: SocketAddr,
+    /// Address to bind the Flight endpoint for background tasks' reads to; None: `bind`'s
+    /// IP, any free port.
+    pub background_bind: Option<SocketAddr>,
     /// Tasks run at once.
     pub slots: u32,
     /// Tasks taken beyond `slots` when they are more urgent than running ones (which then
@@ -100,6 +103,7 @@ impl ExecutorConfig {
         Self {
             scheduler: scheduler.trim_start_matches("http://").to_string(),
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            background_bind: None,
             slots,
             preempt_slots: slots,
             work_dir: work_dir.unwrap_or_else(|| std::env::temp_dir().join("baton-executor")),
@@ -115,7 +119,7 @@ pub struct Executor {
     id: String,
     flight_address: String,
     store: ShuffleStore,
-    clients: FlightClients,
+    clients: PriorityClients,
     runner: Arc<TaskRunner>,
     shutdown: watch::Sender<bool>,
     stream_task: JoinHandle<()>,
@@ -131,22 +135,27 @@ impl Executor {
             .clone()
             .unwrap_or_else(|| format!("exec-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
         let store = ShuffleStore::new(&config.work_dir.join(&id), config.memory_limit)?;
-        let listener =
-            TcpListener::bind(config.bind)
-                .await
-                .map_err(|source| ExecutorError::Bind {
-                    addr: config.bind.to_string(),
-                    source,
-                })?;
-        let local = listener
-            .local_addr()
-            .map_err(|source| ExecutorError::Bind {
-                addr: config.bind.to_string(),
-                source,
-            })?;
-        let flight_address = local.to_string();
+        let (listener, flight_address) = bind(config.bind)?;
+        let background_bind = config
+            .background_bind
+            .unwrap_or_else(|| SocketAddr::new(config.bind.ip(), 0));
+        let (background_listener, background_flight_address) = bind(background_bind)?;
+        let task_runtimes = TaskRuntimes::start(&id, config.slots, config.preempt_slots)
+            .map_err(ExecutorError::Runtime)?;
+        let handles = task_runtimes.handles();
         let (shutdown, shutdown_rx) = watch::channel(false);
-        spawn_flight_server(listener, store.clone(), shutdown_rx.clone());
+        spawn_flight_server(
+            listener,
+            store.clone(),
+            shutdown_rx.clone(),
+            &tokio::runtime::Handle::current(),
+        );
+        spawn_flight_server(
+            background_listener,
+            store.clone(),
+            shutdown_rx.clone(),
+            &handles.background_flight,
+        );
 
         let channel = connect_with_retry(&config.scheduler).await?;
         let mut client = SchedulerServiceClient::new(channel)
@@ -159,15 +168,17 @@ impl Executor {
                 flight_address: flight_address.clone(),
                 slots: config.slots,
                 preempt_slots: config.preempt_slots,
+                background_flight_address,
             })),
         });
         let inbound = client
             .connect(UnboundedReceiverStream::new(outbound_rx))
             .await?
             .into_inner();
-        let task_runtimes = TaskRuntimes::start(&id, config.slots, config.preempt_slots)
-            .map_err(ExecutorError::Runtime)?;
-        let clients = FlightClients::on_runtime(tokio::runtime::Handle::current());
+        let clients = PriorityClients {
+            urgent: FlightClients::on_runtime(tokio::runtime::Handle::current()),
+            background: FlightClients::on_runtime(handles.background_flight.clone()),
+        };
         let session = SessionContext::new_with_config(distributed_session_config(1));
         let runner = Arc::new(TaskRunner::new(
             id.clone(),
@@ -176,7 +187,7 @@ impl Executor {
             clients.clone(),
             session,
             outbound.clone(),
-            task_runtimes.handles(),
+            handles,
         ));
         spawn_heartbeat(outbound, runner.clone(), shutdown_rx.clone());
         let stream_task = tokio::spawn(serve_stream(inbound, runner.clone(), shutdown.clone()));
@@ -211,6 +222,11 @@ impl Executor {
     /// Bytes it fetched from other executors over Flight.
     pub fn bytes_fetched(&self) -> u64 {
         self.clients.bytes_fetched()
+    }
+
+    /// Bytes its background tasks fetched from other executors' background endpoints.
+    pub fn bytes_fetched_in_background(&self) -> u64 {
+        self.clients.background.bytes_fetched()
     }
 
     /// Tasks finished since start.
@@ -274,19 +290,42 @@ async fn connect_with_retry(address: &str) -> Result<tonic::transport::Channel, 
     }
 }
 
+/// Binds a Flight endpoint's (non-blocking) listener; returns it with the host:port it
+/// listens on. A std listener, so the runtime that serves it can take it over.
+fn bind(address: SocketAddr) -> Result<(std::net::TcpListener, String), ExecutorError> {
+    let failed = |source| ExecutorError::Bind {
+        addr: address.to_string(),
+        source,
+    };
+    let listener = std::net::TcpListener::bind(address).map_err(failed)?;
+    listener.set_nonblocking(true).map_err(failed)?;
+    let local = listener.local_addr().map_err(failed)?;
+    Ok((listener, local.to_string()))
+}
+
+/// Serves the shuffle store over Flight on `listener`, with its connections (and the
+/// encoding of what they send) on `runtime`.
 fn spawn_flight_server(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     store: ShuffleStore,
     mut shutdown: watch::Receiver<bool>,
+    runtime: &tokio::runtime::Handle,
 ) {
     let service = arrow_flight::flight_service_server::FlightServiceServer::new(
         flight::ShuffleFlight::new(store),
     )
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    tokio::spawn(async move {
+    runtime.spawn(async move {
         let stopped = async move {
             let _ = shutdown.wait_for(|stopped| *stopped).await;
+        };
+        let listener = match TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(e) => {
+                warn!(error = %e, "executor Flight endpoint could not listen");
+                return;
+            }
         };
         if let Err(e) = tonic::transport::Server::builder()
             .tcp_nodelay(true)

@@ -26,7 +26,7 @@ use crate::proto::{
     ExecutorMessage, PartitionStats, RunTask, TaskFailed, TaskId, TaskStatus, TaskSucceeded,
     executor_message, task_status,
 };
-use crate::shuffle::fetch::FlightClients;
+use crate::shuffle::fetch::PriorityClients;
 use crate::shuffle::{MapLocation, ShuffleStore, TaskEnv};
 
 /// Queries whose shuffle was released, remembered so a task finishing after the release
@@ -39,7 +39,7 @@ type TaskKey = (String, u32, u32);
 pub struct TaskRunner {
     executor_id: String,
     store: ShuffleStore,
-    clients: FlightClients,
+    clients: PriorityClients,
     session: SessionContext,
     outbound: UnboundedSender<ExecutorMessage>,
     plans: Mutex<HashMap<(String, u32), Arc<dyn ExecutionPlan>>>,
@@ -69,7 +69,7 @@ impl TaskRunner {
         executor_id: String,
         slots: u32,
         store: ShuffleStore,
-        clients: FlightClients,
+        clients: PriorityClients,
         session: SessionContext,
         outbound: UnboundedSender<ExecutorMessage>,
         runtimes: TaskHandles,
@@ -186,13 +186,15 @@ impl TaskRunner {
                         .map(|l| MapLocation {
                             executor_id: l.executor_id,
                             flight_address: l.flight_address,
+                            background_flight_address: l.background_flight_address,
                         })
                         .collect();
                     (input.stage_id, locations)
                 })
                 .collect(),
             store: self.store.clone(),
-            clients: self.clients.clone(),
+            background: !task.urgent,
+            clients: self.clients.for_task(!task.urgent).clone(),
         };
         let config = base
             .session_config()

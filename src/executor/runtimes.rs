@@ -5,15 +5,20 @@
 //! Tasks the scheduler marks urgent (a cheap query's, while much costlier work runs in
 //! the cluster) run on threads of normal OS priority; every other task runs on threads
 //! of the lowest priority (Linux's idle scheduling class, or where that is refused
-//! [`BACKGROUND_NICE`] more nice). The OS then runs an urgent task, and the stream,
-//! Flight and scheduler threads it depends on, as soon as they are ready, even against
-//! tasks of other executors on the same host, which the executor's own suspension cannot
-//! reach; with no urgent task around, background threads get the whole CPU as before.
+//! [`crate::thread_priority::BACKGROUND_NICE`] more nice). The OS then runs an urgent
+//! task, and the stream, Flight and scheduler threads it depends on, as soon as they are
+//! ready, even against tasks of other executors on the same host, which the executor's
+//! own suspension cannot reach; with no urgent task around, background threads get the
+//! whole CPU as before.
+//!
+//! Background tasks' shuffle traffic (the executor's second Flight endpoint, and its
+//! connections to peers' second endpoints) runs on a third runtime of low-priority
+//! threads of its own: bulk transfers then take no normal-priority CPU, and no
+//! CPU-bound operator on a task thread holds up a transfer.
 
 use tokio::runtime::{Builder, Handle, Runtime};
 
-/// How much higher the nice value of background task threads is.
-pub const BACKGROUND_NICE: i32 = 10;
+use crate::thread_priority::lower_current_thread_to_idle;
 
 /// Handles to spawn tasks on.
 #[derive(Debug, Clone)]
@@ -22,6 +27,8 @@ pub struct TaskHandles {
     pub urgent: Handle,
     /// Lower OS priority.
     pub background: Handle,
+    /// Lower OS priority, for background tasks' Flight traffic.
+    pub background_flight: Handle,
 }
 
 /// The two task runtimes of an executor.
@@ -29,12 +36,14 @@ pub struct TaskHandles {
 pub struct TaskRuntimes {
     urgent: Runtime,
     background: Runtime,
+    background_flight: Runtime,
 }
 
 impl TaskRuntimes {
     /// Starts both: a thread for every task the executor may hold (`slots` plus
     /// `preempt_slots`) in the background one, so an urgent task never waits for a thread
-    /// while the tasks it suspended finish their current batch; `slots` in the urgent one.
+    /// while the tasks it suspended finish their current batch; `slots` in the urgent one
+    /// and in the one for background Flight traffic.
     pub fn start(executor_id: &str, slots: u32, preempt_slots: u32) -> std::io::Result<Self> {
         let slots = slots.max(1) as usize;
         let urgent = Builder::new_multi_thread()
@@ -45,10 +54,20 @@ impl TaskRuntimes {
         let background = Builder::new_multi_thread()
             .worker_threads(slots + preempt_slots as usize)
             .thread_name(format!("{executor_id}-task"))
-            .on_thread_start(lower_thread_priority)
+            .on_thread_start(lower_current_thread_to_idle)
             .enable_all()
             .build()?;
-        Ok(Self { urgent, background })
+        let background_flight = Builder::new_multi_thread()
+            .worker_threads(slots)
+            .thread_name(format!("{executor_id}-flight"))
+            .on_thread_start(lower_current_thread_to_idle)
+            .enable_all()
+            .build()?;
+        Ok(Self {
+            urgent,
+            background,
+            background_flight,
+        })
     }
 
     /// Handles to spawn tasks on.
@@ -56,6 +75,7 @@ impl TaskRuntimes {
         TaskHandles {
             urgent: self.urgent.handle().clone(),
             background: self.background.handle().clone(),
+            background_flight: self.background_flight.handle().clone(),
         }
     }
 
@@ -63,51 +83,14 @@ impl TaskRuntimes {
     pub fn shutdown(self) {
         self.urgent.shutdown_background();
         self.background.shutdown_background();
+        self.background_flight.shutdown_background();
     }
 }
-
-/// Puts the calling thread in Linux's idle scheduling class (it runs only when no
-/// normal thread wants the CPU), or where that is refused raises its nice value by
-/// [`BACKGROUND_NICE`] (to 19 at most).
-#[cfg(target_os = "linux")]
-fn lower_thread_priority() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler reads `param` only during the call; pid 0 names the
-    // calling thread. Moving oneself to SCHED_IDLE needs no privilege.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0 {
-        return;
-    }
-    // SAFETY: getpriority and setpriority only read their integer arguments; on Linux
-    // PRIO_PROCESS with a thread id names that one thread. Raising one's own nice value
-    // needs no privilege; on failure the thread keeps its priority, which is harmless.
-    let result = unsafe {
-        let thread = libc::gettid() as libc::id_t;
-        let nice = libc::getpriority(libc::PRIO_PROCESS, thread);
-        libc::setpriority(libc::PRIO_PROCESS, thread, (nice + BACKGROUND_NICE).min(19))
-    };
-    if result != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower a task thread's priority");
-    }
-}
-
-/// Other systems: task threads keep their priority.
-#[cfg(not(target_os = "linux"))]
-fn lower_thread_priority() {}
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
-
-    /// The scheduling policy and nice value of the calling thread.
-    fn priority_of_current_thread() -> (i32, i32) {
-        // SAFETY: sched_getscheduler and getpriority only read their integer arguments.
-        unsafe {
-            (
-                libc::sched_getscheduler(0),
-                libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t),
-            )
-        }
-    }
+    use crate::thread_priority::{BACKGROUND_NICE, current_thread_priority};
 
     #[test]
     fn background_threads_run_at_a_lower_priority_than_urgent_ones() {
@@ -115,17 +98,19 @@ mod tests {
         let handles = runtimes.handles();
         let on = |handle: &Handle| {
             handle
-                .block_on(async { tokio::spawn(async { priority_of_current_thread() }).await })
+                .block_on(async { tokio::spawn(async { current_thread_priority() }).await })
                 .unwrap()
         };
-        let (background_policy, background_nice) = on(&handles.background);
         let (urgent_policy, urgent_nice) = on(&handles.urgent);
         assert_eq!(urgent_policy, libc::SCHED_OTHER);
-        assert!(
-            background_policy == libc::SCHED_IDLE
-                || background_nice == (urgent_nice + BACKGROUND_NICE).min(19),
-            "background thread: policy {background_policy}, nice {background_nice}"
-        );
+        for handle in [&handles.background, &handles.background_flight] {
+            let (background_policy, background_nice) = on(handle);
+            assert!(
+                background_policy == libc::SCHED_IDLE
+                    || background_nice == (urgent_nice + BACKGROUND_NICE).min(19),
+                "background thread: policy {background_policy}, nice {background_nice}"
+            );
+        }
         runtimes.shutdown();
     }
 }

@@ -20,6 +20,12 @@ pub enum PlannerError {
     /// The plan bytes are not a valid datafusion-proto plan.
     #[error("invalid plan bytes: {0}")]
     Decode(#[from] prost::DecodeError),
+    /// No thread could be started to plan on.
+    #[error("could not start a planning thread: {0}")]
+    Thread(std::io::Error),
+    /// Planning ended without a result (it panicked).
+    #[error("planning was aborted")]
+    Aborted,
 }
 
 /// Stages of `sql` planned over TPC-H SF 0.01 with 4 partitions, for planner tests.

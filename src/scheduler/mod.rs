@@ -2,6 +2,7 @@
 //! and Flight endpoints that clients and executors talk to.
 
 mod flight;
+mod planning;
 pub mod policy;
 mod query;
 mod queue;
@@ -16,13 +17,13 @@ use std::time::Duration;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::execution::TaskContext;
 use datafusion::prelude::SessionContext;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::info_span;
 
 pub use flight::result_ticket;
+use planning::Planner;
 pub use policy::{DEFAULT_AGING_HALF_LIFE, Policy, PolicyKind, running_rank};
 pub use query::{MAX_TASK_ATTEMPTS, Query, StageSpec, TaskRef};
 pub use registry::DEFAULT_PREEMPT_COST_RATIO;
@@ -30,7 +31,6 @@ pub use state::{SchedulerState, TaskSpan};
 
 use crate::catalog::{self, CatalogError};
 use crate::config::{DEFAULT_TARGET_PARTITIONS, MAX_MESSAGE_BYTES, distributed_session_config};
-use crate::planner::{self, PlannerError};
 use crate::proto::scheduler_service_server::SchedulerServiceServer;
 use crate::proto::{QueryState, QueryStatus};
 use crate::shuffle::{MapLocation, fetch::FlightClients};
@@ -148,7 +148,7 @@ pub enum Submission {
 
 struct Inner {
     state: Mutex<SchedulerState>,
-    session: SessionContext,
+    planner: Planner,
     executors: watch::Receiver<usize>,
     clients: FlightClients,
     result_ttl: Duration,
@@ -178,6 +178,7 @@ impl Scheduler {
             Self::with_session(session, config.policy.build(config.aging_half_life));
         if let Some(inner) = Arc::get_mut(&mut scheduler.inner) {
             inner.result_ttl = config.result_ttl;
+            inner.planner.small_first = config.policy == PolicyKind::Priority;
         }
         scheduler
             .state()
@@ -192,7 +193,10 @@ impl Scheduler {
         Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(SchedulerState::new(tx, policy)),
-                session,
+                planner: Planner {
+                    session,
+                    small_first: false,
+                },
                 executors: rx,
                 clients: FlightClients::default(),
                 result_ttl: DEFAULT_RESULT_TTL,
@@ -202,7 +206,7 @@ impl Scheduler {
 
     /// The session SQL is planned in.
     pub fn session(&self) -> &SessionContext {
-        &self.inner.session
+        &self.inner.planner.session
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, SchedulerState> {
@@ -215,7 +219,7 @@ impl Scheduler {
         let id: Arc<str> = uuid::Uuid::new_v4().simple().to_string()[..16].into();
         let span = info_span!("plan", query_id = %id);
         let started = std::time::Instant::now();
-        let query = match self.plan(submission).await {
+        let query = match self.inner.planner.plan(submission).await {
             Ok((stages, schema)) => {
                 let micros = started.elapsed().as_micros() as u64;
                 tracing::debug!(query_id = %id, micros, "query planned");
@@ -250,40 +254,6 @@ impl Scheduler {
                 }
             }
         });
-    }
-
-    async fn plan(
-        &self,
-        submission: Submission,
-    ) -> Result<(Vec<StageSpec>, SchemaRef), PlannerError> {
-        let plan = match submission {
-            Submission::Sql(sql) => {
-                let frame = self.inner.session.sql(&sql).await?;
-                frame.create_physical_plan().await?
-            }
-            Submission::Plan(bytes) => {
-                let ctx: Arc<TaskContext> = self.inner.session.task_ctx();
-                planner::decode_plan(&bytes, &ctx)?
-            }
-        };
-        let dag = planner::plan_stages(plan)?;
-        let estimates = planner::estimate_stages(&dag);
-        let stages = dag
-            .stages
-            .iter()
-            .zip(estimates)
-            .map(|(s, estimate)| {
-                Ok(StageSpec {
-                    cost: estimate.cost,
-                    output_rows: estimate.output_rows,
-                    cost_per_input_row: estimate.cost_per_input_row,
-                    plan: planner::encode_plan(s.plan.clone())?.into(),
-                    inputs: s.inputs.clone(),
-                    tasks: s.tasks,
-                })
-            })
-            .collect::<Result<Vec<_>, PlannerError>>()?;
-        Ok((stages, dag.schema))
     }
 
     /// A query's status.

@@ -291,6 +291,7 @@ impl Query {
                             map_partition: m as u32,
                             executor_id: loc.executor_id.clone(),
                             flight_address: loc.flight_address.clone(),
+                            background_flight_address: loc.background_flight_address.clone(),
                         })
                     })
                     .collect(),
@@ -570,6 +571,7 @@ mod tests {
         MapLocation {
             executor_id: e.into(),
             flight_address: format!("{e}:1"),
+            background_flight_address: format!("{e}:2"),
         }
     }
 

@@ -247,6 +247,7 @@ mod tests {
         let location = MapLocation {
             executor_id: id.into(),
             flight_address: String::new(),
+            background_flight_address: String::new(),
         };
         registry.register(location, slots, preempt_slots, sender);
     }

@@ -62,6 +62,7 @@ impl SchedulerService for SchedulerGrpc {
         let location = MapLocation {
             executor_id: executor_id.clone(),
             flight_address: register.flight_address,
+            background_flight_address: register.background_flight_address,
         };
         let generation = self.scheduler.state().register_executor(
             location,

@@ -175,3 +175,30 @@ impl FlightClients {
         )))
     }
 }
+
+/// An executor's Flight clients for tasks of each priority: urgent tasks fetch over
+/// connections on normal-priority threads, background tasks over connections of their
+/// own on low-priority threads, to peers' background endpoints.
+#[derive(Debug, Clone)]
+pub struct PriorityClients {
+    /// For urgent tasks.
+    pub urgent: FlightClients,
+    /// For background tasks.
+    pub background: FlightClients,
+}
+
+impl PriorityClients {
+    /// Bytes both fetched since start.
+    pub fn bytes_fetched(&self) -> u64 {
+        self.urgent.bytes_fetched() + self.background.bytes_fetched()
+    }
+
+    /// The clients of a task of this priority.
+    pub fn for_task(&self, background: bool) -> &FlightClients {
+        if background {
+            &self.background
+        } else {
+            &self.urgent
+        }
+    }
+}

@@ -183,7 +183,11 @@ async fn open_source(
         let started = Instant::now();
         let fetched = env
             .clients
-            .fetch(&location.flight_address, key, schema.clone())
+            .fetch(
+                location.flight_address_for(env.background),
+                key,
+                schema.clone(),
+            )
             .await?;
         let answered = started.elapsed();
         // Logged once the stream ends, to tell a slow peer from a slow reader.
