@@ -123,7 +123,8 @@ pub struct Executor {
     runner: Arc<TaskRunner>,
     shutdown: watch::Sender<bool>,
     stream_task: JoinHandle<()>,
-    task_runtimes: Option<TaskRuntimes>,
+    /// Stopped when the executor is dropped.
+    _task_runtimes: TaskRuntimes,
 }
 
 impl Executor {
@@ -200,7 +201,7 @@ impl Executor {
             runner,
             shutdown,
             stream_task,
-            task_runtimes: Some(task_runtimes),
+            _task_runtimes: task_runtimes,
         })
     }
 
@@ -261,9 +262,6 @@ impl Executor {
 impl Drop for Executor {
     fn drop(&mut self) {
         self.stop();
-        if let Some(runtimes) = self.task_runtimes.take() {
-            runtimes.shutdown();
-        }
     }
 }
 

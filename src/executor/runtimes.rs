@@ -31,59 +31,60 @@ pub struct TaskHandles {
     pub background_flight: Handle,
 }
 
-/// The two task runtimes of an executor.
+/// The task runtimes of an executor, in the order urgent, background, background Flight.
+/// Dropping them stops them without waiting for their tasks, which is allowed on an
+/// async thread (dropping a tokio runtime there panics).
 #[derive(Debug)]
 pub struct TaskRuntimes {
-    urgent: Runtime,
-    background: Runtime,
-    background_flight: Runtime,
+    runtimes: Vec<Runtime>,
 }
 
 impl TaskRuntimes {
-    /// Starts both: a thread for every task the executor may hold (`slots` plus
+    /// Starts them: a thread for every task the executor may hold (`slots` plus
     /// `preempt_slots`) in the background one, so an urgent task never waits for a thread
     /// while the tasks it suspended finish their current batch; `slots` in the urgent one
     /// and in the one for background Flight traffic.
     pub fn start(executor_id: &str, slots: u32, preempt_slots: u32) -> std::io::Result<Self> {
         let slots = slots.max(1) as usize;
-        let urgent = Builder::new_multi_thread()
-            .worker_threads(slots)
-            .thread_name(format!("{executor_id}-urgent"))
-            .enable_all()
-            .build()?;
-        let background = Builder::new_multi_thread()
-            .worker_threads(slots + preempt_slots as usize)
-            .thread_name(format!("{executor_id}-task"))
-            .on_thread_start(lower_current_thread_to_idle)
-            .enable_all()
-            .build()?;
-        let background_flight = Builder::new_multi_thread()
-            .worker_threads(slots)
-            .thread_name(format!("{executor_id}-flight"))
-            .on_thread_start(lower_current_thread_to_idle)
-            .enable_all()
-            .build()?;
-        Ok(Self {
-            urgent,
-            background,
-            background_flight,
-        })
+        // Each runtime is kept as soon as it is built: if a later one fails, dropping
+        // `started` stops those already running the allowed way.
+        let mut started = Self {
+            runtimes: Vec::with_capacity(3),
+        };
+        for (threads, name, low_priority) in [
+            (slots, "urgent", false),
+            (slots + preempt_slots as usize, "task", true),
+            (slots, "flight", true),
+        ] {
+            let mut builder = Builder::new_multi_thread();
+            builder
+                .worker_threads(threads)
+                .thread_name(format!("{executor_id}-{name}"))
+                .enable_all();
+            if low_priority {
+                builder.on_thread_start(lower_current_thread_to_idle);
+            }
+            started.runtimes.push(builder.build()?);
+        }
+        Ok(started)
     }
 
     /// Handles to spawn tasks on.
     pub fn handles(&self) -> TaskHandles {
+        let handle = |i: usize| self.runtimes[i].handle().clone();
         TaskHandles {
-            urgent: self.urgent.handle().clone(),
-            background: self.background.handle().clone(),
-            background_flight: self.background_flight.handle().clone(),
+            urgent: handle(0),
+            background: handle(1),
+            background_flight: handle(2),
         }
     }
+}
 
-    /// Stops both without waiting for their tasks (callable on an async thread).
-    pub fn shutdown(self) {
-        self.urgent.shutdown_background();
-        self.background.shutdown_background();
-        self.background_flight.shutdown_background();
+impl Drop for TaskRuntimes {
+    fn drop(&mut self) {
+        for runtime in self.runtimes.drain(..) {
+            runtime.shutdown_background();
+        }
     }
 }
 
@@ -111,6 +112,24 @@ mod tests {
                 "background thread: policy {background_policy}, nice {background_nice}"
             );
         }
-        runtimes.shutdown();
+        drop(runtimes);
+    }
+
+    #[tokio::test]
+    async fn dropping_them_on_an_async_thread_stops_them_without_a_panic() {
+        let runtimes = TaskRuntimes::start("test", 1, 1).unwrap();
+        let handles = runtimes.handles();
+        assert_eq!(handles.background.spawn(async { 7 }).await.unwrap(), 7);
+        drop(runtimes);
+        for handle in [
+            handles.urgent,
+            handles.background,
+            handles.background_flight,
+        ] {
+            assert!(
+                handle.spawn(async {}).await.is_err(),
+                "a stopped runtime ran a task"
+            );
+        }
     }
 }
