@@ -142,11 +142,12 @@ impl WorkQueue {
         task
     }
 
-    /// The urgency of the task [`WorkQueue::pop`] would return next; None when nothing
-    /// waits or the policy does not preempt.
-    pub fn head_urgency(&self) -> Option<Urgency> {
+    /// The query and urgency of the task [`WorkQueue::pop`] would return next; None when
+    /// nothing waits or the policy does not preempt.
+    pub fn head_urgency(&self) -> Option<(Arc<str>, Urgency)> {
         let id = self.policy.next()?;
-        self.urgency(&self.queries.get(&id)?.info)
+        let urgency = self.urgency(&self.queries.get(&id)?.info)?;
+        Some((id, urgency))
     }
 
     /// The urgency of a task of a query described by `info`; None when the policy does

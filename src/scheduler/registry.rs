@@ -80,18 +80,28 @@ impl ExecutorEntry {
         self.slots.saturating_sub(self.running.len() as u32)
     }
 
-    /// True when a task of `urgency` may run here at once although every slot is busy:
-    /// the executor has room for one more task, and the task may displace (see
-    /// [`Urgency::preempts`]) the least urgent of those holding a slot, which the executor
-    /// then suspends.
-    pub fn admits_urgent(&self, urgency: Urgency, now: Instant, margin: f64) -> bool {
+    /// True when a task of `query` with `urgency` may run here at once although every
+    /// slot is busy: the executor has room for one more task, and the task may displace
+    /// (see [`Urgency::preempts`]) the least urgent task of another query among those
+    /// holding a slot, which the executor then suspends. The executor never suspends a
+    /// task for one of its own query, so the query's own tasks here keep their slots:
+    /// when they hold every slot, the task could only wait.
+    pub fn admits_urgent(&self, query: &str, urgency: Urgency, now: Instant, margin: f64) -> bool {
         if self.running.len() >= (self.slots + self.preempt_slots) as usize {
             return false;
         }
-        let mut held: Vec<(f64, &Held)> =
-            self.running.values().map(|h| (h.rank_at(now), h)).collect();
-        held.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let Some((_, victim)) = held.get(self.slots as usize - 1) else {
+        let own = self.running.keys().filter(|(q, _)| **q == *query).count();
+        let Some(free_for_others) = (self.slots as usize).checked_sub(own + 1) else {
+            return false;
+        };
+        let mut others: Vec<(f64, &Held)> = self
+            .running
+            .iter()
+            .filter(|((q, _), _)| **q != *query)
+            .map(|(_, h)| (h.rank_at(now), h))
+            .collect();
+        others.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let Some((_, victim)) = others.get(free_for_others) else {
             return true;
         };
         urgency.preempts(victim, now, margin)
@@ -186,17 +196,21 @@ impl Registry {
     }
 
     /// Where a task goes: the executor with the most free slots; when no slot is free
-    /// and the task's `urgency` is given (the policy preempts), the executor running
-    /// the fewest tasks among those where it may preempt a running one.
-    pub fn pick(&mut self, urgency: Option<Urgency>, now: Instant) -> Option<&mut ExecutorEntry> {
+    /// and the task's query and urgency are given (the policy preempts), the executor
+    /// running the fewest tasks among those where it may preempt a running one.
+    pub fn pick(
+        &mut self,
+        head: Option<(&str, Urgency)>,
+        now: Instant,
+    ) -> Option<&mut ExecutorEntry> {
         if self.has_free_slot() {
             return self.most_free();
         }
-        let urgency = urgency?;
+        let (query, urgency) = head?;
         let margin = self.preempt_margin;
         self.executors
             .values_mut()
-            .filter(|e| e.admits_urgent(urgency, now, margin))
+            .filter(|e| e.admits_urgent(query, urgency, now, margin))
             .min_by_key(|e| (e.running.len(), e.generation))
     }
 
@@ -204,11 +218,13 @@ impl Registry {
     /// then urgent, and runs at normal OS priority while that work runs at a lower one.
     /// (Marking every task that merely outranks one running somewhere urgent was measured
     /// to be worse: nearly done long queries then share the CPU with short ones.)
-    pub fn is_urgent(&self, urgency: &Urgency, now: Instant) -> bool {
+    /// Tasks of its own query do not count: they are never suspended for it.
+    pub fn is_urgent(&self, query: &str, urgency: &Urgency, now: Instant) -> bool {
         self.executors
             .values()
-            .flat_map(|e| e.running.values())
-            .any(|running| urgency.preempts(running, now, self.preempt_margin))
+            .flat_map(|e| e.running.iter())
+            .filter(|((q, _), _)| **q != *query)
+            .any(|(_, running)| urgency.preempts(running, now, self.preempt_margin))
     }
 
     /// Every executor.
@@ -283,15 +299,15 @@ mod tests {
         run(&mut registry, "a", "long", 500.0, now);
         // Every slot busy: without an urgency nothing goes, nor without a tenth the work.
         assert!(registry.pick(None, now).is_none());
-        assert!(registry.pick(Some(urgency(60.0)), now).is_none());
-        let cheap = Some(urgency(40.0));
+        assert!(registry.pick(Some(("new", urgency(60.0))), now).is_none());
+        let cheap = Some(("new", urgency(40.0)));
         assert_eq!(registry.pick(cheap, now).unwrap().location.executor_id, "a");
         run(&mut registry, "a", "short", 40.0, now);
         // The preemption room is used up.
-        assert!(registry.pick(Some(urgency(1.0)), now).is_none());
+        assert!(registry.pick(Some(("new", urgency(1.0))), now).is_none());
         // Urgent where it may displace a running task.
-        assert!(registry.is_urgent(&urgency(5.0), now));
-        assert!(!registry.is_urgent(&urgency(60.0), now));
+        assert!(registry.is_urgent("new", &urgency(5.0), now));
+        assert!(!registry.is_urgent("new", &urgency(60.0), now));
         assert_eq!(registry.slots(), (2, 2));
     }
 
@@ -302,8 +318,8 @@ mod tests {
         executor(&mut registry, "a", 1, 4);
         run(&mut registry, "a", "q21", 1800.0, now);
         // A third of the work left: not cheap enough.
-        assert!(registry.pick(Some(urgency(600.0)), now).is_none());
-        assert!(registry.pick(Some(urgency(150.0)), now).is_some());
+        assert!(registry.pick(Some(("new", urgency(600.0))), now).is_none());
+        assert!(registry.pick(Some(("new", urgency(150.0))), now).is_some());
     }
 
     #[test]
@@ -313,14 +329,22 @@ mod tests {
         executor(&mut registry, "a", 1, 1);
         // Its query looks nearly done (20 units), so a 35-unit query may not displace it.
         run(&mut registry, "a", "long", 20.0, pushed);
-        assert!(registry.pick(Some(urgency(35.0)), pushed).is_none());
+        assert!(
+            registry
+                .pick(Some(("new", urgency(35.0))), pushed)
+                .is_none()
+        );
         // 100 ms are about 100 units of work: still not ten times 35.
         let later = pushed + Duration::from_millis(100);
-        assert!(registry.pick(Some(urgency(35.0)), later).is_none());
+        assert!(registry.pick(Some(("new", urgency(35.0))), later).is_none());
         // After a second it is taken to have 1,000 units left.
         let much_later = pushed + Duration::from_secs(1);
-        assert!(registry.pick(Some(urgency(35.0)), much_later).is_some());
-        assert!(registry.is_urgent(&urgency(35.0), much_later));
+        assert!(
+            registry
+                .pick(Some(("new", urgency(35.0))), much_later)
+                .is_some()
+        );
+        assert!(registry.is_urgent("new", &urgency(35.0), much_later));
     }
 
     #[test]
@@ -331,8 +355,8 @@ mod tests {
         run(&mut registry, "a", "long", 900.0, now);
         run(&mut registry, "a", "short", 20.0, now);
         // The short task holds the slot; the long one waits already.
-        assert!(registry.pick(Some(urgency(10.0)), now).is_none());
-        assert!(registry.pick(Some(urgency(1.0)), now).is_some());
+        assert!(registry.pick(Some(("new", urgency(10.0))), now).is_none());
+        assert!(registry.pick(Some(("new", urgency(1.0))), now).is_some());
     }
 
     #[test]
@@ -344,7 +368,7 @@ mod tests {
         run(&mut registry, "a", "long", 500.0, now);
         run(&mut registry, "b", "long", 500.0, now);
         run(&mut registry, "a", "short", 20.0, now);
-        let cheaper = Some(urgency(1.0));
+        let cheaper = Some(("new", urgency(1.0)));
         assert_eq!(
             registry.pick(cheaper, now).unwrap().location.executor_id,
             "b"
@@ -357,5 +381,33 @@ mod tests {
             registry.pick(cheaper, now).unwrap().location.executor_id,
             "a"
         );
+    }
+
+    #[test]
+    fn a_querys_own_tasks_are_not_taken_for_victims() {
+        let now = Instant::now();
+        let mut registry = Registry::default();
+        executor(&mut registry, "a", 2, 2);
+        // Both slots hold tasks of "new" itself, which the executor never suspends for
+        // it, however much more urgent its next task is.
+        run(&mut registry, "a", "new", 500.0, now);
+        run(&mut registry, "a", "new", 500.0, now);
+        assert!(registry.pick(Some(("new", urgency(1.0))), now).is_none());
+        assert!(!registry.is_urgent("new", &urgency(1.0), now));
+        // Another query's cheap task may displace them.
+        assert!(registry.pick(Some(("other", urgency(1.0))), now).is_some());
+        assert!(registry.is_urgent("other", &urgency(1.0), now));
+    }
+
+    #[test]
+    fn the_victim_is_taken_among_other_queries_after_the_querys_own_slots() {
+        let now = Instant::now();
+        let mut registry = Registry::default();
+        executor(&mut registry, "a", 2, 2);
+        // "new" keeps one slot; the other is held by a long query, the one to displace.
+        run(&mut registry, "a", "new", 20.0, now);
+        run(&mut registry, "a", "long", 500.0, now);
+        assert!(registry.pick(Some(("new", urgency(20.0))), now).is_some());
+        assert!(registry.pick(Some(("new", urgency(60.0))), now).is_none());
     }
 }

@@ -192,12 +192,15 @@ impl SchedulerState {
             let head = self.queue.head_urgency();
             // A task placed beyond the slots preempts, so it is urgent; one placed in a
             // free slot is urgent when it could preempt somewhere.
-            let urgent = match head {
-                Some(u) if self.registry.has_free_slot() => self.registry.is_urgent(&u, now),
+            let urgent = match &head {
+                Some((query, u)) if self.registry.has_free_slot() => {
+                    self.registry.is_urgent(query, u, now)
+                }
                 Some(_) => true,
                 None => false,
             };
-            let Some(executor) = self.registry.pick(head, now) else {
+            let head_ref = head.as_ref().map(|(query, u)| (&**query, *u));
+            let Some(executor) = self.registry.pick(head_ref, now) else {
                 break;
             };
             let Some(queued) = self.queue.pop() else {
@@ -211,10 +214,13 @@ impl SchedulerState {
             }
             // The popped task is the head's. Without preemption every task has the same
             // urgency: executors keep their order.
-            let urgency = head.unwrap_or(Urgency {
-                rank: 0.0,
-                cost: 0.0,
-            });
+            let urgency = head.map_or(
+                Urgency {
+                    rank: 0.0,
+                    cost: 0.0,
+                },
+                |(_, u)| u,
+            );
             let task = queued.task;
             let stage = query.stage(task.stage);
             let pushed_at = wall_clock();
