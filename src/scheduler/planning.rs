@@ -23,7 +23,7 @@ use crate::thread_priority::lower_current_thread_to_idle;
 
 /// Logical plans of at most this many nodes (a join of two tables, aggregated, sorted
 /// and limited) are planned at normal OS priority; bigger ones at the lowest.
-pub const SMALL_PLAN_NODES: usize = 8;
+const SMALL_PLAN_NODES: usize = 8;
 
 /// How a scheduler plans submissions.
 #[derive(Clone)]
@@ -60,10 +60,12 @@ impl Planner {
         let plan = match submission {
             Submission::Sql(sql) => {
                 let frame = self.session.sql(&sql).await?;
-                let nodes = plan_nodes(frame.logical_plan());
-                if self.small_first && nodes > SMALL_PLAN_NODES {
-                    tracing::debug!(nodes, "planning a big query at the lowest priority");
-                    lower_current_thread_to_idle();
+                if self.small_first {
+                    let nodes = plan_nodes(frame.logical_plan());
+                    if nodes > SMALL_PLAN_NODES {
+                        tracing::debug!(nodes, "planning a big query at the lowest priority");
+                        lower_current_thread_to_idle();
+                    }
                 }
                 frame.create_physical_plan().await?
             }

@@ -96,9 +96,9 @@ pub struct FlightClients {
 
 impl FlightClients {
     /// Clients whose connections run on `runtime`, not on the runtime of the task that
-    /// happens to open them first. An executor's connections serve tasks of every
-    /// priority, so they must not live on the lower-priority task runtime, where an
-    /// urgent task's fetches would wait for background threads.
+    /// happens to open them first: an executor's urgent tasks share connections on its
+    /// main runtime, its background tasks connections on its low-priority Flight
+    /// runtime (see [`PriorityClients`]), whichever of them fetches first.
     pub fn on_runtime(runtime: Handle) -> Self {
         Self {
             runtime: Some(runtime),
