@@ -159,6 +159,10 @@ impl TaskRunner {
         let handle = runtime.spawn(
             async move {
                 let started = Instant::now();
+                debug!(
+                    since_push_micros = (micros_since(task.pushed_at_micros) * 1e6) as u64,
+                    "task started"
+                );
                 let result = runner.execute(&task, gate).await;
                 runner.finish(id, started, result);
             }
