@@ -7,6 +7,7 @@
 mod arbiter;
 mod flight;
 mod gated;
+mod movable;
 mod runner;
 mod runtimes;
 
@@ -377,6 +378,11 @@ async fn serve_stream(
                 scheduler_message::Message::CancelTask(cancel) => {
                     if let Some(id) = cancel.task {
                         runner.cancel(&id);
+                    }
+                }
+                scheduler_message::Message::PromoteTask(promote) => {
+                    if let Some(id) = promote.task {
+                        runner.promote(&id);
                     }
                 }
                 scheduler_message::Message::ReleaseShuffle(release) => {

@@ -15,11 +15,11 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::prelude::SessionContext;
 use tokio::sync::mpsc::UnboundedSender;
-use tokio::task::AbortHandle;
 use tracing::{Instrument, debug, info_span};
 
 use super::arbiter::{SlotArbiter, TaskGate};
 use super::gated::GatedExec;
+use super::movable::MovableTask;
 use super::runtimes::TaskHandles;
 use crate::planner::decode_plan;
 use crate::proto::{
@@ -43,7 +43,7 @@ pub struct TaskRunner {
     session: SessionContext,
     outbound: UnboundedSender<ExecutorMessage>,
     plans: Mutex<HashMap<(String, u32), Arc<dyn ExecutionPlan>>>,
-    running: Mutex<HashMap<TaskKey, AbortHandle>>,
+    running: Mutex<HashMap<TaskKey, MovableTask>>,
     arbiter: SlotArbiter<TaskKey>,
     released: Mutex<VecDeque<String>>,
     completed: AtomicU64,
@@ -156,7 +156,7 @@ impl TaskRunner {
         } else {
             &self.runtimes.background
         };
-        let handle = runtime.spawn(
+        let handle = MovableTask::spawn(
             async move {
                 let started = Instant::now();
                 debug!(
@@ -167,8 +167,26 @@ impl TaskRunner {
                 runner.finish(id, started, result);
             }
             .instrument(span),
+            runtime,
         );
-        running.insert(key, handle.abort_handle());
+        running.insert(key, handle);
+    }
+
+    /// Moves a task running at low priority to the urgent runtime: the scheduler has
+    /// since pushed much costlier work that would otherwise share the CPU with it. Its
+    /// shuffle fetches keep the connections they started on.
+    pub fn promote(&self, id: &TaskId) {
+        let key = (id.query_id.clone(), id.stage_id, id.partition);
+        let task = self
+            .running
+            .lock()
+            .expect("running lock")
+            .get(&key)
+            .cloned();
+        if let Some(task) = task {
+            debug!(query_id = %id.query_id, stage = id.stage_id, partition = id.partition, "task promoted");
+            task.move_to(&self.runtimes.urgent);
+        }
     }
 
     async fn execute(&self, task: &RunTask, gate: Arc<TaskGate>) -> Result<Vec<PartitionStats>> {
@@ -278,7 +296,7 @@ impl TaskRunner {
         let key = (id.query_id.clone(), id.stage_id, id.partition);
         let handle = self.running.lock().expect("running lock").remove(&key);
         if let Some(handle) = handle {
-            handle.abort();
+            handle.cancel();
             self.arbiter.leave(&key, Instant::now());
             self.report_suspended();
             let _ = self.outbound.send(ExecutorMessage {
@@ -295,7 +313,7 @@ impl TaskRunner {
     /// Stops every running task (the executor is shutting down).
     pub fn abort_all(&self) {
         for (key, handle) in self.running.lock().expect("running lock").drain() {
-            handle.abort();
+            handle.cancel();
             self.arbiter.leave(&key, Instant::now());
         }
     }

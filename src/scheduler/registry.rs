@@ -38,13 +38,16 @@ impl Urgency {
     }
 }
 
-/// A task an executor holds: its urgency when pushed, and since when.
+/// A task an executor holds: its urgency when pushed, since when, and whether it runs
+/// at normal OS priority.
 #[derive(Debug, Clone, Copy)]
 pub struct Held {
     /// Urgency when pushed.
     pub urgency: Urgency,
     /// When it was pushed.
     pub since: Instant,
+    /// Pushed urgent, or promoted since.
+    pub urgent: bool,
 }
 
 impl Held {
@@ -110,6 +113,39 @@ impl ExecutorEntry {
     /// Pushes a message down the executor's stream; false when the stream is gone.
     pub fn send(&self, message: SchedulerMessage) -> bool {
         self.sender.send(Ok(message)).is_ok()
+    }
+}
+
+/// The least urgent (highest) rank pushed per query in one dispatch round, kept for the
+/// two highest queries: enough to tell any query the highest rank of another.
+#[derive(Debug, Default)]
+pub struct Costliest {
+    top: [Option<(Arc<str>, f64)>; 2],
+}
+
+impl Costliest {
+    /// A task of `query` with `rank` was pushed.
+    pub fn note(&mut self, query: &Arc<str>, rank: f64) {
+        let [first, second] = &mut self.top;
+        match (first.as_mut(), second.as_mut()) {
+            (Some((q, r)), _) if q == query => *r = r.max(rank),
+            (_, Some((q, r))) if q == query => *r = r.max(rank),
+            (_, Some((_, r))) if *r >= rank => {}
+            _ => *second = Some((query.clone(), rank)),
+        }
+        let rank_of = |entry: &Option<(Arc<str>, f64)>| entry.as_ref().map(|(_, r)| *r);
+        if rank_of(second) > rank_of(first) {
+            std::mem::swap(first, second);
+        }
+    }
+
+    /// The highest rank pushed for a query other than `query`.
+    fn above(&self, query: &str) -> Option<f64> {
+        self.top
+            .iter()
+            .flatten()
+            .find(|(q, _)| &**q != query)
+            .map(|(_, r)| *r)
     }
 }
 
@@ -227,6 +263,33 @@ impl Registry {
             .any(|(_, running)| urgency.preempts(running, now, self.preempt_margin))
     }
 
+    /// Marks urgent every task held as not urgent that a task pushed since would now
+    /// find urgent (`pushed`: the ranks pushed this round): its query has under 1/ratio
+    /// of the pushed query's remaining work. Returns them with their executors, which are
+    /// to continue them at normal OS priority: a cheap query pushed while nothing else
+    /// ran then stops sharing low-priority CPU with the costly work that arrived after it.
+    pub fn promote_outranked(
+        &mut self,
+        pushed: &Costliest,
+        now: Instant,
+    ) -> Vec<(String, Arc<str>, TaskRef)> {
+        let margin = self.preempt_margin;
+        let mut promoted = Vec::new();
+        for (executor_id, executor) in &mut self.executors {
+            for ((query, task), held) in executor.running.iter_mut() {
+                let outranked = !held.urgent
+                    && pushed
+                        .above(query)
+                        .is_some_and(|rank| held.rank_at(now) + margin < rank);
+                if outranked {
+                    held.urgent = true;
+                    promoted.push((executor_id.clone(), query.clone(), *task));
+                }
+            }
+        }
+        promoted
+    }
+
     /// Every executor.
     pub fn iter(&self) -> impl Iterator<Item = &ExecutorEntry> {
         self.executors.values()
@@ -285,6 +348,7 @@ mod tests {
         let held = Held {
             urgency: urgency(cost),
             since,
+            urgent: false,
         };
         entry.running.insert((query.into(), task), held);
     }
@@ -409,5 +473,47 @@ mod tests {
         run(&mut registry, "a", "long", 500.0, now);
         assert!(registry.pick(Some(("new", urgency(20.0))), now).is_some());
         assert!(registry.pick(Some(("new", urgency(60.0))), now).is_none());
+    }
+
+    #[test]
+    fn costliest_tells_each_query_the_highest_rank_of_another() {
+        let mut pushed = Costliest::default();
+        let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "c".into());
+        assert_eq!(pushed.above("a"), None);
+        pushed.note(&a, 1.0);
+        assert_eq!((pushed.above("a"), pushed.above("x")), (None, Some(1.0)));
+        pushed.note(&b, 5.0);
+        pushed.note(&a, 7.0);
+        pushed.note(&c, 3.0);
+        assert_eq!(pushed.above("a"), Some(5.0));
+        assert_eq!(pushed.above("b"), Some(7.0));
+        assert_eq!(pushed.above("c"), Some(7.0));
+        pushed.note(&c, 6.0);
+        assert_eq!(pushed.above("a"), Some(6.0));
+    }
+
+    #[test]
+    fn costly_pushes_promote_the_cheap_tasks_running_as_not_urgent() {
+        let now = Instant::now();
+        let mut registry = Registry::default();
+        executor(&mut registry, "a", 4, 0);
+        // Pushed while nothing else ran: not urgent.
+        run(&mut registry, "a", "short", 10.0, now);
+        run(&mut registry, "a", "medium", 1000.0, now);
+        run(&mut registry, "a", "long", 5000.0, now);
+        let mut pushed = Costliest::default();
+        pushed.note(&"long".into(), 5000f64.ln());
+        // Only the query with under a tenth of the long one's work is promoted, once.
+        let promoted = registry.promote_outranked(&pushed, now);
+        assert_eq!(promoted.len(), 1);
+        assert_eq!((promoted[0].0.as_str(), &*promoted[0].1), ("a", "short"));
+        assert!(registry.promote_outranked(&pushed, now).is_empty());
+        // A query's own pushes never promote it: a far costlier push of "medium" promotes
+        // "long" only.
+        let mut own = Costliest::default();
+        own.note(&"medium".into(), 1e6f64.ln());
+        let promoted = registry.promote_outranked(&own, now);
+        assert_eq!(promoted.len(), 1);
+        assert_eq!(&*promoted[0].1, "long");
     }
 }

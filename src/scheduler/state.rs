@@ -14,10 +14,10 @@ use tracing::{debug, info, warn};
 use super::policy::Policy;
 use super::query::{Progress, Query, TaskRef};
 use super::queue::{QueuedTask, WorkQueue};
-use super::registry::{ExecutorSender, Held, Registry, Urgency};
+use super::registry::{Costliest, ExecutorSender, Held, Registry, Urgency};
 use crate::proto::{
-    CancelTask, QueryState, ReleaseShuffle, RunTask, SchedulerMessage, TaskId, TaskStatus,
-    scheduler_message, task_status,
+    CancelTask, PromoteTask, QueryState, ReleaseShuffle, RunTask, SchedulerMessage, TaskId,
+    TaskStatus, scheduler_message, task_status,
 };
 use crate::shuffle::MapLocation;
 
@@ -188,8 +188,10 @@ impl SchedulerState {
     /// policy, then also the most urgent tasks to executors running less urgent ones.
     pub fn dispatch(&mut self) {
         let now = Instant::now();
+        let mut pushed = Costliest::default();
         while !self.queue.is_empty() {
             let head = self.queue.head_urgency();
+            let preempting = head.is_some();
             // A task placed beyond the slots preempts, so it is urgent; one placed in a
             // free slot is urgent when it could preempt somewhere.
             let urgent = match &head {
@@ -252,7 +254,11 @@ impl SchedulerState {
             let held = Held {
                 urgency,
                 since: now,
+                urgent,
             };
+            if preempting {
+                pushed.note(&queued.query_id, urgency.rank);
+            }
             executor
                 .running
                 .insert((queued.query_id.clone(), task), held);
@@ -261,6 +267,7 @@ impl SchedulerState {
             record_dispatch(&queued);
             debug!(query_id = %queued.query_id, stage = task.stage, partition = task.partition, executor = %executor_id, rank = urgency.rank, urgent, "task pushed");
         }
+        self.promote_outranked(&pushed, now);
         metrics::gauge!("baton_queue_depth").set(self.queue.len() as f64);
         let (total, busy) = self.registry.slots();
         metrics::gauge!("baton_slots_total").set(total as f64);
@@ -382,6 +389,30 @@ impl SchedulerState {
             }
         }
         self.dispatch();
+    }
+
+    /// Tells executors to continue, at normal OS priority, the tasks they run as not
+    /// urgent that the tasks `pushed` this round make urgent.
+    fn promote_outranked(&mut self, pushed: &Costliest, now: Instant) {
+        for (executor_id, query_id, task) in self.registry.promote_outranked(pushed, now) {
+            let (Some(executor), Some(query)) =
+                (self.registry.get(&executor_id), self.queries.get(&query_id))
+            else {
+                continue;
+            };
+            executor.send(SchedulerMessage {
+                message: Some(scheduler_message::Message::PromoteTask(PromoteTask {
+                    task: Some(TaskId {
+                        query_id: query_id.to_string(),
+                        stage_id: task.stage,
+                        partition: task.partition,
+                        attempt: query.attempt(task),
+                    }),
+                })),
+            });
+            metrics::counter!("baton_tasks_promoted_total").increment(1);
+            debug!(%query_id, stage = task.stage, partition = task.partition, executor = %executor_id, "task promoted");
+        }
     }
 
     fn cancel_tasks(&self, query_id: &str, tasks: Vec<(TaskRef, String)>) {
