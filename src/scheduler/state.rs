@@ -21,6 +21,16 @@ use crate::proto::{
 };
 use crate::shuffle::MapLocation;
 
+/// The wire id of attempt `attempt` of `task` of `query_id`.
+fn task_id(query_id: &str, task: TaskRef, attempt: u32) -> TaskId {
+    TaskId {
+        query_id: query_id.to_string(),
+        stage_id: task.stage,
+        partition: task.partition,
+        attempt,
+    }
+}
+
 /// Ended queries whose status the scheduler keeps; older ones are forgotten first.
 const ENDED_RETAINED: usize = 10_000;
 
@@ -227,12 +237,7 @@ impl SchedulerState {
             let stage = query.stage(task.stage);
             let pushed_at = wall_clock();
             let run = RunTask {
-                task: Some(TaskId {
-                    query_id: queued.query_id.to_string(),
-                    stage_id: task.stage,
-                    partition: task.partition,
-                    attempt: query.attempt(task),
-                }),
+                task: Some(task_id(&queued.query_id, task, query.attempt(task))),
                 stage_plan: stage.plan.clone(),
                 inputs: query.stage_inputs(task.stage).to_vec(),
                 ready_at_micros: ready_at_micros(queued.ready_at, pushed_at),
@@ -402,12 +407,7 @@ impl SchedulerState {
             };
             executor.send(SchedulerMessage {
                 message: Some(scheduler_message::Message::PromoteTask(PromoteTask {
-                    task: Some(TaskId {
-                        query_id: query_id.to_string(),
-                        stage_id: task.stage,
-                        partition: task.partition,
-                        attempt: query.attempt(task),
-                    }),
+                    task: Some(task_id(&query_id, task, query.attempt(task))),
                 })),
             });
             metrics::counter!("baton_tasks_promoted_total").increment(1);
@@ -422,12 +422,7 @@ impl SchedulerState {
             };
             executor.send(SchedulerMessage {
                 message: Some(scheduler_message::Message::CancelTask(CancelTask {
-                    task: Some(TaskId {
-                        query_id: query_id.to_string(),
-                        stage_id: task.stage,
-                        partition: task.partition,
-                        attempt: 0,
-                    }),
+                    task: Some(task_id(query_id, task, 0)),
                 })),
             });
         }
