@@ -196,6 +196,7 @@ impl Scheduler {
                 planner: Planner {
                     session,
                     small_first: false,
+                    threads: Default::default(),
                 },
                 executors: rx,
                 clients: FlightClients::default(),

@@ -1,6 +1,7 @@
-//! Planning a submission into stages, each on an OS thread of its own, off the runtime
-//! that carries the scheduler's and executors' streams: a big query's planning (tens of
-//! milliseconds of CPU) then never holds up a task push, a status or a small query.
+//! Planning a submission into stages, each on an OS thread of its own (kept for later
+//! submissions, see [`PlanningThreads`]), off the runtime that carries the scheduler's
+//! and executors' streams: a big query's planning (tens of milliseconds of CPU) then
+//! never holds up a task push, a status or a small query.
 //!
 //! When small queries go first (the `priority` policy), the planning thread of a query
 //! whose logical plan is bigger than [`SMALL_PLAN_NODES`] moves to the OS's lowest
@@ -8,7 +9,9 @@
 //! physically, the costly part: a small query submitted together with big ones then has
 //! its plan, and its first tasks running, before theirs.
 
-use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -24,6 +27,9 @@ use crate::thread_priority::lower_current_thread_to_idle;
 /// and limited) are planned at normal OS priority; bigger ones at the lowest.
 const SMALL_PLAN_NODES: usize = 8;
 
+/// A planning thread with nothing to plan ends after this long.
+const THREAD_KEEP_ALIVE: Duration = Duration::from_secs(60);
+
 /// How a scheduler plans submissions.
 #[derive(Clone)]
 pub struct Planner {
@@ -31,10 +37,87 @@ pub struct Planner {
     pub session: SessionContext,
     /// Whether bigger plans get a lower OS priority while they are planned.
     pub small_first: bool,
+    /// The threads plans are made on.
+    pub threads: PlanningThreads,
+}
+
+/// One planning: runs on a planning thread, and says whether the thread may plan again
+/// (it may not once it moved itself to the lowest OS priority).
+type Job = Box<dyn FnOnce() -> bool + Send>;
+
+/// Idle planning threads, each by id with the channel that hands it its next job.
+type IdleThreads = Mutex<Vec<(u64, Sender<Job>)>>;
+
+/// Planning threads kept after their planning, so the next query's planning neither
+/// starts a thread (its stack mapped under the process's memory-map lock, which
+/// low-priority task threads hold too) nor grows a cold malloc arena. A submission takes
+/// an idle thread or starts one; threads idle for [`THREAD_KEEP_ALIVE`] end.
+#[derive(Clone, Default)]
+pub struct PlanningThreads {
+    idle: Arc<IdleThreads>,
+    next_id: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl PlanningThreads {
+    /// Runs `job` on an idle thread, or on a new one.
+    fn run(&self, mut job: Job) -> std::io::Result<()> {
+        loop {
+            let idle = self.idle.lock().expect("planning threads lock").pop();
+            match idle {
+                // A thread that ended after it was listed hands the job back.
+                Some((_, thread)) => match thread.send(job) {
+                    Ok(()) => return Ok(()),
+                    Err(returned) => job = returned.0,
+                },
+                None => {
+                    let id = self
+                        .next_id
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let threads = self.clone();
+                    std::thread::Builder::new()
+                        .name("baton-planner".into())
+                        .spawn(move || threads.serve(id, job))?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// A planning thread's life: runs `job`, then waits listed as idle for the next.
+    fn serve(&self, id: u64, mut job: Job) {
+        let (sender, jobs): (Sender<Job>, Receiver<Job>) = std::sync::mpsc::channel();
+        loop {
+            if !job() {
+                return;
+            }
+            self.idle
+                .lock()
+                .expect("planning threads lock")
+                .push((id, sender.clone()));
+            job = match jobs.recv_timeout(THREAD_KEEP_ALIVE) {
+                Ok(next) => next,
+                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => {
+                    let mut idle = self.idle.lock().expect("planning threads lock");
+                    let before = idle.len();
+                    idle.retain(|(listed, _)| *listed != id);
+                    if idle.len() != before {
+                        return;
+                    }
+                    drop(idle);
+                    // Taken off the list by a submission whose job is on its way.
+                    match jobs.recv() {
+                        Ok(next) => next,
+                        Err(_) => return,
+                    }
+                }
+            };
+        }
+    }
 }
 
 impl Planner {
-    /// Plans `submission` into stages on a new thread. Its async parts (catalog I/O) run
+    /// Plans `submission` into stages on a planning thread. Its async parts (catalog I/O) run
     /// on that thread too, outside any runtime: local object stores then read files
     /// inline instead of handing each read to a runtime's blocking pool and waiting to be
     /// woken, which under load cost milliseconds per table.
@@ -44,18 +127,30 @@ impl Planner {
     ) -> Result<(Vec<StageSpec>, SchemaRef), PlannerError> {
         let (done, result) = tokio::sync::oneshot::channel();
         let planner = self.clone();
-        std::thread::Builder::new()
-            .name("baton-planner".into())
-            .spawn(move || {
-                let _ = done.send(futures::executor::block_on(planner.plan_here(submission)));
-            })
+        self.threads
+            .run(Box::new(move || {
+                let (planned, lowered) = futures::executor::block_on(planner.plan_here(submission));
+                let _ = done.send(planned);
+                !lowered
+            }))
             .map_err(PlannerError::Thread)?;
         result.await.map_err(|_| PlannerError::Aborted)?
     }
 
+    /// Plans `submission`; also says whether it moved the thread to the lowest priority.
     async fn plan_here(
         &self,
         submission: Submission,
+    ) -> (Result<(Vec<StageSpec>, SchemaRef), PlannerError>, bool) {
+        let mut lowered = false;
+        let planned = self.plan_stages(submission, &mut lowered).await;
+        (planned, lowered)
+    }
+
+    async fn plan_stages(
+        &self,
+        submission: Submission,
+        lowered: &mut bool,
     ) -> Result<(Vec<StageSpec>, SchemaRef), PlannerError> {
         let plan = match submission {
             Submission::Sql(sql) => {
@@ -65,6 +160,7 @@ impl Planner {
                     if nodes > SMALL_PLAN_NODES {
                         tracing::debug!(nodes, "planning a big query at the lowest priority");
                         lower_current_thread_to_idle();
+                        *lowered = true;
                     }
                 }
                 frame.create_physical_plan().await?
@@ -108,6 +204,42 @@ fn plan_nodes(plan: &LogicalPlan) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs a job that reports its thread and says whether the thread may plan again.
+    fn run_on(threads: &PlanningThreads, keep: bool) -> std::thread::ThreadId {
+        let (sender, thread) = std::sync::mpsc::channel();
+        threads
+            .run(Box::new(move || {
+                sender.send(std::thread::current().id()).unwrap();
+                keep
+            }))
+            .unwrap();
+        thread.recv_timeout(Duration::from_secs(10)).unwrap()
+    }
+
+    /// Waits (ten seconds at most) until `count` threads are listed idle.
+    fn wait_idle(threads: &PlanningThreads, count: usize) {
+        for _ in 0..10_000 {
+            if threads.idle.lock().unwrap().len() == count {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        panic!("never {count} idle planning threads");
+    }
+
+    #[test]
+    fn planning_threads_are_reused_unless_a_planning_lowered_its_thread() {
+        let threads = PlanningThreads::default();
+        let first = run_on(&threads, true);
+        wait_idle(&threads, 1);
+        // The idle thread plans the next query; this one lowers it, so it ends.
+        assert_eq!(run_on(&threads, false), first);
+        wait_idle(&threads, 0);
+        let third = run_on(&threads, true);
+        assert_ne!(third, first);
+        wait_idle(&threads, 1);
+    }
 
     #[tokio::test]
     async fn plan_nodes_counts_subqueries_too() {
