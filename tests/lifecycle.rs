@@ -401,3 +401,58 @@ async fn a_cheap_query_preempts_a_long_task_holding_the_only_slot() {
     let stopped = eventually(Duration::from_secs(10), || executor.running_tasks() == 0).await;
     assert!(stopped, "no task remains after the cancel");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_pushed_alone_is_promoted_once_costlier_work_is_pushed() {
+    let cluster = LocalCluster::start(ClusterConfig {
+        executors: 1,
+        slots: 2,
+        // One partition: each query is one task.
+        target_partitions: 1,
+        catalog: Some(common::tpch_catalog()),
+        aging_half_life: 0.0,
+        preempt_cost_ratio: 1.0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut client = cluster.client().await.unwrap();
+    // Minutes of work, estimated at tens of cost units: pushed while nothing else runs,
+    // so not urgent.
+    let long = "select sum(a.l_quantity * b.l_quantity) from lineitem a \
+                join lineitem b on a.l_linestatus = b.l_linestatus";
+    let first = client.submit_sql(long).await.unwrap();
+    let mut running = false;
+    for _ in 0..1500 {
+        let status = client.status(&first).await.unwrap();
+        if status.stages.iter().any(|s| s.tasks_running == 1) {
+            running = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(running, "the first query's task never started");
+    let executor = &cluster.executors()[0];
+    assert_eq!(executor.promotions(), 0);
+
+    // A cross join of three tables, estimated at billions of units, takes the other slot:
+    // the first query's task now runs at normal priority.
+    let costlier = "select max(a.l_quantity + b.l_quantity + c.l_quantity) \
+                    from lineitem a, lineitem b, lineitem c";
+    let second = client.submit_sql(costlier).await.unwrap();
+    let promoted = eventually(Duration::from_secs(30), || executor.promotions() == 1).await;
+    assert!(promoted, "the first query's task was not promoted");
+    let status = client.status(&first).await.unwrap();
+    assert_eq!(status.state, QueryState::Running as i32, "{status:?}");
+
+    // The moved task still stops on cancel.
+    assert!(client.cancel(&first).await.unwrap());
+    assert!(client.cancel(&second).await.unwrap());
+    let stopped = eventually(Duration::from_secs(10), || executor.running_tasks() == 0).await;
+    assert!(stopped, "no task remains after the cancels");
+    assert_eq!(
+        executor.promotions(),
+        1,
+        "the costlier query was never promoted"
+    );
+}

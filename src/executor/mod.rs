@@ -246,6 +246,12 @@ impl Executor {
         self.runner.suspensions()
     }
 
+    /// Tasks moved to normal OS priority after they started (see `PromoteTask`), since
+    /// start.
+    pub fn promotions(&self) -> u64 {
+        self.runner.promotions()
+    }
+
     /// Waits until the scheduler stream ends (the scheduler went away or said Shutdown).
     pub async fn wait(&mut self) {
         let mut rx = self.shutdown.subscribe();

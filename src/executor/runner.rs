@@ -48,6 +48,7 @@ pub struct TaskRunner {
     released: Mutex<VecDeque<String>>,
     completed: AtomicU64,
     suspensions: AtomicU64,
+    promotions: AtomicU64,
     busy_micros: AtomicU64,
     slots: u32,
     started: Instant,
@@ -86,6 +87,7 @@ impl TaskRunner {
             released: Mutex::default(),
             completed: AtomicU64::new(0),
             suspensions: AtomicU64::new(0),
+            promotions: AtomicU64::new(0),
             busy_micros: AtomicU64::new(0),
             slots,
             started: Instant::now(),
@@ -106,6 +108,11 @@ impl TaskRunner {
     /// Times a running task was suspended for a more urgent one, since start.
     pub fn suspensions(&self) -> u64 {
         self.suspensions.load(Ordering::Relaxed)
+    }
+
+    /// Tasks moved to the urgent runtime after they started, since start.
+    pub fn promotions(&self) -> u64 {
+        self.promotions.load(Ordering::Relaxed)
     }
 
     /// Publishes slot-seconds spent running tasks and left idle since start.
@@ -186,6 +193,7 @@ impl TaskRunner {
         if let Some(task) = task {
             debug!(query_id = %id.query_id, stage = id.stage_id, partition = id.partition, "task promoted");
             task.move_to(&self.runtimes.urgent);
+            self.promotions.fetch_add(1, Ordering::Relaxed);
         }
     }
 
