@@ -32,6 +32,38 @@ async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     check()
 }
 
+/// One executor of `slots` slots, one partition per stage (a one-stage query is one
+/// task), no aging, and preemption for any cheaper query (at SF 0.01 the estimates are
+/// close together).
+async fn one_partition_cluster(slots: u32) -> LocalCluster {
+    LocalCluster::start(ClusterConfig {
+        executors: 1,
+        slots,
+        target_partitions: 1,
+        catalog: Some(common::tpch_catalog()),
+        aging_half_life: 0.0,
+        preempt_cost_ratio: 1.0,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// Polls the status of query `id` every 20 ms (30 s at most) until `check` holds.
+async fn status_until(
+    client: &mut baton::client::BatonClient,
+    id: &str,
+    check: impl Fn(&baton::proto::QueryStatus) -> bool,
+) -> bool {
+    for _ in 0..1500 {
+        if check(&client.status(id).await.unwrap()) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn all_22_tpch_queries_submitted_at_once_are_all_correct() {
     for policy in [PolicyKind::Priority, PolicyKind::Fair] {
@@ -336,20 +368,8 @@ async fn an_executor_that_misses_its_heartbeats_is_taken_as_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cheap_query_preempts_a_long_task_holding_the_only_slot() {
-    let cluster = LocalCluster::start(ClusterConfig {
-        executors: 1,
-        slots: 1,
-        // One partition: the long query is one task that holds the slot.
-        target_partitions: 1,
-        catalog: Some(common::tpch_catalog()),
-        // No aging: the cheaper query outranks the long one however late it comes; and
-        // any cheaper query may preempt (at SF 0.01 the estimates are close together).
-        aging_half_life: 0.0,
-        preempt_cost_ratio: 1.0,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    // The long query is one task that holds the only slot.
+    let cluster = one_partition_cluster(1).await;
     let mut client = cluster.client().await.unwrap();
     // Pairs ~1.8 billion rows: minutes of work, far longer than this test waits.
     let heavy = "select sum(a.l_quantity * b.l_quantity) from lineitem a \
@@ -360,15 +380,7 @@ async fn a_cheap_query_preempts_a_long_task_holding_the_only_slot() {
         assert_eq!(status.stages.len(), 1, "{status:?}");
         (status.stages[0].tasks_running, status.stages[0].tasks_done)
     };
-    let mut joining = false;
-    for _ in 0..1500 {
-        let status = client.status(&id).await.unwrap();
-        if join_stage(&status) == (1, 0) {
-            joining = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let joining = status_until(&mut client, &id, |s| join_stage(s) == (1, 0)).await;
     assert!(
         joining,
         "the join task never started: {:?}",
@@ -404,33 +416,17 @@ async fn a_cheap_query_preempts_a_long_task_holding_the_only_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_task_pushed_alone_is_promoted_once_costlier_work_is_pushed() {
-    let cluster = LocalCluster::start(ClusterConfig {
-        executors: 1,
-        slots: 2,
-        // One partition: each query is one task.
-        target_partitions: 1,
-        catalog: Some(common::tpch_catalog()),
-        aging_half_life: 0.0,
-        preempt_cost_ratio: 1.0,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let cluster = one_partition_cluster(2).await;
     let mut client = cluster.client().await.unwrap();
     // Minutes of work, estimated at tens of cost units: pushed while nothing else runs,
     // so not urgent.
     let long = "select sum(a.l_quantity * b.l_quantity) from lineitem a \
                 join lineitem b on a.l_linestatus = b.l_linestatus";
     let first = client.submit_sql(long).await.unwrap();
-    let mut running = false;
-    for _ in 0..1500 {
-        let status = client.status(&first).await.unwrap();
-        if status.stages.iter().any(|s| s.tasks_running == 1) {
-            running = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let running = status_until(&mut client, &first, |s| {
+        s.stages.iter().any(|stage| stage.tasks_running == 1)
+    })
+    .await;
     assert!(running, "the first query's task never started");
     let executor = &cluster.executors()[0];
     assert_eq!(executor.promotions(), 0);
