@@ -32,6 +32,10 @@ async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     check()
 }
 
+/// Pairs ~1.8 billion rows at SF 0.01: minutes of work, far longer than a test waits.
+const LONG_JOIN: &str = "select sum(a.l_quantity * b.l_quantity) from lineitem a \
+                         join lineitem b on a.l_linestatus = b.l_linestatus";
+
 /// One executor of `slots` slots, one partition per stage (a one-stage query is one
 /// task), no aging, and preemption for any cheaper query (at SF 0.01 the estimates are
 /// close together).
@@ -371,10 +375,7 @@ async fn a_cheap_query_preempts_a_long_task_holding_the_only_slot() {
     // The long query is one task that holds the only slot.
     let cluster = one_partition_cluster(1).await;
     let mut client = cluster.client().await.unwrap();
-    // Pairs ~1.8 billion rows: minutes of work, far longer than this test waits.
-    let heavy = "select sum(a.l_quantity * b.l_quantity) from lineitem a \
-                 join lineitem b on a.l_linestatus = b.l_linestatus";
-    let id = client.submit_sql(heavy).await.unwrap();
+    let id = client.submit_sql(LONG_JOIN).await.unwrap();
     // With one partition the whole query is one stage of one task.
     let join_stage = |status: &baton::proto::QueryStatus| {
         assert_eq!(status.stages.len(), 1, "{status:?}");
@@ -418,11 +419,8 @@ async fn a_cheap_query_preempts_a_long_task_holding_the_only_slot() {
 async fn a_task_pushed_alone_is_promoted_once_costlier_work_is_pushed() {
     let cluster = one_partition_cluster(2).await;
     let mut client = cluster.client().await.unwrap();
-    // Minutes of work, estimated at tens of cost units: pushed while nothing else runs,
-    // so not urgent.
-    let long = "select sum(a.l_quantity * b.l_quantity) from lineitem a \
-                join lineitem b on a.l_linestatus = b.l_linestatus";
-    let first = client.submit_sql(long).await.unwrap();
+    // Estimated at tens of cost units, pushed while nothing else runs: not urgent.
+    let first = client.submit_sql(LONG_JOIN).await.unwrap();
     let running = status_until(&mut client, &first, |s| {
         s.stages.iter().any(|stage| stage.tasks_running == 1)
     })
