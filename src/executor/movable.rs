@@ -52,10 +52,9 @@ impl MovableTask {
     }
 
     /// Continues the task on `runtime`: its next poll, and every later one, runs there.
+    /// A task that finished or was cancelled stays as it is.
     pub fn move_to(&self, runtime: &Handle) {
-        if !self.lock().over {
-            self.drive_on(runtime);
-        }
+        self.drive_on(runtime);
     }
 
     /// Drops the task's future (its operators' streams with it) unless it is being
@@ -74,9 +73,13 @@ impl MovableTask {
         drop(future);
     }
 
-    /// Hands the future to a new driver spawned on `runtime` and retires the current one.
+    /// Hands the future to a new driver spawned on `runtime` and retires the current one,
+    /// unless the task is over.
     fn drive_on(&self, runtime: &Handle) {
         let mut slot = self.lock();
+        if slot.over {
+            return;
+        }
         slot.owner += 1;
         slot.waiting = None;
         let driver = Driver {

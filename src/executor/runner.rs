@@ -35,6 +35,11 @@ const RELEASED_MEMORY: usize = 1024;
 
 type TaskKey = (String, u32, u32);
 
+/// How the runner knows a task: its query, stage and partition (any attempt).
+fn task_key(id: &TaskId) -> TaskKey {
+    (id.query_id.clone(), id.stage_id, id.partition)
+}
+
 /// Runs the tasks the scheduler pushes to this executor.
 pub struct TaskRunner {
     executor_id: String,
@@ -140,7 +145,7 @@ impl TaskRunner {
             metrics::histogram!("baton_task_start_latency_seconds")
                 .record(micros_since(task.ready_at_micros));
         }
-        let key: TaskKey = (id.query_id.clone(), id.stage_id, id.partition);
+        let key = task_key(&id);
         let (gate, suspended) = self.arbiter.admit(
             key.clone(),
             &id.query_id,
@@ -183,7 +188,7 @@ impl TaskRunner {
     /// since pushed much costlier work that would otherwise share the CPU with it. Its
     /// shuffle fetches keep the connections they started on.
     pub fn promote(&self, id: &TaskId) {
-        let key = (id.query_id.clone(), id.stage_id, id.partition);
+        let key = task_key(id);
         let task = self
             .running
             .lock()
@@ -255,7 +260,7 @@ impl TaskRunner {
     }
 
     fn finish(&self, id: TaskId, started: Instant, result: Result<Vec<PartitionStats>>) {
-        let key = (id.query_id.clone(), id.stage_id, id.partition);
+        let key = task_key(&id);
         self.running.lock().expect("running lock").remove(&key);
         self.arbiter.leave(&key, Instant::now());
         self.report_suspended();
@@ -301,7 +306,7 @@ impl TaskRunner {
     /// Stops a running task: its DataFusion streams are dropped, its partial output
     /// discarded, and a Failed status reports the freed slot.
     pub fn cancel(&self, id: &TaskId) {
-        let key = (id.query_id.clone(), id.stage_id, id.partition);
+        let key = task_key(id);
         let handle = self.running.lock().expect("running lock").remove(&key);
         if let Some(handle) = handle {
             handle.cancel();

@@ -129,7 +129,9 @@ impl Planner {
         let planner = self.clone();
         self.threads
             .run(Box::new(move || {
-                let (planned, lowered) = futures::executor::block_on(planner.plan_here(submission));
+                let mut lowered = false;
+                let planned =
+                    futures::executor::block_on(planner.plan_here(submission, &mut lowered));
                 let _ = done.send(planned);
                 !lowered
             }))
@@ -137,17 +139,8 @@ impl Planner {
         result.await.map_err(|_| PlannerError::Aborted)?
     }
 
-    /// Plans `submission`; also says whether it moved the thread to the lowest priority.
+    /// Plans `submission`; sets `lowered` when it moved the thread to the lowest priority.
     async fn plan_here(
-        &self,
-        submission: Submission,
-    ) -> (Result<(Vec<StageSpec>, SchemaRef), PlannerError>, bool) {
-        let mut lowered = false;
-        let planned = self.plan_stages(submission, &mut lowered).await;
-        (planned, lowered)
-    }
-
-    async fn plan_stages(
         &self,
         submission: Submission,
         lowered: &mut bool,
