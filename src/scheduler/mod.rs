@@ -190,13 +190,16 @@ impl Scheduler {
     pub fn with_session(session: SessionContext, policy: Box<dyn Policy>) -> Self {
         crate::telemetry::recorder();
         let (tx, rx) = watch::channel(0);
+        let state = SchedulerState::new(tx, policy);
+        let background = state.background_plannings();
         Self {
             inner: Arc::new(Inner {
-                state: Mutex::new(SchedulerState::new(tx, policy)),
+                state: Mutex::new(state),
                 planner: Planner {
                     session,
                     small_first: false,
                     threads: Default::default(),
+                    background,
                 },
                 executors: rx,
                 clients: FlightClients::default(),
@@ -221,10 +224,12 @@ impl Scheduler {
         let span = info_span!("plan", query_id = %id);
         let started = std::time::Instant::now();
         let query = match self.inner.planner.plan(submission).await {
-            Ok((stages, schema)) => {
+            Ok(planned) => {
                 let micros = started.elapsed().as_micros() as u64;
-                tracing::debug!(query_id = %id, micros, "query planned");
-                Query::new(id.clone(), label, stages, schema)
+                tracing::debug!(query_id = %id, micros, small = planned.small, "query planned");
+                let mut query = Query::new(id.clone(), label, planned.stages, planned.schema);
+                query.small_plan = planned.small;
+                query
             }
             Err(e) => {
                 let _enter = span.enter();

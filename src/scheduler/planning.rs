@@ -4,11 +4,13 @@
 //! never holds up a task push, a status or a small query.
 //!
 //! When small queries go first (the `priority` policy), the planning thread of a query
-//! whose logical plan is bigger than [`SMALL_PLAN_NODES`] moves to the OS's lowest
-//! priority (the class background tasks run in) before it optimizes and plans it
-//! physically, the costly part: a small query submitted together with big ones then has
-//! its plan, and its first tasks running, before theirs.
+//! whose logical plan is bigger than [`SMALL_PLAN_NODES`], or that reads more than
+//! [`SMALL_PLAN_BYTES`] of table data, moves to the OS's lowest priority (the class
+//! background tasks run in) before it optimizes and plans it physically, the costly
+//! part: a small query submitted together with big ones then has its plan, and its first
+//! tasks running, before theirs.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,12 +22,19 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 
 use super::{StageSpec, Submission};
+use crate::catalog::plan_data_bytes;
 use crate::planner::{self, PlannerError};
 use crate::thread_priority::lower_current_thread_to_idle;
 
 /// Logical plans of at most this many nodes (a join of two tables, aggregated, sorted
 /// and limited) are planned at normal OS priority; bigger ones at the lowest.
 const SMALL_PLAN_NODES: usize = 8;
+
+/// Logical plans reading at most this many bytes of table data (the catalog's files,
+/// whole, as measured when it was loaded) are planned at normal OS priority; a plan that
+/// reads more is of a long query, whose planning (statistics of many row groups) is
+/// background work like its tasks, however few nodes it has (TPC-H Q1 has 5).
+const SMALL_PLAN_BYTES: u64 = 64 << 20;
 
 /// A planning thread with nothing to plan ends after this long.
 const THREAD_KEEP_ALIVE: Duration = Duration::from_secs(60);
@@ -39,6 +48,46 @@ pub struct Planner {
     pub small_first: bool,
     /// The threads plans are made on.
     pub threads: PlanningThreads,
+    /// Plannings under way at the lowest OS priority.
+    pub background: BackgroundPlannings,
+}
+
+/// A planned submission.
+pub struct Planned {
+    /// Its stages, inputs before consumers.
+    pub stages: Vec<StageSpec>,
+    /// The result schema.
+    pub schema: SchemaRef,
+    /// True for SQL whose logical plan was small (at most [`SMALL_PLAN_NODES`] nodes
+    /// reading at most [`SMALL_PLAN_BYTES`]): an interactive query.
+    pub small: bool,
+}
+
+/// How many plannings of big queries are under way at the lowest OS priority: costly
+/// work the scheduler knows is coming before it has its cost.
+#[derive(Debug, Clone, Default)]
+pub struct BackgroundPlannings(Arc<AtomicUsize>);
+
+impl BackgroundPlannings {
+    /// True while at least one is under way.
+    pub fn any(&self) -> bool {
+        self.0.load(Ordering::Acquire) > 0
+    }
+
+    /// Counts one until the returned guard is dropped.
+    pub fn start(&self) -> BackgroundPlanning {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        BackgroundPlanning(self.clone())
+    }
+}
+
+/// One background planning, counted while it lives.
+pub struct BackgroundPlanning(BackgroundPlannings);
+
+impl Drop for BackgroundPlanning {
+    fn drop(&mut self) {
+        (self.0).0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// One planning: runs on a planning thread, and says whether the thread may plan again
@@ -121,10 +170,7 @@ impl Planner {
     /// on that thread too, outside any runtime: local object stores then read files
     /// inline instead of handing each read to a runtime's blocking pool and waiting to be
     /// woken, which under load cost milliseconds per table.
-    pub async fn plan(
-        &self,
-        submission: Submission,
-    ) -> Result<(Vec<StageSpec>, SchemaRef), PlannerError> {
+    pub async fn plan(&self, submission: Submission) -> Result<Planned, PlannerError> {
         let (done, result) = tokio::sync::oneshot::channel();
         let planner = self.clone();
         self.threads
@@ -144,17 +190,20 @@ impl Planner {
         &self,
         submission: Submission,
         lowered: &mut bool,
-    ) -> Result<(Vec<StageSpec>, SchemaRef), PlannerError> {
+    ) -> Result<Planned, PlannerError> {
+        let mut small = false;
+        let mut _background = None;
         let plan = match submission {
             Submission::Sql(sql) => {
                 let frame = self.session.sql(&sql).await?;
-                if self.small_first {
-                    let nodes = plan_nodes(frame.logical_plan());
-                    if nodes > SMALL_PLAN_NODES {
-                        tracing::debug!(nodes, "planning a big query at the lowest priority");
-                        lower_current_thread_to_idle();
-                        *lowered = true;
-                    }
+                let nodes = plan_nodes(frame.logical_plan());
+                let bytes = plan_data_bytes(frame.logical_plan());
+                small = nodes <= SMALL_PLAN_NODES && bytes <= SMALL_PLAN_BYTES;
+                if self.small_first && !small {
+                    tracing::debug!(nodes, bytes, "planning a big query at the lowest priority");
+                    _background = Some(self.background.start());
+                    lower_current_thread_to_idle();
+                    *lowered = true;
                 }
                 frame.create_physical_plan().await?
             }
@@ -180,7 +229,11 @@ impl Planner {
                 })
             })
             .collect::<Result<Vec<_>, PlannerError>>()?;
-        Ok((stages, dag.schema))
+        Ok(Planned {
+            stages,
+            schema: dag.schema,
+            small,
+        })
     }
 }
 

@@ -101,6 +101,8 @@ pub struct Query {
     remaining_cost: f64,
     /// Why the result partitions were freed ("fetched", "expired"), once they were.
     pub results_released: Option<&'static str>,
+    /// Planned from SQL with a small logical plan (see `planning::Planned::small`).
+    pub small_plan: bool,
 }
 
 /// What a task result did to its query.
@@ -169,6 +171,7 @@ impl Query {
             arrived: Instant::now(),
             remaining_cost,
             results_released: None,
+            small_plan: false,
         }
     }
 
@@ -189,6 +192,7 @@ impl Query {
             arrived: Instant::now(),
             remaining_cost: 0.0,
             results_released: None,
+            small_plan: false,
         }
     }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::planning::BackgroundPlannings;
 use super::policy::Policy;
 use super::query::{Progress, Query, TaskRef};
 use super::queue::{QueuedTask, WorkQueue};
@@ -67,6 +68,7 @@ pub struct SchedulerState {
     timeline: VecDeque<TaskSpan>,
     ended: VecDeque<Arc<str>>,
     ended_retained: usize,
+    background_plannings: BackgroundPlannings,
 }
 
 impl SchedulerState {
@@ -84,7 +86,22 @@ impl SchedulerState {
             timeline: VecDeque::new(),
             ended: VecDeque::new(),
             ended_retained: ENDED_RETAINED,
+            background_plannings: BackgroundPlannings::default(),
         }
+    }
+
+    /// The count of big queries' plannings under way, which the planner keeps: while
+    /// there are any, a small query's tasks are pushed as urgent even when nothing else
+    /// runs yet (see [`Self::dispatch`]).
+    pub fn background_plannings(&self) -> BackgroundPlannings {
+        self.background_plannings.clone()
+    }
+
+    /// True when `query` is small (by its logical plan) and big queries are being
+    /// planned: their tasks will arrive in a few milliseconds, and a task pushed as not
+    /// urgent now would share the lowest OS priority with their plannings until then.
+    fn ahead_of_planned_work(&self, query: &str) -> bool {
+        self.background_plannings.any() && self.queries.get(query).is_some_and(|q| q.small_plan)
     }
 
     /// Adds a query and starts it; returns a receiver that sees its state change.
@@ -206,7 +223,7 @@ impl SchedulerState {
             // free slot is urgent when it could preempt somewhere.
             let urgent = match &head {
                 Some((query, u)) if self.registry.has_free_slot() => {
-                    self.registry.is_urgent(query, u, now)
+                    self.registry.is_urgent(query, u, now) || self.ahead_of_planned_work(query)
                 }
                 Some(_) => true,
                 None => false,
@@ -519,7 +536,7 @@ fn record_dispatch(queued: &QueuedTask) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scheduler::PolicyKind;
+    use crate::scheduler::{PolicyKind, StageSpec};
 
     #[test]
     fn the_query_table_forgets_the_oldest_ended_queries() {
@@ -538,5 +555,56 @@ mod tests {
             state.queries().next().map(|q| q.id.to_string()),
             Some("q24".into())
         );
+    }
+
+    /// A query of one stage of one task, small by its logical plan or not.
+    fn one_task_query(id: &str, small: bool) -> Query {
+        let stage = StageSpec {
+            cost: 1.0,
+            output_rows: 0.0,
+            cost_per_input_row: 0.0,
+            plan: Default::default(),
+            inputs: Vec::new(),
+            tasks: 1,
+        };
+        let mut query = Query::new(
+            id.into(),
+            String::new(),
+            vec![stage],
+            Arc::new(datafusion::arrow::datatypes::Schema::empty()),
+        );
+        query.small_plan = small;
+        query
+    }
+
+    #[test]
+    fn small_queries_push_urgent_tasks_while_big_ones_are_planned() {
+        let (tx, _rx) = watch::channel(0);
+        let mut state = SchedulerState::new(tx, PolicyKind::Priority.build(10.0));
+        let (sender, mut stream) = tokio::sync::mpsc::unbounded_channel();
+        let location = MapLocation {
+            executor_id: "e".into(),
+            flight_address: "e:1".into(),
+            background_flight_address: "e:2".into(),
+        };
+        state.register_executor(location, 8, 8, sender);
+        let mut pushed_urgent = |state: &mut SchedulerState, query: Query| {
+            state.add_query(query);
+            match stream.try_recv() {
+                Ok(Ok(SchedulerMessage {
+                    message: Some(scheduler_message::Message::RunTask(run)),
+                })) => run.urgent,
+                other => panic!("expected a pushed task, got {other:?}"),
+            }
+        };
+        let planning = state.background_plannings();
+        // Nothing else runs or is being planned: a small query's task is background work.
+        assert!(!pushed_urgent(&mut state, one_task_query("a", true)));
+        let big = planning.start();
+        assert!(pushed_urgent(&mut state, one_task_query("b", true)));
+        // Only small queries go ahead of the big ones being planned.
+        assert!(!pushed_urgent(&mut state, one_task_query("c", false)));
+        drop(big);
+        assert!(!pushed_urgent(&mut state, one_task_query("d", true)));
     }
 }
