@@ -192,6 +192,7 @@ impl Planner {
         lowered: &mut bool,
     ) -> Result<Planned, PlannerError> {
         let mut small = false;
+        // A big planning is counted as under way until this function returns.
         let mut _background = None;
         let plan = match submission {
             Submission::Sql(sql) => {
