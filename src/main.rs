@@ -12,6 +12,13 @@ use baton::client::OutputFormat;
 use baton::client::bench::TpchBench;
 use baton::client::bench::fairness::FairnessBench;
 use baton::client::bench::scheduler::SchedulerBench;
+
+/// jemalloc, purging on background threads. glibc's malloc grows each thread arena's heap
+/// a few pages at a time with `mprotect`, under the process's memory-map lock; low-priority
+/// task and planning threads held or queued for that lock while off the CPU, and stalled
+/// the normal-priority threads of urgent work for milliseconds (see docs/design.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use baton::config::DEFAULT_TARGET_PARTITIONS;
 use baton::executor::ExecutorConfig;
 use baton::scheduler::{
