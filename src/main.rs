@@ -12,6 +12,12 @@ use baton::client::OutputFormat;
 use baton::client::bench::TpchBench;
 use baton::client::bench::fairness::FairnessBench;
 use baton::client::bench::scheduler::SchedulerBench;
+use baton::config::DEFAULT_TARGET_PARTITIONS;
+use baton::executor::ExecutorConfig;
+use baton::scheduler::{
+    DEFAULT_AGING_HALF_LIFE, DEFAULT_PREEMPT_COST_RATIO, DEFAULT_RESULT_TTL, PolicyKind,
+    SchedulerConfig,
+};
 
 /// jemalloc, purging on background threads. glibc's malloc grows each thread arena's heap
 /// a few pages at a time with `mprotect`, under the process's memory-map lock; low-priority
@@ -19,12 +25,6 @@ use baton::client::bench::scheduler::SchedulerBench;
 /// the normal-priority threads of urgent work for milliseconds (see docs/design.md).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-use baton::config::DEFAULT_TARGET_PARTITIONS;
-use baton::executor::ExecutorConfig;
-use baton::scheduler::{
-    DEFAULT_AGING_HALF_LIFE, DEFAULT_PREEMPT_COST_RATIO, DEFAULT_RESULT_TTL, PolicyKind,
-    SchedulerConfig,
-};
 
 /// Baton: a push-based, streaming, distributed query scheduler for Apache DataFusion.
 #[derive(Debug, Parser)]
