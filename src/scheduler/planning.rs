@@ -175,25 +175,25 @@ impl Planner {
         let planner = self.clone();
         self.threads
             .run(Box::new(move || {
-                let mut lowered = false;
+                let mut background = None;
                 let planned =
-                    futures::executor::block_on(planner.plan_here(submission, &mut lowered));
+                    futures::executor::block_on(planner.plan_here(submission, &mut background));
                 let _ = done.send(planned);
-                !lowered
+                // A thread lowered for a big planning may not plan again.
+                background.is_none()
             }))
             .map_err(PlannerError::Thread)?;
         result.await.map_err(|_| PlannerError::Aborted)?
     }
 
-    /// Plans `submission`; sets `lowered` when it moved the thread to the lowest priority.
+    /// Plans `submission`; when it moves the thread to the lowest priority, it puts in
+    /// `background` the guard that counts this planning as under way.
     async fn plan_here(
         &self,
         submission: Submission,
-        lowered: &mut bool,
+        background: &mut Option<BackgroundPlanning>,
     ) -> Result<Planned, PlannerError> {
         let mut small = false;
-        // A big planning is counted as under way until this function returns.
-        let mut _background = None;
         let plan = match submission {
             Submission::Sql(sql) => {
                 let frame = self.session.sql(&sql).await?;
@@ -202,9 +202,8 @@ impl Planner {
                 small = nodes <= SMALL_PLAN_NODES && bytes <= SMALL_PLAN_BYTES;
                 if self.small_first && !small {
                     tracing::debug!(nodes, bytes, "planning a big query at the lowest priority");
-                    _background = Some(self.background.start());
+                    *background = Some(self.background.start());
                     lower_current_thread_to_idle();
-                    *lowered = true;
                 }
                 frame.create_physical_plan().await?
             }
