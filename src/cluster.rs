@@ -14,8 +14,8 @@ use crate::client::{BatonClient, ClientError};
 use crate::config::DEFAULT_TARGET_PARTITIONS;
 use crate::executor::{DEFAULT_SHUFFLE_MEMORY, Executor, ExecutorConfig, ExecutorError};
 use crate::scheduler::{
-    DEFAULT_AGING_HALF_LIFE, DEFAULT_PREEMPT_COST_RATIO, DEFAULT_RESULT_TTL, PolicyKind, Scheduler,
-    SchedulerConfig, SchedulerError,
+    DEFAULT_AGING_HALF_LIFE, DEFAULT_PARTITION_DATA_BYTES, DEFAULT_PREEMPT_COST_RATIO,
+    DEFAULT_RESULT_TTL, PolicyKind, Scheduler, SchedulerConfig, SchedulerError,
 };
 
 /// Errors of starting a cluster.
@@ -49,8 +49,11 @@ pub struct ClusterConfig {
     pub slots: u32,
     /// Catalog of tables.
     pub catalog: Option<PathBuf>,
-    /// Partitions (tasks per stage).
+    /// Partitions (tasks per stage), at most.
     pub target_partitions: usize,
+    /// Bytes of table data that earn a query one partition, up to `target_partitions`;
+    /// 0: every query gets `target_partitions`.
+    pub partition_data_bytes: u64,
     /// Scheduler address (port 0: any free port).
     pub bind: SocketAddr,
     /// Scheduling policy.
@@ -76,6 +79,7 @@ impl Default for ClusterConfig {
             slots: 2,
             catalog: None,
             target_partitions: DEFAULT_TARGET_PARTITIONS,
+            partition_data_bytes: DEFAULT_PARTITION_DATA_BYTES,
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             policy: PolicyKind::default(),
             aging_half_life: DEFAULT_AGING_HALF_LIFE,
@@ -106,6 +110,7 @@ impl LocalCluster {
         let scheduler = Scheduler::new(SchedulerConfig {
             catalog: config.catalog.clone(),
             target_partitions: config.target_partitions,
+            partition_data_bytes: config.partition_data_bytes,
             policy: config.policy,
             aging_half_life: config.aging_half_life,
             result_ttl: config.result_ttl,

@@ -15,8 +15,8 @@ use baton::client::bench::scheduler::SchedulerBench;
 use baton::config::DEFAULT_TARGET_PARTITIONS;
 use baton::executor::ExecutorConfig;
 use baton::scheduler::{
-    DEFAULT_AGING_HALF_LIFE, DEFAULT_PREEMPT_COST_RATIO, DEFAULT_RESULT_TTL, PolicyKind,
-    SchedulerConfig,
+    DEFAULT_AGING_HALF_LIFE, DEFAULT_PARTITION_DATA_BYTES, DEFAULT_PREEMPT_COST_RATIO,
+    DEFAULT_RESULT_TTL, PolicyKind, SchedulerConfig,
 };
 
 /// jemalloc, purging on background threads. glibc's malloc grows each thread arena's heap
@@ -44,9 +44,13 @@ enum Command {
         /// TOML catalog of tables SQL can name.
         #[arg(long)]
         catalog: Option<PathBuf>,
-        /// Partitions per stage DataFusion plans with.
+        /// Partitions per stage DataFusion plans with, at most.
         #[arg(long, default_value_t = DEFAULT_TARGET_PARTITIONS)]
         partitions: usize,
+        /// MiB of table data (its files, whole) that earn a query one partition, up to
+        /// --partitions; 0: every query gets --partitions.
+        #[arg(long, default_value_t = DEFAULT_PARTITION_DATA_BYTES >> 20)]
+        partition_data_mib: u64,
         /// How tasks of concurrent queries are ordered: priority, fair or fifo.
         #[arg(long, default_value_t = PolicyKind::default())]
         policy: PolicyKind,
@@ -167,9 +171,13 @@ struct ClusterArgs {
     /// Slots per executor of an embedded cluster.
     #[arg(long, default_value_t = 2)]
     slots: u32,
-    /// Partitions per stage DataFusion plans with.
+    /// Partitions per stage DataFusion plans with, at most.
     #[arg(long, default_value_t = DEFAULT_TARGET_PARTITIONS)]
     partitions: usize,
+    /// MiB of table data (its files, whole) that earn a query one partition, up to
+    /// --partitions; 0: every query gets --partitions.
+    #[arg(long, default_value_t = DEFAULT_PARTITION_DATA_BYTES >> 20)]
+    partition_data_mib: u64,
     /// How tasks of concurrent queries are ordered: priority, fair or fifo.
     #[arg(long, default_value_t = PolicyKind::default())]
     policy: PolicyKind,
@@ -229,9 +237,13 @@ enum Bench {
         /// Slots per executor.
         #[arg(long, default_value_t = 2)]
         slots: u32,
-        /// Partitions per stage.
+        /// Partitions per stage, at most.
         #[arg(long, default_value_t = DEFAULT_TARGET_PARTITIONS)]
         partitions: usize,
+        /// MiB of table data (its files, whole) that earn a query one partition, up to
+        /// --partitions; 0: every query gets --partitions.
+        #[arg(long, default_value_t = DEFAULT_PARTITION_DATA_BYTES >> 20)]
+        partition_data_mib: u64,
         /// Long background queries submitted at the start.
         #[arg(long, default_value_t = 8)]
         long: usize,
@@ -330,6 +342,7 @@ impl From<ClusterArgs> for cli::ClusterOptions {
             executors: a.executors,
             slots: a.slots,
             partitions: a.partitions,
+            partition_data_bytes: a.partition_data_mib << 20,
             policy: a.policy,
             aging_half_life: a.aging_half_life,
             preempt_slots: a.preempt_slots,
@@ -364,6 +377,7 @@ fn main() -> ExitCode {
                 bind,
                 catalog,
                 partitions,
+                partition_data_mib,
                 policy,
                 aging_half_life,
                 result_ttl,
@@ -373,6 +387,7 @@ fn main() -> ExitCode {
                 let config = SchedulerConfig {
                     catalog,
                     target_partitions: partitions,
+                    partition_data_bytes: partition_data_mib << 20,
                     policy,
                     aging_half_life,
                     result_ttl: std::time::Duration::from_secs(result_ttl),
@@ -436,6 +451,7 @@ fn main() -> ExitCode {
                     executors,
                     slots,
                     partitions,
+                    partition_data_mib,
                     long,
                     short,
                     interval_ms,
@@ -453,6 +469,7 @@ fn main() -> ExitCode {
                         executors,
                         slots,
                         partitions,
+                        partition_data_bytes: partition_data_mib << 20,
                         long_queries: long,
                         short_queries: short,
                         interval: std::time::Duration::from_millis(interval_ms),

@@ -15,6 +15,9 @@ async fn cluster(executors: usize) -> LocalCluster {
         slots: 2,
         catalog: Some(common::tpch_catalog()),
         target_partitions: 4,
+        // Every query in 4 partitions, however little data it reads, so that the small
+        // test tables are shuffled as big ones would be.
+        partition_data_bytes: 0,
         ..Default::default()
     })
     .await
@@ -70,6 +73,43 @@ async fn all_22_tpch_queries_match_single_node_datafusion_and_shuffle_crosses_ex
     );
     for query in client.list().await.unwrap() {
         assert_eq!(query.state, QueryState::Succeeded as i32, "{query:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queries_over_little_data_run_one_task_per_stage_and_match_single_node_datafusion() {
+    // The default partition sizing: TPC-H SF 0.01 is a few MiB, one partition's worth.
+    let cluster = LocalCluster::start(ClusterConfig {
+        executors: 2,
+        catalog: Some(common::tpch_catalog()),
+        target_partitions: 4,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let reference = common::single_node(&common::tpch_catalog()).await;
+    let mut client = cluster.client().await.unwrap();
+    for number in [1, 3, 13, 18, 22] {
+        let query = baton::tpch::query(number).unwrap();
+        let id = client.submit_sql(query.sql).await.unwrap();
+        let actual = client.fetch(&id).await.unwrap();
+        let expected = reference
+            .sql(query.sql)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let ordered = query.sql.to_lowercase().contains("order by");
+        if let Err(diff) = common::compare(&expected, &actual.batches, ordered) {
+            panic!("Q{number}: {diff}");
+        }
+        let status = client.status(&id).await.unwrap();
+        assert!(
+            status.stages.iter().all(|stage| stage.tasks_total == 1),
+            "Q{number}: {:?}",
+            status.stages
+        );
     }
 }
 

@@ -76,6 +76,9 @@ async fn all_22_tpch_queries_submitted_at_once_are_all_correct() {
             slots: 2,
             catalog: Some(common::tpch_catalog()),
             policy,
+            // Every query split 4 ways (the default would run the small test data in
+            // one partition): many tasks of many queries at once.
+            partition_data_bytes: 0,
             ..Default::default()
         })
         .await
@@ -125,6 +128,8 @@ async fn a_cancelled_query_stops_frees_its_slots_and_leaves_no_shuffle_files() {
         catalog: Some(common::tpch_catalog()),
         // Every shuffle partition goes to disk, so files are there to be cleaned up.
         shuffle_memory: 0,
+        // Shuffles even for the small test data.
+        partition_data_bytes: 0,
         ..Default::default()
     })
     .await

@@ -62,6 +62,8 @@ async fn metrics_move_with_a_query_and_cover_the_dashboard() {
         executors: 2,
         slots: 2,
         catalog: Some(common::tpch_catalog()),
+        // Shuffles even for the small test data, so shuffle metrics move too.
+        partition_data_bytes: 0,
         ..Default::default()
     })
     .await

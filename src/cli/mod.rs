@@ -112,8 +112,10 @@ pub struct ClusterOptions {
     pub executors: usize,
     /// Slots per executor.
     pub slots: u32,
-    /// Partitions per stage.
+    /// Partitions per stage, at most.
     pub partitions: usize,
+    /// Bytes of table data that earn a query one partition (0: always `partitions`).
+    pub partition_data_bytes: u64,
     /// Scheduling policy.
     pub policy: PolicyKind,
     /// Aging half-life of the `priority` policy, seconds.
@@ -152,6 +154,7 @@ async fn start_cluster(
         slots: options.slots.max(1),
         catalog: Some(catalog),
         target_partitions: options.partitions,
+        partition_data_bytes: options.partition_data_bytes,
         bind,
         policy: options.policy,
         aging_half_life: options.aging_half_life,

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tracing::info_span;
 
 pub use flight::result_ticket;
+pub use planning::DEFAULT_PARTITION_DATA_BYTES;
 use planning::Planner;
 pub use policy::{DEFAULT_AGING_HALF_LIFE, Policy, PolicyKind, running_rank};
 pub use query::{MAX_TASK_ATTEMPTS, Query, StageSpec, TaskRef};
@@ -110,8 +111,11 @@ pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(600);
 pub struct SchedulerConfig {
     /// TOML catalog of tables that SQL can name.
     pub catalog: Option<PathBuf>,
-    /// Partitions (tasks per stage) DataFusion plans with.
+    /// Partitions (tasks per stage) DataFusion plans with, at most.
     pub target_partitions: usize,
+    /// Bytes of table data that earn a query one partition, up to `target_partitions`;
+    /// 0: every query gets `target_partitions`.
+    pub partition_data_bytes: u64,
     /// How queued tasks of different queries are ordered.
     pub policy: PolicyKind,
     /// Seconds of waiting that halve a query's cost against newer ones under the
@@ -129,6 +133,7 @@ impl Default for SchedulerConfig {
         Self {
             catalog: None,
             target_partitions: DEFAULT_TARGET_PARTITIONS,
+            partition_data_bytes: DEFAULT_PARTITION_DATA_BYTES,
             policy: PolicyKind::default(),
             aging_half_life: DEFAULT_AGING_HALF_LIFE,
             result_ttl: DEFAULT_RESULT_TTL,
@@ -179,6 +184,7 @@ impl Scheduler {
         if let Some(inner) = Arc::get_mut(&mut scheduler.inner) {
             inner.result_ttl = config.result_ttl;
             inner.planner.small_first = config.policy == PolicyKind::Priority;
+            inner.planner.partition_data_bytes = config.partition_data_bytes;
         }
         scheduler
             .state()
@@ -200,6 +206,7 @@ impl Scheduler {
                     small_first: false,
                     threads: Default::default(),
                     background,
+                    partition_data_bytes: 0,
                 },
                 executors: rx,
                 clients: FlightClients::default(),

@@ -9,6 +9,11 @@
 //! background tasks run in) before it optimizes and plans it physically, the costly
 //! part: a small query submitted together with big ones then has its plan, and its first
 //! tasks running, before theirs.
+//!
+//! A query is planned with as many partitions (tasks per stage) as its table data
+//! earns, one per [`Planner::partition_data_bytes`], up to the session's target: a
+//! query over a few small tables runs as one task per stage, without the hops and
+//! shuffle files of partitions that would each have next to nothing to do.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -36,6 +41,9 @@ const SMALL_PLAN_NODES: usize = 8;
 /// background work like its tasks, however few nodes it has (TPC-H Q1 has 5).
 const SMALL_PLAN_BYTES: u64 = 64 << 20;
 
+/// Default bytes of table data per partition (see [`Planner::partition_data_bytes`]).
+pub const DEFAULT_PARTITION_DATA_BYTES: u64 = 32 << 20;
+
 /// A planning thread with nothing to plan ends after this long.
 const THREAD_KEEP_ALIVE: Duration = Duration::from_secs(60);
 
@@ -50,6 +58,10 @@ pub struct Planner {
     pub threads: PlanningThreads,
     /// Plannings under way at the lowest OS priority.
     pub background: BackgroundPlannings,
+    /// Bytes of table data (the catalog's files, whole) that earn a query one partition,
+    /// up to the session's target partitions; 0: every query gets the target. Queries
+    /// reading a table of unknown size get the target too.
+    pub partition_data_bytes: u64,
 }
 
 /// A planned submission.
@@ -178,9 +190,11 @@ impl Planner {
                 let mut background = None;
                 let planned =
                     futures::executor::block_on(planner.plan_here(submission, &mut background));
+                // The planning is over (its guard dropped) before its result is out.
+                let lowered = background.take().is_some();
                 let _ = done.send(planned);
                 // A thread lowered for a big planning may not plan again.
-                background.is_none()
+                !lowered
             }))
             .map_err(PlannerError::Thread)?;
         result.await.map_err(|_| PlannerError::Aborted)?
@@ -199,13 +213,25 @@ impl Planner {
                 let frame = self.session.sql(&sql).await?;
                 let nodes = plan_nodes(frame.logical_plan());
                 let bytes = plan_data_bytes(frame.logical_plan());
-                small = nodes <= SMALL_PLAN_NODES && bytes <= SMALL_PLAN_BYTES;
+                small = nodes <= SMALL_PLAN_NODES && bytes.unwrap_or(0) <= SMALL_PLAN_BYTES;
                 if self.small_first && !small {
                     tracing::debug!(nodes, bytes, "planning a big query at the lowest priority");
                     *background = Some(self.background.start());
                     lower_current_thread_to_idle();
                 }
-                frame.create_physical_plan().await?
+                let (mut state, plan) = frame.into_parts();
+                let execution = &mut state.config_mut().options_mut().execution;
+                execution.target_partitions = partitions_for(
+                    bytes,
+                    self.partition_data_bytes,
+                    execution.target_partitions,
+                );
+                tracing::debug!(
+                    partitions = execution.target_partitions,
+                    bytes,
+                    "planning with partitions for its data"
+                );
+                state.create_physical_plan(&plan).await?
             }
             Submission::Plan(bytes) => {
                 let ctx: Arc<TaskContext> = self.session.task_ctx();
@@ -247,6 +273,19 @@ fn plan_nodes(plan: &LogicalPlan) -> usize {
     nodes
 }
 
+/// Partitions for a query reading `bytes` of table data: one per `per_partition` bytes
+/// (at least one), at most `target`; `target` when the bytes are unknown or
+/// `per_partition` is 0.
+fn partitions_for(bytes: Option<u64>, per_partition: u64, target: usize) -> usize {
+    match bytes {
+        Some(bytes) if per_partition > 0 => {
+            let earned = bytes.div_ceil(per_partition).max(1);
+            usize::try_from(earned).map_or(target, |earned| earned.min(target))
+        }
+        _ => target,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,6 +324,61 @@ mod tests {
         let third = run_on(&threads, true);
         assert_ne!(third, first);
         wait_idle(&threads, 1);
+    }
+
+    #[test]
+    fn partitions_follow_the_data_up_to_the_target() {
+        let mib = 1 << 20;
+        assert_eq!(partitions_for(Some(0), 32 * mib, 4), 1);
+        assert_eq!(partitions_for(Some(32 * mib), 32 * mib, 4), 1);
+        assert_eq!(partitions_for(Some(32 * mib + 1), 32 * mib, 4), 2);
+        assert_eq!(partitions_for(Some(1 << 40), 32 * mib, 4), 4);
+        assert_eq!(partitions_for(None, 32 * mib, 4), 4);
+        assert_eq!(partitions_for(Some(0), 0, 4), 4);
+    }
+
+    #[tokio::test]
+    async fn queries_get_partitions_for_their_data_and_much_data_plans_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("small.csv"), "1\n2\n").unwrap();
+        // A sparse file: 65 MiB long, nothing written.
+        let big = std::fs::File::create(dir.path().join("big.csv")).unwrap();
+        big.set_len(65 << 20).unwrap();
+        let catalog = dir.path().join("catalog.toml");
+        std::fs::write(
+            &catalog,
+            "[[table]]\nname='small'\nformat='csv'\npath='small.csv'\nheader=false\ncolumns=[['x','BIGINT']]\n\
+             [[table]]\nname='big'\nformat='csv'\npath='big.csv'\nheader=false\ncolumns=[['x','BIGINT']]\n\
+             [[table]]\nname='globbed'\nformat='csv'\npath='sm*.csv'\nheader=false\ncolumns=[['x','BIGINT']]\n",
+        )
+        .unwrap();
+        let session = SessionContext::new_with_config(crate::config::distributed_session_config(4));
+        crate::catalog::register_catalog(&session, &catalog)
+            .await
+            .unwrap();
+        let planner = Planner {
+            session,
+            small_first: true,
+            threads: Default::default(),
+            background: Default::default(),
+            partition_data_bytes: 32 << 20,
+        };
+        let plan = async |sql: &str| planner.plan(Submission::Sql(sql.into())).await.unwrap();
+        let most_tasks = |planned: &Planned| planned.stages.iter().map(|s| s.tasks).max();
+
+        // A few bytes of data: one task in every stage.
+        let planned = plan("select x, count(*) from small group by x").await;
+        assert!(planned.small);
+        assert_eq!(most_tasks(&planned), Some(1));
+        // 65 MiB: three partitions of at most 32 MiB, planned as big.
+        let planned = plan("select count(*) from big").await;
+        assert!(!planned.small);
+        assert_eq!(most_tasks(&planned), Some(3));
+        // Globs are of unknown size: the session's 4 partitions.
+        let planned = plan("select x, count(*) from globbed group by x").await;
+        assert!(planned.small);
+        assert_eq!(most_tasks(&planned), Some(4));
+        assert!(!planner.background.any());
     }
 
     #[tokio::test]

@@ -12,7 +12,9 @@ use crate::catalog::TableFormat;
 use crate::client::BatonClient;
 use crate::cluster::{ClusterConfig, LocalCluster};
 use crate::datagen;
-use crate::scheduler::{DEFAULT_AGING_HALF_LIFE, DEFAULT_PREEMPT_COST_RATIO, PolicyKind};
+use crate::scheduler::{
+    DEFAULT_AGING_HALF_LIFE, DEFAULT_PARTITION_DATA_BYTES, DEFAULT_PREEMPT_COST_RATIO, PolicyKind,
+};
 use crate::tpch;
 
 /// Short queries: small tables, a few stages each.
@@ -39,8 +41,10 @@ pub struct FairnessBench {
     pub executors: usize,
     /// Slots per executor.
     pub slots: u32,
-    /// Partitions per stage.
+    /// Partitions per stage, at most.
     pub partitions: usize,
+    /// Bytes of table data that earn a query one partition (0: always `partitions`).
+    pub partition_data_bytes: u64,
     /// Long queries submitted at the start.
     pub long_queries: usize,
     /// Short queries, one every `interval`.
@@ -64,6 +68,7 @@ impl Default for FairnessBench {
             executors: 2,
             slots: 2,
             partitions: 4,
+            partition_data_bytes: DEFAULT_PARTITION_DATA_BYTES,
             long_queries: 8,
             short_queries: 20,
             interval: Duration::from_millis(250),
@@ -139,6 +144,7 @@ pub async fn run_fairness_bench(bench: &FairnessBench) -> Result<Vec<PolicyResul
             slots: bench.slots.max(1),
             catalog: Some(catalog.clone()),
             target_partitions: bench.partitions,
+            partition_data_bytes: bench.partition_data_bytes,
             policy,
             preempt_slots: bench.preempt_slots,
             preempt_cost_ratio: bench.preempt_cost_ratio,
