@@ -342,12 +342,17 @@ impl From<ClusterArgs> for cli::ClusterOptions {
             executors: a.executors,
             slots: a.slots,
             partitions: a.partitions,
-            partition_data_bytes: a.partition_data_mib << 20,
+            partition_data_bytes: mib_to_bytes(a.partition_data_mib),
             policy: a.policy,
             aging_half_life: a.aging_half_life,
             preempt_slots: a.preempt_slots,
         }
     }
+}
+
+/// Bytes in `mib` MiB; a value too large for bytes saturates (any table fits then).
+fn mib_to_bytes(mib: u64) -> u64 {
+    mib.saturating_mul(1 << 20)
 }
 
 fn main() -> ExitCode {
@@ -387,7 +392,7 @@ fn main() -> ExitCode {
                 let config = SchedulerConfig {
                     catalog,
                     target_partitions: partitions,
-                    partition_data_bytes: partition_data_mib << 20,
+                    partition_data_bytes: mib_to_bytes(partition_data_mib),
                     policy,
                     aging_half_life,
                     result_ttl: std::time::Duration::from_secs(result_ttl),
@@ -469,7 +474,7 @@ fn main() -> ExitCode {
                         executors,
                         slots,
                         partitions,
-                        partition_data_bytes: partition_data_mib << 20,
+                        partition_data_bytes: mib_to_bytes(partition_data_mib),
                         long_queries: long,
                         short_queries: short,
                         interval: std::time::Duration::from_millis(interval_ms),
