@@ -31,13 +31,7 @@ async fn all_22_tpch_queries_match_single_node_datafusion_and_shuffle_crosses_ex
     let mut client = cluster.client().await.unwrap();
     let mut failures = Vec::new();
     for query in QUERIES {
-        let expected = reference
-            .sql(query.sql)
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
+        let expected = common::expected(&reference, query.sql).await;
         let actual = match client.sql(query.sql).await {
             Ok(result) => result.batches,
             Err(e) => {
@@ -93,13 +87,7 @@ async fn queries_over_little_data_run_one_task_per_stage_and_match_single_node_d
         let query = baton::tpch::query(number).unwrap();
         let id = client.submit_sql(query.sql).await.unwrap();
         let actual = client.fetch(&id).await.unwrap();
-        let expected = reference
-            .sql(query.sql)
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
+        let expected = common::expected(&reference, query.sql).await;
         let ordered = query.sql.to_lowercase().contains("order by");
         if let Err(diff) = common::compare(&expected, &actual.batches, ordered) {
             panic!("Q{number}: {diff}");
@@ -209,7 +197,7 @@ async fn a_plan_larger_than_grpcs_default_message_limit_runs() {
         "select count(*) as n, sum(l_quantity) as q from lineitem where l_orderkey in ({keys})"
     );
     assert!(sql.len() > 2 << 20);
-    let expected = reference.sql(&sql).await.unwrap().collect().await.unwrap();
+    let expected = common::expected(&reference, &sql).await;
     // Planned on the client: the serialized plan (well over 4 MiB) travels in SubmitQuery
     // and in every RunTask.
     let plan = reference

@@ -98,13 +98,7 @@ async fn all_22_tpch_queries_submitted_at_once_are_all_correct() {
         let results = futures::future::join_all(fetches).await;
         let mut failures = Vec::new();
         for (query, result) in QUERIES.iter().zip(results) {
-            let expected = reference
-                .sql(query.sql)
-                .await
-                .unwrap()
-                .collect()
-                .await
-                .unwrap();
+            let expected = common::expected(&reference, query.sql).await;
             match result {
                 Ok(actual) => {
                     let ordered = query.sql.to_lowercase().contains("order by");
@@ -227,7 +221,7 @@ async fn flight_sql_clients_list_tables_and_run_queries() {
     assert_eq!(info.clone().try_decode_schema().unwrap().fields().len(), 4);
     let actual = collect(&mut client, info).await;
     let reference = common::single_node(&common::tpch_catalog()).await;
-    let expected = reference.sql(sql).await.unwrap().collect().await.unwrap();
+    let expected = common::expected(&reference, sql).await;
     common::compare(&expected, &actual, true).unwrap();
 
     // A bad query fails with its cause.

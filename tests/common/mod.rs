@@ -31,6 +31,12 @@ pub async fn single_node(catalog: &std::path::Path) -> SessionContext {
     ctx
 }
 
+/// What single-node DataFusion (`reference`) answers to `sql`.
+pub async fn expected(reference: &SessionContext, sql: &str) -> Vec<RecordBatch> {
+    let frame = reference.sql(sql).await.expect("plan on single node");
+    frame.collect().await.expect("run on single node")
+}
+
 /// One result cell, floats kept apart so they can be compared with a tolerance.
 #[derive(Debug, Clone, PartialEq, PartialOrd)]
 pub enum Cell {
