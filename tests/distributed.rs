@@ -39,7 +39,7 @@ async fn all_22_tpch_queries_match_single_node_datafusion_and_shuffle_crosses_ex
                 continue;
             }
         };
-        let ordered = query.sql.to_lowercase().contains("order by");
+        let ordered = common::is_ordered(query.sql);
         if let Err(diff) = common::compare(&expected, &actual, ordered) {
             failures.push(format!("Q{}: {diff}", query.number));
         }
@@ -88,7 +88,7 @@ async fn queries_over_little_data_run_one_task_per_stage_and_match_single_node_d
         let id = client.submit_sql(query.sql).await.unwrap();
         let actual = client.fetch(&id).await.unwrap();
         let expected = common::expected(&reference, query.sql).await;
-        let ordered = query.sql.to_lowercase().contains("order by");
+        let ordered = common::is_ordered(query.sql);
         if let Err(diff) = common::compare(&expected, &actual.batches, ordered) {
             panic!("Q{number}: {diff}");
         }

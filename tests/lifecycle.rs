@@ -101,7 +101,7 @@ async fn all_22_tpch_queries_submitted_at_once_are_all_correct() {
             let expected = common::expected(&reference, query.sql).await;
             match result {
                 Ok(actual) => {
-                    let ordered = query.sql.to_lowercase().contains("order by");
+                    let ordered = common::is_ordered(query.sql);
                     if let Err(diff) = common::compare(&expected, &actual.batches, ordered) {
                         failures.push(format!("{policy} Q{}: {diff}", query.number));
                     }

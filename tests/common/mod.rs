@@ -37,6 +37,12 @@ pub async fn expected(reference: &SessionContext, sql: &str) -> Vec<RecordBatch>
     frame.collect().await.expect("run on single node")
 }
 
+/// Whether `sql`'s result rows come in a defined order (the query sorts them), so that
+/// results compare row by row rather than as sets.
+pub fn is_ordered(sql: &str) -> bool {
+    sql.to_lowercase().contains("order by")
+}
+
 /// One result cell, floats kept apart so they can be compared with a tolerance.
 #[derive(Debug, Clone, PartialEq, PartialOrd)]
 pub enum Cell {
