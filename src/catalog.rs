@@ -193,7 +193,7 @@ struct CheckedTable {
 /// Bytes of the data files behind `table`, as measured when its catalog was loaded; for
 /// a view, of the tables its plan reads. None when unknown: a glob, a table not from a
 /// catalog file, or a view over one.
-fn table_data_bytes(table: &dyn TableProvider) -> Option<u64> {
+pub fn table_data_bytes(table: &dyn TableProvider) -> Option<u64> {
     if let Some(checked) = table.downcast_ref::<CheckedTable>() {
         Some(checked.bytes)
     } else if let Some(view) = table.downcast_ref::<ViewTable>() {

@@ -3,12 +3,14 @@
 //! and executors' streams: a big query's planning (tens of milliseconds of CPU) then
 //! never holds up a task push, a status or a small query.
 //!
-//! When small queries go first (the `priority` policy), the planning thread of a query
-//! whose logical plan is bigger than [`SMALL_PLAN_NODES`], or that reads more than
-//! [`SMALL_PLAN_BYTES`] of table data, moves to the OS's lowest priority (the class
-//! background tasks run in) before it optimizes and plans it physically, the costly
-//! part: a small query submitted together with big ones then has its plan, and its first
-//! tasks running, before theirs.
+//! When small queries go first (the `priority` policy), a big query is planned at the
+//! OS's lowest priority (the class background tasks run in). Big is told twice: once its
+//! SQL is parsed (it reads more than [`SMALL_PLAN_TABLES`] tables, or more than
+//! [`SMALL_PLAN_BYTES`] of table data), before any costly planning; and after logical
+//! planning (more than [`SMALL_PLAN_NODES`] nodes), before optimizing and physical
+//! planning, the costly part. Big plannings then wait for a turn (see
+//! [`BackgroundPlannings`]): a small query submitted together with big ones has its plan,
+//! and its first tasks running, before theirs, beside one of them rather than all.
 //!
 //! A query is planned with as many partitions (tasks per stage) as its table data
 //! earns, one per [`Planner::partition_data_bytes`], up to the session's target: a
@@ -17,27 +19,32 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::execution::TaskContext;
+use datafusion::execution::{SessionState, TaskContext};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::Statement;
 
 use super::{StageSpec, Submission};
-use crate::catalog::plan_data_bytes;
+use crate::catalog::{plan_data_bytes, table_data_bytes};
 use crate::planner::{self, PlannerError};
 use crate::thread_priority::lower_current_thread_to_idle;
+
+/// Queries reading at most this many distinct tables (a join of three) can be planned at
+/// normal OS priority; more, and they are planned at the lowest.
+const SMALL_PLAN_TABLES: usize = 3;
 
 /// Logical plans of at most this many nodes (a join of two tables, aggregated, sorted
 /// and limited) are planned at normal OS priority; bigger ones at the lowest.
 const SMALL_PLAN_NODES: usize = 8;
 
-/// Logical plans reading at most this many bytes of table data (the catalog's files,
-/// whole, as measured when it was loaded) are planned at normal OS priority; a plan that
-/// reads more is of a long query, whose planning (statistics of many row groups) is
+/// Queries reading at most this many bytes of table data (the catalog's files, whole, as
+/// measured when it was loaded) can be planned at normal OS priority; a query that reads
+/// more is of a long query, whose planning (statistics of many row groups) is
 /// background work like its tasks, however few nodes it has (TPC-H Q1 has 5).
 const SMALL_PLAN_BYTES: u64 = 64 << 20;
 
@@ -70,35 +77,88 @@ pub struct Planned {
     pub stages: Vec<StageSpec>,
     /// The result schema.
     pub schema: SchemaRef,
-    /// True for SQL whose logical plan was small (at most [`SMALL_PLAN_NODES`] nodes
-    /// reading at most [`SMALL_PLAN_BYTES`]): an interactive query.
+    /// True for small SQL (at most [`SMALL_PLAN_TABLES`] tables of at most
+    /// [`SMALL_PLAN_BYTES`] in all, a logical plan of at most [`SMALL_PLAN_NODES`]
+    /// nodes): an interactive query.
     pub small: bool,
 }
 
-/// How many plannings of big queries are under way at the lowest OS priority: costly
-/// work the scheduler knows is coming before it has its cost.
-#[derive(Debug, Clone, Default)]
-pub struct BackgroundPlannings(Arc<AtomicUsize>);
+/// Plannings of big queries at the lowest OS priority: how many are under way or waiting
+/// for their turn (costly work the scheduler knows is coming before it has its cost), and
+/// the turns themselves. At most [`BackgroundPlannings::limit`] run at once, in the order
+/// they started waiting: eight big queries submitted together then plan one after the
+/// other beside a small one, instead of eight idle-class threads allocating, faulting and
+/// reading table metadata at once (which slowed the small query's planning and task 2–3×
+/// while they ran).
+#[derive(Debug, Clone)]
+pub struct BackgroundPlannings(Arc<PlanningTurns>);
+
+#[derive(Debug)]
+struct PlanningTurns {
+    /// Under way or waiting.
+    count: AtomicUsize,
+    /// Plannings that may run at once.
+    limit: u64,
+    /// Tickets handed out and plannings finished; ticket `t` runs once
+    /// `t < finished + limit`.
+    tickets: Mutex<Tickets>,
+    turn: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Tickets {
+    issued: u64,
+    finished: u64,
+}
+
+impl Default for BackgroundPlannings {
+    /// Half the machine's cores, at least one.
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::with_limit(cores / 2)
+    }
+}
 
 impl BackgroundPlannings {
-    /// True while at least one is under way.
-    pub fn any(&self) -> bool {
-        self.0.load(Ordering::Acquire) > 0
+    /// At most `limit` (at least one) plannings at once.
+    pub fn with_limit(limit: usize) -> Self {
+        Self(Arc::new(PlanningTurns {
+            count: AtomicUsize::new(0),
+            limit: limit.max(1) as u64,
+            tickets: Mutex::new(Tickets::default()),
+            turn: Condvar::new(),
+        }))
     }
 
-    /// Counts one until the returned guard is dropped.
+    /// True while at least one is under way or waiting for its turn.
+    pub fn any(&self) -> bool {
+        self.0.count.load(Ordering::Acquire) > 0
+    }
+
+    /// Counts one, blocks the calling thread until it is its turn, and holds the turn
+    /// until the returned guard is dropped.
     pub fn start(&self) -> BackgroundPlanning {
-        self.0.fetch_add(1, Ordering::AcqRel);
+        let turns = &self.0;
+        turns.count.fetch_add(1, Ordering::AcqRel);
+        let mut tickets = turns.tickets.lock().expect("planning turns lock");
+        let ticket = tickets.issued;
+        tickets.issued += 1;
+        while ticket >= tickets.finished + turns.limit {
+            tickets = turns.turn.wait(tickets).expect("planning turns lock");
+        }
         BackgroundPlanning(self.clone())
     }
 }
 
-/// One background planning, counted while it lives.
+/// One background planning, counted and holding its turn while it lives.
 pub struct BackgroundPlanning(BackgroundPlannings);
 
 impl Drop for BackgroundPlanning {
     fn drop(&mut self) {
-        (self.0).0.fetch_sub(1, Ordering::AcqRel);
+        let turns = &(self.0).0;
+        turns.tickets.lock().expect("planning turns lock").finished += 1;
+        turns.turn.notify_all();
+        turns.count.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -200,6 +260,34 @@ impl Planner {
         result.await.map_err(|_| PlannerError::Aborted)?
     }
 
+    /// Moves the calling thread to the lowest OS priority and waits there for a turn among
+    /// the big plannings; the turn lasts while the returned guard lives.
+    fn lower_for_background(&self) -> BackgroundPlanning {
+        lower_current_thread_to_idle();
+        self.background.start()
+    }
+
+    /// How many distinct tables a parsed statement reads, and their bytes of data (see
+    /// [`table_data_bytes`]): enough to tell a big query before planning it. Tables that
+    /// do not resolve count nothing here; planning then fails on them.
+    async fn tables_read(
+        &self,
+        state: &SessionState,
+        statement: &Statement,
+    ) -> (usize, Option<u64>) {
+        let Ok(tables) = state.resolve_table_references(statement) else {
+            return (0, Some(0));
+        };
+        let mut bytes = Some(0u64);
+        for table in &tables {
+            if let Ok(provider) = self.session.table_provider(table.clone()).await {
+                let read = table_data_bytes(provider.as_ref());
+                bytes = bytes.zip(read).map(|(sum, read)| sum + read);
+            }
+        }
+        (tables.len(), bytes)
+    }
+
     /// Plans `submission`; when it moves the thread to the lowest priority, it puts in
     /// `background` the guard that counts this planning as under way.
     async fn plan_here(
@@ -210,14 +298,27 @@ impl Planner {
         let mut small = false;
         let plan = match submission {
             Submission::Sql(sql) => {
-                let frame = self.session.sql(&sql).await?;
+                // `SessionContext::sql` in steps, to classify the query between them.
+                let state = self.session.state();
+                let dialect = state.config().options().sql_parser.dialect;
+                let statement = state.sql_to_statement(&sql, &dialect)?;
+                let (tables, bytes) = self.tables_read(&state, &statement).await;
+                if self.small_first
+                    && (tables > SMALL_PLAN_TABLES || bytes.unwrap_or(0) > SMALL_PLAN_BYTES)
+                {
+                    tracing::debug!(tables, bytes, "planning a big query at the lowest priority");
+                    *background = Some(self.lower_for_background());
+                }
+                let logical = state.statement_to_plan(statement).await?;
+                let frame = self.session.execute_logical_plan(logical).await?;
                 let nodes = plan_nodes(frame.logical_plan());
                 let bytes = plan_data_bytes(frame.logical_plan());
-                small = nodes <= SMALL_PLAN_NODES && bytes.unwrap_or(0) <= SMALL_PLAN_BYTES;
-                if self.small_first && !small {
+                small = tables <= SMALL_PLAN_TABLES
+                    && nodes <= SMALL_PLAN_NODES
+                    && bytes.unwrap_or(0) <= SMALL_PLAN_BYTES;
+                if self.small_first && !small && background.is_none() {
                     tracing::debug!(nodes, bytes, "planning a big query at the lowest priority");
-                    *background = Some(self.background.start());
-                    lower_current_thread_to_idle();
+                    *background = Some(self.lower_for_background());
                 }
                 let (mut state, plan) = frame.into_parts();
                 let execution = &mut state.config_mut().options_mut().execution;
@@ -379,6 +480,112 @@ mod tests {
         assert!(planned.small);
         assert_eq!(most_tasks(&planned), Some(4));
         assert!(!planner.background.any());
+    }
+
+    /// Waits (ten seconds at most) until `count` tickets were handed out.
+    fn wait_tickets(plannings: &BackgroundPlannings, count: u64) {
+        for _ in 0..10_000 {
+            if plannings.0.tickets.lock().unwrap().issued == count {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        panic!("never {count} tickets");
+    }
+
+    #[test]
+    fn big_plannings_take_turns_in_the_order_they_came() {
+        let plannings = BackgroundPlannings::with_limit(1);
+        let first = plannings.start();
+        let (turns, order) = std::sync::mpsc::channel();
+        let (release_second, second_released) = std::sync::mpsc::channel::<()>();
+        let waiter = |name: &'static str, release: Option<Receiver<()>>| {
+            let plannings = plannings.clone();
+            let turns = turns.clone();
+            std::thread::spawn(move || {
+                let _turn = plannings.start();
+                turns.send(name).unwrap();
+                if let Some(release) = release {
+                    release.recv().unwrap();
+                }
+            })
+        };
+        let second = waiter("second", Some(second_released));
+        wait_tickets(&plannings, 2);
+        let third = waiter("third", None);
+        wait_tickets(&plannings, 3);
+        assert!(plannings.any());
+        // Both wait while the first holds the only turn.
+        assert!(order.recv_timeout(Duration::from_millis(50)).is_err());
+        drop(first);
+        assert_eq!(order.recv_timeout(Duration::from_secs(10)), Ok("second"));
+        // The third waits for the second's turn to end.
+        assert!(order.recv_timeout(Duration::from_millis(50)).is_err());
+        release_second.send(()).unwrap();
+        assert_eq!(order.recv_timeout(Duration::from_secs(10)), Ok("third"));
+        second.join().unwrap();
+        third.join().unwrap();
+        assert!(!plannings.any());
+    }
+
+    #[test]
+    fn as_many_big_plannings_as_the_limit_run_at_once() {
+        let plannings = BackgroundPlannings::with_limit(2);
+        let _first = plannings.start();
+        let _second = plannings.start();
+        let (turns, order) = std::sync::mpsc::channel();
+        let third = {
+            let plannings = plannings.clone();
+            std::thread::spawn(move || {
+                let _turn = plannings.start();
+                turns.send(()).unwrap();
+            })
+        };
+        wait_tickets(&plannings, 3);
+        assert!(order.recv_timeout(Duration::from_millis(50)).is_err());
+        drop(_first);
+        assert!(order.recv_timeout(Duration::from_secs(10)).is_ok());
+        third.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn queries_of_many_tables_are_planned_as_big_from_their_sql() {
+        let session = SessionContext::new();
+        for name in ["a", "b", "c", "d"] {
+            session
+                .sql(&format!("create table {name} (x bigint)"))
+                .await
+                .unwrap();
+        }
+        let planner = Planner {
+            session,
+            small_first: true,
+            threads: Default::default(),
+            background: Default::default(),
+            partition_data_bytes: 0,
+        };
+        let small = async |sql: &str| {
+            planner
+                .plan(Submission::Sql(sql.into()))
+                .await
+                .unwrap()
+                .small
+        };
+        assert!(small("select count(*) from a join b on a.x = b.x").await);
+        assert!(small("select count(*) from a join b on a.x = b.x join c on b.x = c.x").await);
+        assert!(!small("select * from a, b, c, d").await);
+        // Four tables, through subqueries.
+        assert!(!small("select * from a where x in (select x from b) and x in (select x from c) and x in (select x from d)").await);
+        assert!(!planner.background.any());
+        // Each table counts once.
+        let state = planner.session.state();
+        let statement = state
+            .sql_to_statement(
+                "select count(*) from a join b on a.x = b.x join c on b.x = c.x join a as e on c.x = e.x",
+                &state.config().options().sql_parser.dialect,
+            )
+            .unwrap();
+        assert_eq!(planner.tables_read(&state, &statement).await.0, 3);
     }
 
     #[tokio::test]
