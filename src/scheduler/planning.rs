@@ -391,6 +391,17 @@ fn partitions_for(bytes: Option<u64>, per_partition: u64, target: usize) -> usiz
 mod tests {
     use super::*;
 
+    /// A planner over `session` that plans big queries at the lowest priority.
+    fn small_first_planner(session: SessionContext, partition_data_bytes: u64) -> Planner {
+        Planner {
+            session,
+            small_first: true,
+            threads: Default::default(),
+            background: Default::default(),
+            partition_data_bytes,
+        }
+    }
+
     /// Runs a job that reports its thread and says whether the thread may plan again.
     fn run_on(threads: &PlanningThreads, keep: bool) -> std::thread::ThreadId {
         let (sender, thread) = std::sync::mpsc::channel();
@@ -457,13 +468,7 @@ mod tests {
         crate::catalog::register_catalog(&session, &catalog)
             .await
             .unwrap();
-        let planner = Planner {
-            session,
-            small_first: true,
-            threads: Default::default(),
-            background: Default::default(),
-            partition_data_bytes: 32 << 20,
-        };
+        let planner = small_first_planner(session, 32 << 20);
         let plan = async |sql: &str| planner.plan(Submission::Sql(sql.into())).await.unwrap();
         let most_tasks = |planned: &Planned| planned.stages.iter().map(|s| s.tasks).max();
 
@@ -557,13 +562,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let planner = Planner {
-            session,
-            small_first: true,
-            threads: Default::default(),
-            background: Default::default(),
-            partition_data_bytes: 0,
-        };
+        let planner = small_first_planner(session, 0);
         let small = async |sql: &str| {
             planner
                 .plan(Submission::Sql(sql.into()))
