@@ -201,6 +201,12 @@ async fn run_baseline(
     Ok(timings)
 }
 
+/// Seconds the spans cover, summed; 0 (not the -0 of an empty float sum, which printed
+/// as "busy -0.0 s (-0% busy)") for an executor that ran nothing.
+fn busy_seconds(spans: &[plots::Span]) -> f64 {
+    spans.iter().fold(0.0, |busy, s| busy + (s.end - s.start))
+}
+
 /// Busy/idle slot-seconds per executor and a timeline plot of a run, from the tasks the
 /// scheduler saw finish since `started`.
 fn utilization(
@@ -237,7 +243,7 @@ fn utilization(
                 }
             })
             .collect();
-        let busy: f64 = mine.iter().map(|s| s.end - s.start).sum();
+        let busy = busy_seconds(&mine);
         uses.push(ExecutorUse {
             executor: executor.id().to_string(),
             busy_seconds: busy,
@@ -481,4 +487,23 @@ fn write_outputs(
         files.push(write_text(out, name, svg)?);
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_executor_that_ran_nothing_was_busy_for_zero_seconds() {
+        let busy = busy_seconds(&[]);
+        assert_eq!(busy, 0.0);
+        assert!(busy.is_sign_positive(), "{busy}");
+        let span = |start, end| plots::Span {
+            start,
+            end,
+            group: 0,
+            label: String::new(),
+        };
+        assert_eq!(busy_seconds(&[span(0.5, 1.0), span(1.0, 2.5)]), 2.0);
+    }
 }
