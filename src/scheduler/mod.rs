@@ -224,8 +224,9 @@ impl Scheduler {
         self.inner.state.lock().expect("scheduler state lock")
     }
 
-    /// Plans and starts a query; returns its id at once. A query that cannot be planned
-    /// is recorded as Failed with the cause.
+    /// Plans and starts a query; returns its id once it is planned (a big query's planning
+    /// may first wait for its turn, see `planning::BackgroundPlannings`). A query that
+    /// cannot be planned is recorded as Failed with the cause.
     pub async fn submit(&self, submission: Submission, label: String) -> Arc<str> {
         let id: Arc<str> = uuid::Uuid::new_v4().simple().to_string()[..16].into();
         let span = info_span!("plan", query_id = %id);
