@@ -1,8 +1,8 @@
 //! The executor: one stream to the scheduler, a task runner, a shuffle store and a Flight
 //! endpoint that serves the store to other executors and to the scheduler.
 //!
-//! Tasks run on runtimes of their own (see [`runtimes`]), and a task may be suspended for
-//! a more urgent one (see [`arbiter`]).
+//! Tasks run on runtimes of their own (`executor/runtimes.rs`), and a task may be
+//! suspended for a more urgent one (`executor/arbiter.rs`).
 
 mod arbiter;
 mod flight;

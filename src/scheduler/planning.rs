@@ -48,7 +48,8 @@ const SMALL_PLAN_NODES: usize = 8;
 /// background work like its tasks, however few nodes it has (TPC-H Q1 has 5).
 const SMALL_PLAN_BYTES: u64 = 64 << 20;
 
-/// Default bytes of table data per partition (see [`Planner::partition_data_bytes`]).
+/// Default bytes of table data that earn a query one partition, up to its target
+/// partitions (`--partition-data-mib`).
 pub const DEFAULT_PARTITION_DATA_BYTES: u64 = 32 << 20;
 
 /// A planning thread with nothing to plan ends after this long.
