@@ -44,7 +44,7 @@ const SMALL_PLAN_NODES: usize = 8;
 
 /// Queries reading at most this many bytes of table data (the catalog's files, whole, as
 /// measured when it was loaded) can be planned at normal OS priority; a query that reads
-/// more is of a long query, whose planning (statistics of many row groups) is
+/// more is a long query, whose planning (statistics of many row groups) is
 /// background work like its tasks, however few nodes it has (TPC-H Q1 has 5).
 const SMALL_PLAN_BYTES: u64 = 64 << 20;
 
@@ -86,11 +86,12 @@ pub struct Planned {
 
 /// Plannings of big queries at the lowest OS priority: how many are under way or waiting
 /// for their turn (costly work the scheduler knows is coming before it has its cost), and
-/// the turns themselves. At most [`BackgroundPlannings::limit`] run at once, in the order
-/// they started waiting: eight big queries submitted together then plan one after the
-/// other beside a small one, instead of eight idle-class threads allocating, faulting and
-/// reading table metadata at once (which slowed the small query's planning and task 2–3×
-/// while they ran).
+/// the turns themselves. At most a limit of them (half the cores by default, see
+/// [`BackgroundPlannings::with_limit`]) run at once, in the order they started waiting:
+/// eight big queries submitted together then plan one after the other beside a small
+/// one, instead of eight idle-class threads allocating, faulting and reading table
+/// metadata at once (which slowed the small query's planning and task 2–3× while they
+/// ran).
 #[derive(Debug, Clone)]
 pub struct BackgroundPlannings(Arc<PlanningTurns>);
 
