@@ -85,12 +85,13 @@ async fn all_22_tpch_queries_submitted_at_once_are_all_correct() {
         .unwrap();
         let reference = common::single_node(&common::tpch_catalog()).await;
         let client = cluster.client().await.unwrap();
-        // Submit all first, then fetch: every query is in the scheduler at once.
-        let mut ids = Vec::new();
-        for query in QUERIES {
+        // Submit all at once (under `priority` the big ones' plannings wait for their
+        // turns, in line), then fetch: every query is in the scheduler at once.
+        let submits = QUERIES.iter().map(|query| {
             let mut client = client.clone();
-            ids.push(client.submit_sql(query.sql).await.unwrap());
-        }
+            async move { client.submit_sql(query.sql).await.unwrap() }
+        });
+        let ids = futures::future::join_all(submits).await;
         let fetches = ids.iter().map(|id| {
             let mut client = client.clone();
             async move { client.fetch(id).await }
