@@ -5,6 +5,7 @@
 //! completes, each consumer's counter drops, and a consumer at zero gets its input
 //! locations resolved and all of its tasks queued.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -44,6 +45,8 @@ pub struct Stage {
     done: usize,
     /// Map-output locations of the inputs, resolved when the stage became ready.
     resolved_inputs: Vec<StageInput>,
+    /// The executor holding more of those map outputs than any other, if one does.
+    home: Option<String>,
     /// Estimated cost of one task (the stage's cost over its tasks).
     task_cost: f64,
     /// Estimated rows one task writes (the stage's estimate over its tasks), replaced in
@@ -151,6 +154,7 @@ impl Query {
                 tasks: vec![Task::default(); s.tasks],
                 done: 0,
                 resolved_inputs: Vec::new(),
+                home: None,
                 task_cost: per_task(s.cost, s.tasks),
                 task_output_rows: per_task(s.output_rows, s.tasks),
                 cost_per_input_row: s.cost_per_input_row,
@@ -255,6 +259,13 @@ impl Query {
         &self.stages[id as usize].resolved_inputs
     }
 
+    /// The executor where a ready stage's tasks find most of their input: it holds more
+    /// of the stage's map outputs than any other executor. A task placed there reads
+    /// those from its own shuffle store instead of over Flight.
+    pub fn home_executor(&self, id: u32) -> Option<&str> {
+        self.stages[id as usize].home.as_deref()
+    }
+
     /// The current attempt of a task.
     pub fn attempt(&self, task: TaskRef) -> u32 {
         self.stages[task.stage as usize].tasks[task.partition as usize].attempt
@@ -302,6 +313,7 @@ impl Query {
             })
             .collect();
         let stage = &mut self.stages[sid as usize];
+        stage.home = home_of(&resolved);
         stage.resolved_inputs = resolved;
         stage.state = StageState::Running;
         if stage.tasks.is_empty() {
@@ -554,6 +566,22 @@ impl Query {
     }
 }
 
+/// The executor holding more of `inputs`' map outputs than any other; None on a tie or
+/// without inputs.
+fn home_of(inputs: &[StageInput]) -> Option<String> {
+    let mut held: HashMap<&str, usize> = HashMap::new();
+    for location in inputs.iter().flat_map(|input| &input.locations) {
+        *held.entry(location.executor_id.as_str()).or_default() += 1;
+    }
+    let mut counts: Vec<(&str, usize)> = held.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1));
+    match counts.as_slice() {
+        [(only, _)] => Some(only.to_string()),
+        [(first, most), (_, next), ..] if most > next => Some(first.to_string()),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -611,8 +639,12 @@ mod tests {
         assert_eq!(inputs.len(), 2);
         assert_eq!(inputs[0].locations.len(), 2);
         assert_eq!(inputs[0].locations[1].executor_id, "b");
+        // "a" holds two of stage 2's three map outputs.
+        assert_eq!(q.home_executor(2), Some("a"));
         run(&mut q, task(2, 0), "a");
         assert_eq!(run(&mut q, task(2, 1), "b").ready, vec![task(3, 0)]);
+        // One each: no executor is home to the final stage.
+        assert_eq!(q.home_executor(3), None);
         let last = run(&mut q, task(3, 0), "a");
         assert!(last.finished);
         assert_eq!(q.state(), QueryState::Succeeded);

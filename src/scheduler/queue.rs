@@ -24,6 +24,17 @@ pub struct QueuedTask {
     pub ready_at: Instant,
 }
 
+/// The next task to dispatch.
+#[derive(Debug, Clone)]
+pub struct Head {
+    /// Its query.
+    pub query_id: Arc<str>,
+    /// The task.
+    pub task: TaskRef,
+    /// Its urgency; None when the policy does not preempt.
+    pub urgency: Option<Urgency>,
+}
+
 #[derive(Debug)]
 struct QueryTasks {
     info: QueryInfo,
@@ -142,12 +153,18 @@ impl WorkQueue {
         task
     }
 
-    /// The query and urgency of the task [`WorkQueue::pop`] would return next; None when
-    /// nothing waits or the policy does not preempt.
-    pub fn head_urgency(&self) -> Option<(Arc<str>, Urgency)> {
-        let id = self.policy.next()?;
-        let urgency = self.urgency(&self.queries.get(&id)?.info)?;
-        Some((id, urgency))
+    /// The task [`WorkQueue::pop`] would return next, with its query and, when the
+    /// policy preempts, its urgency.
+    pub fn head(&self) -> Option<Head> {
+        let query_id = self.policy.next()?;
+        let entry = self.queries.get(&query_id)?;
+        let task = entry.tasks.front()?.task;
+        let urgency = self.urgency(&entry.info);
+        Some(Head {
+            query_id,
+            task,
+            urgency,
+        })
     }
 
     /// The urgency of a task of a query described by `info`; None when the policy does

@@ -231,19 +231,33 @@ impl Registry {
         self.executors.values().any(|e| e.free_slots() > 0)
     }
 
-    /// Where a task goes: the executor with the most free slots; when no slot is free
-    /// and the task's query and urgency are given (the policy preempts), the executor
-    /// running the fewest tasks among those where it may preempt a running one.
+    /// Where a task goes. With a free slot anywhere: its `home` executor (where most of
+    /// its input lies) when that has a free slot, else the executor with the most free
+    /// slots. With none and the task's query and urgency given (the policy preempts):
+    /// among the executors where it may preempt a running task, its home, else the one
+    /// running the fewest tasks.
     pub fn pick(
         &mut self,
-        head: Option<(&str, Urgency)>,
+        preempt: Option<(&str, Urgency)>,
+        home: Option<&str>,
         now: Instant,
     ) -> Option<&mut ExecutorEntry> {
-        if self.has_free_slot() {
+        let margin = self.preempt_margin;
+        let free = self.has_free_slot();
+        let home_fits = home
+            .and_then(|id| self.executors.get(id))
+            .is_some_and(|e| match preempt {
+                _ if free => e.free_slots() > 0,
+                Some((query, urgency)) => e.admits_urgent(query, urgency, now, margin),
+                None => false,
+            });
+        if home_fits {
+            return home.and_then(|id| self.executors.get_mut(id));
+        }
+        if free {
             return self.most_free();
         }
-        let (query, urgency) = head?;
-        let margin = self.preempt_margin;
+        let (query, urgency) = preempt?;
         self.executors
             .values_mut()
             .filter(|e| e.admits_urgent(query, urgency, now, margin))
@@ -359,16 +373,16 @@ mod tests {
         let mut registry = Registry::default();
         executor(&mut registry, "a", 2, 1);
         run(&mut registry, "a", "long", 500.0, now);
-        assert_eq!(registry.pick(None, now).unwrap().location.executor_id, "a");
+        assert_eq!(registry.pick(None, None, now).unwrap().location.executor_id, "a");
         run(&mut registry, "a", "long", 500.0, now);
         // Every slot busy: without an urgency nothing goes, nor without a tenth the work.
-        assert!(registry.pick(None, now).is_none());
-        assert!(registry.pick(Some(("new", urgency(60.0))), now).is_none());
+        assert!(registry.pick(None, None, now).is_none());
+        assert!(registry.pick(Some(("new", urgency(60.0))), None, now).is_none());
         let cheap = Some(("new", urgency(40.0)));
-        assert_eq!(registry.pick(cheap, now).unwrap().location.executor_id, "a");
+        assert_eq!(registry.pick(cheap, None, now).unwrap().location.executor_id, "a");
         run(&mut registry, "a", "short", 40.0, now);
         // The preemption room is used up.
-        assert!(registry.pick(Some(("new", urgency(1.0))), now).is_none());
+        assert!(registry.pick(Some(("new", urgency(1.0))), None, now).is_none());
         // Urgent where it may displace a running task.
         assert!(registry.is_urgent("new", &urgency(5.0), now));
         assert!(!registry.is_urgent("new", &urgency(60.0), now));
@@ -382,8 +396,8 @@ mod tests {
         executor(&mut registry, "a", 1, 4);
         run(&mut registry, "a", "q21", 1800.0, now);
         // A third of the work left: not cheap enough.
-        assert!(registry.pick(Some(("new", urgency(600.0))), now).is_none());
-        assert!(registry.pick(Some(("new", urgency(150.0))), now).is_some());
+        assert!(registry.pick(Some(("new", urgency(600.0))), None, now).is_none());
+        assert!(registry.pick(Some(("new", urgency(150.0))), None, now).is_some());
     }
 
     #[test]
@@ -395,17 +409,17 @@ mod tests {
         run(&mut registry, "a", "long", 20.0, pushed);
         assert!(
             registry
-                .pick(Some(("new", urgency(35.0))), pushed)
+                .pick(Some(("new", urgency(35.0))), None, pushed)
                 .is_none()
         );
         // 100 ms are about 100 units of work: still not ten times 35.
         let later = pushed + Duration::from_millis(100);
-        assert!(registry.pick(Some(("new", urgency(35.0))), later).is_none());
+        assert!(registry.pick(Some(("new", urgency(35.0))), None, later).is_none());
         // After a second it is taken to have 1,000 units left.
         let much_later = pushed + Duration::from_secs(1);
         assert!(
             registry
-                .pick(Some(("new", urgency(35.0))), much_later)
+                .pick(Some(("new", urgency(35.0))), None, much_later)
                 .is_some()
         );
         assert!(registry.is_urgent("new", &urgency(35.0), much_later));
@@ -419,8 +433,8 @@ mod tests {
         run(&mut registry, "a", "long", 900.0, now);
         run(&mut registry, "a", "short", 20.0, now);
         // The short task holds the slot; the long one waits already.
-        assert!(registry.pick(Some(("new", urgency(10.0))), now).is_none());
-        assert!(registry.pick(Some(("new", urgency(1.0))), now).is_some());
+        assert!(registry.pick(Some(("new", urgency(10.0))), None, now).is_none());
+        assert!(registry.pick(Some(("new", urgency(1.0))), None, now).is_some());
     }
 
     #[test]
@@ -434,7 +448,7 @@ mod tests {
         run(&mut registry, "a", "short", 20.0, now);
         let cheaper = Some(("new", urgency(1.0)));
         assert_eq!(
-            registry.pick(cheaper, now).unwrap().location.executor_id,
+            registry.pick(cheaper, None, now).unwrap().location.executor_id,
             "b"
         );
         // An executor with preemption off takes nothing beyond its slots.
@@ -442,9 +456,41 @@ mod tests {
         run(&mut registry, "c", "long", 500.0, now);
         run(&mut registry, "b", "short", 20.0, now);
         assert_eq!(
-            registry.pick(cheaper, now).unwrap().location.executor_id,
+            registry.pick(cheaper, None, now).unwrap().location.executor_id,
             "a"
         );
+    }
+
+    #[test]
+    fn a_task_goes_where_its_input_lies_when_there_is_room() {
+        let now = Instant::now();
+        let mut registry = Registry::default();
+        executor(&mut registry, "a", 2, 1);
+        executor(&mut registry, "b", 2, 1);
+        run(&mut registry, "a", "long", 500.0, now);
+        let picked = |registry: &mut Registry, preempt, home| {
+            registry
+                .pick(preempt, home, now)
+                .map(|e| e.location.executor_id.clone())
+        };
+        // "b" has more free slots, but "a" holds the input and has one free.
+        assert_eq!(picked(&mut registry, None, None).as_deref(), Some("b"));
+        assert_eq!(picked(&mut registry, None, Some("a")).as_deref(), Some("a"));
+        // A full home, or one that left, gives way to the most free.
+        run(&mut registry, "a", "long", 500.0, now);
+        assert_eq!(picked(&mut registry, None, Some("a")).as_deref(), Some("b"));
+        assert_eq!(picked(&mut registry, None, Some("gone")).as_deref(), Some("b"));
+        // Every slot busy: an urgent task preempts at its home while the home has room
+        // for it, though "a" would win the tie otherwise.
+        run(&mut registry, "b", "long", 500.0, now);
+        run(&mut registry, "b", "long", 500.0, now);
+        let cheap = Some(("new", urgency(1.0)));
+        assert_eq!(picked(&mut registry, cheap, None).as_deref(), Some("a"));
+        assert_eq!(picked(&mut registry, cheap, Some("b")).as_deref(), Some("b"));
+        run(&mut registry, "b", "short", 20.0, now);
+        assert_eq!(picked(&mut registry, cheap, Some("b")).as_deref(), Some("a"));
+        run(&mut registry, "a", "short", 20.0, now);
+        assert_eq!(picked(&mut registry, cheap, Some("a")), None);
     }
 
     #[test]
@@ -456,10 +502,10 @@ mod tests {
         // it, however much more urgent its next task is.
         run(&mut registry, "a", "new", 500.0, now);
         run(&mut registry, "a", "new", 500.0, now);
-        assert!(registry.pick(Some(("new", urgency(1.0))), now).is_none());
+        assert!(registry.pick(Some(("new", urgency(1.0))), None, now).is_none());
         assert!(!registry.is_urgent("new", &urgency(1.0), now));
         // Another query's cheap task may displace them.
-        assert!(registry.pick(Some(("other", urgency(1.0))), now).is_some());
+        assert!(registry.pick(Some(("other", urgency(1.0))), None, now).is_some());
         assert!(registry.is_urgent("other", &urgency(1.0), now));
     }
 
@@ -471,8 +517,8 @@ mod tests {
         // "new" keeps one slot; the other is held by a long query, the one to displace.
         run(&mut registry, "a", "new", 20.0, now);
         run(&mut registry, "a", "long", 500.0, now);
-        assert!(registry.pick(Some(("new", urgency(20.0))), now).is_some());
-        assert!(registry.pick(Some(("new", urgency(60.0))), now).is_none());
+        assert!(registry.pick(Some(("new", urgency(20.0))), None, now).is_some());
+        assert!(registry.pick(Some(("new", urgency(60.0))), None, now).is_none());
     }
 
     #[test]

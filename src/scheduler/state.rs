@@ -217,19 +217,26 @@ impl SchedulerState {
         let now = Instant::now();
         let mut pushed = Costliest::default();
         while !self.queue.is_empty() {
-            let head = self.queue.head_urgency();
-            let preempting = head.is_some();
+            let Some(head) = self.queue.head() else {
+                break;
+            };
+            let preempting = head.urgency.is_some();
             // A task placed beyond the slots preempts, so it is urgent; one placed in a
             // free slot is urgent when it could preempt somewhere.
-            let urgent = match &head {
-                Some((query, u)) if self.registry.has_free_slot() => {
-                    self.registry.is_urgent(query, u, now) || self.ahead_of_planned_work(query)
+            let urgent = match &head.urgency {
+                Some(u) if self.registry.has_free_slot() => {
+                    self.registry.is_urgent(&head.query_id, u, now)
+                        || self.ahead_of_planned_work(&head.query_id)
                 }
                 Some(_) => true,
                 None => false,
             };
-            let head_ref = head.as_ref().map(|(query, u)| (&**query, *u));
-            let Some(executor) = self.registry.pick(head_ref, now) else {
+            let home = self
+                .queries
+                .get(&head.query_id)
+                .and_then(|query| query.home_executor(head.task.stage));
+            let preempt = head.urgency.map(|u| (&*head.query_id, u));
+            let Some(executor) = self.registry.pick(preempt, home, now) else {
                 break;
             };
             let Some(queued) = self.queue.pop() else {
@@ -243,13 +250,10 @@ impl SchedulerState {
             }
             // The popped task is the head's. Without preemption every task has the same
             // urgency: executors keep their order.
-            let urgency = head.map_or(
-                Urgency {
-                    rank: 0.0,
-                    cost: 0.0,
-                },
-                |(_, u)| u,
-            );
+            let urgency = head.urgency.unwrap_or(Urgency {
+                rank: 0.0,
+                cost: 0.0,
+            });
             let task = queued.task;
             let stage = query.stage(task.stage);
             let pushed_at = wall_clock();
