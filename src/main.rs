@@ -88,6 +88,10 @@ enum Command {
         /// wait suspended (holding their memory); default: as many as --slots, 0: never.
         #[arg(long)]
         preempt_slots: Option<u32>,
+        /// The executor's name in the scheduler's status, logs and metrics, unique in
+        /// the cluster; default: a random one.
+        #[arg(long)]
+        id: Option<String>,
         /// Directory for spilled shuffle files.
         #[arg(long)]
         work_dir: Option<PathBuf>,
@@ -406,11 +410,13 @@ fn main() -> ExitCode {
                 background_bind,
                 slots,
                 preempt_slots,
+                id,
                 work_dir,
                 memory_mb,
                 metrics,
             } => {
                 let mut config = ExecutorConfig::local(&scheduler, slots, work_dir);
+                config.executor_id = id;
                 config.bind = bind;
                 config.background_bind = background_bind;
                 config.memory_limit = memory_mb << 20;

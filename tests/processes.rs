@@ -332,3 +332,120 @@ fn status_prints_json() {
     assert!(!one["stages"].as_array().unwrap().is_empty());
     assert!(one["label"].as_str().unwrap().contains("nation"), "{one}");
 }
+
+/// The scheduler's Prometheus text, from its metrics endpoint at `addr`; empty while
+/// nothing answers there.
+fn scrape_metrics(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut socket) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut response = String::new();
+    if socket.write_all(request.as_bytes()).is_err()
+        || socket.read_to_string(&mut response).is_err()
+    {
+        return String::new();
+    }
+    response
+}
+
+/// Sends `signal` to a child process.
+fn signal(process: &Process, signal: i32) {
+    // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
+    let sent = unsafe { libc::kill(process.0.id() as i32, signal) };
+    assert_eq!(sent, 0, "signal {signal} to executor");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_survives_losing_the_executor_that_holds_part_of_its_shuffle_output() {
+    use baton::client::BatonClient;
+    use baton::proto::QueryState;
+
+    let catalog = common::tpch_catalog();
+    let work = tempfile::tempdir().unwrap();
+    let scheduler = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    // Four tasks per stage even on the small test data.
+    let _scheduler = spawn(&[
+        "scheduler",
+        "--bind",
+        &scheduler,
+        "--catalog",
+        catalog.to_str().unwrap(),
+        "--partitions",
+        "4",
+        "--partition-data-mib",
+        "0",
+        "--metrics",
+        &metrics,
+    ]);
+    let work_dir = work.path().to_str().unwrap();
+    let executor = |id: &str| {
+        spawn(&[
+            "executor",
+            "--scheduler",
+            &scheduler,
+            "--id",
+            id,
+            "--slots",
+            "2",
+            "--work-dir",
+            work_dir,
+        ])
+    };
+    let steady = executor("steady");
+    let mut doomed = executor("doomed");
+    let connected = (0..150).any(|_| {
+        let both = scrape_metrics(&metrics)
+            .lines()
+            .any(|l| l.trim() == "baton_executors_connected 2");
+        if !both {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        both
+    });
+    assert!(connected, "both executors register");
+
+    // "steady" is frozen: the tasks pushed to it wait, so the query cannot get past its
+    // first stage while "doomed" finishes its share of that stage.
+    signal(&steady, libc::SIGSTOP);
+    let sql = "select l_returnflag, l_linestatus, sum(l_quantity) as qty, count(*) as n \
+               from lineitem group by l_returnflag, l_linestatus \
+               order by l_returnflag, l_linestatus";
+    let mut client = BatonClient::connect(&scheduler).await.unwrap();
+    let id = client.submit_sql(sql).await.unwrap();
+    let mut held_by_doomed = false;
+    for _ in 0..300 {
+        let status = client.status(&id).await.unwrap();
+        let first = &status.stages[0];
+        held_by_doomed = first.tasks_done >= 1
+            && first.tasks_done + first.tasks_running == first.tasks_total
+            && first.running.iter().all(|r| r.executor_id == "steady");
+        if held_by_doomed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        held_by_doomed,
+        "\"doomed\" finished part of the first stage"
+    );
+
+    // Its output is gone with it: the scheduler must compute it again on "steady".
+    doomed.0.kill().unwrap();
+    doomed.0.wait().unwrap();
+    signal(&steady, libc::SIGCONT);
+    let result = client.fetch(&id).await;
+    let status = client.status(&id).await.unwrap();
+    assert_eq!(
+        status.state,
+        QueryState::Succeeded as i32,
+        "{}",
+        status.error
+    );
+    let result = result.unwrap();
+    let reference = common::single_node(&catalog).await;
+    let want = common::expected(&reference, sql).await;
+    common::compare(&want, &result.batches, true).unwrap();
+}

@@ -27,7 +27,7 @@ use crate::proto::{
     executor_message, task_status,
 };
 use crate::shuffle::fetch::PriorityClients;
-use crate::shuffle::{MapLocation, ShuffleStore, TaskEnv};
+use crate::shuffle::{MapLocation, ShuffleStore, TaskEnv, UnreadableOutput};
 
 /// Queries whose shuffle was released, remembered so a task finishing after the release
 /// does not leave output behind.
@@ -290,6 +290,9 @@ impl TaskRunner {
             }
             Err(e) => task_status::Result::Failed(TaskFailed {
                 error: e.to_string(),
+                unreadable_executor: UnreadableOutput::executor_of(&e)
+                    .unwrap_or_default()
+                    .to_string(),
             }),
         };
         self.busy_micros
@@ -317,6 +320,7 @@ impl TaskRunner {
                     task: Some(id.clone()),
                     result: Some(task_status::Result::Failed(TaskFailed {
                         error: "cancelled".into(),
+                        unreadable_executor: String::new(),
                     })),
                 })),
             });

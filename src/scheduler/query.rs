@@ -11,6 +11,7 @@ use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use datafusion::arrow::datatypes::SchemaRef;
+use tracing::warn;
 
 use crate::proto::{
     MapOutputLocation, QueryState, QueryStatus as QueryStatusProto, RunningTask, StageInput,
@@ -54,6 +55,13 @@ pub struct Stage {
     task_output_rows: f64,
     /// Cost units each row read from input stages adds.
     cost_per_input_row: f64,
+}
+
+impl Stage {
+    /// True when every task of the stage has its output.
+    fn is_complete(&self) -> bool {
+        self.done == self.tasks.len()
+    }
 }
 
 /// One task of a stage.
@@ -273,8 +281,12 @@ impl Query {
 
     /// True when `task` waits in the queue (not running, not done) and the query runs.
     pub fn is_dispatchable(&self, task: TaskRef) -> bool {
-        let t = &self.stages[task.stage as usize].tasks[task.partition as usize];
-        self.state == QueryState::Running && t.running_on.is_none() && t.output.is_none()
+        let stage = &self.stages[task.stage as usize];
+        let t = &stage.tasks[task.partition as usize];
+        self.state == QueryState::Running
+            && stage.state == StageState::Running
+            && t.running_on.is_none()
+            && t.output.is_none()
     }
 
     /// Starts the query: stages without inputs become ready.
@@ -292,7 +304,7 @@ impl Query {
     }
 
     fn make_ready(&mut self, sid: u32, progress: &mut Progress) {
-        let resolved = self.stages[sid as usize]
+        let resolved: Vec<StageInput> = self.stages[sid as usize]
             .inputs
             .iter()
             .map(|&input| StageInput {
@@ -319,12 +331,17 @@ impl Query {
         if stage.tasks.is_empty() {
             self.complete_stage(sid, progress);
         } else {
-            progress
-                .ready
-                .extend((0..stage.tasks.len() as u32).map(|partition| TaskRef {
-                    stage: sid,
-                    partition,
-                }));
+            // Tasks that finished before an input was lost and computed again keep
+            // their output.
+            let pending = stage
+                .tasks
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.output.is_none() && t.running_on.is_none());
+            progress.ready.extend(pending.map(|(p, _)| TaskRef {
+                stage: sid,
+                partition: p as u32,
+            }));
         }
     }
 
@@ -337,6 +354,11 @@ impl Query {
         }
         for consumer in self.stages[sid as usize].consumers.clone() {
             let stage = &mut self.stages[consumer as usize];
+            // A consumer that finished before this stage lost output and ran again
+            // does not wait for it.
+            if stage.state != StageState::Waiting {
+                continue;
+            }
             stage.waiting_on -= 1;
             if stage.waiting_on == 0 {
                 self.make_ready(consumer, progress);
@@ -467,65 +489,155 @@ impl Query {
         running
     }
 
-    /// An executor is gone. Its running tasks are queued again (next attempt); if it held
-    /// output that an unfinished consumer still needs, the query fails, because that
-    /// output cannot be read any more. Returns the tasks to queue and the tasks to cancel.
+    /// An executor is gone. Its running tasks are queued again (next attempt), and the
+    /// shuffle output it held that is still needed is computed again (see
+    /// [`Query::outputs_lost`]). Returns the tasks to queue and the tasks to cancel.
     pub fn executor_lost(&mut self, executor_id: &str) -> (Progress, Vec<(TaskRef, String)>) {
-        let mut progress = Progress::default();
         if self.state != QueryState::Running {
-            return (progress, Vec::new());
+            return (Progress::default(), Vec::new());
         }
-        let lost_output = self.stages.iter().enumerate().find(|(sid, stage)| {
-            let needed = stage
-                .consumers
-                .iter()
-                .any(|c| self.stages[*c as usize].state != StageState::Done)
-                || *sid as u32 == self.final_stage();
-            needed
-                && stage.tasks.iter().any(|t| {
-                    t.output
-                        .as_ref()
-                        .is_some_and(|o| o.executor_id == executor_id)
-                })
-        });
-        if let Some((sid, _)) = lost_output {
-            self.finish(
-                QueryState::Failed,
-                Some(format!(
-                    "executor {executor_id} was lost holding shuffle output of stage {sid}"
-                )),
-            );
-            progress.finished = true;
-            let running = self.take_running();
-            return (progress, running);
-        }
+        let mut reset = Vec::new();
         for (sid, stage) in self.stages.iter_mut().enumerate() {
             for (p, t) in stage.tasks.iter_mut().enumerate() {
                 if t.running_on.as_deref() == Some(executor_id) {
                     t.running_on = None;
                     t.attempt += 1;
-                    progress.ready.push(TaskRef {
+                    reset.push(TaskRef {
                         stage: sid as u32,
                         partition: p as u32,
                     });
                 }
             }
         }
-        if let Some(task) = progress
-            .ready
+        self.recover(executor_id, reset)
+    }
+
+    /// A task could not read shuffle output from `executor_id`: that output is taken
+    /// as lost, so it is computed again, and the task runs again once it is. Returns
+    /// the tasks to queue and the tasks to cancel; nothing when the report was stale.
+    pub fn outputs_lost(
+        &mut self,
+        task: TaskRef,
+        attempt: u32,
+        executor_id: &str,
+    ) -> Option<(Progress, Vec<(TaskRef, String)>)> {
+        if !self.is_current(task, attempt) {
+            return None;
+        }
+        let t = &mut self.stages[task.stage as usize].tasks[task.partition as usize];
+        t.running_on = None;
+        t.attempt += 1;
+        Some(self.recover(executor_id, vec![task]))
+    }
+
+    /// Drops the output held on `executor_id` that is still needed, and sets every
+    /// stage's readiness from what is left, so that lost output is computed again from
+    /// its inputs (themselves again where they were lost too). `reset` are tasks that
+    /// stopped running there and are to run again. A stage that loses an input stops
+    /// its running tasks (returned to be cancelled) and waits for it again; the tasks
+    /// it finished keep their output.
+    fn recover(
+        &mut self,
+        executor_id: &str,
+        mut reset: Vec<TaskRef>,
+    ) -> (Progress, Vec<(TaskRef, String)>) {
+        let lost = self.stages_losing_output(executor_id);
+        for &sid in &lost {
+            let stage = &mut self.stages[sid as usize];
+            for (p, t) in stage.tasks.iter_mut().enumerate() {
+                if t.output
+                    .as_ref()
+                    .is_some_and(|o| o.executor_id == executor_id)
+                {
+                    t.output = None;
+                    t.attempt += 1;
+                    stage.done -= 1;
+                    self.remaining_cost += stage.task_cost;
+                    reset.push(TaskRef {
+                        stage: sid,
+                        partition: p as u32,
+                    });
+                }
+            }
+            warn!(query_id = %self.id, stage = sid, executor = executor_id, "shuffle output lost; computing it again");
+        }
+        let mut progress = Progress::default();
+        let mut cancel = Vec::new();
+        for sid in 0..self.stages.len() {
+            let incomplete_inputs = self.stages[sid]
+                .inputs
+                .iter()
+                .filter(|&&i| !self.stages[i as usize].is_complete())
+                .count();
+            let stage = &mut self.stages[sid];
+            if stage.is_complete() {
+                continue;
+            }
+            if incomplete_inputs > 0 {
+                for (p, t) in stage.tasks.iter_mut().enumerate() {
+                    if let Some(running_on) = t.running_on.take() {
+                        t.attempt += 1;
+                        let task = TaskRef {
+                            stage: sid as u32,
+                            partition: p as u32,
+                        };
+                        cancel.push((task, running_on));
+                    }
+                }
+                stage.state = StageState::Waiting;
+                stage.waiting_on = incomplete_inputs;
+            } else if stage.state != StageState::Waiting {
+                stage.state = StageState::Running;
+                progress
+                    .ready
+                    .extend(reset.iter().filter(|t| t.stage == sid as u32));
+            }
+        }
+        if let Some(task) = reset
             .iter()
             .find(|t| self.attempt(**t) >= MAX_TASK_ATTEMPTS)
         {
             let msg = format!(
-                "stage {} task {} lost its executor {} times",
+                "stage {} task {} lost its output or executor {} times",
                 task.stage, task.partition, MAX_TASK_ATTEMPTS
             );
             self.finish(QueryState::Failed, Some(msg));
             progress.ready.clear();
             progress.finished = true;
-            return (progress, self.take_running());
+            cancel.extend(self.take_running());
         }
-        (progress, Vec::new())
+        (progress, cancel)
+    }
+
+    /// The stages whose output on `executor_id` is still needed: by a stage that has not
+    /// finished, by a stage that loses output itself, or as the query result.
+    fn stages_losing_output(&self, executor_id: &str) -> Vec<u32> {
+        let holds = |stage: &Stage| {
+            stage.tasks.iter().any(|t| {
+                t.output
+                    .as_ref()
+                    .is_some_and(|o| o.executor_id == executor_id)
+            })
+        };
+        let mut lost = vec![false; self.stages.len()];
+        let mut changed = true;
+        while changed {
+            changed = false;
+            for (sid, stage) in self.stages.iter().enumerate() {
+                let needed = sid as u32 == self.final_stage()
+                    || stage
+                        .consumers
+                        .iter()
+                        .any(|&c| lost[c as usize] || !self.stages[c as usize].is_complete());
+                if !lost[sid] && needed && holds(stage) {
+                    lost[sid] = true;
+                    changed = true;
+                }
+            }
+        }
+        (0..self.stages.len() as u32)
+            .filter(|&sid| lost[sid as usize])
+            .collect()
     }
 
     /// The query's status for clients.
@@ -752,14 +864,107 @@ mod tests {
     }
 
     #[test]
-    fn losing_needed_output_fails_the_query() {
+    fn lost_output_is_computed_again_while_its_consumers_wait() {
         let mut q = join_query();
         q.start();
         run(&mut q, task(0, 0), "a");
-        let (p, _) = q.executor_lost("a");
-        assert!(p.finished);
+        run(&mut q, task(0, 1), "b");
+        assert_eq!(
+            run(&mut q, task(1, 0), "a").ready,
+            vec![task(2, 0), task(2, 1)]
+        );
+        q.task_started(task(2, 0), "b");
+        q.task_started(task(2, 1), "b");
+        let before = q.remaining_cost();
+        let (p, cancel) = q.executor_lost("a");
+        // Stage 2 read from "a": the output there runs again, and stage 2 stops.
+        assert!(!p.finished);
+        assert_eq!(p.ready, vec![task(0, 0), task(1, 0)]);
+        assert_eq!(
+            cancel,
+            vec![(task(2, 0), "b".to_string()), (task(2, 1), "b".to_string())]
+        );
+        assert!(!q.is_dispatchable(task(2, 0)));
+        assert_eq!(q.remaining_cost(), before + 2.0);
+        // Stale reports of the cancelled attempts change nothing.
+        assert!(
+            q.task_succeeded(task(2, 0), 0, loc("b"), 0)
+                .ready
+                .is_empty()
+        );
+        assert!(run(&mut q, task(0, 0), "b").ready.is_empty());
+        assert_eq!(
+            run(&mut q, task(1, 0), "b").ready,
+            vec![task(2, 0), task(2, 1)]
+        );
+        let inputs = q.stage_inputs(2);
+        assert!(
+            inputs
+                .iter()
+                .flat_map(|i| &i.locations)
+                .all(|l| l.executor_id == "b")
+        );
+        run(&mut q, task(2, 0), "b");
+        assert_eq!(run(&mut q, task(2, 1), "b").ready, vec![task(3, 0)]);
+        assert!(run(&mut q, task(3, 0), "b").finished);
+        assert_eq!(q.state(), QueryState::Succeeded);
+    }
+
+    #[test]
+    fn output_lost_deep_in_the_dag_reruns_what_it_came_from_and_keeps_the_rest() {
+        let mut q = join_query();
+        q.start();
+        run(&mut q, task(0, 0), "a");
+        run(&mut q, task(0, 1), "b");
+        run(&mut q, task(1, 0), "a");
+        run(&mut q, task(2, 0), "a");
+        assert_eq!(run(&mut q, task(2, 1), "b").ready, vec![task(3, 0)]);
+        q.task_started(task(3, 0), "b");
+        // Stage 3 needs stage 2's output on "a", whose rerun needs stages 0 and 1 there.
+        let (p, cancel) = q.executor_lost("a");
+        assert_eq!(p.ready, vec![task(0, 0), task(1, 0)]);
+        assert_eq!(cancel, vec![(task(3, 0), "b".to_string())]);
+        run(&mut q, task(0, 0), "b");
+        // Task 2.1 kept its output on "b": only 2.0 runs again.
+        assert_eq!(run(&mut q, task(1, 0), "b").ready, vec![task(2, 0)]);
+        assert_eq!(run(&mut q, task(2, 0), "b").ready, vec![task(3, 0)]);
+        assert!(run(&mut q, task(3, 0), "b").finished);
+        assert_eq!(q.result_locations(), vec![loc("b")]);
+    }
+
+    #[test]
+    fn a_task_that_cannot_read_its_input_runs_again_after_it_is_recomputed() {
+        let mut q = join_query();
+        q.start();
+        run(&mut q, task(0, 0), "a");
+        run(&mut q, task(0, 1), "b");
+        run(&mut q, task(1, 0), "b");
+        q.task_started(task(2, 0), "b");
+        q.task_started(task(2, 1), "b");
+        let (p, cancel) = q.outputs_lost(task(2, 0), 0, "a").unwrap();
+        assert_eq!(p.ready, vec![task(0, 0)]);
+        assert_eq!(cancel, vec![(task(2, 1), "b".to_string())]);
+        // The same report again, or the cancelled task's, is stale.
+        assert!(q.outputs_lost(task(2, 0), 0, "a").is_none());
+        assert!(q.outputs_lost(task(2, 1), 0, "a").is_none());
+        assert_eq!(
+            run(&mut q, task(0, 0), "c").ready,
+            vec![task(2, 0), task(2, 1)]
+        );
+        assert_eq!(q.attempt(task(2, 0)), 1);
+    }
+
+    #[test]
+    fn a_task_lost_too_often_fails_the_query() {
+        let mut q = join_query();
+        q.start();
+        for lost in 1..=MAX_TASK_ATTEMPTS {
+            q.task_started(task(0, 0), "a");
+            let (p, _) = q.executor_lost("a");
+            assert_eq!(p.finished, lost == MAX_TASK_ATTEMPTS);
+        }
         assert_eq!(q.state(), QueryState::Failed);
-        assert!(q.error().unwrap().contains("executor a was lost"));
+        assert!(q.error().unwrap().contains("3 times"));
     }
 
     #[test]

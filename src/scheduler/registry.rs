@@ -373,16 +373,34 @@ mod tests {
         let mut registry = Registry::default();
         executor(&mut registry, "a", 2, 1);
         run(&mut registry, "a", "long", 500.0, now);
-        assert_eq!(registry.pick(None, None, now).unwrap().location.executor_id, "a");
+        assert_eq!(
+            registry.pick(None, None, now).unwrap().location.executor_id,
+            "a"
+        );
         run(&mut registry, "a", "long", 500.0, now);
         // Every slot busy: without an urgency nothing goes, nor without a tenth the work.
         assert!(registry.pick(None, None, now).is_none());
-        assert!(registry.pick(Some(("new", urgency(60.0))), None, now).is_none());
+        assert!(
+            registry
+                .pick(Some(("new", urgency(60.0))), None, now)
+                .is_none()
+        );
         let cheap = Some(("new", urgency(40.0)));
-        assert_eq!(registry.pick(cheap, None, now).unwrap().location.executor_id, "a");
+        assert_eq!(
+            registry
+                .pick(cheap, None, now)
+                .unwrap()
+                .location
+                .executor_id,
+            "a"
+        );
         run(&mut registry, "a", "short", 40.0, now);
         // The preemption room is used up.
-        assert!(registry.pick(Some(("new", urgency(1.0))), None, now).is_none());
+        assert!(
+            registry
+                .pick(Some(("new", urgency(1.0))), None, now)
+                .is_none()
+        );
         // Urgent where it may displace a running task.
         assert!(registry.is_urgent("new", &urgency(5.0), now));
         assert!(!registry.is_urgent("new", &urgency(60.0), now));
@@ -396,8 +414,16 @@ mod tests {
         executor(&mut registry, "a", 1, 4);
         run(&mut registry, "a", "q21", 1800.0, now);
         // A third of the work left: not cheap enough.
-        assert!(registry.pick(Some(("new", urgency(600.0))), None, now).is_none());
-        assert!(registry.pick(Some(("new", urgency(150.0))), None, now).is_some());
+        assert!(
+            registry
+                .pick(Some(("new", urgency(600.0))), None, now)
+                .is_none()
+        );
+        assert!(
+            registry
+                .pick(Some(("new", urgency(150.0))), None, now)
+                .is_some()
+        );
     }
 
     #[test]
@@ -414,7 +440,11 @@ mod tests {
         );
         // 100 ms are about 100 units of work: still not ten times 35.
         let later = pushed + Duration::from_millis(100);
-        assert!(registry.pick(Some(("new", urgency(35.0))), None, later).is_none());
+        assert!(
+            registry
+                .pick(Some(("new", urgency(35.0))), None, later)
+                .is_none()
+        );
         // After a second it is taken to have 1,000 units left.
         let much_later = pushed + Duration::from_secs(1);
         assert!(
@@ -433,8 +463,16 @@ mod tests {
         run(&mut registry, "a", "long", 900.0, now);
         run(&mut registry, "a", "short", 20.0, now);
         // The short task holds the slot; the long one waits already.
-        assert!(registry.pick(Some(("new", urgency(10.0))), None, now).is_none());
-        assert!(registry.pick(Some(("new", urgency(1.0))), None, now).is_some());
+        assert!(
+            registry
+                .pick(Some(("new", urgency(10.0))), None, now)
+                .is_none()
+        );
+        assert!(
+            registry
+                .pick(Some(("new", urgency(1.0))), None, now)
+                .is_some()
+        );
     }
 
     #[test]
@@ -448,7 +486,11 @@ mod tests {
         run(&mut registry, "a", "short", 20.0, now);
         let cheaper = Some(("new", urgency(1.0)));
         assert_eq!(
-            registry.pick(cheaper, None, now).unwrap().location.executor_id,
+            registry
+                .pick(cheaper, None, now)
+                .unwrap()
+                .location
+                .executor_id,
             "b"
         );
         // An executor with preemption off takes nothing beyond its slots.
@@ -456,7 +498,11 @@ mod tests {
         run(&mut registry, "c", "long", 500.0, now);
         run(&mut registry, "b", "short", 20.0, now);
         assert_eq!(
-            registry.pick(cheaper, None, now).unwrap().location.executor_id,
+            registry
+                .pick(cheaper, None, now)
+                .unwrap()
+                .location
+                .executor_id,
             "a"
         );
     }
@@ -479,16 +525,25 @@ mod tests {
         // A full home, or one that left, gives way to the most free.
         run(&mut registry, "a", "long", 500.0, now);
         assert_eq!(picked(&mut registry, None, Some("a")).as_deref(), Some("b"));
-        assert_eq!(picked(&mut registry, None, Some("gone")).as_deref(), Some("b"));
+        assert_eq!(
+            picked(&mut registry, None, Some("gone")).as_deref(),
+            Some("b")
+        );
         // Every slot busy: an urgent task preempts at its home while the home has room
         // for it, though "a" would win the tie otherwise.
         run(&mut registry, "b", "long", 500.0, now);
         run(&mut registry, "b", "long", 500.0, now);
         let cheap = Some(("new", urgency(1.0)));
         assert_eq!(picked(&mut registry, cheap, None).as_deref(), Some("a"));
-        assert_eq!(picked(&mut registry, cheap, Some("b")).as_deref(), Some("b"));
+        assert_eq!(
+            picked(&mut registry, cheap, Some("b")).as_deref(),
+            Some("b")
+        );
         run(&mut registry, "b", "short", 20.0, now);
-        assert_eq!(picked(&mut registry, cheap, Some("b")).as_deref(), Some("a"));
+        assert_eq!(
+            picked(&mut registry, cheap, Some("b")).as_deref(),
+            Some("a")
+        );
         run(&mut registry, "a", "short", 20.0, now);
         assert_eq!(picked(&mut registry, cheap, Some("a")), None);
     }
@@ -502,10 +557,18 @@ mod tests {
         // it, however much more urgent its next task is.
         run(&mut registry, "a", "new", 500.0, now);
         run(&mut registry, "a", "new", 500.0, now);
-        assert!(registry.pick(Some(("new", urgency(1.0))), None, now).is_none());
+        assert!(
+            registry
+                .pick(Some(("new", urgency(1.0))), None, now)
+                .is_none()
+        );
         assert!(!registry.is_urgent("new", &urgency(1.0), now));
         // Another query's cheap task may displace them.
-        assert!(registry.pick(Some(("other", urgency(1.0))), None, now).is_some());
+        assert!(
+            registry
+                .pick(Some(("other", urgency(1.0))), None, now)
+                .is_some()
+        );
         assert!(registry.is_urgent("other", &urgency(1.0), now));
     }
 
@@ -517,8 +580,16 @@ mod tests {
         // "new" keeps one slot; the other is held by a long query, the one to displace.
         run(&mut registry, "a", "new", 20.0, now);
         run(&mut registry, "a", "long", 500.0, now);
-        assert!(registry.pick(Some(("new", urgency(20.0))), None, now).is_some());
-        assert!(registry.pick(Some(("new", urgency(60.0))), None, now).is_none());
+        assert!(
+            registry
+                .pick(Some(("new", urgency(20.0))), None, now)
+                .is_some()
+        );
+        assert!(
+            registry
+                .pick(Some(("new", urgency(60.0))), None, now)
+                .is_none()
+        );
     }
 
     #[test]

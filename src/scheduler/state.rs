@@ -318,9 +318,11 @@ impl SchedulerState {
         let (replaced, generation) = self
             .registry
             .register(location, slots, preempt_slots, sender);
-        if let Some(old) = replaced {
+        if replaced.is_some() {
+            // A new process under the same name has none of the old one's shuffle output;
+            // the old stream's tasks and output are lost either way.
             warn!(executor = %id, "executor reconnected; its previous connection is lost");
-            self.requeue_lost(&id, old.running.into_keys().map(|(q, _)| q).collect());
+            self.requeue_lost(&id);
         }
         info!(executor = %id, slots, preempt_slots, "executor registered");
         self.executors_watch.send_replace(self.registry.len());
@@ -337,18 +339,20 @@ impl SchedulerState {
         warn!(executor = %executor_id, running = entry.running.len(), "executor lost");
         self.executors_watch.send_replace(self.registry.len());
         metrics::gauge!("baton_executors_connected").set(self.registry.len() as f64);
-        let affected = self
+        self.requeue_lost(executor_id);
+        self.dispatch();
+    }
+
+    /// Queues again what every unfinished query lost with `executor_id`: its running
+    /// tasks and the shuffle output it held.
+    fn requeue_lost(&mut self, executor_id: &str) {
+        let affected: Vec<Arc<str>> = self
             .queries
             .iter()
             .filter(|(_, q)| !q.is_finished())
             .map(|(id, _)| id.clone())
             .collect();
-        self.requeue_lost(executor_id, affected);
-        self.dispatch();
-    }
-
-    fn requeue_lost(&mut self, executor_id: &str, query_ids: Vec<Arc<str>>) {
-        for query_id in query_ids {
+        for query_id in affected {
             let Some(query) = self.queries.get_mut(&query_id) else {
                 continue;
             };
@@ -400,7 +404,18 @@ impl SchedulerState {
                 Some(task_status::Result::Failed(failed)) => {
                     metrics::counter!("baton_tasks_completed_total", "result" => "failed")
                         .increment(1);
-                    if let Some(to_cancel) = query.task_failed(task, id.attempt, &failed.error) {
+                    if !failed.unreadable_executor.is_empty() {
+                        let holder = &failed.unreadable_executor;
+                        if let Some((progress, to_cancel)) =
+                            query.outputs_lost(task, id.attempt, holder)
+                        {
+                            warn!(%query_id, stage = task.stage, partition = task.partition, executor = %holder, error = %failed.error, "task could not read shuffle output");
+                            self.cancel_tasks(&query_id, to_cancel);
+                            self.apply(&query_id, progress);
+                        }
+                    } else if let Some(to_cancel) =
+                        query.task_failed(task, id.attempt, &failed.error)
+                    {
                         self.cancel_tasks(&query_id, to_cancel);
                         self.apply(
                             &query_id,

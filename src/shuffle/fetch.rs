@@ -176,6 +176,40 @@ impl FlightClients {
     }
 }
 
+/// Shuffle output a task could not read from the executor holding it: that executor,
+/// or its copy of the output, is gone, so the scheduler computes the output again
+/// instead of failing the query.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct UnreadableOutput {
+    /// The executor that held the output.
+    pub executor_id: String,
+    source: DataFusionError,
+}
+
+impl UnreadableOutput {
+    /// `source`, a failure to read output held by `executor_id`, marked as such.
+    pub fn wrap(executor_id: &str, source: DataFusionError) -> DataFusionError {
+        DataFusionError::External(Box::new(Self {
+            executor_id: executor_id.to_string(),
+            source,
+        }))
+    }
+
+    /// The executor whose output `error` (why a task failed) could not be read, when
+    /// that is among its causes.
+    pub fn executor_of(error: &DataFusionError) -> Option<&str> {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(e) = cause {
+            if let Some(unreadable) = e.downcast_ref::<Self>() {
+                return Some(&unreadable.executor_id);
+            }
+            cause = e.source();
+        }
+        None
+    }
+}
+
 /// An executor's Flight clients for tasks of each priority: urgent tasks fetch over
 /// connections on normal-priority threads, background tasks over connections of their
 /// own on low-priority threads, to peers' background endpoints.

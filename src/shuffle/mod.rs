@@ -13,6 +13,7 @@ mod store;
 mod writer;
 
 pub use env::{MapLocation, TaskEnv};
+pub use fetch::UnreadableOutput;
 pub use reader::{ReadMode, ShuffleReaderExec};
 pub use store::{ShuffleKey, ShuffleStore, StoreError};
 pub use writer::{ShuffleWriterExec, write_stats_schema};

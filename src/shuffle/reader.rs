@@ -15,6 +15,7 @@ use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Pla
 use futures::{StreamExt, TryStreamExt};
 
 use super::env::{MapLocation, TaskEnv};
+use super::fetch::UnreadableOutput;
 use super::store::ShuffleKey;
 
 /// How a reader's partitions map onto the producer's output.
@@ -181,6 +182,7 @@ async fn open_source(
         Ok(partition.stream())
     } else {
         let started = Instant::now();
+        let holder = location.executor_id.clone();
         let fetched = env
             .clients
             .fetch(
@@ -188,7 +190,9 @@ async fn open_source(
                 key,
                 schema.clone(),
             )
-            .await?;
+            .await
+            .map_err(|e| UnreadableOutput::wrap(&holder, e))?
+            .map_err(move |e| UnreadableOutput::wrap(&holder, e));
         let answered = started.elapsed();
         // Logged once the stream ends, to tell a slow peer from a slow reader.
         let key = key.clone();
