@@ -686,7 +686,7 @@ fn home_of(inputs: &[StageInput]) -> Option<String> {
         *held.entry(location.executor_id.as_str()).or_default() += 1;
     }
     let mut counts: Vec<(&str, usize)> = held.into_iter().collect();
-    counts.sort_by(|a, b| b.1.cmp(&a.1));
+    counts.sort_by_key(|c| std::cmp::Reverse(c.1));
     match counts.as_slice() {
         [(only, _)] => Some(only.to_string()),
         [(first, most), (_, next), ..] if most > next => Some(first.to_string()),
