@@ -33,6 +33,34 @@ fn spawn(args: &[&str]) -> Process {
     )
 }
 
+/// A scheduler process on `address` over `catalog`, plus `extra` flags.
+fn spawn_scheduler(address: &str, catalog: &Path, extra: &[&str]) -> Process {
+    let mut args = vec![
+        "scheduler",
+        "--bind",
+        address,
+        "--catalog",
+        catalog.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    spawn(&args)
+}
+
+/// An executor process with two slots, connected to `scheduler`, plus `extra` flags.
+fn spawn_executor(scheduler: &str, work_dir: &str, extra: &[&str]) -> Process {
+    let mut args = vec![
+        "executor",
+        "--scheduler",
+        scheduler,
+        "--slots",
+        "2",
+        "--work-dir",
+        work_dir,
+    ];
+    args.extend_from_slice(extra);
+    spawn(&args)
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -80,32 +108,10 @@ fn scheduler_and_executor_processes_run_queries_from_the_cli() {
     let catalog = common::tpch_catalog();
     let work = tempfile::tempdir().unwrap();
     let scheduler = format!("127.0.0.1:{}", free_port());
-    let _scheduler = spawn(&[
-        "scheduler",
-        "--bind",
-        &scheduler,
-        "--catalog",
-        catalog.to_str().unwrap(),
-    ]);
+    let _scheduler = spawn_scheduler(&scheduler, &catalog, &[]);
     let work_dir = work.path().to_str().unwrap();
-    let _first = spawn(&[
-        "executor",
-        "--scheduler",
-        &scheduler,
-        "--slots",
-        "2",
-        "--work-dir",
-        work_dir,
-    ]);
-    let mut second = spawn(&[
-        "executor",
-        "--scheduler",
-        &scheduler,
-        "--slots",
-        "2",
-        "--work-dir",
-        work_dir,
-    ]);
+    let _first = spawn_executor(&scheduler, work_dir, &[]);
+    let mut second = spawn_executor(&scheduler, work_dir, &[]);
 
     // Planned by the client (it has the catalog), run by the cluster.
     let out = first_query(&scheduler, &catalog);
@@ -367,35 +373,21 @@ async fn a_query_survives_losing_the_executor_that_holds_part_of_its_shuffle_out
     let scheduler = format!("127.0.0.1:{}", free_port());
     let metrics = format!("127.0.0.1:{}", free_port());
     // Four tasks per stage even on the small test data.
-    let _scheduler = spawn(&[
-        "scheduler",
-        "--bind",
+    let _scheduler = spawn_scheduler(
         &scheduler,
-        "--catalog",
-        catalog.to_str().unwrap(),
-        "--partitions",
-        "4",
-        "--partition-data-mib",
-        "0",
-        "--metrics",
-        &metrics,
-    ]);
+        &catalog,
+        &[
+            "--partitions",
+            "4",
+            "--partition-data-mib",
+            "0",
+            "--metrics",
+            &metrics,
+        ],
+    );
     let work_dir = work.path().to_str().unwrap();
-    let executor = |id: &str| {
-        spawn(&[
-            "executor",
-            "--scheduler",
-            &scheduler,
-            "--id",
-            id,
-            "--slots",
-            "2",
-            "--work-dir",
-            work_dir,
-        ])
-    };
-    let steady = executor("steady");
-    let mut doomed = executor("doomed");
+    let steady = spawn_executor(&scheduler, work_dir, &["--id", "steady"]);
+    let mut doomed = spawn_executor(&scheduler, work_dir, &["--id", "doomed"]);
     let connected = (0..150).any(|_| {
         let both = scrape_metrics(&metrics)
             .lines()
