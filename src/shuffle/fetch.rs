@@ -236,3 +236,34 @@ impl PriorityClients {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::error::ArrowError;
+
+    use super::*;
+
+    #[test]
+    fn an_unreadable_output_is_found_under_the_layers_operators_add() {
+        let unreadable = || {
+            UnreadableOutput::wrap(
+                "exec-b",
+                DataFusionError::Execution("connection refused".into()),
+            )
+        };
+        assert_eq!(UnreadableOutput::executor_of(&unreadable()), Some("exec-b"));
+        // A join's shared build side, a context, an Arrow kernel's external error.
+        let shared = DataFusionError::Shared(Arc::new(unreadable()));
+        let context = DataFusionError::Context("joining".into(), Box::new(shared));
+        let arrow = DataFusionError::ArrowError(
+            Box::new(ArrowError::ExternalError(Box::new(context))),
+            None,
+        );
+        assert_eq!(UnreadableOutput::executor_of(&arrow), Some("exec-b"));
+        assert!(arrow.to_string().contains("connection refused"));
+        let other = DataFusionError::Execution("division by zero".into());
+        assert_eq!(UnreadableOutput::executor_of(&other), None);
+    }
+}
