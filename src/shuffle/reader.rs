@@ -176,7 +176,12 @@ async fn open_source(
 ) -> Result<SendableRecordBatchStream> {
     tracing::debug!(%key, local = location.executor_id == env.executor_id, reader = %env.executor_id, "open shuffle source");
     if location.executor_id == env.executor_id {
-        let partition = env.store.get(key)?;
+        // Missing here (a store that restarted under the same executor id, say): the
+        // scheduler recomputes it like output on a lost peer.
+        let partition = env
+            .store
+            .get(key)
+            .map_err(|e| UnreadableOutput::wrap(&env.executor_id, e.into()))?;
         metrics::counter!("baton_shuffle_bytes_read_total", "source" => "local")
             .increment(partition.bytes());
         Ok(partition.stream())
