@@ -388,16 +388,7 @@ async fn a_query_survives_losing_the_executor_that_holds_part_of_its_shuffle_out
     let work_dir = work.path().to_str().unwrap();
     let steady = spawn_executor(&scheduler, work_dir, &["--id", "steady"]);
     let mut doomed = spawn_executor(&scheduler, work_dir, &["--id", "doomed"]);
-    let connected = (0..150).any(|_| {
-        let both = scrape_metrics(&metrics)
-            .lines()
-            .any(|l| l.trim() == "baton_executors_connected 2");
-        if !both {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        both
-    });
-    assert!(connected, "both executors register");
+    assert!(wait_for_executors(&metrics, 2), "both executors register");
 
     // "steady" is frozen: the tasks pushed to it wait, so the query cannot get past its
     // first stage while "doomed" finishes its share of that stage.
@@ -440,4 +431,50 @@ async fn a_query_survives_losing_the_executor_that_holds_part_of_its_shuffle_out
     let reference = common::single_node(&catalog).await;
     let want = common::expected(&reference, sql).await;
     common::compare(&want, &result.batches, true).unwrap();
+}
+
+/// Polls the metrics endpoint at `addr` until the scheduler reports `n` executors.
+fn wait_for_executors(addr: &str, n: usize) -> bool {
+    let line = format!("baton_executors_connected {n}");
+    (0..150).any(|_| {
+        let connected = scrape_metrics(addr).lines().any(|l| l.trim() == line);
+        if !connected {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        connected
+    })
+}
+
+#[test]
+fn executors_register_again_with_a_restarted_scheduler() {
+    let catalog = common::tpch_catalog();
+    let work = tempfile::tempdir().unwrap();
+    let scheduler = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut first = spawn_scheduler(&scheduler, &catalog, &["--metrics", &metrics]);
+    let mut executor = spawn_executor(&scheduler, work.path().to_str().unwrap(), &[]);
+    assert!(wait_for_executors(&metrics, 1), "the executor registers");
+
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let _second = spawn_scheduler(&scheduler, &catalog, &["--metrics", &metrics]);
+    assert!(
+        wait_for_executors(&metrics, 1),
+        "the executor registers with the new scheduler"
+    );
+    assert!(
+        executor.0.try_wait().unwrap().is_none(),
+        "executor still runs"
+    );
+    let out = baton(&[
+        "sql",
+        "--scheduler",
+        &scheduler,
+        "--format",
+        "csv",
+        "-c",
+        "select count(*) as n from region",
+    ]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "n\n5\n");
 }

@@ -164,6 +164,13 @@ async fn start_cluster(
     .await?)
 }
 
+/// Starts an executor tries, after its scheduler went away, before it gives up; each
+/// start waits up to 30 s for the scheduler to answer.
+const EXECUTOR_RESTARTS: u32 = 10;
+
+/// Pause between an executor's stop and its next start.
+const RESTART_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
+
 async fn until_ctrl_c() {
     let _ = tokio::signal::ctrl_c().await;
 }
@@ -201,7 +208,9 @@ pub async fn run_scheduler(
     Ok(())
 }
 
-/// `baton executor`.
+/// `baton executor`: runs until Ctrl-C. When its scheduler goes away (a restart, say), it
+/// starts over and registers again, since a new scheduler knows nothing of the old
+/// connection; it gives up after [`EXECUTOR_RESTARTS`] starts in a row find no scheduler.
 pub async fn run_executor(
     config: ExecutorConfig,
     metrics: Option<SocketAddr>,
@@ -209,12 +218,35 @@ pub async fn run_executor(
     if let Some(addr) = metrics {
         serve_metrics(addr, None).await?;
     }
-    let mut executor = Executor::start(config).await?;
-    tokio::select! {
-        _ = executor.wait() => tracing::info!("scheduler went away; executor stops"),
-        _ = until_ctrl_c() => tracing::info!("interrupted; executor stops"),
+    // Failed starts in a row after a lost connection, each waiting for the scheduler.
+    let mut failed_restarts: Option<u32> = None;
+    loop {
+        let started = tokio::select! {
+            started = Executor::start(config.clone()) => started,
+            _ = until_ctrl_c() => return Ok(()),
+        };
+        let mut executor = match (started, failed_restarts) {
+            (Ok(executor), _) => executor,
+            // The scheduler is not back yet, or the old endpoints still hold their ports.
+            (Err(e), Some(failed)) if failed + 1 < EXECUTOR_RESTARTS => {
+                tracing::warn!(error = %e, "executor could not start again; retrying");
+                failed_restarts = Some(failed + 1);
+                tokio::time::sleep(RESTART_DELAY).await;
+                continue;
+            }
+            (Err(e), _) => return Err(e.into()),
+        };
+        tokio::select! {
+            _ = executor.wait() => tracing::warn!("scheduler went away; connecting again"),
+            _ = until_ctrl_c() => {
+                tracing::info!("interrupted; executor stops");
+                return Ok(());
+            }
+        }
+        drop(executor);
+        failed_restarts = Some(0);
+        tokio::time::sleep(RESTART_DELAY).await;
     }
-    Ok(())
 }
 
 /// `baton standalone`.
