@@ -33,6 +33,22 @@ fn spawn(args: &[&str]) -> Process {
     )
 }
 
+/// Runs a small query through the `baton sql` CLI against `scheduler` and checks its
+/// answer.
+fn assert_cluster_answers(scheduler: &str) {
+    let out = baton(&[
+        "sql",
+        "--scheduler",
+        scheduler,
+        "--format",
+        "csv",
+        "-c",
+        "select count(*) as n from region",
+    ]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "n\n5\n");
+}
+
 /// A scheduler process on `address` over `catalog`, plus `extra` flags.
 fn spawn_scheduler(address: &str, catalog: &Path, extra: &[&str]) -> Process {
     let mut args = vec![
@@ -159,17 +175,7 @@ fn scheduler_and_executor_processes_run_queries_from_the_cli() {
     // Kill one executor process: the other one keeps serving.
     second.0.kill().unwrap();
     second.0.wait().unwrap();
-    let out = baton(&[
-        "sql",
-        "--scheduler",
-        &scheduler,
-        "--format",
-        "csv",
-        "-c",
-        "select count(*) as n from region",
-    ]);
-    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "n\n5\n");
+    assert_cluster_answers(&scheduler);
 }
 
 #[test]
@@ -466,15 +472,5 @@ fn executors_register_again_with_a_restarted_scheduler() {
         executor.0.try_wait().unwrap().is_none(),
         "executor still runs"
     );
-    let out = baton(&[
-        "sql",
-        "--scheduler",
-        &scheduler,
-        "--format",
-        "csv",
-        "-c",
-        "select count(*) as n from region",
-    ]);
-    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "n\n5\n");
+    assert_cluster_answers(&scheduler);
 }

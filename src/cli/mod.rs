@@ -210,7 +210,7 @@ pub async fn run_scheduler(
 
 /// `baton executor`: runs until Ctrl-C. When its scheduler goes away (a restart, say), it
 /// starts over and registers again, since a new scheduler knows nothing of the old
-/// connection; it gives up after [`EXECUTOR_RESTARTS`] starts in a row find no scheduler.
+/// connection; it gives up after 10 starts in a row find no scheduler.
 pub async fn run_executor(
     config: ExecutorConfig,
     metrics: Option<SocketAddr>,
