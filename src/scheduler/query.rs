@@ -73,6 +73,15 @@ struct Task {
     output: Option<MapLocation>,
 }
 
+impl Task {
+    /// True when its output is on `executor_id`.
+    fn has_output_on(&self, executor_id: &str) -> bool {
+        self.output
+            .as_ref()
+            .is_some_and(|o| o.executor_id == executor_id)
+    }
+}
+
 /// A stage as submitted: its plan bytes, inputs and task count.
 #[derive(Debug, Clone)]
 pub struct StageSpec {
@@ -471,6 +480,26 @@ impl Query {
         Some(self.take_running())
     }
 
+    /// Stops the running tasks `stop` picks by stage and executor: each leaves its
+    /// executor and moves on to its next attempt. Returns them with where they ran.
+    fn stop_running(&mut self, stop: impl Fn(u32, &str) -> bool) -> Vec<(TaskRef, String)> {
+        let mut stopped = Vec::new();
+        for (sid, stage) in self.stages.iter_mut().enumerate() {
+            for (p, t) in stage.tasks.iter_mut().enumerate() {
+                let Some(on) = t.running_on.take_if(|on| stop(sid as u32, on)) else {
+                    continue;
+                };
+                t.attempt += 1;
+                let task = TaskRef {
+                    stage: sid as u32,
+                    partition: p as u32,
+                };
+                stopped.push((task, on));
+            }
+        }
+        stopped
+    }
+
     fn take_running(&mut self) -> Vec<(TaskRef, String)> {
         let mut running = Vec::new();
         for (sid, stage) in self.stages.iter_mut().enumerate() {
@@ -496,19 +525,11 @@ impl Query {
         if self.state != QueryState::Running {
             return (Progress::default(), Vec::new());
         }
-        let mut reset = Vec::new();
-        for (sid, stage) in self.stages.iter_mut().enumerate() {
-            for (p, t) in stage.tasks.iter_mut().enumerate() {
-                if t.running_on.as_deref() == Some(executor_id) {
-                    t.running_on = None;
-                    t.attempt += 1;
-                    reset.push(TaskRef {
-                        stage: sid as u32,
-                        partition: p as u32,
-                    });
-                }
-            }
-        }
+        let reset = self
+            .stop_running(|_, on| on == executor_id)
+            .into_iter()
+            .map(|(task, _)| task)
+            .collect();
         self.recover(executor_id, reset)
     }
 
@@ -545,10 +566,7 @@ impl Query {
         for &sid in &lost {
             let stage = &mut self.stages[sid as usize];
             for (p, t) in stage.tasks.iter_mut().enumerate() {
-                if t.output
-                    .as_ref()
-                    .is_some_and(|o| o.executor_id == executor_id)
-                {
+                if t.has_output_on(executor_id) {
                     t.output = None;
                     t.attempt += 1;
                     stage.done -= 1;
@@ -562,8 +580,8 @@ impl Query {
             warn!(query_id = %self.id, stage = sid, executor = executor_id, "shuffle output lost; computing it again");
         }
         let mut progress = Progress::default();
-        let mut cancel = Vec::new();
-        for sid in 0..self.stages.len() {
+        let mut waiting = vec![false; self.stages.len()];
+        for (sid, waits) in waiting.iter_mut().enumerate() {
             let incomplete_inputs = self.stages[sid]
                 .inputs
                 .iter()
@@ -574,16 +592,7 @@ impl Query {
                 continue;
             }
             if incomplete_inputs > 0 {
-                for (p, t) in stage.tasks.iter_mut().enumerate() {
-                    if let Some(running_on) = t.running_on.take() {
-                        t.attempt += 1;
-                        let task = TaskRef {
-                            stage: sid as u32,
-                            partition: p as u32,
-                        };
-                        cancel.push((task, running_on));
-                    }
-                }
+                *waits = true;
                 stage.state = StageState::Waiting;
                 stage.waiting_on = incomplete_inputs;
             } else if stage.state != StageState::Waiting {
@@ -593,6 +602,7 @@ impl Query {
                     .extend(reset.iter().filter(|t| t.stage == sid as u32));
             }
         }
+        let mut cancel = self.stop_running(|sid, _| waiting[sid as usize]);
         if let Some(task) = reset
             .iter()
             .find(|t| self.attempt(**t) >= MAX_TASK_ATTEMPTS)
@@ -612,13 +622,7 @@ impl Query {
     /// The stages whose output on `executor_id` is still needed: by a stage that has not
     /// finished, by a stage that loses output itself, or as the query result.
     fn stages_losing_output(&self, executor_id: &str) -> Vec<u32> {
-        let holds = |stage: &Stage| {
-            stage.tasks.iter().any(|t| {
-                t.output
-                    .as_ref()
-                    .is_some_and(|o| o.executor_id == executor_id)
-            })
-        };
+        let holds = |stage: &Stage| stage.tasks.iter().any(|t| t.has_output_on(executor_id));
         let mut lost = vec![false; self.stages.len()];
         let mut changed = true;
         while changed {
