@@ -33,11 +33,13 @@ use crate::shuffle::{MapLocation, ShuffleStore, TaskEnv, UnreadableOutput};
 /// does not leave output behind.
 const RELEASED_MEMORY: usize = 1024;
 
-type TaskKey = (String, u32, u32);
+type TaskKey = (String, u32, u32, u32);
 
-/// How the runner knows a task: its query, stage and partition (any attempt).
+/// How the runner knows a task attempt: its query, stage, partition and attempt. A
+/// cancel or promotion meant for one attempt then never reaches a newer one, and an
+/// attempt that ends late never takes a newer one's place.
 fn task_key(id: &TaskId) -> TaskKey {
-    (id.query_id.clone(), id.stage_id, id.partition)
+    (id.query_id.clone(), id.stage_id, id.partition, id.attempt)
 }
 
 /// Runs the tasks the scheduler pushes to this executor.

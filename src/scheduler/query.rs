@@ -31,6 +31,17 @@ pub struct TaskRef {
     pub partition: u32,
 }
 
+/// A task attempt running on an executor, as handed back to be cancelled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningAttempt {
+    /// The task.
+    pub task: TaskRef,
+    /// Its attempt that runs there.
+    pub attempt: u32,
+    /// Where it runs.
+    pub executor: String,
+}
+
 /// One stage as the scheduler tracks it.
 #[derive(Debug)]
 pub struct Stage {
@@ -455,7 +466,7 @@ impl Query {
         task: TaskRef,
         attempt: u32,
         error: &str,
-    ) -> Option<Vec<(TaskRef, String)>> {
+    ) -> Option<Vec<RunningAttempt>> {
         if !self.is_current(task, attempt) {
             return None;
         }
@@ -472,7 +483,7 @@ impl Query {
 
     /// Cancels the query; returns its running tasks and where they run. None when it had
     /// already ended.
-    pub fn cancel(&mut self) -> Option<Vec<(TaskRef, String)>> {
+    pub fn cancel(&mut self) -> Option<Vec<RunningAttempt>> {
         if self.is_finished() {
             return None;
         }
@@ -482,36 +493,40 @@ impl Query {
 
     /// Stops the running tasks `stop` picks by stage and executor: each leaves its
     /// executor and moves on to its next attempt. Returns them with where they ran.
-    fn stop_running(&mut self, stop: impl Fn(u32, &str) -> bool) -> Vec<(TaskRef, String)> {
+    fn stop_running(&mut self, stop: impl Fn(u32, &str) -> bool) -> Vec<RunningAttempt> {
         let mut stopped = Vec::new();
         for (sid, stage) in self.stages.iter_mut().enumerate() {
             for (p, t) in stage.tasks.iter_mut().enumerate() {
                 let Some(on) = t.running_on.take_if(|on| stop(sid as u32, on)) else {
                     continue;
                 };
+                stopped.push(RunningAttempt {
+                    task: TaskRef {
+                        stage: sid as u32,
+                        partition: p as u32,
+                    },
+                    attempt: t.attempt,
+                    executor: on,
+                });
                 t.attempt += 1;
-                let task = TaskRef {
-                    stage: sid as u32,
-                    partition: p as u32,
-                };
-                stopped.push((task, on));
             }
         }
         stopped
     }
 
-    fn take_running(&mut self) -> Vec<(TaskRef, String)> {
+    fn take_running(&mut self) -> Vec<RunningAttempt> {
         let mut running = Vec::new();
         for (sid, stage) in self.stages.iter_mut().enumerate() {
             for (p, t) in stage.tasks.iter_mut().enumerate() {
                 if let Some(executor) = t.running_on.take() {
-                    running.push((
-                        TaskRef {
+                    running.push(RunningAttempt {
+                        task: TaskRef {
                             stage: sid as u32,
                             partition: p as u32,
                         },
+                        attempt: t.attempt,
                         executor,
-                    ));
+                    });
                 }
             }
         }
@@ -521,14 +536,14 @@ impl Query {
     /// An executor is gone. Its running tasks are queued again (next attempt), and the
     /// shuffle output it held that is still needed is computed again (see
     /// [`Query::outputs_lost`]). Returns the tasks to queue and the tasks to cancel.
-    pub fn executor_lost(&mut self, executor_id: &str) -> (Progress, Vec<(TaskRef, String)>) {
+    pub fn executor_lost(&mut self, executor_id: &str) -> (Progress, Vec<RunningAttempt>) {
         if self.state != QueryState::Running {
             return (Progress::default(), Vec::new());
         }
         let reset = self
             .stop_running(|_, on| on == executor_id)
             .into_iter()
-            .map(|(task, _)| task)
+            .map(|stopped| stopped.task)
             .collect();
         self.recover(executor_id, reset)
     }
@@ -541,7 +556,7 @@ impl Query {
         task: TaskRef,
         attempt: u32,
         executor_id: &str,
-    ) -> Option<(Progress, Vec<(TaskRef, String)>)> {
+    ) -> Option<(Progress, Vec<RunningAttempt>)> {
         if !self.is_current(task, attempt) {
             return None;
         }
@@ -561,7 +576,7 @@ impl Query {
         &mut self,
         executor_id: &str,
         mut reset: Vec<TaskRef>,
-    ) -> (Progress, Vec<(TaskRef, String)>) {
+    ) -> (Progress, Vec<RunningAttempt>) {
         let lost = self.stages_losing_output(executor_id);
         for &sid in &lost {
             let stage = &mut self.stages[sid as usize];
@@ -742,6 +757,14 @@ mod tests {
         TaskRef { stage, partition }
     }
 
+    fn attempt_on(task: TaskRef, attempt: u32, executor: &str) -> RunningAttempt {
+        RunningAttempt {
+            task,
+            attempt,
+            executor: executor.into(),
+        }
+    }
+
     #[test]
     fn a_stage_is_ready_only_when_all_its_inputs_are_done() {
         let mut q = join_query();
@@ -849,7 +872,7 @@ mod tests {
         q.task_started(task(0, 0), "a");
         q.task_started(task(1, 0), "b");
         let cancel = q.task_failed(task(0, 0), 0, "division by zero").unwrap();
-        assert_eq!(cancel, vec![(task(1, 0), "b".to_string())]);
+        assert_eq!(cancel, vec![attempt_on(task(1, 0), 0, "b")]);
         assert_eq!(q.state(), QueryState::Failed);
         assert!(q.error().unwrap().contains("division by zero"));
     }
@@ -886,7 +909,10 @@ mod tests {
         assert_eq!(p.ready, vec![task(0, 0), task(1, 0)]);
         assert_eq!(
             cancel,
-            vec![(task(2, 0), "b".to_string()), (task(2, 1), "b".to_string())]
+            vec![
+                attempt_on(task(2, 0), 0, "b"),
+                attempt_on(task(2, 1), 0, "b")
+            ]
         );
         assert!(!q.is_dispatchable(task(2, 0)));
         assert_eq!(q.remaining_cost(), before + 2.0);
@@ -927,7 +953,7 @@ mod tests {
         // Stage 3 needs stage 2's output on "a", whose rerun needs stages 0 and 1 there.
         let (p, cancel) = q.executor_lost("a");
         assert_eq!(p.ready, vec![task(0, 0), task(1, 0)]);
-        assert_eq!(cancel, vec![(task(3, 0), "b".to_string())]);
+        assert_eq!(cancel, vec![attempt_on(task(3, 0), 0, "b")]);
         run(&mut q, task(0, 0), "b");
         // Task 2.1 kept its output on "b": only 2.0 runs again.
         assert_eq!(run(&mut q, task(1, 0), "b").ready, vec![task(2, 0)]);
@@ -947,7 +973,7 @@ mod tests {
         q.task_started(task(2, 1), "b");
         let (p, cancel) = q.outputs_lost(task(2, 0), 0, "a").unwrap();
         assert_eq!(p.ready, vec![task(0, 0)]);
-        assert_eq!(cancel, vec![(task(2, 1), "b".to_string())]);
+        assert_eq!(cancel, vec![attempt_on(task(2, 1), 0, "b")]);
         // The same report again, or the cancelled task's, is stale.
         assert!(q.outputs_lost(task(2, 0), 0, "a").is_none());
         assert!(q.outputs_lost(task(2, 1), 0, "a").is_none());

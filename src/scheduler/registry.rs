@@ -48,6 +48,8 @@ pub struct Held {
     pub since: Instant,
     /// Pushed urgent, or promoted since.
     pub urgent: bool,
+    /// The task's attempt.
+    pub attempt: u32,
 }
 
 impl Held {
@@ -363,6 +365,7 @@ mod tests {
             urgency: urgency(cost),
             since,
             urgent: false,
+            attempt: 0,
         };
         entry.running.insert((query.into(), task), held);
     }

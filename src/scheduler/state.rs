@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::planning::BackgroundPlannings;
 use super::policy::Policy;
-use super::query::{Progress, Query, TaskRef};
+use super::query::{Progress, Query, RunningAttempt, TaskRef};
 use super::queue::{QueuedTask, WorkQueue};
 use super::registry::{Costliest, ExecutorSender, Held, Registry, Urgency};
 use crate::proto::{
@@ -281,6 +281,7 @@ impl SchedulerState {
                 urgency,
                 since: now,
                 urgent,
+                attempt: query.attempt(task),
             };
             if preempting {
                 pushed.note(&queued.query_id, urgency.rank);
@@ -376,7 +377,16 @@ impl SchedulerState {
             return;
         };
         let location = executor.location.clone();
-        executor.running.remove(&(query_id.clone(), task));
+        // A report of an earlier attempt (one cancelled, say) leaves the slot of a newer
+        // attempt of the same task pushed to this executor since.
+        let key = (query_id.clone(), task);
+        if executor
+            .running
+            .get(&key)
+            .is_some_and(|held| held.attempt == id.attempt)
+        {
+            executor.running.remove(&key);
+        }
         if let Some(query) = self.queries.get_mut(&query_id) {
             match status.result {
                 Some(task_status::Result::Succeeded(ok)) => {
@@ -451,14 +461,14 @@ impl SchedulerState {
         }
     }
 
-    fn cancel_tasks(&self, query_id: &str, tasks: Vec<(TaskRef, String)>) {
-        for (task, executor_id) in tasks {
-            let Some(executor) = self.registry.get(&executor_id) else {
+    fn cancel_tasks(&self, query_id: &str, attempts: Vec<RunningAttempt>) {
+        for running in attempts {
+            let Some(executor) = self.registry.get(&running.executor) else {
                 continue;
             };
             executor.send(SchedulerMessage {
                 message: Some(scheduler_message::Message::CancelTask(CancelTask {
-                    task: Some(task_id(query_id, task, 0)),
+                    task: Some(task_id(query_id, running.task, running.attempt)),
                 })),
             });
         }
@@ -594,6 +604,103 @@ mod tests {
         );
         query.small_plan = small;
         query
+    }
+
+    /// The next message on an executor's stream.
+    fn next_message(
+        stream: &mut tokio::sync::mpsc::UnboundedReceiver<Result<SchedulerMessage, tonic::Status>>,
+    ) -> scheduler_message::Message {
+        match stream.try_recv() {
+            Ok(Ok(SchedulerMessage {
+                message: Some(message),
+            })) => message,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    /// A status of task `stage`.`partition`, attempt `attempt`, of query "q".
+    fn status(stage: u32, partition: u32, attempt: u32, result: task_status::Result) -> TaskStatus {
+        TaskStatus {
+            task: Some(task_id("q", TaskRef { stage, partition }, attempt)),
+            result: Some(result),
+        }
+    }
+
+    fn succeeded() -> task_status::Result {
+        task_status::Result::Succeeded(crate::proto::TaskSucceeded {
+            partitions: Vec::new(),
+            elapsed_micros: 1,
+        })
+    }
+
+    /// Failed with `error`; `unreadable`: the executor whose output it could not read.
+    fn failed(error: &str, unreadable: &str) -> task_status::Result {
+        task_status::Result::Failed(crate::proto::TaskFailed {
+            error: error.into(),
+            unreadable_executor: unreadable.into(),
+        })
+    }
+
+    #[test]
+    fn a_late_report_of_a_cancelled_attempt_keeps_the_slot_of_the_next_one() {
+        let (tx, _rx) = watch::channel(0);
+        let mut state = SchedulerState::new(tx, PolicyKind::Fifo.build(0.0));
+        let (sender, mut stream) = tokio::sync::mpsc::unbounded_channel();
+        let location = MapLocation {
+            executor_id: "e".into(),
+            flight_address: "e:1".into(),
+            background_flight_address: "e:2".into(),
+        };
+        state.register_executor(location, 3, 0, sender);
+        let spec = |inputs: Vec<u32>, tasks| StageSpec {
+            cost: 1.0,
+            output_rows: 0.0,
+            cost_per_input_row: 0.0,
+            plan: Default::default(),
+            inputs,
+            tasks,
+        };
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::empty());
+        let query = Query::new(
+            "q".into(),
+            String::new(),
+            vec![spec(vec![], 1), spec(vec![0], 2)],
+            schema,
+        );
+        state.add_query(query);
+        let pushed = |message| match message {
+            scheduler_message::Message::RunTask(run) => {
+                let id = run.task.unwrap();
+                (id.stage_id, id.partition, id.attempt)
+            }
+            other => panic!("expected a pushed task, got {other:?}"),
+        };
+        assert_eq!(pushed(next_message(&mut stream)), (0, 0, 0));
+        state.task_status("e", status(0, 0, 0, succeeded()));
+
+        assert_eq!(pushed(next_message(&mut stream)), (1, 0, 0));
+        assert_eq!(pushed(next_message(&mut stream)), (1, 1, 0));
+        // Task 1.0 cannot read stage 0's output: stage 0 runs again, task 1.1 is
+        // cancelled (its attempt 0 named), and both run again as attempt 1.
+        state.task_status("e", status(1, 0, 0, failed("fetch failed", "e")));
+        match next_message(&mut stream) {
+            scheduler_message::Message::CancelTask(cancel) => {
+                let id = cancel.task.unwrap();
+                assert_eq!((id.stage_id, id.partition, id.attempt), (1, 1, 0));
+            }
+            other => panic!("expected a cancel, got {other:?}"),
+        }
+        assert_eq!(pushed(next_message(&mut stream)), (0, 0, 1));
+        state.task_status("e", status(0, 0, 1, succeeded()));
+        assert_eq!(pushed(next_message(&mut stream)), (1, 0, 1));
+        assert_eq!(pushed(next_message(&mut stream)), (1, 1, 1));
+        // The executor's report of the cancelled attempt arrives only now: the slot of
+        // attempt 1 stays taken.
+        state.task_status("e", status(1, 1, 0, failed("cancelled", "")));
+        let executor = state.registry().get("e").unwrap();
+        assert_eq!(executor.running.len(), 2);
+        assert_eq!(executor.free_slots(), 1);
+        assert!(stream.try_recv().is_err());
     }
 
     #[test]
