@@ -260,6 +260,10 @@ enum Bench {
         /// Policies to compare.
         #[arg(long, value_delimiter = ',', default_value = "fifo,fair,priority")]
         policies: Vec<PolicyKind>,
+        /// Runs of the whole comparison (policies taking turns); the report gives each
+        /// measure's median over the runs and how many runs met the slowdown goal.
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
         /// Tasks each executor takes beyond its slots when urgent (priority preempts);
         /// default: as many as --slots, 0: no preemption.
         #[arg(long)]
@@ -467,6 +471,7 @@ fn main() -> ExitCode {
                     short,
                     interval_ms,
                     policies,
+                    runs,
                     preempt_slots,
                     preempt_cost_ratio,
                     aging_half_life,
@@ -485,6 +490,7 @@ fn main() -> ExitCode {
                         short_queries: short,
                         interval: std::time::Duration::from_millis(interval_ms),
                         policies,
+                        runs,
                     };
                     cli::run_fairness_bench(bench, out).await
                 }

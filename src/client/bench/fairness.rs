@@ -32,6 +32,10 @@ const ALONE_PASSES: usize = 2;
 /// Long background queries (TPC-H numbers): joins and aggregations over lineitem.
 const LONG_QUERIES: [u32; 4] = [9, 18, 21, 1];
 
+/// The short-query slowdown `priority` aims to keep its p99 under (while its makespan
+/// stays within 5 % of `fifo`'s).
+pub const SLOWDOWN_GOAL: f64 = 1.5;
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct FairnessBench {
@@ -53,6 +57,8 @@ pub struct FairnessBench {
     pub interval: Duration,
     /// Policies to compare.
     pub policies: Vec<PolicyKind>,
+    /// Runs of the whole comparison, policies taking turns in each.
+    pub runs: usize,
     /// Tasks each executor takes beyond its slots when urgent; None: as many as slots.
     pub preempt_slots: Option<u32>,
     /// Work ratio a preempting query needs (see [`ClusterConfig::preempt_cost_ratio`]).
@@ -73,6 +79,7 @@ impl Default for FairnessBench {
             short_queries: 20,
             interval: Duration::from_millis(250),
             policies: PolicyKind::ALL.to_vec(),
+            runs: 1,
             preempt_slots: None,
             preempt_cost_ratio: DEFAULT_PREEMPT_COST_RATIO,
             aging_half_life: DEFAULT_AGING_HALF_LIFE,
@@ -80,11 +87,13 @@ impl Default for FairnessBench {
     }
 }
 
-/// What one policy achieved.
+/// What one policy achieved in one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyResult {
     /// The policy.
     pub policy: String,
+    /// The run (from 0).
+    pub run: usize,
     /// Short-query latency p50, seconds.
     pub short_p50: f64,
     /// Short-query latency p99, seconds.
@@ -98,22 +107,35 @@ pub struct PolicyResult {
     /// The slowdown p99 the short queries read without any load (their latencies in the
     /// passes that measure latency alone, against their medians): the metric's floor.
     pub idle_slowdown_p99: f64,
+    /// Share of the short queries under load slowed down more than [`SLOWDOWN_GOAL`].
+    pub over_goal: f64,
+    /// The same share in the passes that measure latency alone.
+    pub idle_over_goal: f64,
 }
 
-/// The slowdown p99 of each pass of short queries over the idle cluster (`(kind,
-/// latency)` in arrival order) against the kinds' `medians`, averaged over the passes.
-fn idle_slowdown_p99(passes: &[Vec<(usize, f64)>], medians: &[f64]) -> f64 {
-    let per_pass: Vec<f64> = passes
+/// The slowdowns of each pass of short queries over the idle cluster (`(kind, latency)`
+/// in arrival order) against the kinds' `medians`.
+fn idle_slowdowns(passes: &[Vec<(usize, f64)>], medians: &[f64]) -> Vec<Vec<f64>> {
+    passes
         .iter()
         .map(|pass| {
-            let slowdowns: Vec<f64> = pass
-                .iter()
+            pass.iter()
                 .map(|(kind, seconds)| seconds / medians[*kind].max(1e-6))
-                .collect();
-            quantile(&slowdowns, 0.99)
+                .collect()
         })
-        .collect();
-    per_pass.iter().sum::<f64>() / per_pass.len().max(1) as f64
+        .collect()
+}
+
+/// The p99 of each pass's slowdowns, averaged over the passes.
+fn idle_slowdown_p99(passes: &[Vec<f64>]) -> f64 {
+    let sum: f64 = passes.iter().map(|pass| quantile(pass, 0.99)).sum();
+    sum / passes.len().max(1) as f64
+}
+
+/// Share of `slowdowns` above [`SLOWDOWN_GOAL`].
+fn over_goal(slowdowns: &[f64]) -> f64 {
+    let over = slowdowns.iter().filter(|&&s| s > SLOWDOWN_GOAL).count();
+    over as f64 / slowdowns.len().max(1) as f64
 }
 
 /// Seconds a query took: submit → whole result fetched.
@@ -134,107 +156,135 @@ async fn timed(client: &BatonClient, sql: &str) -> Result<f64, BenchError> {
     Ok(elapsed.as_secs_f64())
 }
 
-/// Runs the mix under each policy.
+/// Runs the mix under each policy, `bench.runs` times (policies taking turns).
 pub async fn run_fairness_bench(bench: &FairnessBench) -> Result<Vec<PolicyResult>, BenchError> {
     let catalog = datagen::cached_tpch(&datagen::cache_dir(), bench.scale, TableFormat::Parquet)?;
     let mut results = Vec::new();
-    for &policy in &bench.policies {
-        let cluster = LocalCluster::start(ClusterConfig {
-            executors: bench.executors.max(1),
-            slots: bench.slots.max(1),
-            catalog: Some(catalog.clone()),
-            target_partitions: bench.partitions,
-            partition_data_bytes: bench.partition_data_bytes,
-            policy,
-            preempt_slots: bench.preempt_slots,
-            preempt_cost_ratio: bench.preempt_cost_ratio,
-            aging_half_life: bench.aging_half_life,
-            ..Default::default()
-        })
-        .await?;
-        let client = cluster.client().await?;
-        // Each short query alone: the median of its latencies in the same stream of short
-        // queries, arriving as they do under load, over the idle cluster (after a warm-up
-        // run of each). Run back to back instead, they read 10–20 % faster than the same
-        // queries arriving after an idle interval, without any load.
-        for sql in SHORT_QUERIES {
-            timed(&client, sql).await?;
+    for run in 0..bench.runs.max(1) {
+        for &policy in &bench.policies {
+            let result = run_policy(bench, &catalog, policy, run).await?;
+            tracing::info!(
+                run,
+                policy = %result.policy,
+                slowdown_p99 = result.slowdown_p99,
+                makespan = result.makespan,
+                "fairness run done"
+            );
+            results.push(result);
         }
-        let mut passes = Vec::with_capacity(ALONE_PASSES);
-        for _ in 0..ALONE_PASSES {
-            let started = Instant::now();
-            let mut pass = Vec::with_capacity(bench.short_queries);
-            for i in 0..bench.short_queries {
-                tokio::time::sleep_until((started + bench.interval * i as u32).into()).await;
-                let kind = i % SHORT_QUERIES.len();
-                pass.push((kind, timed(&client, SHORT_QUERIES[kind]).await?));
-            }
-            passes.push(pass);
-        }
-        let alone: Vec<f64> = (0..SHORT_QUERIES.len())
-            .map(|kind| {
-                let runs: Vec<f64> = passes
-                    .iter()
-                    .flatten()
-                    .filter(|(k, _)| *k == kind)
-                    .map(|(_, seconds)| *seconds)
-                    .collect();
-                quantile(&runs, 0.5)
-            })
-            .collect();
-        let idle_slowdown_p99 = idle_slowdown_p99(&passes, &alone);
-        let started = Instant::now();
-        let long: Vec<_> = (0..bench.long_queries)
-            .map(|i| {
-                let number = LONG_QUERIES[i % LONG_QUERIES.len()];
-                let sql = tpch::query(number).map_or("select 1", |q| q.sql);
-                let client = client.clone();
-                tokio::spawn(async move { timed(&client, sql).await })
-            })
-            .collect();
-        let mut short = Vec::new();
-        for i in 0..bench.short_queries {
-            tokio::time::sleep_until((started + bench.interval * i as u32).into()).await;
-            let kind = i % SHORT_QUERIES.len();
-            let client = client.clone();
-            short.push((
-                kind,
-                tokio::spawn(async move { timed(&client, SHORT_QUERIES[kind]).await }),
-            ));
-        }
-        let mut latencies = Vec::new();
-        let mut slowdowns = Vec::new();
-        for (kind, handle) in short {
-            let seconds = handle
-                .await
-                .map_err(|e| BenchError::Simulated(e.to_string()))??;
-            latencies.push(seconds);
-            slowdowns.push(seconds / alone[kind].max(1e-6));
-        }
-        for handle in long {
-            handle
-                .await
-                .map_err(|e| BenchError::Simulated(e.to_string()))??;
-        }
-        results.push(PolicyResult {
-            policy: policy.to_string(),
-            short_p50: quantile(&latencies, 0.5),
-            short_p99: quantile(&latencies, 0.99),
-            slowdown_p50: quantile(&slowdowns, 0.5),
-            slowdown_p99: quantile(&slowdowns, 0.99),
-            makespan: started.elapsed().as_secs_f64(),
-            idle_slowdown_p99,
-        });
     }
     Ok(results)
 }
 
-/// The results as a table, with each makespan relative to `fifo`'s.
+/// One run of the mix under `policy`, on a fresh cluster.
+async fn run_policy(
+    bench: &FairnessBench,
+    catalog: &std::path::Path,
+    policy: PolicyKind,
+    run: usize,
+) -> Result<PolicyResult, BenchError> {
+    let cluster = LocalCluster::start(ClusterConfig {
+        executors: bench.executors.max(1),
+        slots: bench.slots.max(1),
+        catalog: Some(catalog.to_path_buf()),
+        target_partitions: bench.partitions,
+        partition_data_bytes: bench.partition_data_bytes,
+        policy,
+        preempt_slots: bench.preempt_slots,
+        preempt_cost_ratio: bench.preempt_cost_ratio,
+        aging_half_life: bench.aging_half_life,
+        ..Default::default()
+    })
+    .await?;
+    let client = cluster.client().await?;
+    // Each short query alone: the median of its latencies in the same stream of short
+    // queries, arriving as they do under load, over the idle cluster (after a warm-up run
+    // of each). Run back to back instead, they read 10–20 % faster than the same queries
+    // arriving after an idle interval, without any load.
+    for sql in SHORT_QUERIES {
+        timed(&client, sql).await?;
+    }
+    let mut passes = Vec::with_capacity(ALONE_PASSES);
+    for _ in 0..ALONE_PASSES {
+        let started = Instant::now();
+        let mut pass = Vec::with_capacity(bench.short_queries);
+        for i in 0..bench.short_queries {
+            tokio::time::sleep_until((started + bench.interval * i as u32).into()).await;
+            let kind = i % SHORT_QUERIES.len();
+            pass.push((kind, timed(&client, SHORT_QUERIES[kind]).await?));
+        }
+        passes.push(pass);
+    }
+    let alone: Vec<f64> = (0..SHORT_QUERIES.len())
+        .map(|kind| {
+            let runs: Vec<f64> = passes
+                .iter()
+                .flatten()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, seconds)| *seconds)
+                .collect();
+            quantile(&runs, 0.5)
+        })
+        .collect();
+    let idle = idle_slowdowns(&passes, &alone);
+    let started = Instant::now();
+    let long: Vec<_> = (0..bench.long_queries)
+        .map(|i| {
+            let number = LONG_QUERIES[i % LONG_QUERIES.len()];
+            let sql = tpch::query(number).map_or("select 1", |q| q.sql);
+            let client = client.clone();
+            tokio::spawn(async move { timed(&client, sql).await })
+        })
+        .collect();
+    let mut short = Vec::new();
+    for i in 0..bench.short_queries {
+        tokio::time::sleep_until((started + bench.interval * i as u32).into()).await;
+        let kind = i % SHORT_QUERIES.len();
+        let client = client.clone();
+        short.push((
+            kind,
+            tokio::spawn(async move { timed(&client, SHORT_QUERIES[kind]).await }),
+        ));
+    }
+    let mut latencies = Vec::new();
+    let mut slowdowns = Vec::new();
+    for (kind, handle) in short {
+        let seconds = handle
+            .await
+            .map_err(|e| BenchError::Simulated(e.to_string()))??;
+        latencies.push(seconds);
+        slowdowns.push(seconds / alone[kind].max(1e-6));
+    }
+    for handle in long {
+        handle
+            .await
+            .map_err(|e| BenchError::Simulated(e.to_string()))??;
+    }
+    Ok(PolicyResult {
+        policy: policy.to_string(),
+        run,
+        short_p50: quantile(&latencies, 0.5),
+        short_p99: quantile(&latencies, 0.99),
+        slowdown_p50: quantile(&slowdowns, 0.5),
+        slowdown_p99: quantile(&slowdowns, 0.99),
+        makespan: started.elapsed().as_secs_f64(),
+        idle_slowdown_p99: idle_slowdown_p99(&idle),
+        over_goal: over_goal(&slowdowns),
+        idle_over_goal: over_goal(&idle.concat()),
+    })
+}
+
+/// The results as a table, one row per policy: each measure's median over the runs
+/// (the value itself for one run), each makespan relative to `fifo`'s in the same run,
+/// how many runs kept the slowdown p99 within [`SLOWDOWN_GOAL`], and the share of short
+/// queries over it, under load and alone, over all runs.
 pub fn format_fairness_report(results: &[PolicyResult]) -> String {
-    let fifo = results
-        .iter()
-        .find(|r| r.policy == "fifo")
-        .map(|r| r.makespan);
+    let fifo_makespan = |run: usize| {
+        results
+            .iter()
+            .find(|r| r.policy == "fifo" && r.run == run)
+            .map(|r| r.makespan)
+    };
     let mut rows = vec![vec![
         "policy".to_string(),
         "short p50 s".into(),
@@ -244,17 +294,51 @@ pub fn format_fairness_report(results: &[PolicyResult]) -> String {
         "makespan s".into(),
         "makespan / fifo".into(),
         "idle slowdown p99".into(),
+        format!("runs p99 <= {SLOWDOWN_GOAL}"),
+        format!("short > {SLOWDOWN_GOAL} load / idle"),
     ]];
+    let mut policies: Vec<&str> = Vec::new();
     for r in results {
+        if !policies.contains(&r.policy.as_str()) {
+            policies.push(&r.policy);
+        }
+    }
+    for policy in policies {
+        let runs: Vec<&PolicyResult> = results.iter().filter(|r| r.policy == policy).collect();
+        let median = |measure: fn(&PolicyResult) -> f64| {
+            let values: Vec<f64> = runs.iter().map(|r| measure(r)).collect();
+            quantile(&values, 0.5)
+        };
+        let mean = |measure: fn(&PolicyResult) -> f64| {
+            runs.iter().map(|r| measure(r)).sum::<f64>() / runs.len() as f64
+        };
+        let to_fifo: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| fifo_makespan(r.run).map(|fifo| r.makespan / fifo))
+            .collect();
+        let met = runs
+            .iter()
+            .filter(|r| r.slowdown_p99 <= SLOWDOWN_GOAL)
+            .count();
         rows.push(vec![
-            r.policy.clone(),
-            format!("{:.3}", r.short_p50),
-            format!("{:.3}", r.short_p99),
-            format!("{:.2}", r.slowdown_p50),
-            format!("{:.2}", r.slowdown_p99),
-            format!("{:.2}", r.makespan),
-            fifo.map_or("-".into(), |f| format!("{:.3}", r.makespan / f)),
-            format!("{:.2}", r.idle_slowdown_p99),
+            policy.to_string(),
+            format!("{:.3}", median(|r| r.short_p50)),
+            format!("{:.3}", median(|r| r.short_p99)),
+            format!("{:.2}", median(|r| r.slowdown_p50)),
+            format!("{:.2}", median(|r| r.slowdown_p99)),
+            format!("{:.2}", median(|r| r.makespan)),
+            if to_fifo.is_empty() {
+                "-".into()
+            } else {
+                format!("{:.3}", quantile(&to_fifo, 0.5))
+            },
+            format!("{:.2}", median(|r| r.idle_slowdown_p99)),
+            format!("{met}/{}", runs.len()),
+            format!(
+                "{:.1} % / {:.1} %",
+                100.0 * mean(|r| r.over_goal),
+                100.0 * mean(|r| r.idle_over_goal)
+            ),
         ]);
     }
     text_table(&rows)
@@ -271,6 +355,53 @@ mod tests {
             vec![(0, 1.0), (1, 4.0), (0, 1.0)],
         ];
         // Pass one's worst is 1.5 / 1, pass two's 4 / 2.
-        assert_eq!(idle_slowdown_p99(&passes, &[1.0, 2.0]), 1.75);
+        let slowdowns = idle_slowdowns(&passes, &[1.0, 2.0]);
+        assert_eq!(idle_slowdown_p99(&slowdowns), 1.75);
+        // 1.5 is within the goal, 2.0 is not.
+        assert_eq!(over_goal(&slowdowns.concat()), 1.0 / 6.0);
+    }
+
+    fn result(policy: &str, run: usize, slowdown_p99: f64, makespan: f64) -> PolicyResult {
+        PolicyResult {
+            policy: policy.into(),
+            run,
+            short_p50: 0.01,
+            short_p99: 0.02,
+            slowdown_p50: 1.0,
+            slowdown_p99,
+            makespan,
+            idle_slowdown_p99: 1.3,
+            over_goal: 0.05 * (run + 1) as f64,
+            idle_over_goal: 0.02,
+        }
+    }
+
+    #[test]
+    fn the_report_takes_medians_over_runs_against_fifo_of_the_same_run() {
+        let results = vec![
+            result("fifo", 0, 100.0, 10.0),
+            result("priority", 0, 1.4, 10.5),
+            result("fifo", 1, 90.0, 8.0),
+            result("priority", 1, 1.7, 8.0),
+            result("fifo", 2, 80.0, 9.0),
+            result("priority", 2, 1.2, 9.9),
+        ];
+        let report = format_fairness_report(&results);
+        let priority = report
+            .lines()
+            .find(|l| l.trim_start().starts_with("priority"))
+            .unwrap();
+        let cells: Vec<&str> = priority.split_whitespace().collect();
+        // slowdown p99: median of 1.4, 1.7, 1.2; makespan: of 10.5, 8, 9.9; makespan /
+        // fifo: of 1.05, 1.0, 1.1; two of three runs within 1.5; 10 % of short queries
+        // over it on average.
+        assert_eq!(
+            &cells[..9],
+            &[
+                "priority", "0.010", "0.020", "1.00", "1.40", "9.90", "1.050", "1.30", "2/3"
+            ]
+        );
+        assert_eq!(&cells[9..], &["10.0", "%", "/", "2.0", "%"]);
+        assert_eq!(report.lines().count(), 3);
     }
 }
