@@ -211,3 +211,62 @@ async fn open_source(
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::prelude::SessionConfig;
+
+    use super::*;
+    use crate::shuffle::fetch::FlightClients;
+    use crate::shuffle::store::ShuffleStore;
+
+    /// Reads partition 0 of stage 0, whose one map output `holder` should hold at
+    /// `address`, as a task of executor "reader"; returns the error.
+    async fn read_error(holder: &str, address: &str) -> DataFusionError {
+        let dir = tempfile::tempdir().unwrap();
+        let env = TaskEnv {
+            query_id: "q".into(),
+            stage_id: 1,
+            executor_id: "reader".into(),
+            inputs: HashMap::from([(
+                0,
+                vec![MapLocation {
+                    executor_id: holder.into(),
+                    flight_address: address.into(),
+                    background_flight_address: address.into(),
+                }],
+            )]),
+            store: ShuffleStore::new(dir.path(), 1 << 20).unwrap(),
+            background: false,
+            clients: FlightClients::default(),
+        };
+        let config = SessionConfig::new().with_extension(Arc::new(env));
+        let ctx = Arc::new(TaskContext::default().with_session_config(config));
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        let reader = ShuffleReaderExec::new(0, schema, 1, ReadMode::Hash);
+        let stream = reader.execute(0, ctx).unwrap();
+        match datafusion::physical_plan::common::collect(stream).await {
+            Ok(batches) => panic!("read {} batches of output that is not there", batches.len()),
+            Err(e) => e,
+        }
+    }
+
+    #[tokio::test]
+    async fn output_on_a_peer_that_is_gone_names_that_peer() {
+        // A port nothing listens on any more.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let error = read_error("gone", &address).await;
+        assert_eq!(UnreadableOutput::executor_of(&error), Some("gone"));
+    }
+
+    #[tokio::test]
+    async fn output_missing_from_the_own_store_names_the_own_executor() {
+        let error = read_error("reader", "127.0.0.1:9").await;
+        assert_eq!(UnreadableOutput::executor_of(&error), Some("reader"));
+    }
+}
