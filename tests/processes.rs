@@ -7,12 +7,24 @@ mod common;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 const BATON: &str = env!("CARGO_BIN_EXE_baton");
 
-/// A child process killed when dropped, so a failing test leaves nothing running.
-struct Process(Child);
+/// A child process killed when dropped, so a failing test leaves nothing running, and
+/// the file its stderr (its log) goes to, if any.
+struct Process(Child, Option<tempfile::NamedTempFile>);
+
+impl Process {
+    /// What the process logged so far, for a failing test's message.
+    fn log(&self) -> String {
+        self.1
+            .as_ref()
+            .and_then(|file| std::fs::read_to_string(file.path()).ok())
+            .unwrap_or_default()
+    }
+}
 
 impl Drop for Process {
     fn drop(&mut self) {
@@ -22,15 +34,16 @@ impl Drop for Process {
 }
 
 fn spawn(args: &[&str]) -> Process {
-    Process(
-        Command::new(BATON)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn baton"),
-    )
+    let log = tempfile::NamedTempFile::new().expect("log file");
+    let stderr = log.reopen().expect("log file");
+    let child = Command::new(BATON)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn baton");
+    Process(child, Some(log))
 }
 
 /// Runs a small query through the `baton sql` CLI against `scheduler` and checks its
@@ -77,12 +90,22 @@ fn spawn_executor(scheduler: &str, work_dir: &str, extra: &[&str]) -> Process {
     spawn(&args)
 }
 
+/// A port free now, below Linux's ephemeral range (32768 and up), from which the
+/// kernel picks the local ports of outgoing connections and of binds to port 0: a port
+/// taken from that range could be handed to another socket (an executor dialing the
+/// scheduler that just went down, say) before the process restarted on it binds again.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id();
+    (0..SPAN)
+        .map(|_| {
+            let offset = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed));
+            FIRST + (offset % u32::from(SPAN)) as u16
+        })
+        .find(|&port| TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .expect("a free port below the ephemeral range")
 }
 
 fn baton(args: &[&str]) -> Output {
@@ -285,7 +308,7 @@ fn ctrl_c_in_the_shell_cancels_the_running_query_and_keeps_the_shell() {
     use std::io::{BufRead, BufReader, Write};
     let catalog = common::tpch_catalog();
     let home = tempfile::tempdir().unwrap();
-    let mut child = Process(spawn_shell(&catalog, home.path()));
+    let mut child = Process(spawn_shell(&catalog, home.path()), None);
     let mut stdin = child.0.stdin.take().unwrap();
     let stderr = BufReader::new(child.0.stderr.take().unwrap());
     let heavy = "select sum(a.l_quantity * b.l_quantity) from lineitem a join lineitem b on a.l_linestatus = b.l_linestatus;\n";
@@ -463,10 +486,12 @@ fn executors_register_again_with_a_restarted_scheduler() {
 
     first.0.kill().unwrap();
     first.0.wait().unwrap();
-    let _second = spawn_scheduler(&scheduler, &catalog, &["--metrics", &metrics]);
+    let second = spawn_scheduler(&scheduler, &catalog, &["--metrics", &metrics]);
     assert!(
         wait_for_executors(&metrics, 1),
-        "the executor registers with the new scheduler"
+        "the executor registers with the new scheduler\n-- executor log:\n{}\n-- scheduler log:\n{}",
+        executor.log(),
+        second.log()
     );
     assert!(
         executor.0.try_wait().unwrap().is_none(),

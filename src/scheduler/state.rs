@@ -586,20 +586,46 @@ mod tests {
         );
     }
 
-    /// A query of one stage of one task, small by its logical plan or not.
-    fn one_task_query(id: &str, small: bool) -> Query {
-        let stage = StageSpec {
+    /// A stage of `tasks` tasks reading `inputs`, of cost 1.
+    fn stage(inputs: Vec<u32>, tasks: usize) -> StageSpec {
+        StageSpec {
             cost: 1.0,
             output_rows: 0.0,
             cost_per_input_row: 0.0,
             plan: Default::default(),
-            inputs: Vec::new(),
-            tasks: 1,
+            inputs,
+            tasks,
+        }
+    }
+
+    type ExecutorStream =
+        tokio::sync::mpsc::UnboundedReceiver<Result<SchedulerMessage, tonic::Status>>;
+
+    /// A scheduler under `policy` with one executor "e" of `slots` (+ `preempt_slots`),
+    /// and what the scheduler sends that executor.
+    fn with_executor(
+        policy: Box<dyn Policy>,
+        slots: u32,
+        preempt_slots: u32,
+    ) -> (SchedulerState, ExecutorStream) {
+        let (tx, _rx) = watch::channel(0);
+        let mut state = SchedulerState::new(tx, policy);
+        let (sender, stream) = tokio::sync::mpsc::unbounded_channel();
+        let location = MapLocation {
+            executor_id: "e".into(),
+            flight_address: "e:1".into(),
+            background_flight_address: "e:2".into(),
         };
+        state.register_executor(location, slots, preempt_slots, sender);
+        (state, stream)
+    }
+
+    /// A query of one stage of one task, small by its logical plan or not.
+    fn one_task_query(id: &str, small: bool) -> Query {
         let mut query = Query::new(
             id.into(),
             String::new(),
-            vec![stage],
+            vec![stage(Vec::new(), 1)],
             Arc::new(datafusion::arrow::datatypes::Schema::empty()),
         );
         query.small_plan = small;
@@ -607,9 +633,7 @@ mod tests {
     }
 
     /// The next message on an executor's stream.
-    fn next_message(
-        stream: &mut tokio::sync::mpsc::UnboundedReceiver<Result<SchedulerMessage, tonic::Status>>,
-    ) -> scheduler_message::Message {
+    fn next_message(stream: &mut ExecutorStream) -> scheduler_message::Message {
         match stream.try_recv() {
             Ok(Ok(SchedulerMessage {
                 message: Some(message),
@@ -643,28 +667,12 @@ mod tests {
 
     #[test]
     fn a_late_report_of_a_cancelled_attempt_keeps_the_slot_of_the_next_one() {
-        let (tx, _rx) = watch::channel(0);
-        let mut state = SchedulerState::new(tx, PolicyKind::Fifo.build(0.0));
-        let (sender, mut stream) = tokio::sync::mpsc::unbounded_channel();
-        let location = MapLocation {
-            executor_id: "e".into(),
-            flight_address: "e:1".into(),
-            background_flight_address: "e:2".into(),
-        };
-        state.register_executor(location, 3, 0, sender);
-        let spec = |inputs: Vec<u32>, tasks| StageSpec {
-            cost: 1.0,
-            output_rows: 0.0,
-            cost_per_input_row: 0.0,
-            plan: Default::default(),
-            inputs,
-            tasks,
-        };
+        let (mut state, mut stream) = with_executor(PolicyKind::Fifo.build(0.0), 3, 0);
         let schema = Arc::new(datafusion::arrow::datatypes::Schema::empty());
         let query = Query::new(
             "q".into(),
             String::new(),
-            vec![spec(vec![], 1), spec(vec![0], 2)],
+            vec![stage(vec![], 1), stage(vec![0], 2)],
             schema,
         );
         state.add_query(query);
@@ -705,15 +713,7 @@ mod tests {
 
     #[test]
     fn small_queries_push_urgent_tasks_while_big_ones_are_planned() {
-        let (tx, _rx) = watch::channel(0);
-        let mut state = SchedulerState::new(tx, PolicyKind::Priority.build(10.0));
-        let (sender, mut stream) = tokio::sync::mpsc::unbounded_channel();
-        let location = MapLocation {
-            executor_id: "e".into(),
-            flight_address: "e:1".into(),
-            background_flight_address: "e:2".into(),
-        };
-        state.register_executor(location, 8, 8, sender);
+        let (mut state, mut stream) = with_executor(PolicyKind::Priority.build(10.0), 8, 8);
         let mut pushed_urgent = |state: &mut SchedulerState, query: Query| {
             state.add_query(query);
             match stream.try_recv() {
