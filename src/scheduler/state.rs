@@ -676,32 +676,27 @@ mod tests {
             schema,
         );
         state.add_query(query);
-        let pushed = |message| match message {
-            scheduler_message::Message::RunTask(run) => {
-                let id = run.task.unwrap();
-                (id.stage_id, id.partition, id.attempt)
-            }
-            other => panic!("expected a pushed task, got {other:?}"),
+        let mut next = || {
+            let (kind, id) = match next_message(&mut stream) {
+                scheduler_message::Message::RunTask(run) => ("run", run.task),
+                scheduler_message::Message::CancelTask(cancel) => ("cancel", cancel.task),
+                other => panic!("expected a task pushed or cancelled, got {other:?}"),
+            };
+            let id = id.unwrap();
+            (kind, id.stage_id, id.partition, id.attempt)
         };
-        assert_eq!(pushed(next_message(&mut stream)), (0, 0, 0));
+        assert_eq!(next(), ("run", 0, 0, 0));
         state.task_status("e", status(0, 0, 0, succeeded()));
-
-        assert_eq!(pushed(next_message(&mut stream)), (1, 0, 0));
-        assert_eq!(pushed(next_message(&mut stream)), (1, 1, 0));
+        assert_eq!(next(), ("run", 1, 0, 0));
+        assert_eq!(next(), ("run", 1, 1, 0));
         // Task 1.0 cannot read stage 0's output: stage 0 runs again, task 1.1 is
         // cancelled (its attempt 0 named), and both run again as attempt 1.
         state.task_status("e", status(1, 0, 0, failed("fetch failed", "e")));
-        match next_message(&mut stream) {
-            scheduler_message::Message::CancelTask(cancel) => {
-                let id = cancel.task.unwrap();
-                assert_eq!((id.stage_id, id.partition, id.attempt), (1, 1, 0));
-            }
-            other => panic!("expected a cancel, got {other:?}"),
-        }
-        assert_eq!(pushed(next_message(&mut stream)), (0, 0, 1));
+        assert_eq!(next(), ("cancel", 1, 1, 0));
+        assert_eq!(next(), ("run", 0, 0, 1));
         state.task_status("e", status(0, 0, 1, succeeded()));
-        assert_eq!(pushed(next_message(&mut stream)), (1, 0, 1));
-        assert_eq!(pushed(next_message(&mut stream)), (1, 1, 1));
+        assert_eq!(next(), ("run", 1, 0, 1));
+        assert_eq!(next(), ("run", 1, 1, 1));
         // The executor's report of the cancelled attempt arrives only now: the slot of
         // attempt 1 stays taken.
         state.task_status("e", status(1, 1, 0, failed("cancelled", "")));
