@@ -534,7 +534,10 @@ fn print_status(status: &QueryStatus, detailed: bool) {
                     let tasks: Vec<String> = stage
                         .running
                         .iter()
-                        .map(|t| format!("{}@{}", t.partition, t.executor_id))
+                        .map(|t| {
+                            let pause = if t.suspended { " (suspended)" } else { "" };
+                            format!("{}@{}{pause}", t.partition, t.executor_id)
+                        })
                         .collect();
                     format!("  running {}", tasks.join(","))
                 }

@@ -72,6 +72,8 @@ struct Admitted<K> {
     since: Instant,
     seq: u64,
     gate: Arc<TaskGate>,
+    /// Whether the scheduler was last told the task runs (it takes a pushed task to).
+    reported_open: bool,
 }
 
 #[derive(Debug)]
@@ -124,6 +126,7 @@ impl<K: PartialEq + std::fmt::Debug> SlotArbiter<K> {
             since: now,
             seq,
             gate: gate.clone(),
+            reported_open: true,
         });
         let suspended = self.rebalance(&mut tasks.admitted, now);
         (gate, suspended)
@@ -137,6 +140,25 @@ impl<K: PartialEq + std::fmt::Debug> SlotArbiter<K> {
         if tasks.admitted.len() != before {
             self.rebalance(&mut tasks.admitted, now);
         }
+    }
+
+    /// The tasks stopped (`true`) or let go on (`false`) since the scheduler was last
+    /// told: each task whose gate differs from what was reported, the report then
+    /// taken as made. A task admitted straight into a closed gate counts as stopped.
+    pub fn take_changes(&self) -> Vec<(K, bool)>
+    where
+        K: Clone,
+    {
+        let mut tasks = self.tasks.lock().expect("arbiter lock");
+        let mut changes = Vec::new();
+        for task in tasks.admitted.iter_mut() {
+            let open = task.gate.is_open();
+            if open != task.reported_open {
+                task.reported_open = open;
+                changes.push((task.key.clone(), !open));
+            }
+        }
+        changes
     }
 
     /// Tasks admitted and waiting for a slot.
@@ -222,6 +244,22 @@ mod tests {
         arbiter.leave(&"long-a", now);
         assert!(late.is_open());
         assert_eq!(arbiter.suspended(), 0);
+    }
+
+    #[test]
+    fn changes_name_the_tasks_stopped_and_let_go_since_the_last_report() {
+        let now = Instant::now();
+        let arbiter = SlotArbiter::new(1);
+        arbiter.admit("long", "long", 9.0, 900.0, now);
+        assert!(arbiter.take_changes().is_empty());
+        arbiter.admit("short", "short", 1.0, 10.0, now);
+        arbiter.admit("later", "later", 10.0, 1000.0, now);
+        let mut changes = arbiter.take_changes();
+        changes.sort();
+        assert_eq!(changes, vec![("later", true), ("long", true)]);
+        assert!(arbiter.take_changes().is_empty());
+        arbiter.leave(&"short", now);
+        assert_eq!(arbiter.take_changes(), vec![("long", false)]);
     }
 
     #[test]

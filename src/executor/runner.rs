@@ -24,7 +24,7 @@ use super::runtimes::TaskHandles;
 use crate::planner::decode_plan;
 use crate::proto::{
     ExecutorMessage, PartitionStats, RunTask, TaskFailed, TaskId, TaskStatus, TaskSucceeded,
-    executor_message, task_status,
+    TaskSuspended, executor_message, task_status,
 };
 use crate::shuffle::fetch::PriorityClients;
 use crate::shuffle::{MapLocation, ShuffleStore, TaskEnv, UnreadableOutput};
@@ -132,9 +132,25 @@ impl TaskRunner {
             .set((capacity - busy).max(0.0));
     }
 
+    /// Publishes how many tasks wait for a slot, and tells the scheduler which tasks
+    /// were stopped or let go on since it was last told (for query status).
     fn report_suspended(&self) {
         metrics::gauge!("baton_tasks_suspended", "executor" => self.executor_id.clone())
             .set(self.arbiter.suspended() as f64);
+        for ((query_id, stage_id, partition, attempt), suspended) in self.arbiter.take_changes() {
+            let task = TaskId {
+                query_id,
+                stage_id,
+                partition,
+                attempt,
+            };
+            let _ = self.outbound.send(ExecutorMessage {
+                message: Some(executor_message::Message::TaskSuspended(TaskSuspended {
+                    task: Some(task),
+                    suspended,
+                })),
+            });
+        }
     }
 
     /// Starts a pushed task; it runs at once unless more urgent tasks hold every slot

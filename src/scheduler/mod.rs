@@ -79,6 +79,7 @@ pub fn status_to_json(status: &QueryStatus) -> serde_json::Value {
                 "running": s.running.iter().map(|t| serde_json::json!({
                     "partition": t.partition,
                     "executor": t.executor_id,
+                    "suspended": t.suspended,
                 })).collect::<Vec<_>>(),
             })
         })

@@ -80,6 +80,8 @@ impl Stage {
 struct Task {
     attempt: u32,
     running_on: Option<String>,
+    /// Stopped on its executor for more urgent tasks, as the executor last said.
+    suspended: bool,
     started_at: Option<Instant>,
     output: Option<MapLocation>,
 }
@@ -397,6 +399,19 @@ impl Query {
         let t = &mut self.stages[task.stage as usize].tasks[task.partition as usize];
         t.running_on = Some(executor.to_string());
         t.started_at = Some(Instant::now());
+        t.suspended = false;
+    }
+
+    /// `executor` stopped `task` (attempt `attempt`) for more urgent tasks, or let it go
+    /// on; reports of other attempts, or from elsewhere, are stale and change nothing.
+    pub fn task_suspended(&mut self, task: TaskRef, attempt: u32, executor: &str, suspended: bool) {
+        if !self.is_current(task, attempt) {
+            return;
+        }
+        let t = &mut self.stages[task.stage as usize].tasks[task.partition as usize];
+        if t.running_on.as_deref() == Some(executor) {
+            t.suspended = suspended;
+        }
     }
 
     /// When the running attempt of `task` was pushed.
@@ -688,6 +703,7 @@ impl Query {
                             t.running_on.clone().map(|executor_id| RunningTask {
                                 partition: p as u32,
                                 executor_id,
+                                suspended: t.suspended,
                             })
                         })
                         .collect(),
@@ -875,6 +891,34 @@ mod tests {
         assert_eq!(cancel, vec![attempt_on(task(1, 0), 0, "b")]);
         assert_eq!(q.state(), QueryState::Failed);
         assert!(q.error().unwrap().contains("division by zero"));
+    }
+
+    #[test]
+    fn status_shows_the_tasks_their_executor_suspended() {
+        let mut q = join_query();
+        q.start();
+        q.task_started(task(0, 0), "a");
+        q.task_started(task(0, 1), "b");
+        let suspended = |q: &Query| -> Vec<(u32, bool)> {
+            q.status().stages[0]
+                .running
+                .iter()
+                .map(|t| (t.partition, t.suspended))
+                .collect()
+        };
+        assert_eq!(suspended(&q), vec![(0, false), (1, false)]);
+        q.task_suspended(task(0, 0), 0, "a", true);
+        // Another attempt's report, or another executor's, is stale.
+        q.task_suspended(task(0, 1), 1, "b", true);
+        q.task_suspended(task(0, 1), 0, "a", true);
+        assert_eq!(suspended(&q), vec![(0, true), (1, false)]);
+        q.task_suspended(task(0, 0), 0, "a", false);
+        assert_eq!(suspended(&q), vec![(0, false), (1, false)]);
+        // A new attempt starts out running.
+        q.task_suspended(task(0, 0), 0, "a", true);
+        q.executor_lost("a");
+        q.task_started(task(0, 0), "b");
+        assert_eq!(suspended(&q), vec![(0, false), (1, false)]);
     }
 
     #[test]

@@ -85,6 +85,9 @@ impl SchedulerService for SchedulerGrpc {
                         Some(executor_message::Message::TaskStatus(status)) => {
                             scheduler.state().task_status(&executor_id, status);
                         }
+                        Some(executor_message::Message::TaskSuspended(report)) => {
+                            scheduler.state().task_suspended(&executor_id, report);
+                        }
                         Some(executor_message::Message::Heartbeat(_)) => {}
                         Some(executor_message::Message::Register(_)) | None => {
                             warn!(executor = %executor_id, "unexpected message on executor stream");

@@ -18,7 +18,7 @@ use super::queue::{QueuedTask, WorkQueue};
 use super::registry::{Costliest, ExecutorSender, Held, Registry, Urgency};
 use crate::proto::{
     CancelTask, PromoteTask, QueryState, ReleaseShuffle, RunTask, SchedulerMessage, TaskId,
-    TaskStatus, scheduler_message, task_status,
+    TaskStatus, TaskSuspended, scheduler_message, task_status,
 };
 use crate::shuffle::MapLocation;
 
@@ -440,6 +440,20 @@ impl SchedulerState {
             }
         }
         self.dispatch();
+    }
+
+    /// An executor stopped a task it holds for more urgent ones, or let it go on.
+    pub fn task_suspended(&mut self, executor_id: &str, report: TaskSuspended) {
+        let Some(id) = report.task else {
+            return;
+        };
+        let task = TaskRef {
+            stage: id.stage_id,
+            partition: id.partition,
+        };
+        if let Some(query) = self.queries.get_mut(id.query_id.as_str()) {
+            query.task_suspended(task, id.attempt, executor_id, report.suspended);
+        }
     }
 
     /// Tells executors to continue, at normal OS priority, the tasks they run as not
