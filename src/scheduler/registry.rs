@@ -355,6 +355,14 @@ mod tests {
         }
     }
 
+    /// Whether a task of `query`, with `cost` left, finds an executor at `now` (a free
+    /// slot, or a task it may preempt).
+    fn placed(registry: &mut Registry, query: &str, cost: f64, now: Instant) -> bool {
+        registry
+            .pick(Some((query, urgency(cost))), None, now)
+            .is_some()
+    }
+
     fn run(registry: &mut Registry, id: &str, query: &str, cost: f64, since: Instant) {
         let entry = registry.get_mut(id).unwrap();
         let task = TaskRef {
@@ -383,11 +391,7 @@ mod tests {
         run(&mut registry, "a", "long", 500.0, now);
         // Every slot busy: without an urgency nothing goes, nor without a tenth the work.
         assert!(registry.pick(None, None, now).is_none());
-        assert!(
-            registry
-                .pick(Some(("new", urgency(60.0))), None, now)
-                .is_none()
-        );
+        assert!(!placed(&mut registry, "new", 60.0, now));
         let cheap = Some(("new", urgency(40.0)));
         assert_eq!(
             registry
@@ -399,11 +403,7 @@ mod tests {
         );
         run(&mut registry, "a", "short", 40.0, now);
         // The preemption room is used up.
-        assert!(
-            registry
-                .pick(Some(("new", urgency(1.0))), None, now)
-                .is_none()
-        );
+        assert!(!placed(&mut registry, "new", 1.0, now));
         // Urgent where it may displace a running task.
         assert!(registry.is_urgent("new", &urgency(5.0), now));
         assert!(!registry.is_urgent("new", &urgency(60.0), now));
@@ -417,16 +417,8 @@ mod tests {
         executor(&mut registry, "a", 1, 4);
         run(&mut registry, "a", "q21", 1800.0, now);
         // A third of the work left: not cheap enough.
-        assert!(
-            registry
-                .pick(Some(("new", urgency(600.0))), None, now)
-                .is_none()
-        );
-        assert!(
-            registry
-                .pick(Some(("new", urgency(150.0))), None, now)
-                .is_some()
-        );
+        assert!(!placed(&mut registry, "new", 600.0, now));
+        assert!(placed(&mut registry, "new", 150.0, now));
     }
 
     #[test]
@@ -436,25 +428,13 @@ mod tests {
         executor(&mut registry, "a", 1, 1);
         // Its query looks nearly done (20 units), so a 35-unit query may not displace it.
         run(&mut registry, "a", "long", 20.0, pushed);
-        assert!(
-            registry
-                .pick(Some(("new", urgency(35.0))), None, pushed)
-                .is_none()
-        );
+        assert!(!placed(&mut registry, "new", 35.0, pushed));
         // 100 ms are about 100 units of work: still not ten times 35.
         let later = pushed + Duration::from_millis(100);
-        assert!(
-            registry
-                .pick(Some(("new", urgency(35.0))), None, later)
-                .is_none()
-        );
+        assert!(!placed(&mut registry, "new", 35.0, later));
         // After a second it is taken to have 1,000 units left.
         let much_later = pushed + Duration::from_secs(1);
-        assert!(
-            registry
-                .pick(Some(("new", urgency(35.0))), None, much_later)
-                .is_some()
-        );
+        assert!(placed(&mut registry, "new", 35.0, much_later));
         assert!(registry.is_urgent("new", &urgency(35.0), much_later));
     }
 
@@ -466,16 +446,8 @@ mod tests {
         run(&mut registry, "a", "long", 900.0, now);
         run(&mut registry, "a", "short", 20.0, now);
         // The short task holds the slot; the long one waits already.
-        assert!(
-            registry
-                .pick(Some(("new", urgency(10.0))), None, now)
-                .is_none()
-        );
-        assert!(
-            registry
-                .pick(Some(("new", urgency(1.0))), None, now)
-                .is_some()
-        );
+        assert!(!placed(&mut registry, "new", 10.0, now));
+        assert!(placed(&mut registry, "new", 1.0, now));
     }
 
     #[test]
@@ -560,18 +532,10 @@ mod tests {
         // it, however much more urgent its next task is.
         run(&mut registry, "a", "new", 500.0, now);
         run(&mut registry, "a", "new", 500.0, now);
-        assert!(
-            registry
-                .pick(Some(("new", urgency(1.0))), None, now)
-                .is_none()
-        );
+        assert!(!placed(&mut registry, "new", 1.0, now));
         assert!(!registry.is_urgent("new", &urgency(1.0), now));
         // Another query's cheap task may displace them.
-        assert!(
-            registry
-                .pick(Some(("other", urgency(1.0))), None, now)
-                .is_some()
-        );
+        assert!(placed(&mut registry, "other", 1.0, now));
         assert!(registry.is_urgent("other", &urgency(1.0), now));
     }
 
@@ -583,16 +547,8 @@ mod tests {
         // "new" keeps one slot; the other is held by a long query, the one to displace.
         run(&mut registry, "a", "new", 20.0, now);
         run(&mut registry, "a", "long", 500.0, now);
-        assert!(
-            registry
-                .pick(Some(("new", urgency(20.0))), None, now)
-                .is_some()
-        );
-        assert!(
-            registry
-                .pick(Some(("new", urgency(60.0))), None, now)
-                .is_none()
-        );
+        assert!(placed(&mut registry, "new", 20.0, now));
+        assert!(!placed(&mut registry, "new", 60.0, now));
     }
 
     #[test]

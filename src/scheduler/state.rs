@@ -32,6 +32,14 @@ fn task_id(query_id: &str, task: TaskRef, attempt: u32) -> TaskId {
     }
 }
 
+/// The task a wire id names (any attempt).
+fn task_ref(id: &TaskId) -> TaskRef {
+    TaskRef {
+        stage: id.stage_id,
+        partition: id.partition,
+    }
+}
+
 /// Ended queries whose status the scheduler keeps; older ones are forgotten first.
 const ENDED_RETAINED: usize = 10_000;
 
@@ -369,10 +377,7 @@ impl SchedulerState {
             return;
         };
         let query_id: Arc<str> = id.query_id.as_str().into();
-        let task = TaskRef {
-            stage: id.stage_id,
-            partition: id.partition,
-        };
+        let task = task_ref(&id);
         let Some(executor) = self.registry.get_mut(executor_id) else {
             return;
         };
@@ -447,10 +452,7 @@ impl SchedulerState {
         let Some(id) = report.task else {
             return;
         };
-        let task = TaskRef {
-            stage: id.stage_id,
-            partition: id.partition,
-        };
+        let task = task_ref(&id);
         if let Some(query) = self.queries.get_mut(id.query_id.as_str()) {
             query.task_suspended(task, id.attempt, executor_id, report.suspended);
         }
