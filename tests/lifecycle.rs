@@ -450,3 +450,50 @@ async fn a_task_pushed_alone_is_promoted_once_costlier_work_is_pushed() {
         "the costlier query was never promoted"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_whose_connection_breaks_before_its_stream_opens_dials_again() {
+    use tokio::io::AsyncReadExt;
+
+    let cluster = LocalCluster::start(ClusterConfig {
+        executors: 1,
+        catalog: Some(common::tpch_catalog()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // A relay to the scheduler that reads the first connection's opening bytes and
+    // closes it, as a scheduler does that is killed while an executor registers.
+    let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_address = relay.local_addr().unwrap().to_string();
+    let target = cluster.scheduler_address().to_string();
+    let relay_task = tokio::spawn(async move {
+        let (mut first, _) = relay.accept().await.unwrap();
+        let mut opening = [0u8; 4096];
+        let _ = first.read(&mut opening).await;
+        drop(first);
+        loop {
+            let (mut inbound, _) = relay.accept().await.unwrap();
+            let target = target.clone();
+            tokio::spawn(async move {
+                let mut outbound = tokio::net::TcpStream::connect(target).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+    let work = tempfile::tempdir().unwrap();
+    let executor = baton::executor::Executor::start(baton::executor::ExecutorConfig::local(
+        &relay_address,
+        1,
+        Some(work.path().to_path_buf()),
+    ))
+    .await
+    .expect("the executor dials again after the broken connection");
+    let scheduler = cluster.scheduler();
+    assert!(
+        eventually(Duration::from_secs(5), || scheduler.executors().0 == 2).await,
+        "the executor behind the relay is registered"
+    );
+    drop(executor);
+    relay_task.abort();
+}

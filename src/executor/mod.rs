@@ -159,24 +159,14 @@ impl Executor {
             &handles.background_flight,
         );
 
-        let channel = connect_with_retry(&config.scheduler).await?;
-        let mut client = SchedulerServiceClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let (outbound, outbound_rx) = mpsc::unbounded_channel();
-        let _ = outbound.send(ExecutorMessage {
-            message: Some(executor_message::Message::Register(RegisterExecutor {
-                executor_id: id.clone(),
-                flight_address: flight_address.clone(),
-                slots: config.slots,
-                preempt_slots: config.preempt_slots,
-                background_flight_address,
-            })),
-        });
-        let inbound = client
-            .connect(UnboundedReceiverStream::new(outbound_rx))
-            .await?
-            .into_inner();
+        let register = RegisterExecutor {
+            executor_id: id.clone(),
+            flight_address: flight_address.clone(),
+            slots: config.slots,
+            preempt_slots: config.preempt_slots,
+            background_flight_address,
+        };
+        let (outbound, inbound) = open_stream(&config.scheduler, register).await?;
         let clients = PriorityClients {
             urgent: FlightClients::on_runtime(tokio::runtime::Handle::current()),
             background: FlightClients::on_runtime(handles.background_flight.clone()),
@@ -272,27 +262,78 @@ impl Drop for Executor {
     }
 }
 
-/// Dials the scheduler, retrying with backoff for up to [`CONNECT_PATIENCE`]: an executor
-/// may start before its scheduler does.
-async fn connect_with_retry(address: &str) -> Result<tonic::transport::Channel, ExecutorError> {
+/// Dials the scheduler and opens the executor stream with `register` as its first
+/// message; returns the sender of what goes up the stream and the stream coming down.
+/// Retries with backoff for up to [`CONNECT_PATIENCE`] while the scheduler cannot be
+/// reached or the connection breaks before the stream is open: an executor may start
+/// before its scheduler does, or while one goes down (it can be registered and killed
+/// before it answers). A scheduler that answers with an error refuses for good.
+async fn open_stream(
+    address: &str,
+    register: RegisterExecutor,
+) -> Result<
+    (
+        mpsc::UnboundedSender<ExecutorMessage>,
+        tonic::Streaming<SchedulerMessage>,
+    ),
+    ExecutorError,
+> {
     let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
     let mut backoff = Duration::from_millis(50);
     loop {
-        match connect_channel(address).await {
-            Ok(channel) => return Ok(channel),
-            Err(source) if tokio::time::Instant::now() + backoff > deadline => {
-                return Err(ExecutorError::Connect {
-                    addr: address.to_string(),
-                    source,
-                });
+        let failure = match try_open_stream(address, register.clone()).await {
+            Ok(opened) => return Ok(opened),
+            Err(ExecutorError::Register(status)) if !is_transport_failure(&status) => {
+                return Err(ExecutorError::Register(status));
             }
-            Err(e) => {
-                tracing::debug!(error = %e, "scheduler not reachable yet; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
+            Err(failure) => failure,
+        };
+        if tokio::time::Instant::now() + backoff > deadline {
+            return Err(failure);
         }
+        tracing::debug!(error = %failure, "scheduler not reachable yet; retrying");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
     }
+}
+
+/// One attempt of [`open_stream`].
+async fn try_open_stream(
+    address: &str,
+    register: RegisterExecutor,
+) -> Result<
+    (
+        mpsc::UnboundedSender<ExecutorMessage>,
+        tonic::Streaming<SchedulerMessage>,
+    ),
+    ExecutorError,
+> {
+    let channel = connect_channel(address)
+        .await
+        .map_err(|source| ExecutorError::Connect {
+            addr: address.to_string(),
+            source,
+        })?;
+    let mut client = SchedulerServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let (outbound, outbound_rx) = mpsc::unbounded_channel();
+    let _ = outbound.send(ExecutorMessage {
+        message: Some(executor_message::Message::Register(register)),
+    });
+    let inbound = client
+        .connect(UnboundedReceiverStream::new(outbound_rx))
+        .await?
+        .into_inner();
+    Ok((outbound, inbound))
+}
+
+/// Whether `status` reports a broken or unreachable connection rather than an answer
+/// of the scheduler.
+fn is_transport_failure(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable
+        || std::error::Error::source(status)
+            .is_some_and(|source| source.downcast_ref::<tonic::transport::Error>().is_some())
 }
 
 /// Binds a Flight endpoint's (non-blocking) listener; returns it with the host:port it
