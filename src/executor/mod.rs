@@ -7,6 +7,8 @@
 mod arbiter;
 mod flight;
 mod gated;
+#[cfg(unix)]
+mod local_files;
 mod movable;
 mod runner;
 mod runtimes;
@@ -172,6 +174,12 @@ impl Executor {
             background: FlightClients::on_runtime(handles.background_flight.clone()),
         };
         let session = SessionContext::new_with_config(distributed_session_config(1));
+        // Task scans read local files on their own threads (see `local_files`).
+        #[cfg(unix)]
+        session.register_object_store(
+            datafusion::execution::object_store::ObjectStoreUrl::local_filesystem().as_ref(),
+            Arc::new(local_files::InlineLocalFiles::default()),
+        );
         let runner = Arc::new(TaskRunner::new(
             id.clone(),
             config.slots,

@@ -247,11 +247,20 @@ impl Planner {
     pub async fn plan(&self, submission: Submission) -> Result<Planned, PlannerError> {
         let (done, result) = tokio::sync::oneshot::channel();
         let planner = self.clone();
+        let handed = std::time::Instant::now();
         self.threads
             .run(Box::new(move || {
                 let mut background = None;
+                let (wall, cpu) = (std::time::Instant::now(), thread_cpu_time());
+                let picked_up = handed.elapsed();
                 let planned =
                     futures::executor::block_on(planner.plan_here(submission, &mut background));
+                tracing::debug!(
+                    picked_up_micros = picked_up.as_micros() as u64,
+                    wall_micros = wall.elapsed().as_micros() as u64,
+                    cpu_micros = thread_cpu_time().saturating_sub(cpu).as_micros() as u64,
+                    "planning thread done"
+                );
                 // The planning is over (its guard dropped) before its result is out.
                 let lowered = background.take().is_some();
                 let _ = done.send(planned);
@@ -364,6 +373,17 @@ impl Planner {
             small,
         })
     }
+}
+
+/// CPU time the calling thread has used so far.
+fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 /// Nodes of a logical plan, subqueries included.
