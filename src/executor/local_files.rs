@@ -75,7 +75,8 @@ impl InlineLocalFiles {
     }
 }
 
-/// Whether `options` ask for a plain range: no conditions, no version, not a head request.
+/// The range `options` ask for when it is a plain one: bounded, with no conditions, no
+/// version, and not a head request.
 fn is_plain_range(options: &GetOptions) -> Option<&GetRange> {
     let conditional = options.if_match.is_some()
         || options.if_none_match.is_some()
@@ -208,6 +209,14 @@ mod tests {
         Path::from_filesystem_path(&file).unwrap()
     }
 
+    /// Options asking for `range` and nothing else.
+    fn bounded(range: Range<u64>) -> GetOptions {
+        GetOptions {
+            range: Some(GetRange::Bounded(range)),
+            ..Default::default()
+        }
+    }
+
     #[tokio::test]
     async fn reads_ranges_and_metadata_as_the_local_file_system_does() {
         let dir = tempfile::tempdir().unwrap();
@@ -225,23 +234,11 @@ mod tests {
             reference.get_range(&location, 100..300).await.unwrap()
         );
         let ours = inline
-            .get_opts(
-                &location,
-                GetOptions {
-                    range: Some(GetRange::Bounded(4000..5000)),
-                    ..Default::default()
-                },
-            )
+            .get_opts(&location, bounded(4000..5000))
             .await
             .unwrap();
         let theirs = reference
-            .get_opts(
-                &location,
-                GetOptions {
-                    range: Some(GetRange::Bounded(4000..5000)),
-                    ..Default::default()
-                },
-            )
+            .get_opts(&location, bounded(4000..5000))
             .await
             .unwrap();
         assert_eq!(ours.meta, theirs.meta, "same size, time and ETag");

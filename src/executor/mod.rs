@@ -270,6 +270,12 @@ impl Drop for Executor {
     }
 }
 
+/// What goes up the executor stream, and the stream coming down.
+type OpenStream = (
+    mpsc::UnboundedSender<ExecutorMessage>,
+    tonic::Streaming<SchedulerMessage>,
+);
+
 /// Dials the scheduler and opens the executor stream with `register` as its first
 /// message; returns the sender of what goes up the stream and the stream coming down.
 /// Retries with backoff for up to [`CONNECT_PATIENCE`] while the scheduler cannot be
@@ -279,13 +285,7 @@ impl Drop for Executor {
 async fn open_stream(
     address: &str,
     register: RegisterExecutor,
-) -> Result<
-    (
-        mpsc::UnboundedSender<ExecutorMessage>,
-        tonic::Streaming<SchedulerMessage>,
-    ),
-    ExecutorError,
-> {
+) -> Result<OpenStream, ExecutorError> {
     let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -309,13 +309,7 @@ async fn open_stream(
 async fn try_open_stream(
     address: &str,
     register: RegisterExecutor,
-) -> Result<
-    (
-        mpsc::UnboundedSender<ExecutorMessage>,
-        tonic::Streaming<SchedulerMessage>,
-    ),
-    ExecutorError,
-> {
+) -> Result<OpenStream, ExecutorError> {
     let channel = connect_channel(address)
         .await
         .map_err(|source| ExecutorError::Connect {
