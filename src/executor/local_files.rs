@@ -89,9 +89,16 @@ fn is_plain_range(options: &GetOptions) -> Option<&GetRange> {
     }
 }
 
-/// Reads `range` of `file` whole; a file shorter than the range is an error.
+/// Reads `range` of `file` whole; a file shorter than the range, or a range that ends
+/// before it starts, is an error.
 fn read_range(file: &File, location: &Path, range: Range<u64>) -> Result<Bytes> {
-    let mut buffer = vec![0u8; (range.end - range.start) as usize];
+    let Some(length) = range.end.checked_sub(range.start) else {
+        return Err(object_store::Error::Generic {
+            store: STORE,
+            source: format!("reading {location}: range {range:?} ends before it starts").into(),
+        });
+    };
+    let mut buffer = vec![0u8; length as usize];
     file.read_exact_at(&mut buffer, range.start)
         .map_err(|e| io_error(e, location))?;
     Ok(buffer.into())
@@ -273,6 +280,9 @@ mod tests {
             inline.get_ranges(&missing, &[0..10, 20..30]).await,
             Err(object_store::Error::NotFound { .. })
         ));
+        #[allow(clippy::reversed_empty_ranges)]
+        let backwards = inline.get_ranges(&location, &[0..10, 20..10]).await;
+        assert!(backwards.is_err(), "{backwards:?}");
         let past_end = inline.get_ranges(&location, &[0..10, 4000..5000]).await;
         assert!(past_end.is_err(), "{past_end:?}");
         let empty_range = inline.get_range(&location, 5000..6000).await;
