@@ -5,7 +5,10 @@
 //! read. A task's parquet scan reads each row group's column chunks that way, and on a
 //! busy machine each wake-up can wait for a CPU (milliseconds for a short query's task).
 //! Range reads of local files mostly come from the page cache, so this store does them
-//! inline, on the task's own thread; everything else (listing, whole-file streams,
+//! inline, on the task's own thread, and then yield to the runtime once, as a read that
+//! waits on the pool does: without that, a scan whose reads never return `Pending` holds
+//! its worker for many batches, and a task pushed to the same runtime waits for it
+//! (urgent tasks' push → start p95 rose from 1.0 to 4.2 ms under load); everything else (listing, whole-file streams,
 //! conditional reads, writes) goes to the wrapped `LocalFileSystem`.
 
 use std::fmt;
@@ -162,13 +165,19 @@ impl ObjectStore for InlineLocalFiles {
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
         match is_plain_range(&options) {
-            Some(range) => self.read_bounded(location, range),
+            Some(range) => {
+                let read = self.read_bounded(location, range);
+                tokio::task::yield_now().await;
+                read
+            }
             None => self.inner.get_opts(location, options).await,
         }
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
-        self.read_ranges(location, ranges)
+        let read = self.read_ranges(location, ranges);
+        tokio::task::yield_now().await;
+        read
     }
 
     fn delete_stream(
