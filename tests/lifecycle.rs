@@ -20,6 +20,17 @@ async fn channel(cluster: &LocalCluster) -> tonic::transport::Channel {
         .unwrap()
 }
 
+/// A cluster of `executors` executors with the default settings over the TPC-H test data.
+async fn tpch_cluster(executors: usize) -> LocalCluster {
+    LocalCluster::start(ClusterConfig {
+        executors,
+        catalog: Some(common::tpch_catalog()),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
 /// Polls `check` every 20 ms for at most `limit`; true once it holds.
 async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
@@ -195,13 +206,7 @@ async fn flight_sql_clients_list_tables_and_run_queries() {
     use datafusion::arrow::array::{AsArray, RecordBatch};
     use futures::TryStreamExt;
 
-    let cluster = LocalCluster::start(ClusterConfig {
-        executors: 2,
-        catalog: Some(common::tpch_catalog()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let cluster = tpch_cluster(2).await;
     let channel = channel(&cluster).await;
     let mut client = FlightSqlServiceClient::new(channel);
     async fn collect(
@@ -332,13 +337,7 @@ async fn an_executor_that_misses_its_heartbeats_is_taken_as_lost() {
     use baton::proto::scheduler_service_client::SchedulerServiceClient;
     use baton::proto::{ExecutorMessage, RegisterExecutor, executor_message};
 
-    let cluster = LocalCluster::start(ClusterConfig {
-        executors: 1,
-        catalog: Some(common::tpch_catalog()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let cluster = tpch_cluster(1).await;
     let channel = channel(&cluster).await;
     // Registers, then stays connected but silent (the sender is kept open).
     let (outbound, outbound_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -455,13 +454,7 @@ async fn a_task_pushed_alone_is_promoted_once_costlier_work_is_pushed() {
 async fn an_executor_whose_connection_breaks_before_its_stream_opens_dials_again() {
     use tokio::io::AsyncReadExt;
 
-    let cluster = LocalCluster::start(ClusterConfig {
-        executors: 1,
-        catalog: Some(common::tpch_catalog()),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let cluster = tpch_cluster(1).await;
     // A relay to the scheduler that reads the first connection's opening bytes and
     // closes it, as a scheduler does that is killed while an executor registers.
     let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
