@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Channels are built by Baton itself; this also frees the name `connect` for the rpc.
         .build_transport(false)
         .bytes(".baton.RunTask.stage_plan")
+        .bytes(".baton.TaskSucceeded.inline_result")
         .compile_fds(descriptors)?;
     Ok(())
 }

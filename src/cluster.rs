@@ -14,8 +14,9 @@ use crate::client::{BatonClient, ClientError};
 use crate::config::DEFAULT_TARGET_PARTITIONS;
 use crate::executor::{DEFAULT_SHUFFLE_MEMORY, Executor, ExecutorConfig, ExecutorError};
 use crate::scheduler::{
-    DEFAULT_AGING_HALF_LIFE, DEFAULT_PARTITION_DATA_BYTES, DEFAULT_PREEMPT_COST_RATIO,
-    DEFAULT_RESULT_TTL, PolicyKind, Scheduler, SchedulerConfig, SchedulerError,
+    DEFAULT_AGING_HALF_LIFE, DEFAULT_INLINE_RESULT_BYTES, DEFAULT_PARTITION_DATA_BYTES,
+    DEFAULT_PREEMPT_COST_RATIO, DEFAULT_RESULT_TTL, PolicyKind, Scheduler, SchedulerConfig,
+    SchedulerError,
 };
 
 /// Errors of starting a cluster.
@@ -70,6 +71,9 @@ pub struct ClusterConfig {
     pub shuffle_memory: usize,
     /// How long an unfetched result is kept.
     pub result_ttl: Duration,
+    /// Bytes of Arrow IPC each final-stage task sends back with its status for the
+    /// scheduler to serve; 0: results stay on the executors until fetched.
+    pub inline_result_bytes: u64,
 }
 
 impl Default for ClusterConfig {
@@ -87,6 +91,7 @@ impl Default for ClusterConfig {
             preempt_cost_ratio: DEFAULT_PREEMPT_COST_RATIO,
             shuffle_memory: DEFAULT_SHUFFLE_MEMORY,
             result_ttl: DEFAULT_RESULT_TTL,
+            inline_result_bytes: DEFAULT_INLINE_RESULT_BYTES,
         }
     }
 }
@@ -115,6 +120,7 @@ impl LocalCluster {
             aging_half_life: config.aging_half_life,
             result_ttl: config.result_ttl,
             preempt_cost_ratio: config.preempt_cost_ratio,
+            inline_result_bytes: config.inline_result_bytes,
         })
         .await?;
         let listener =

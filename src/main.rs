@@ -15,8 +15,8 @@ use baton::client::bench::scheduler::SchedulerBench;
 use baton::config::DEFAULT_TARGET_PARTITIONS;
 use baton::executor::ExecutorConfig;
 use baton::scheduler::{
-    DEFAULT_AGING_HALF_LIFE, DEFAULT_PARTITION_DATA_BYTES, DEFAULT_PREEMPT_COST_RATIO,
-    DEFAULT_RESULT_TTL, PolicyKind, SchedulerConfig,
+    DEFAULT_AGING_HALF_LIFE, DEFAULT_INLINE_RESULT_BYTES, DEFAULT_PARTITION_DATA_BYTES,
+    DEFAULT_PREEMPT_COST_RATIO, DEFAULT_RESULT_TTL, PolicyKind, SchedulerConfig,
 };
 
 /// jemalloc, purging on background threads. glibc's malloc grows each thread arena's heap
@@ -65,6 +65,11 @@ enum Command {
         /// remaining work of the task it displaces.
         #[arg(long, default_value_t = DEFAULT_PREEMPT_COST_RATIO)]
         preempt_cost_ratio: f64,
+        /// KiB of Arrow IPC each task of a query's final stage sends back with its
+        /// status, so the scheduler serves small results itself; 0: results stay on the
+        /// executors until fetched.
+        #[arg(long, default_value_t = DEFAULT_INLINE_RESULT_BYTES >> 10)]
+        inline_result_kib: u64,
         /// Serve Prometheus metrics and the JSON query API over HTTP on this address.
         #[arg(long)]
         metrics: Option<SocketAddr>,
@@ -395,6 +400,7 @@ fn main() -> ExitCode {
                 aging_half_life,
                 result_ttl,
                 preempt_cost_ratio,
+                inline_result_kib,
                 metrics,
             } => {
                 let config = SchedulerConfig {
@@ -405,6 +411,7 @@ fn main() -> ExitCode {
                     aging_half_life,
                     result_ttl: std::time::Duration::from_secs(result_ttl),
                     preempt_cost_ratio,
+                    inline_result_bytes: inline_result_kib.saturating_mul(1024),
                 };
                 cli::run_scheduler(bind, config, metrics).await
             }

@@ -101,6 +101,60 @@ async fn queries_over_little_data_run_one_task_per_stage_and_match_single_node_d
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn results_served_by_the_scheduler_or_fetched_from_executors_match_single_node_datafusion() {
+    let reference = common::single_node(&common::tpch_catalog()).await;
+    let sqls = [
+        baton::tpch::query(1).unwrap().sql,
+        baton::tpch::query(10).unwrap().sql,
+        // Four result partitions of different sizes (no ordering: no merge into one).
+        "select o_orderpriority, o_orderstatus, count(*) from orders \
+         group by o_orderpriority, o_orderstatus",
+        // Lineitem is sorted by order key: the first scan partition holds every row
+        // (kilobytes), the others none (a few hundred bytes of schema).
+        "select l_orderkey, l_partkey, l_comment from lineitem where l_orderkey < 1000",
+        // Megabytes: each partition over the default limit or near it.
+        "select l_orderkey, l_partkey, l_suppkey, l_comment from lineitem",
+    ];
+    // Results left on the executors, a limit some partitions fit and others do not, and
+    // the default.
+    for limit in [0, 2048, ClusterConfig::default().inline_result_bytes] {
+        let cluster = LocalCluster::start(ClusterConfig {
+            executors: 2,
+            catalog: Some(common::tpch_catalog()),
+            target_partitions: 4,
+            partition_data_bytes: 0,
+            inline_result_bytes: limit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut client = cluster.client().await.unwrap();
+        for sql in sqls {
+            let actual = client.sql(sql).await.unwrap();
+            let expected = common::expected(&reference, sql).await;
+            if let Err(diff) = common::compare(&expected, &actual.batches, common::is_ordered(sql))
+            {
+                panic!("inline limit {limit}: {sql}: {diff}");
+            }
+        }
+        // Every result was fetched: the executors let go of all of it (told over their
+        // streams, so it may take a moment).
+        let mut left = usize::MAX;
+        for _ in 0..500 {
+            left = cluster.executors().iter().map(|e| e.store().len()).sum();
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            left, 0,
+            "inline limit {limit}: partitions left on executors"
+        );
+    }
+}
+
 /// Submits `sql`, expects the query to fail with `cause` in its status and in the error
 /// the client sees.
 async fn expect_failure(client: &mut BatonClient, sql: &str, cause: &str) {

@@ -462,6 +462,48 @@ async fn a_query_survives_losing_the_executor_that_holds_part_of_its_shuffle_out
     common::compare(&want, &result.batches, true).unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_result_outlives_the_executor_that_computed_it() {
+    use baton::client::BatonClient;
+    use baton::proto::QueryState;
+
+    let catalog = common::tpch_catalog();
+    let work = tempfile::tempdir().unwrap();
+    let scheduler = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let _scheduler = spawn_scheduler(&scheduler, &catalog, &["--metrics", &metrics]);
+    let work_dir = work.path().to_str().unwrap();
+    let mut only = spawn_executor(&scheduler, work_dir, &["--id", "only"]);
+    assert!(wait_for_executors(&metrics, 1), "the executor registers");
+
+    let sql = "select n_regionkey, count(*) as n from nation group by n_regionkey \
+               order by n_regionkey";
+    let mut client = BatonClient::connect(&scheduler).await.unwrap();
+    let id = client.submit_sql(sql).await.unwrap();
+    let mut succeeded = false;
+    for _ in 0..300 {
+        if client.status(&id).await.unwrap().state == QueryState::Succeeded as i32 {
+            succeeded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(succeeded, "the query ends");
+
+    // The executor sent the result back with its task's status: the scheduler serves it
+    // with no executor left.
+    only.0.kill().unwrap();
+    only.0.wait().unwrap();
+    assert!(wait_for_executors(&metrics, 0), "the executor is gone");
+    let result = client.fetch(&id).await.unwrap();
+    let reference = common::single_node(&catalog).await;
+    let want = common::expected(&reference, sql).await;
+    common::compare(&want, &result.batches, true).unwrap();
+    // Fetched once, the result is freed.
+    let again = client.fetch(&id).await.unwrap_err().to_string();
+    assert!(again.contains("fetched"), "{again}");
+}
+
 /// Polls the metrics endpoint at `addr` until the scheduler reports `n` executors.
 fn wait_for_executors(addr: &str, n: usize) -> bool {
     let line = format!("baton_executors_connected {n}");

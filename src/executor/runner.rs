@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use bytes::Bytes;
+
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{UInt32Type, UInt64Type};
 use datafusion::common::tree_node::{Transformed, TreeNode};
@@ -15,7 +17,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::prelude::SessionContext;
 use tokio::sync::mpsc::UnboundedSender;
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, debug, info_span, warn};
 
 use super::arbiter::{SlotArbiter, TaskGate};
 use super::gated::GatedExec;
@@ -27,7 +29,7 @@ use crate::proto::{
     TaskSuspended, executor_message, task_status,
 };
 use crate::shuffle::fetch::PriorityClients;
-use crate::shuffle::{MapLocation, ShuffleStore, TaskEnv, UnreadableOutput};
+use crate::shuffle::{MapLocation, ShuffleKey, ShuffleStore, TaskEnv, UnreadableOutput};
 
 /// Queries whose shuffle was released, remembered so a task finishing after the release
 /// does not leave output behind.
@@ -194,7 +196,13 @@ impl TaskRunner {
                     "task started"
                 );
                 let result = runner.execute(&task, gate).await;
-                runner.finish(id, started, result);
+                let inline = match &result {
+                    Ok(partitions) if task.inline_result_limit > 0 && partitions.len() == 1 => {
+                        runner.take_inline(&id, task.inline_result_limit)
+                    }
+                    _ => None,
+                };
+                runner.finish(id, started, result, inline);
             }
             .instrument(span),
             runtime,
@@ -277,7 +285,39 @@ impl TaskRunner {
         Ok(plan)
     }
 
-    fn finish(&self, id: TaskId, started: Instant, result: Result<Vec<PartitionStats>>) {
+    /// The task's single output partition as Arrow IPC, taken out of the store, when it
+    /// is in memory and encodes to at most `limit` bytes: the scheduler then has the
+    /// result at once and fetches nothing from here.
+    fn take_inline(&self, id: &TaskId, limit: u64) -> Option<Bytes> {
+        let key = ShuffleKey {
+            query_id: id.query_id.as_str().into(),
+            stage_id: id.stage_id,
+            map_partition: id.partition,
+            output_partition: 0,
+        };
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        match self.store.take_inline(&key, limit) {
+            Ok(encoded) => {
+                let encoded = encoded.map(Bytes::from);
+                if let Some(ipc) = &encoded {
+                    debug!(bytes = ipc.len(), "result sent back with the status");
+                }
+                encoded
+            }
+            Err(e) => {
+                warn!(error = %e, "result not inlined; it stays in the shuffle store");
+                None
+            }
+        }
+    }
+
+    fn finish(
+        &self,
+        id: TaskId,
+        started: Instant,
+        result: Result<Vec<PartitionStats>>,
+        inline_result: Option<Bytes>,
+    ) {
         let key = task_key(&id);
         self.running.lock().expect("running lock").remove(&key);
         self.arbiter.leave(&key, Instant::now());
@@ -304,6 +344,7 @@ impl TaskRunner {
                 task_status::Result::Succeeded(TaskSucceeded {
                     partitions,
                     elapsed_micros: elapsed.as_micros() as u64,
+                    inline_result,
                 })
             }
             Err(e) => task_status::Result::Failed(TaskFailed {

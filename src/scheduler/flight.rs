@@ -3,9 +3,11 @@
 //!
 //! - `CommandStatementQuery`: `get_flight_info` submits the SQL, waits for the query to
 //!   end and answers its schema and a `TicketStatementQuery` whose handle is the query id;
-//!   `do_get` on that ticket streams the final stage's partitions from the executors that
-//!   hold them, message by message, without decoding or buffering them (the schema is
-//!   sent once; each executor stream's own schema message is dropped).
+//!   `do_get` on that ticket streams the final stage's partitions: small ones the
+//!   executors sent back with their task status (Arrow IPC, see
+//!   `RunTask.inline_result_limit`) from the scheduler's memory, the others from the
+//!   executors that hold them, message by message, without decoding or buffering them
+//!   (the schema is sent once; each executor stream's own schema message is dropped).
 //! - `CommandGetCatalogs`, `CommandGetDbSchemas`, `CommandGetTables` (with schemas),
 //!   `CommandGetTableTypes` and `CommandGetSqlInfo` describe the scheduler's catalog.
 //!
@@ -29,6 +31,8 @@ use arrow_flight::{
 };
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::IpcWriteOptions;
 use datafusion::arrow::ipc::{MessageHeader, root_as_message};
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -38,7 +42,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::warn;
 
-use super::{Scheduler, SchedulerError, Submission};
+use super::{ResultPart, Scheduler, SchedulerError, Submission};
 use crate::shuffle::ShuffleKey;
 use crate::shuffle::fetch::shuffle_ticket;
 
@@ -127,24 +131,78 @@ fn batch_stream(batch: RecordBatch) -> Response<DataStream> {
     Response::new(Box::pin(stream))
 }
 
+/// The Flight messages (no schema message) of a result partition the scheduler holds
+/// as Arrow IPC, encoded as an executor's Flight endpoint encodes stored partitions.
+async fn inline_messages(schema: &SchemaRef, ipc: &[u8]) -> Result<Vec<FlightData>, Status> {
+    let unreadable = |e: ArrowError| Status::internal(format!("result partition unreadable: {e}"));
+    let batches = StreamReader::try_new(ipc, None)
+        .map_err(unreadable)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(unreadable)?;
+    let messages: Vec<FlightData> = FlightDataEncoderBuilder::new()
+        .with_schema(schema.clone())
+        .build(futures::stream::iter(batches.into_iter().map(Ok)))
+        .try_collect()
+        .await
+        .map_err(|e: FlightError| Status::internal(e.to_string()))?;
+    let data: Vec<FlightData> = messages
+        .into_iter()
+        .filter(|m| !is_schema_message(m))
+        .collect();
+    let bytes: usize = data.iter().map(|m| m.data_body.len()).sum();
+    metrics::counter!("baton_flight_bytes_served_total", "endpoint" => "result")
+        .increment(bytes as u64);
+    Ok(data)
+}
+
 impl ResultFlight {
-    /// Streams a finished query's result from the executors holding it.
+    /// Streams a finished query's result: partitions the scheduler holds itself, and
+    /// the others from the executors holding them.
     async fn stream_result(&self, query_id: String) -> Result<DataStream, Status> {
-        let (schema, locations, final_stage) = self
+        let (schema, parts, final_stage) = self
             .scheduler
             .wait_for_result(&query_id)
             .await
             .map_err(to_status)?;
-        let (tx, rx) = mpsc::channel(4);
-        let scheduler = self.scheduler.clone();
         let schema_message: FlightData =
             SchemaAsIpc::new(&schema, &IpcWriteOptions::default()).into();
+        // A result the scheduler holds whole is answered at once, without a fetch.
+        if parts.iter().all(|p| matches!(p, ResultPart::Inline(_))) {
+            let mut messages = vec![Ok(schema_message)];
+            for part in &parts {
+                if let ResultPart::Inline(ipc) = part {
+                    messages.extend(inline_messages(&schema, ipc).await?.into_iter().map(Ok));
+                }
+            }
+            self.scheduler.results_fetched(&query_id);
+            return Ok(Box::pin(futures::stream::iter(messages)));
+        }
+        let (tx, rx) = mpsc::channel(4);
+        let scheduler = self.scheduler.clone();
         tokio::spawn(async move {
             if tx.send(Ok(schema_message)).await.is_err() {
                 return;
             }
             let query: Arc<str> = query_id.as_str().into();
-            for (map, location) in locations.iter().enumerate() {
+            for (map, part) in parts.iter().enumerate() {
+                let location = match part {
+                    ResultPart::Stored(location) => location,
+                    ResultPart::Inline(ipc) => {
+                        let messages = match inline_messages(&schema, ipc).await {
+                            Ok(messages) => messages,
+                            Err(e) => {
+                                let _ = tx.send(Err(e)).await;
+                                return;
+                            }
+                        };
+                        for message in messages {
+                            if tx.send(Ok(message)).await.is_err() {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
+                };
                 let key = ShuffleKey {
                     query_id: query.clone(),
                     stage_id: final_stage,

@@ -26,7 +26,7 @@ pub use flight::result_ticket;
 pub use planning::DEFAULT_PARTITION_DATA_BYTES;
 use planning::Planner;
 pub use policy::{DEFAULT_AGING_HALF_LIFE, Policy, PolicyKind, running_rank};
-pub use query::{MAX_TASK_ATTEMPTS, Query, StageSpec, TaskRef};
+pub use query::{MAX_TASK_ATTEMPTS, Query, ResultPart, StageSpec, TaskRef};
 pub use registry::DEFAULT_PREEMPT_COST_RATIO;
 pub use state::{SchedulerState, TaskSpan};
 
@@ -34,7 +34,7 @@ use crate::catalog::{self, CatalogError};
 use crate::config::{DEFAULT_TARGET_PARTITIONS, MAX_MESSAGE_BYTES, distributed_session_config};
 use crate::proto::scheduler_service_server::SchedulerServiceServer;
 use crate::proto::{QueryState, QueryStatus};
-use crate::shuffle::{MapLocation, fetch::FlightClients};
+use crate::shuffle::fetch::FlightClients;
 
 /// Errors of the scheduler.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +104,12 @@ fn is_final(state: QueryState) -> bool {
     )
 }
 
+/// Bytes of Arrow IPC a task of a query's final stage sends back with its status by
+/// default, instead of leaving its output on its executor for a Flight fetch: a small
+/// result then reaches the client without a round trip to the executor (and survives
+/// its loss).
+pub const DEFAULT_INLINE_RESULT_BYTES: u64 = 1 << 20;
+
 /// How long results wait to be fetched by default.
 pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(600);
 
@@ -127,6 +133,9 @@ pub struct SchedulerConfig {
     /// A task preempts only for a query with under 1/this of the remaining work of the
     /// task it displaces (the `priority` policy).
     pub preempt_cost_ratio: f64,
+    /// Bytes of Arrow IPC each task of a query's final stage may send back with its
+    /// status, so the scheduler serves the result itself; 0: results stay on executors.
+    pub inline_result_bytes: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -139,6 +148,7 @@ impl Default for SchedulerConfig {
             aging_half_life: DEFAULT_AGING_HALF_LIFE,
             result_ttl: DEFAULT_RESULT_TTL,
             preempt_cost_ratio: DEFAULT_PREEMPT_COST_RATIO,
+            inline_result_bytes: DEFAULT_INLINE_RESULT_BYTES,
         }
     }
 }
@@ -187,9 +197,10 @@ impl Scheduler {
             inner.planner.small_first = config.policy == PolicyKind::Priority;
             inner.planner.partition_data_bytes = config.partition_data_bytes;
         }
-        scheduler
-            .state()
-            .set_preempt_cost_ratio(config.preempt_cost_ratio);
+        let mut state = scheduler.state();
+        state.set_preempt_cost_ratio(config.preempt_cost_ratio);
+        state.set_inline_result_limit(config.inline_result_bytes);
+        drop(state);
         Ok(scheduler)
     }
 
@@ -302,12 +313,12 @@ impl Scheduler {
         Ok(state)
     }
 
-    /// Waits for the query to end; on success returns the result schema and where the
-    /// final stage's partitions live, in partition order.
+    /// Waits for the query to end; on success returns the result schema and the final
+    /// stage's partitions (where they live, or themselves), in partition order.
     pub async fn wait_for_result(
         &self,
         query_id: &str,
-    ) -> Result<(SchemaRef, Vec<MapLocation>, u32), SchedulerError> {
+    ) -> Result<(SchemaRef, Vec<ResultPart>, u32), SchedulerError> {
         let state = self.wait(query_id).await?;
         let guard = self.state();
         let query = guard
@@ -324,11 +335,9 @@ impl Scheduler {
                     ),
                 })
             }
-            (QueryState::Succeeded, Some(schema)) => Ok((
-                schema.clone(),
-                query.result_locations(),
-                query.final_stage(),
-            )),
+            (QueryState::Succeeded, Some(schema)) => {
+                Ok((schema.clone(), query.result_parts(), query.final_stage()))
+            }
             _ => Err(SchedulerError::NoResult {
                 id: query_id.to_string(),
                 state: query.state().as_str_name(),

@@ -84,15 +84,29 @@ struct Task {
     suspended: bool,
     started_at: Option<Instant>,
     output: Option<MapLocation>,
+    /// The output itself (Arrow IPC), when the executor sent it back with its status
+    /// instead of keeping it: a small result of the final stage.
+    inline_result: Option<Bytes>,
 }
 
 impl Task {
     /// True when its output is on `executor_id`.
     fn has_output_on(&self, executor_id: &str) -> bool {
-        self.output
-            .as_ref()
-            .is_some_and(|o| o.executor_id == executor_id)
+        self.inline_result.is_none()
+            && self
+                .output
+                .as_ref()
+                .is_some_and(|o| o.executor_id == executor_id)
     }
+}
+
+/// One partition of a query's result, as a client's fetch reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResultPart {
+    /// Held in an executor's shuffle store, fetched from there over Flight.
+    Stored(MapLocation),
+    /// Held by the scheduler: Arrow IPC the executor sent back with the task's status.
+    Inline(Bytes),
 }
 
 /// A stage as submitted: its plan bytes, inputs and task count.
@@ -272,11 +286,27 @@ impl Query {
     }
 
     /// Where each task of the final stage left its output (when the query succeeded).
-    pub fn result_locations(&self) -> Vec<MapLocation> {
-        self.stages
-            .last()
-            .map(|s| s.tasks.iter().filter_map(|t| t.output.clone()).collect())
-            .unwrap_or_default()
+    pub fn result_parts(&self) -> Vec<ResultPart> {
+        let Some(stage) = self.stages.last() else {
+            return Vec::new();
+        };
+        let part = |t: &Task| match (&t.inline_result, &t.output) {
+            (Some(ipc), _) => Some(ResultPart::Inline(ipc.clone())),
+            (None, Some(location)) => Some(ResultPart::Stored(location.clone())),
+            (None, None) => None,
+        };
+        stage.tasks.iter().filter_map(part).collect()
+    }
+
+    /// Lets go of the result partitions the scheduler holds itself (they were fetched,
+    /// or kept past their time to live).
+    pub fn drop_inline_results(&mut self) {
+        if let Some(stage) = self.stages.last_mut() {
+            for task in stage.tasks.iter_mut().filter(|t| t.inline_result.is_some()) {
+                task.inline_result = None;
+                task.output = None;
+            }
+        }
     }
 
     /// A stage.
@@ -435,7 +465,8 @@ impl Query {
             && self.state == QueryState::Running
     }
 
-    /// A task finished; its output (`rows_out` rows) is at `location`.
+    /// A task finished; its output (`rows_out` rows) is at `location`, or, for a task
+    /// of the final stage, in `inline_result` (Arrow IPC sent back with its status).
     ///
     /// The rows are work its consumer stages will do: their estimated cost grows by them
     /// (plan statistics rarely know what a shuffle will carry), so a query's remaining
@@ -446,15 +477,19 @@ impl Query {
         attempt: u32,
         location: MapLocation,
         rows_out: u64,
+        inline_result: Option<Bytes>,
     ) -> Progress {
         let mut progress = Progress::default();
         if !self.is_current(task, attempt) {
             return progress;
         }
+        let is_final = task.stage == self.final_stage();
         let stage = &mut self.stages[task.stage as usize];
         let t = &mut stage.tasks[task.partition as usize];
         t.running_on = None;
         t.output = Some(location);
+        // Only a result is read from the scheduler; other stages' consumers fetch theirs.
+        t.inline_result = inline_result.filter(|_| is_final);
         stage.done += 1;
         self.remaining_cost -= stage.task_cost;
         // The consumers were costed for the rows this task was expected to write.
@@ -766,7 +801,7 @@ mod tests {
 
     fn run(q: &mut Query, t: TaskRef, e: &str) -> Progress {
         q.task_started(t, e);
-        q.task_succeeded(t, q.attempt(t), loc(e), 0)
+        q.task_succeeded(t, q.attempt(t), loc(e), 0, None)
     }
 
     fn task(stage: u32, partition: u32) -> TaskRef {
@@ -803,7 +838,7 @@ mod tests {
         let last = run(&mut q, task(3, 0), "a");
         assert!(last.finished);
         assert_eq!(q.state(), QueryState::Succeeded);
-        assert_eq!(q.result_locations(), vec![loc("a")]);
+        assert_eq!(q.result_parts(), vec![ResultPart::Stored(loc("a"))]);
     }
 
     #[test]
@@ -813,7 +848,7 @@ mod tests {
         // Stage costs are their task counts: 2 + 1 + 2 + 1.
         assert_eq!(q.remaining_cost(), 6.0);
         q.task_started(task(0, 0), "a");
-        q.task_succeeded(task(0, 0), 0, loc("a"), 40_000);
+        q.task_succeeded(task(0, 0), 0, loc("a"), 40_000, None);
         // One task of stage 0 done (-1); stage 2 will read 40k more rows (+4).
         assert_eq!(q.remaining_cost(), 9.0);
         run(&mut q, task(0, 1), "a");
@@ -847,7 +882,7 @@ mod tests {
         assert_eq!(q.remaining_cost(), 2.0 + 7.0);
         // Nothing instead of the expected 10k rows: 3 units fewer for the consumer.
         q.task_started(task(0, 0), "a");
-        q.task_succeeded(task(0, 0), 0, loc("a"), 0);
+        q.task_succeeded(task(0, 0), 0, loc("a"), 0, None);
         assert!(
             (q.remaining_cost() - (1.0 + 4.0)).abs() < 1e-9,
             "{}",
@@ -855,7 +890,7 @@ mod tests {
         );
         // 30k instead of 10k: 6 more.
         q.task_started(task(0, 1), "a");
-        q.task_succeeded(task(0, 1), 0, loc("a"), 30_000);
+        q.task_succeeded(task(0, 1), 0, loc("a"), 30_000, None);
         assert!(
             (q.remaining_cost() - 10.0).abs() < 1e-9,
             "{}",
@@ -869,13 +904,13 @@ mod tests {
         q.start();
         q.task_started(task(0, 0), "a");
         assert_eq!(
-            q.task_succeeded(task(0, 0), 7, loc("a"), 0),
+            q.task_succeeded(task(0, 0), 7, loc("a"), 0, None),
             Progress::default()
         );
         assert!(q.task_failed(task(0, 0), 7, "boom").is_none());
         run(&mut q, task(0, 0), "a");
         assert_eq!(
-            q.task_succeeded(task(0, 0), 0, loc("a"), 0),
+            q.task_succeeded(task(0, 0), 0, loc("a"), 0, None),
             Progress::default()
         );
         assert_eq!(q.status().stages[0].tasks_done, 1);
@@ -935,6 +970,40 @@ mod tests {
     }
 
     #[test]
+    fn a_result_sent_back_inline_is_not_computed_again_when_its_executor_is_lost() {
+        // Stage 0 (two tasks) feeds the final stage 1 (two tasks).
+        let mut q = Query::new(
+            "q".into(),
+            String::new(),
+            vec![spec(&[], 2), spec(&[0], 2)],
+            Arc::new(Schema::empty()),
+        );
+        q.start();
+        let ipc = Bytes::from_static(b"arrow ipc");
+        // Inline output of a stage that is not the result is ignored: it stays on "a".
+        q.task_started(task(0, 0), "a");
+        q.task_succeeded(task(0, 0), 0, loc("a"), 0, Some(ipc.clone()));
+        run(&mut q, task(0, 1), "b");
+        q.task_started(task(1, 0), "a");
+        q.task_succeeded(task(1, 0), 0, loc("a"), 1, Some(ipc.clone()));
+        q.task_started(task(1, 1), "b");
+        // Losing "a" reruns stage 0's task there (stage 1 task 1 still needs it) but
+        // not the final task whose output the scheduler holds.
+        let (p, cancel) = q.executor_lost("a");
+        assert_eq!(p.ready, vec![task(0, 0)]);
+        assert_eq!(cancel, vec![attempt_on(task(1, 1), 0, "b")]);
+        run(&mut q, task(0, 0), "b");
+        let p = run(&mut q, task(1, 1), "b");
+        assert!(p.finished);
+        assert_eq!(
+            q.result_parts(),
+            vec![ResultPart::Inline(ipc), ResultPart::Stored(loc("b"))]
+        );
+        q.drop_inline_results();
+        assert_eq!(q.result_parts(), vec![ResultPart::Stored(loc("b"))]);
+    }
+
+    #[test]
     fn lost_output_is_computed_again_while_its_consumers_wait() {
         let mut q = join_query();
         q.start();
@@ -962,7 +1031,7 @@ mod tests {
         assert_eq!(q.remaining_cost(), before + 2.0);
         // Stale reports of the cancelled attempts change nothing.
         assert!(
-            q.task_succeeded(task(2, 0), 0, loc("b"), 0)
+            q.task_succeeded(task(2, 0), 0, loc("b"), 0, None)
                 .ready
                 .is_empty()
         );
@@ -1003,7 +1072,7 @@ mod tests {
         assert_eq!(run(&mut q, task(1, 0), "b").ready, vec![task(2, 0)]);
         assert_eq!(run(&mut q, task(2, 0), "b").ready, vec![task(3, 0)]);
         assert!(run(&mut q, task(3, 0), "b").finished);
-        assert_eq!(q.result_locations(), vec![loc("b")]);
+        assert_eq!(q.result_parts(), vec![ResultPart::Stored(loc("b"))]);
     }
 
     #[test]

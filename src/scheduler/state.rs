@@ -77,6 +77,7 @@ pub struct SchedulerState {
     ended: VecDeque<Arc<str>>,
     ended_retained: usize,
     background_plannings: BackgroundPlannings,
+    inline_result_limit: u64,
 }
 
 impl SchedulerState {
@@ -95,6 +96,7 @@ impl SchedulerState {
             ended: VecDeque::new(),
             ended_retained: ENDED_RETAINED,
             background_plannings: BackgroundPlannings::default(),
+            inline_result_limit: super::DEFAULT_INLINE_RESULT_BYTES,
         }
     }
 
@@ -214,6 +216,7 @@ impl SchedulerState {
             return;
         }
         query.results_released = Some(reason);
+        query.drop_inline_results();
         let final_stage = query.final_stage();
         debug!(query_id, reason, "result partitions released");
         self.broadcast_release(query_id, vec![final_stage]);
@@ -274,6 +277,11 @@ impl SchedulerState {
                 rank: urgency.rank,
                 cost: urgency.cost,
                 urgent,
+                inline_result_limit: if task.stage == query.final_stage() {
+                    self.inline_result_limit
+                } else {
+                    0
+                },
             };
             let message = SchedulerMessage {
                 message: Some(scheduler_message::Message::RunTask(run)),
@@ -313,6 +321,13 @@ impl SchedulerState {
     /// task it displaces (default [`super::registry::DEFAULT_PREEMPT_COST_RATIO`]).
     pub fn set_preempt_cost_ratio(&mut self, ratio: f64) {
         self.registry.set_preempt_cost_ratio(ratio);
+    }
+
+    /// Bytes of Arrow IPC a final-stage task may send back with its status instead of
+    /// leaving its output on its executor (default
+    /// [`super::DEFAULT_INLINE_RESULT_BYTES`]; 0: never).
+    pub fn set_inline_result_limit(&mut self, bytes: u64) {
+        self.inline_result_limit = bytes;
     }
 
     /// A new executor stream; returns the connection generation.
@@ -413,7 +428,8 @@ impl SchedulerState {
                         });
                     }
                     let rows = ok.partitions.iter().map(|p| p.rows).sum();
-                    let progress = query.task_succeeded(task, id.attempt, location, rows);
+                    let progress =
+                        query.task_succeeded(task, id.attempt, location, rows, ok.inline_result);
                     self.apply(&query_id, progress);
                 }
                 Some(task_status::Result::Failed(failed)) => {
@@ -670,6 +686,7 @@ mod tests {
         task_status::Result::Succeeded(crate::proto::TaskSucceeded {
             partitions: Vec::new(),
             elapsed_micros: 1,
+            inline_result: None,
         })
     }
 

@@ -399,6 +399,40 @@ impl ShuffleStore {
             .ok_or_else(|| StoreError::NotFound(key.clone()))
     }
 
+    /// Takes a partition out of the store as an Arrow IPC stream, when it is held in
+    /// memory and encodes to at most `limit` bytes; otherwise leaves it stored and
+    /// returns None. Its memory is freed once readers still streaming it finish.
+    pub fn take_inline(
+        &self,
+        key: &ShuffleKey,
+        limit: usize,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let Ok(partition) = self.get(key) else {
+            return Ok(None);
+        };
+        let Data::Memory(batches) = &partition.data else {
+            return Ok(None);
+        };
+        // In-memory sizes count buffer capacity, so they over-state the encoding; far
+        // over the limit, the partition is not worth encoding to find out.
+        if partition.bytes > (limit as u64).saturating_mul(4) {
+            return Ok(None);
+        }
+        let mut writer = StreamWriter::try_new(Vec::new(), &partition.schema)?;
+        for batch in batches {
+            writer.write(batch)?;
+            if writer.get_ref().len() > limit {
+                return Ok(None);
+            }
+        }
+        let encoded = writer.into_inner()?;
+        if encoded.len() > limit {
+            return Ok(None);
+        }
+        self.partitions.lock().expect("store lock").remove(key);
+        Ok(Some(encoded))
+    }
+
     /// Lets go of a query's partitions: of the given stages, or all when `stages` is empty.
     /// Memory and files are freed once readers still streaming them finish.
     pub fn release(&self, query_id: &str, stages: &[u32]) -> usize {
@@ -482,6 +516,36 @@ mod tests {
             .try_collect()
             .await
             .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_small_partition_is_taken_out_as_ipc_and_a_big_one_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ShuffleStore::new(dir.path(), 1 << 30).unwrap();
+        let stored = roundtrip(&store, 1).await;
+        // 15,000 Int64 rows encode to about 120 KB: over a 64 KiB limit, under 1 MiB.
+        assert!(store.take_inline(&key(1), 64 << 10).unwrap().is_none());
+        assert!(store.get(&key(1)).is_ok());
+        let encoded = store.take_inline(&key(1), 1 << 20).unwrap().unwrap();
+        assert!(encoded.len() <= 1 << 20);
+        assert!(store.get(&key(1)).is_err(), "taken out of the store");
+        let decoded: Vec<RecordBatch> = StreamReader::try_new(&encoded[..], None)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(decoded, stored);
+        assert_eq!(store.memory_used(), 0);
+        // Nothing stored under the key: nothing to take.
+        assert!(store.take_inline(&key(1), 1 << 20).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_spilled_partition_is_not_taken_inline() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ShuffleStore::new(dir.path(), 0).unwrap();
+        roundtrip(&store, 1).await;
+        assert!(store.take_inline(&key(1), 1 << 20).unwrap().is_none());
+        assert!(store.get(&key(1)).is_ok());
     }
 
     #[tokio::test]

@@ -148,6 +148,7 @@ async fn simulated_executor(
                     result: Some(task_status::Result::Succeeded(TaskSucceeded {
                         partitions: Vec::new(),
                         elapsed_micros: 0,
+                        inline_result: None,
                     })),
                 })),
             };
