@@ -296,40 +296,56 @@ async fn flight_sql_clients_list_tables_and_run_queries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn results_are_freed_once_fetched_or_when_their_time_to_live_ends() {
-    let cluster = LocalCluster::start(ClusterConfig {
-        executors: 2,
-        catalog: Some(common::tpch_catalog()),
-        result_ttl: Duration::from_millis(500),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut client = cluster.client().await.unwrap();
-    let stored = |id: &str| -> usize {
-        cluster
-            .executors()
-            .iter()
-            .map(|e| e.store().partitions_of(id))
-            .sum()
-    };
+    // Results left on the executors, and small results the scheduler holds itself.
+    for inline_result_bytes in [0, ClusterConfig::default().inline_result_bytes] {
+        let cluster = LocalCluster::start(ClusterConfig {
+            executors: 2,
+            catalog: Some(common::tpch_catalog()),
+            result_ttl: Duration::from_millis(500),
+            inline_result_bytes,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut client = cluster.client().await.unwrap();
+        let stored = |id: &str| -> usize {
+            cluster
+                .executors()
+                .iter()
+                .map(|e| e.store().partitions_of(id))
+                .sum()
+        };
 
-    // Fetched: freed at once, and a second fetch says why there is nothing.
-    let fetched = client.submit_sql("select * from nation").await.unwrap();
-    assert_eq!(client.fetch(&fetched).await.unwrap().rows(), 25);
-    assert!(eventually(Duration::from_secs(10), || stored(&fetched) == 0).await);
-    let again = client.fetch(&fetched).await.unwrap_err().to_string();
-    assert!(again.contains("already fetched"), "{again}");
+        // Fetched: freed at once, and a second fetch says why there is nothing.
+        let fetched = client.submit_sql("select * from nation").await.unwrap();
+        assert_eq!(client.fetch(&fetched).await.unwrap().rows(), 25);
+        assert!(eventually(Duration::from_secs(10), || stored(&fetched) == 0).await);
+        let again = client.fetch(&fetched).await.unwrap_err().to_string();
+        assert!(again.contains("already fetched"), "{again}");
 
-    // Not fetched: kept until the time to live ends, then freed.
-    let kept = client.submit_sql("select * from region").await.unwrap();
-    cluster.scheduler().wait(&kept).await.unwrap();
-    assert!(stored(&kept) > 0, "the result waits for its client");
-    assert!(
-        eventually(Duration::from_secs(10), || stored(&kept) == 0).await,
-        "freed after the TTL"
-    );
-    let late = client.fetch(&kept).await.unwrap_err().to_string();
-    assert!(late.contains("expired"), "{late}");
+        // Not fetched: kept (on an executor, or by the scheduler) until the time to live
+        // ends, then freed.
+        let kept = client.submit_sql("select * from region").await.unwrap();
+        cluster.scheduler().wait(&kept).await.unwrap();
+        let on_executors = stored(&kept);
+        if inline_result_bytes == 0 {
+            assert!(on_executors > 0, "the result waits for its client");
+        } else {
+            assert_eq!(on_executors, 0, "the scheduler holds the small result");
+        }
+        let mut expired = false;
+        for _ in 0..500 {
+            if let Err(e) = cluster.scheduler().wait_for_result(&kept).await {
+                expired = e.to_string().contains("expired");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(expired, "freed after the TTL");
+        assert!(eventually(Duration::from_secs(10), || stored(&kept) == 0).await);
+        let late = client.fetch(&kept).await.unwrap_err().to_string();
+        assert!(late.contains("expired"), "{late}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
