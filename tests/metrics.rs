@@ -84,6 +84,10 @@ async fn metrics_move_with_a_query_and_cover_the_dashboard() {
     let during = scrape(&get(addr, "/metrics").await);
     assert_eq!(sum(&during, "baton_executors_connected"), 2.0);
     assert_eq!(sum(&during, "baton_slots_total"), 4.0);
+    // Ended, not yet fetched: the scheduler holds the small result.
+    cluster.scheduler().wait(&id).await.unwrap();
+    let ended = scrape(&get(addr, "/metrics").await);
+    assert!(sum(&ended, "baton_result_bytes_held") > 0.0);
     let result = client.fetch(&id).await.unwrap();
     assert!(result.rows() > 0);
     let after = scrape(&get(addr, "/metrics").await);
@@ -119,6 +123,11 @@ async fn metrics_move_with_a_query_and_cover_the_dashboard() {
         "all slots free after the query"
     );
     assert_eq!(sum(&after, "baton_queue_depth"), 0.0);
+    assert_eq!(
+        sum(&after, "baton_result_bytes_held"),
+        0.0,
+        "freed once fetched"
+    );
     assert!(after.contains_key("baton_queries{state=succeeded}"));
 
     // The JSON API shows the same query.

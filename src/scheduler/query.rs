@@ -298,6 +298,18 @@ impl Query {
         stage.tasks.iter().filter_map(part).collect()
     }
 
+    /// Bytes of result partitions the scheduler holds itself (see [`ResultPart::Inline`]).
+    pub fn inline_result_bytes(&self) -> usize {
+        self.stages.last().map_or(0, |stage| {
+            stage
+                .tasks
+                .iter()
+                .filter_map(|t| t.inline_result.as_ref())
+                .map(Bytes::len)
+                .sum()
+        })
+    }
+
     /// Lets go of the result partitions the scheduler holds itself (they were fetched,
     /// or kept past their time to live).
     pub fn drop_inline_results(&mut self) {
@@ -999,8 +1011,10 @@ mod tests {
             q.result_parts(),
             vec![ResultPart::Inline(ipc), ResultPart::Stored(loc("b"))]
         );
+        assert_eq!(q.inline_result_bytes(), 9);
         q.drop_inline_results();
         assert_eq!(q.result_parts(), vec![ResultPart::Stored(loc("b"))]);
+        assert_eq!(q.inline_result_bytes(), 0);
     }
 
     #[test]

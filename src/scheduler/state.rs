@@ -173,6 +173,14 @@ impl SchedulerState {
         if state != QueryState::Succeeded || !stages.is_empty() {
             self.broadcast_release(query_id, stages);
         }
+        if state != QueryState::Succeeded
+            && let Some(query) = self.queries.get_mut(query_id)
+        {
+            // Partitions a failed or cancelled query's final tasks sent back are no result.
+            metrics::gauge!("baton_result_bytes_held")
+                .decrement(query.inline_result_bytes() as f64);
+            query.drop_inline_results();
+        }
         self.ended.push_back(query_id.clone());
         if self.ended.len() > self.ended_retained {
             self.forget_oldest();
@@ -187,6 +195,8 @@ impl SchedulerState {
             if let Some(query) = self.queries.remove(&id) {
                 metrics::gauge!("baton_queries", "state" => state_label(query.state()))
                     .decrement(1.0);
+                metrics::gauge!("baton_result_bytes_held")
+                    .decrement(query.inline_result_bytes() as f64);
             }
             self.watchers.remove(&id);
         }
@@ -216,6 +226,7 @@ impl SchedulerState {
             return;
         }
         query.results_released = Some(reason);
+        metrics::gauge!("baton_result_bytes_held").decrement(query.inline_result_bytes() as f64);
         query.drop_inline_results();
         let final_stage = query.final_stage();
         debug!(query_id, reason, "result partitions released");
@@ -428,8 +439,11 @@ impl SchedulerState {
                         });
                     }
                     let rows = ok.partitions.iter().map(|p| p.rows).sum();
+                    let held = query.inline_result_bytes();
                     let progress =
                         query.task_succeeded(task, id.attempt, location, rows, ok.inline_result);
+                    metrics::gauge!("baton_result_bytes_held")
+                        .increment((query.inline_result_bytes() - held) as f64);
                     self.apply(&query_id, progress);
                 }
                 Some(task_status::Result::Failed(failed)) => {
@@ -696,6 +710,40 @@ mod tests {
             error: error.into(),
             unreadable_executor: unreadable.into(),
         })
+    }
+
+    #[test]
+    fn only_final_tasks_may_send_results_back_and_a_failed_query_keeps_none() {
+        let (mut state, mut stream) = with_executor(PolicyKind::Fifo.build(0.0), 2, 0);
+        state.set_inline_result_limit(4096);
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::empty());
+        // Stage 0 (one task) feeds the final stage 1 (two tasks).
+        let query = Query::new(
+            "q".into(),
+            String::new(),
+            vec![stage(Vec::new(), 1), stage(vec![0], 2)],
+            schema,
+        );
+        state.add_query(query);
+        let limit_of = |message| match message {
+            scheduler_message::Message::RunTask(run) => run.inline_result_limit,
+            other => panic!("expected a task, got {other:?}"),
+        };
+        assert_eq!(limit_of(next_message(&mut stream)), 0);
+        state.task_status("e", status(0, 0, 0, succeeded()));
+        assert_eq!(limit_of(next_message(&mut stream)), 4096);
+        assert_eq!(limit_of(next_message(&mut stream)), 4096);
+        let inline = task_status::Result::Succeeded(crate::proto::TaskSucceeded {
+            partitions: Vec::new(),
+            elapsed_micros: 1,
+            inline_result: Some(bytes::Bytes::from_static(b"arrow ipc")),
+        });
+        state.task_status("e", status(1, 0, 0, inline));
+        assert_eq!(state.query("q").unwrap().inline_result_bytes(), 9);
+        state.task_status("e", status(1, 1, 0, failed("boom", "")));
+        let query = state.query("q").unwrap();
+        assert_eq!(query.state(), QueryState::Failed);
+        assert_eq!(query.inline_result_bytes(), 0);
     }
 
     #[test]
