@@ -311,8 +311,10 @@ impl Query {
     }
 
     /// Lets go of the result partitions the scheduler holds itself (they were fetched,
-    /// or kept past their time to live).
+    /// kept past their time to live, or are no result: the query failed, or is being
+    /// forgotten), and takes them off `baton_result_bytes_held`.
     pub fn drop_inline_results(&mut self) {
+        metrics::gauge!("baton_result_bytes_held").decrement(self.inline_result_bytes() as f64);
         if let Some(stage) = self.stages.last_mut() {
             for task in stage.tasks.iter_mut().filter(|t| t.inline_result.is_some()) {
                 task.inline_result = None;
@@ -502,6 +504,9 @@ impl Query {
         t.output = Some(location);
         // Only a result is read from the scheduler; other stages' consumers fetch theirs.
         t.inline_result = inline_result.filter(|_| is_final);
+        if let Some(ipc) = &t.inline_result {
+            metrics::gauge!("baton_result_bytes_held").increment(ipc.len() as f64);
+        }
         stage.done += 1;
         self.remaining_cost -= stage.task_cost;
         // The consumers were costed for the rows this task was expected to write.

@@ -177,8 +177,6 @@ impl SchedulerState {
             && let Some(query) = self.queries.get_mut(query_id)
         {
             // Partitions a failed or cancelled query's final tasks sent back are no result.
-            metrics::gauge!("baton_result_bytes_held")
-                .decrement(query.inline_result_bytes() as f64);
             query.drop_inline_results();
         }
         self.ended.push_back(query_id.clone());
@@ -192,11 +190,10 @@ impl SchedulerState {
     fn forget_oldest(&mut self) {
         let count = (self.ended_retained / 10).max(1);
         for id in self.ended.drain(..count.min(self.ended.len())) {
-            if let Some(query) = self.queries.remove(&id) {
+            if let Some(mut query) = self.queries.remove(&id) {
                 metrics::gauge!("baton_queries", "state" => state_label(query.state()))
                     .decrement(1.0);
-                metrics::gauge!("baton_result_bytes_held")
-                    .decrement(query.inline_result_bytes() as f64);
+                query.drop_inline_results();
             }
             self.watchers.remove(&id);
         }
@@ -226,7 +223,6 @@ impl SchedulerState {
             return;
         }
         query.results_released = Some(reason);
-        metrics::gauge!("baton_result_bytes_held").decrement(query.inline_result_bytes() as f64);
         query.drop_inline_results();
         let final_stage = query.final_stage();
         debug!(query_id, reason, "result partitions released");
@@ -439,11 +435,8 @@ impl SchedulerState {
                         });
                     }
                     let rows = ok.partitions.iter().map(|p| p.rows).sum();
-                    let held = query.inline_result_bytes();
                     let progress =
                         query.task_succeeded(task, id.attempt, location, rows, ok.inline_result);
-                    metrics::gauge!("baton_result_bytes_held")
-                        .increment((query.inline_result_bytes() - held) as f64);
                     self.apply(&query_id, progress);
                 }
                 Some(task_status::Result::Failed(failed)) => {
