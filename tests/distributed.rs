@@ -8,6 +8,7 @@ use baton::client::BatonClient;
 use baton::cluster::{ClusterConfig, LocalCluster};
 use baton::proto::QueryState;
 use baton::tpch::QUERIES;
+use futures::TryStreamExt;
 
 async fn cluster(executors: usize) -> LocalCluster {
     LocalCluster::start(ClusterConfig {
@@ -152,6 +153,41 @@ async fn results_served_by_the_scheduler_or_fetched_from_executors_match_single_
             left, 0,
             "inline limit {limit}: partitions left on executors"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fetch_dropped_after_its_first_batch_leaves_the_result_to_fetch_again() {
+    let reference = common::single_node(&common::tpch_catalog()).await;
+    // Megabytes: far more than a stream's flow-control window, so the scheduler cannot
+    // have sent it all to a client that stopped reading.
+    let sql = "select l_orderkey, l_partkey, l_suppkey, l_comment from lineitem";
+    let expected = common::expected(&reference, sql).await;
+    // Results left on the executors, and held whole by the scheduler.
+    for limit in [0, 64 << 20] {
+        let cluster = LocalCluster::start(ClusterConfig {
+            executors: 2,
+            catalog: Some(common::tpch_catalog()),
+            target_partitions: 2,
+            partition_data_bytes: 0,
+            inline_result_bytes: limit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut client = cluster.client().await.unwrap();
+        let id = client.submit_sql(sql).await.unwrap();
+        let mut stream = client.result_stream(&id).await.unwrap();
+        let first = stream.try_next().await.unwrap();
+        assert!(first.is_some_and(|b| b.num_rows() > 0), "limit {limit}");
+        drop(stream);
+        let actual = client.fetch(&id).await.unwrap();
+        if let Err(diff) = common::compare(&expected, &actual.batches, false) {
+            panic!("inline limit {limit}: fetched again: {diff}");
+        }
+        // Fetched whole, the result is gone.
+        let again = client.fetch(&id).await.expect_err("a third fetch");
+        assert!(again.to_string().contains("already fetched"), "{again}");
     }
 }
 

@@ -8,6 +8,7 @@
 //!   `RunTask.inline_result_limit`) from the scheduler's memory, the others from the
 //!   executors that hold them, message by message, without decoding or buffering them
 //!   (the schema is sent once; each executor stream's own schema message is dropped).
+//!   The result is released once the response has taken its last message.
 //! - `CommandGetCatalogs`, `CommandGetDbSchemas`, `CommandGetTables` (with schemas),
 //!   `CommandGetTableTypes` and `CommandGetSqlInfo` describe the scheduler's catalog.
 //!
@@ -15,6 +16,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
@@ -155,6 +157,31 @@ async fn inline_messages(schema: &SchemaRef, ipc: &[u8]) -> Result<Vec<FlightDat
     Ok(data)
 }
 
+/// `messages` of a query's result, after whose last one, taken by the client's response
+/// without an error before it, the scheduler releases the result. A client that drops
+/// the stream early, or whose stream failed, can fetch the result again (until the
+/// result TTL).
+fn released_once_taken(
+    scheduler: Scheduler,
+    query_id: String,
+    messages: impl Stream<Item = Result<FlightData, Status>> + Send + 'static,
+) -> DataStream {
+    let failed = Arc::new(AtomicBool::new(false));
+    let saw_error = failed.clone();
+    let release = futures::stream::once(async move {
+        if !failed.load(Ordering::Relaxed) {
+            scheduler.results_fetched(&query_id);
+        }
+    })
+    .filter_map(|()| futures::future::ready(None));
+    let messages = messages.inspect(move |message| {
+        if message.is_err() {
+            saw_error.store(true, Ordering::Relaxed);
+        }
+    });
+    Box::pin(messages.chain(release))
+}
+
 impl ResultFlight {
     /// Streams a finished query's result: partitions the scheduler holds itself, and
     /// the others from the executors holding them.
@@ -174,11 +201,16 @@ impl ResultFlight {
                     messages.extend(inline_messages(&schema, ipc).await?.into_iter().map(Ok));
                 }
             }
-            self.scheduler.results_fetched(&query_id);
-            return Ok(Box::pin(futures::stream::iter(messages)));
+            let messages = futures::stream::iter(messages);
+            return Ok(released_once_taken(
+                self.scheduler.clone(),
+                query_id,
+                messages,
+            ));
         }
         let (tx, rx) = mpsc::channel(4);
         let scheduler = self.scheduler.clone();
+        let result_query = query_id.clone();
         tokio::spawn(async move {
             if tx.send(Ok(schema_message)).await.is_err() {
                 return;
@@ -239,9 +271,13 @@ impl ResultFlight {
                     }
                 }
             }
-            scheduler.results_fetched(&query_id);
         });
-        Ok(Box::pin(ReceiverStream::new(rx)))
+        let messages = ReceiverStream::new(rx);
+        Ok(released_once_taken(
+            self.scheduler.clone(),
+            result_query,
+            messages,
+        ))
     }
 
     /// Every table: (catalog, schema, table, arrow schema).
