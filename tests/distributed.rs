@@ -102,6 +102,21 @@ async fn queries_over_little_data_run_one_task_per_stage_and_match_single_node_d
     }
 }
 
+/// Two executors over the TPC-H data, `partitions` tasks per stage whatever the data,
+/// and results of up to `inline_limit` bytes per partition held by the scheduler.
+async fn results_cluster(partitions: usize, inline_limit: u64) -> LocalCluster {
+    LocalCluster::start(ClusterConfig {
+        executors: 2,
+        catalog: Some(common::tpch_catalog()),
+        target_partitions: partitions,
+        partition_data_bytes: 0,
+        inline_result_bytes: inline_limit,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn results_served_by_the_scheduler_or_fetched_from_executors_match_single_node_datafusion() {
     let reference = common::single_node(&common::tpch_catalog()).await;
@@ -120,16 +135,7 @@ async fn results_served_by_the_scheduler_or_fetched_from_executors_match_single_
     // Results left on the executors, a limit some partitions fit and others do not, and
     // the default.
     for limit in [0, 2048, ClusterConfig::default().inline_result_bytes] {
-        let cluster = LocalCluster::start(ClusterConfig {
-            executors: 2,
-            catalog: Some(common::tpch_catalog()),
-            target_partitions: 4,
-            partition_data_bytes: 0,
-            inline_result_bytes: limit,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        let cluster = results_cluster(4, limit).await;
         let mut client = cluster.client().await.unwrap();
         for sql in sqls {
             let actual = client.sql(sql).await.unwrap();
@@ -165,16 +171,7 @@ async fn a_fetch_dropped_after_its_first_batch_leaves_the_result_to_fetch_again(
     let expected = common::expected(&reference, sql).await;
     // Results left on the executors, and held whole by the scheduler.
     for limit in [0, 64 << 20] {
-        let cluster = LocalCluster::start(ClusterConfig {
-            executors: 2,
-            catalog: Some(common::tpch_catalog()),
-            target_partitions: 2,
-            partition_data_bytes: 0,
-            inline_result_bytes: limit,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        let cluster = results_cluster(2, limit).await;
         let mut client = cluster.client().await.unwrap();
         let id = client.submit_sql(sql).await.unwrap();
         let mut stream = client.result_stream(&id).await.unwrap();
