@@ -18,6 +18,7 @@ use baton::scheduler::{
     DEFAULT_AGING_HALF_LIFE, DEFAULT_INLINE_RESULT_BYTES, DEFAULT_PARTITION_DATA_BYTES,
     DEFAULT_PREEMPT_COST_RATIO, DEFAULT_RESULT_TTL, PolicyKind, SchedulerConfig,
 };
+use baton::thread_priority::{self, Realtime};
 
 /// jemalloc, purging on background threads. glibc's malloc grows each thread arena's heap
 /// a few pages at a time with `mprotect`, under the process's memory-map lock; low-priority
@@ -32,6 +33,11 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Keep every thread at normal OS priority. By default the threads interactive work
+    /// waits on (the async runtime, urgent task threads, small queries' planning) run at
+    /// the lowest real-time priorities where the OS allows it (root or CAP_SYS_NICE).
+    #[arg(long, global = true)]
+    no_realtime: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -379,8 +385,19 @@ fn main() -> ExitCode {
             | Command::Bench { .. }
     );
     cli::init_logging(if quiet { "warn" } else { "info" });
+    // Commands that run a scheduler or executors (or may embed them).
+    let serves = matches!(
+        cli.command,
+        Command::Scheduler { .. }
+            | Command::Executor { .. }
+            | Command::Standalone { .. }
+            | Command::Sql { .. }
+            | Command::Bench { .. }
+    );
+    thread_priority::use_realtime_priorities(serves && !cli.no_realtime);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_start(|| thread_priority::raise_current_thread(Realtime::Service))
         .build()
     {
         Ok(rt) => rt,

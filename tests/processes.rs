@@ -541,3 +541,83 @@ fn executors_register_again_with_a_restarted_scheduler() {
     );
     assert_cluster_answers(&scheduler);
 }
+
+/// Scheduling policy and real-time priority of each thread of process `pid`, by thread
+/// name (`/proc/PID/task/TID/stat`, fields 41 and 40).
+fn thread_policies(pid: u32) -> Vec<(String, i32, i32)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else {
+            continue;
+        };
+        // The name is in parentheses and may hold spaces; fields follow the last one.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_string();
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // fields[0] is field 3 (state).
+        let number = |field: usize| fields[field - 3].parse::<i32>().unwrap();
+        threads.push((name, number(41), number(40)));
+    }
+    threads
+}
+
+/// Whether this process may take real-time priority (on a thread of its own, given
+/// back at once).
+fn realtime_allowed() -> bool {
+    std::thread::spawn(|| {
+        let param = libc::sched_param { sched_priority: 1 };
+        // SAFETY: sched_setscheduler reads `param` only during the call; pid 0 is this
+        // short-lived thread.
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_RR, &param) == 0 }
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn executor_processes_run_service_and_urgent_threads_at_real_time_priority_unless_told_not_to() {
+    let catalog = common::tpch_catalog();
+    let work = tempfile::tempdir().unwrap();
+    let scheduler = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let _scheduler = spawn_scheduler(&scheduler, &catalog, &["--metrics", &metrics]);
+    let work_dir = work.path().to_str().unwrap();
+    let realtime = spawn_executor(&scheduler, work_dir, &[]);
+    let normal = spawn_executor(&scheduler, work_dir, &["--no-realtime"]);
+    assert!(
+        wait_for_executors(&metrics, 2),
+        "executors did not register"
+    );
+    let allowed = realtime_allowed();
+    for (process, asked) in [(&realtime, true), (&normal, false)] {
+        let threads = thread_policies(process.0.id());
+        let of = |suffix: &str| -> Vec<(i32, i32)> {
+            threads
+                .iter()
+                .filter(|(name, _, _)| name.ends_with(suffix))
+                .map(|&(_, policy, priority)| (policy, priority))
+                .collect()
+        };
+        let (workers, urgent, background) = (of("rt-worker"), of("-u"), of("-t"));
+        assert!(
+            !workers.is_empty() && !urgent.is_empty() && !background.is_empty(),
+            "{threads:?}"
+        );
+        let (service, interactive) = if asked && allowed {
+            ((libc::SCHED_RR, 2), (libc::SCHED_RR, 1))
+        } else {
+            ((libc::SCHED_OTHER, 0), (libc::SCHED_OTHER, 0))
+        };
+        assert!(workers.iter().all(|&w| w == service), "{threads:?}");
+        assert!(urgent.iter().all(|&u| u == interactive), "{threads:?}");
+        assert!(
+            background
+                .iter()
+                .all(|&(policy, _)| policy == libc::SCHED_IDLE),
+            "{threads:?}"
+        );
+    }
+    assert_cluster_answers(&scheduler);
+}

@@ -3,7 +3,8 @@
 //! task, a cancel or a shuffle fetch.
 //!
 //! Tasks the scheduler marks urgent (a cheap query's, while much costlier work runs in
-//! the cluster) run on threads of normal OS priority; every other task runs on threads
+//! the cluster) run on threads of normal OS priority (real-time where the process asks
+//! for it, see [`crate::thread_priority`]); every other task runs on threads
 //! of the lowest priority (Linux's idle scheduling class, or where that is refused
 //! [`crate::thread_priority::BACKGROUND_NICE`] more nice). The OS then runs an urgent
 //! task, and the stream, Flight and scheduler threads it depends on, as soon as they are
@@ -18,7 +19,7 @@
 
 use tokio::runtime::{Builder, Handle, Runtime};
 
-use crate::thread_priority::lower_current_thread_to_idle;
+use crate::thread_priority::{Realtime, lower_current_thread_to_idle, raise_current_thread};
 
 /// Handles to spawn tasks on.
 #[derive(Debug, Clone)]
@@ -63,6 +64,8 @@ impl TaskRuntimes {
                 .enable_all();
             if low_priority {
                 builder.on_thread_start(lower_current_thread_to_idle);
+            } else {
+                builder.on_thread_start(|| raise_current_thread(Realtime::Interactive));
             }
             started.runtimes.push(builder.build()?);
         }
@@ -102,6 +105,7 @@ mod tests {
                 .block_on(async { tokio::spawn(async { current_thread_priority() }).await })
                 .unwrap()
         };
+        // Real-time priority is off unless the process asks for it.
         let (urgent_policy, urgent_nice) = on(&handles.urgent);
         assert_eq!(urgent_policy, libc::SCHED_OTHER);
         for handle in [&handles.background, &handles.background_flight] {

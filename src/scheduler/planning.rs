@@ -32,7 +32,9 @@ use datafusion::sql::parser::Statement;
 use super::{StageSpec, Submission};
 use crate::catalog::{plan_data_bytes, table_data_bytes};
 use crate::planner::{self, PlannerError};
-use crate::thread_priority::lower_current_thread_to_idle;
+use crate::thread_priority::{
+    Realtime, lower_current_thread_to_idle, raise_current_thread, return_current_thread_to_normal,
+};
 
 /// Queries reading at most this many distinct tables (a join of three) can be planned at
 /// normal OS priority; more, and they are planned at the lowest.
@@ -251,6 +253,11 @@ impl Planner {
         self.threads
             .run(Box::new(move || {
                 let mut background = None;
+                // Small queries' plannings run at real-time priority where the process
+                // asks for it; a big one is lowered once it is told big.
+                if planner.small_first {
+                    raise_current_thread(Realtime::Interactive);
+                }
                 let (wall, cpu) = (std::time::Instant::now(), thread_cpu_time());
                 let picked_up = handed.elapsed();
                 let planned =
@@ -261,6 +268,7 @@ impl Planner {
                     cpu_micros = thread_cpu_time().saturating_sub(cpu).as_micros() as u64,
                     "planning thread done"
                 );
+                return_current_thread_to_normal();
                 // The planning is over (its guard dropped) before its result is out.
                 let lowered = background.take().is_some();
                 let _ = done.send(planned);
