@@ -75,6 +75,15 @@ fn spawn_scheduler(address: &str, catalog: &Path, extra: &[&str]) -> Process {
     spawn(&args)
 }
 
+/// A scheduler process over `catalog` on a free port, with its metrics endpoint on
+/// another: the process, its address and its metrics address.
+fn spawn_scheduler_with_metrics(catalog: &Path) -> (Process, String, String) {
+    let scheduler = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let process = spawn_scheduler(&scheduler, catalog, &["--metrics", &metrics]);
+    (process, scheduler, metrics)
+}
+
 /// An executor process with two slots, connected to `scheduler`, plus `extra` flags.
 fn spawn_executor(scheduler: &str, work_dir: &str, extra: &[&str]) -> Process {
     let mut args = vec![
@@ -469,9 +478,7 @@ async fn a_small_result_outlives_the_executor_that_computed_it() {
 
     let catalog = common::tpch_catalog();
     let work = tempfile::tempdir().unwrap();
-    let scheduler = format!("127.0.0.1:{}", free_port());
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let _scheduler = spawn_scheduler(&scheduler, &catalog, &["--metrics", &metrics]);
+    let (_scheduler, scheduler, metrics) = spawn_scheduler_with_metrics(&catalog);
     let work_dir = work.path().to_str().unwrap();
     let mut only = spawn_executor(&scheduler, work_dir, &["--id", "only"]);
     assert!(wait_for_executors(&metrics, 1), "the executor registers");
@@ -520,9 +527,7 @@ fn wait_for_executors(addr: &str, n: usize) -> bool {
 fn executors_register_again_with_a_restarted_scheduler() {
     let catalog = common::tpch_catalog();
     let work = tempfile::tempdir().unwrap();
-    let scheduler = format!("127.0.0.1:{}", free_port());
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let mut first = spawn_scheduler(&scheduler, &catalog, &["--metrics", &metrics]);
+    let (mut first, scheduler, metrics) = spawn_scheduler_with_metrics(&catalog);
     let mut executor = spawn_executor(&scheduler, work.path().to_str().unwrap(), &[]);
     assert!(wait_for_executors(&metrics, 1), "the executor registers");
 
@@ -580,9 +585,7 @@ fn realtime_allowed() -> bool {
 fn executor_processes_run_service_and_urgent_threads_at_real_time_priority_unless_told_not_to() {
     let catalog = common::tpch_catalog();
     let work = tempfile::tempdir().unwrap();
-    let scheduler = format!("127.0.0.1:{}", free_port());
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let _scheduler = spawn_scheduler(&scheduler, &catalog, &["--metrics", &metrics]);
+    let (_scheduler, scheduler, metrics) = spawn_scheduler_with_metrics(&catalog);
     let work_dir = work.path().to_str().unwrap();
     let realtime = spawn_executor(&scheduler, work_dir, &[]);
     let normal = spawn_executor(&scheduler, work_dir, &["--no-realtime"]);
