@@ -33,9 +33,10 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Keep every thread at normal OS priority. By default the threads interactive work
-    /// waits on (the async runtime, urgent task threads, small queries' planning) run at
-    /// the lowest real-time priorities where the OS allows it (root or CAP_SYS_NICE).
+    /// Keep every thread at normal OS priority. By default a scheduler, an executor or an
+    /// embedded cluster runs the threads interactive work waits on (the async runtime,
+    /// urgent task threads, small queries' planning) at the lowest real-time priorities
+    /// where the OS allows it (root or CAP_SYS_NICE).
     #[arg(long, global = true)]
     no_realtime: bool,
 }
@@ -385,13 +386,17 @@ fn main() -> ExitCode {
             | Command::Bench { .. }
     );
     cli::init_logging(if quiet { "warn" } else { "info" });
-    // Commands that run a scheduler or executors (or may embed them).
+    // Commands that run a scheduler or executors (or may embed them); not a client of a
+    // running scheduler, whose runtime decodes results of any size.
     let serves = matches!(
         cli.command,
         Command::Scheduler { .. }
             | Command::Executor { .. }
             | Command::Standalone { .. }
-            | Command::Sql { .. }
+            | Command::Sql {
+                scheduler: None,
+                ..
+            }
             | Command::Bench { .. }
     );
     thread_priority::use_realtime_priorities(serves && !cli.no_realtime);

@@ -49,10 +49,14 @@ impl Realtime {
 }
 
 /// Moves the calling thread to real-time priority `level` when the process enabled it
-/// and the OS allows it; otherwise leaves it as it is.
+/// and the OS allows it; otherwise leaves it as it is. After the OS refused once, the
+/// process stops asking.
 pub fn raise_current_thread(level: Realtime) {
-    if REALTIME.load(Ordering::Relaxed) {
-        set_current_thread_realtime(level);
+    if REALTIME.load(Ordering::Relaxed) && !set_current_thread_realtime(level) {
+        // Refused once, refused for every thread: stop asking.
+        if REALTIME.swap(false, Ordering::Relaxed) {
+            tracing::info!("real-time priority refused by the OS; threads keep normal priority");
+        }
     }
 }
 
