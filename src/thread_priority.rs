@@ -52,12 +52,24 @@ impl Realtime {
 /// and the OS allows it; otherwise leaves it as it is. After the OS refused once, the
 /// process stops asking.
 pub fn raise_current_thread(level: Realtime) {
-    if REALTIME.load(Ordering::Relaxed) && !set_current_thread_realtime(level) {
-        // Refused once, refused for every thread: stop asking.
-        if REALTIME.swap(false, Ordering::Relaxed) {
-            tracing::info!("real-time priority refused by the OS; threads keep normal priority");
-        }
+    static GRANTED: AtomicBool = AtomicBool::new(false);
+    if !REALTIME.load(Ordering::Relaxed) {
+        return;
     }
+    if set_current_thread_realtime(level) {
+        if !GRANTED.swap(true, Ordering::Relaxed) {
+            tracing::info!("threads interactive work waits on run at real-time priority");
+        }
+    } else if REALTIME.swap(false, Ordering::Relaxed) {
+        // Refused once, refused for every thread: stop asking.
+        tracing::info!("real-time priority refused by the OS; threads keep normal priority");
+    }
+}
+
+/// Whether threads that interactive work waits on ask for real-time priority: enabled,
+/// and not refused by the OS so far.
+pub fn realtime_in_effect() -> bool {
+    REALTIME.load(Ordering::Relaxed)
 }
 
 /// How much higher the nice value of a thread is when the idle class is refused.

@@ -573,6 +573,14 @@ pub async fn run_fairness_bench(bench: FairnessBench, out: PathBuf) -> Result<()
     );
     let results = run_fairness(&bench).await?;
     println!("{}", format_fairness_report(&results));
+    eprintln!(
+        "OS priorities: {}",
+        if crate::thread_priority::realtime_in_effect() {
+            "real-time for the threads interactive work waits on"
+        } else {
+            "normal (--no-realtime, or real-time refused by the OS)"
+        }
+    );
     let path = bench::write_json(&out, "fairness.json", &results)?;
     eprintln!("results written to {}", path.display());
     Ok(())
