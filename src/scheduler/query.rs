@@ -806,14 +806,19 @@ mod tests {
         }
     }
 
+    /// Query "q" of `stages`, the last one its result.
+    fn query_of(stages: Vec<StageSpec>) -> Query {
+        Query::new("q".into(), String::new(), stages, Arc::new(Schema::empty()))
+    }
+
     /// A join: stages 0 and 1 feed stage 2, which feeds the final stage 3.
     fn join_query() -> Query {
-        Query::new(
-            "q".into(),
-            String::new(),
-            vec![spec(&[], 2), spec(&[], 1), spec(&[0, 1], 2), spec(&[2], 1)],
-            Arc::new(Schema::empty()),
-        )
+        query_of(vec![
+            spec(&[], 2),
+            spec(&[], 1),
+            spec(&[0, 1], 2),
+            spec(&[2], 1),
+        ])
     }
 
     fn run(q: &mut Query, t: TaskRef, e: &str) -> Progress {
@@ -889,12 +894,7 @@ mod tests {
             cost_per_input_row: per_row,
             ..spec(&[0], 1)
         };
-        let mut q = Query::new(
-            "q".into(),
-            String::new(),
-            vec![producer, consumer],
-            Arc::new(Schema::empty()),
-        );
+        let mut q = query_of(vec![producer, consumer]);
         q.start();
         assert_eq!(q.remaining_cost(), 2.0 + 7.0);
         // Nothing instead of the expected 10k rows: 3 units fewer for the consumer.
@@ -989,12 +989,7 @@ mod tests {
     #[test]
     fn a_result_sent_back_inline_is_not_computed_again_when_its_executor_is_lost() {
         // Stage 0 (two tasks) feeds the final stage 1 (two tasks).
-        let mut q = Query::new(
-            "q".into(),
-            String::new(),
-            vec![spec(&[], 2), spec(&[0], 2)],
-            Arc::new(Schema::empty()),
-        );
+        let mut q = query_of(vec![spec(&[], 2), spec(&[0], 2)]);
         q.start();
         let ipc = Bytes::from_static(b"arrow ipc");
         // Inline output of a stage that is not the result is ignored: it stays on "a".
@@ -1131,12 +1126,7 @@ mod tests {
 
     #[test]
     fn stages_without_tasks_complete_at_once() {
-        let mut q = Query::new(
-            "q".into(),
-            String::new(),
-            vec![spec(&[], 0), spec(&[0], 1)],
-            Arc::new(Schema::empty()),
-        );
+        let mut q = query_of(vec![spec(&[], 0), spec(&[0], 1)]);
         assert_eq!(q.start().ready, vec![task(1, 0)]);
     }
 }
