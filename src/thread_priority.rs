@@ -8,12 +8,12 @@
 //! `--no-realtime`) and the OS allows it (root, `CAP_SYS_NICE` or an `RLIMIT_RTPRIO`),
 //! the threads interactive work waits on run at the lowest real-time priorities
 //! (`SCHED_RR`): the async runtime that carries the streams, Flight and the scheduler
-//! ([`Realtime::Service`]), and urgent task threads and a small query's planning thread
-//! ([`Realtime::Interactive`], one below, so a status or a push never waits behind an
-//! urgent task). On this kernel (EEVDF) idle-class threads otherwise take whole ticks
-//! (4 ms) from normal ones now and then: a normal thread that slept is placed level with
-//! them, and a woken one can wait behind one until the next tick (see docs/design.md,
-//! Measured, Session 16). A real-time thread always runs before them. Real-time threads
+//! ([`Realtime::Service`]), and urgent task threads and the threads that plan small
+//! queries, also while they wait for the next ([`Realtime::Interactive`], one below,
+//! so a status or a push never waits behind an urgent task). On this kernel (EEVDF)
+//! idle-class threads otherwise take whole ticks (4 ms) from normal ones now and then: a
+//! normal thread that slept is placed level with them, and a woken one can wait behind
+//! one until the next tick (see docs/design.md, Measured, Sessions 16 and 17). A real-time thread always runs before them. Real-time threads
 //! are kept to short work, and the kernel's real-time throttling leaves other threads at
 //! least 5 % of each CPU. Where the OS refuses, the threads keep normal priority.
 
@@ -124,21 +124,6 @@ fn set_current_thread_realtime(level: Realtime) -> bool {
     false
 }
 
-/// Returns the calling thread from real-time to normal priority (nothing when it is
-/// not real-time).
-#[cfg(target_os = "linux")]
-pub fn return_current_thread_to_normal() {
-    // SAFETY: sched_getscheduler and sched_setscheduler only read their arguments
-    // during the call; pid 0 names the calling thread. Leaving real-time priority needs
-    // no privilege.
-    unsafe {
-        if libc::sched_getscheduler(0) & !libc::SCHED_RESET_ON_FORK == libc::SCHED_RR {
-            let param = libc::sched_param { sched_priority: 0 };
-            libc::sched_setscheduler(0, libc::SCHED_OTHER, &param);
-        }
-    }
-}
-
 /// Other systems: threads keep their priority.
 #[cfg(not(target_os = "linux"))]
 pub fn lower_current_thread_to_idle() {}
@@ -148,10 +133,6 @@ pub fn lower_current_thread_to_idle() {}
 fn set_current_thread_realtime(_level: Realtime) -> bool {
     false
 }
-
-/// Other systems: threads keep their priority.
-#[cfg(not(target_os = "linux"))]
-pub fn return_current_thread_to_normal() {}
 
 /// The scheduling policy and nice value of the calling thread, for tests.
 #[cfg(all(test, target_os = "linux"))]
@@ -193,26 +174,23 @@ mod tests {
     }
 
     #[test]
-    fn a_thread_raised_to_real_time_runs_at_its_level_then_returns_to_normal() {
+    fn a_thread_raised_to_real_time_runs_at_its_level_and_its_children_at_normal() {
         for level in [Realtime::Interactive, Realtime::Service] {
-            let (raised, during, after) = std::thread::spawn(move || {
+            let (raised, during) = std::thread::spawn(move || {
                 let raised = set_current_thread_realtime(level);
-                let during = realtime_priority();
                 // A thread it starts begins at normal priority.
                 let child = std::thread::spawn(current_thread_priority)
                     .join()
                     .unwrap()
                     .0;
                 assert_eq!(child, libc::SCHED_OTHER, "{level:?}");
-                return_current_thread_to_normal();
-                (raised, during, current_thread_priority().0)
+                (raised, realtime_priority())
             })
             .join()
             .unwrap();
             // Where the OS refuses (no privilege), the thread keeps normal priority.
             let expected = raised.then_some(level.priority());
             assert_eq!(during, expected, "{level:?}");
-            assert_eq!(after, libc::SCHED_OTHER, "{level:?}");
         }
         assert!(Realtime::Service.priority() > Realtime::Interactive.priority());
     }

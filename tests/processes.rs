@@ -582,10 +582,10 @@ fn realtime_allowed() -> bool {
 }
 
 #[test]
-fn executor_processes_run_service_and_urgent_threads_at_real_time_priority_unless_told_not_to() {
+fn processes_run_service_urgent_and_planning_threads_at_real_time_priority_unless_told_not_to() {
     let catalog = common::tpch_catalog();
     let work = tempfile::tempdir().unwrap();
-    let (_scheduler, scheduler, metrics) = spawn_scheduler_with_metrics(&catalog);
+    let (scheduler_process, scheduler, metrics) = spawn_scheduler_with_metrics(&catalog);
     let work_dir = work.path().to_str().unwrap();
     let realtime = spawn_executor(&scheduler, work_dir, &[]);
     let normal = spawn_executor(&scheduler, work_dir, &["--no-realtime"]);
@@ -623,4 +623,19 @@ fn executor_processes_run_service_and_urgent_threads_at_real_time_priority_unles
         );
     }
     assert_cluster_answers(&scheduler);
+    // The thread that planned the small query waits for the next one at the priority
+    // it planned at.
+    let threads = thread_policies(scheduler_process.0.id());
+    let planners: Vec<(i32, i32)> = threads
+        .iter()
+        .filter(|(name, _, _)| name == "baton-planner")
+        .map(|&(_, policy, priority)| (policy, priority))
+        .collect();
+    let interactive = if allowed {
+        (libc::SCHED_RR, 1)
+    } else {
+        (libc::SCHED_OTHER, 0)
+    };
+    assert!(!planners.is_empty(), "{threads:?}");
+    assert!(planners.iter().all(|&p| p == interactive), "{threads:?}");
 }

@@ -32,9 +32,7 @@ use datafusion::sql::parser::Statement;
 use super::{StageSpec, Submission};
 use crate::catalog::{plan_data_bytes, table_data_bytes};
 use crate::planner::{self, PlannerError};
-use crate::thread_priority::{
-    Realtime, lower_current_thread_to_idle, raise_current_thread, return_current_thread_to_normal,
-};
+use crate::thread_priority::{Realtime, lower_current_thread_to_idle, raise_current_thread};
 
 /// Queries reading at most this many distinct tables (a join of three) can be planned at
 /// normal OS priority; more, and they are planned at the lowest.
@@ -262,17 +260,19 @@ impl Planner {
                 let picked_up = handed.elapsed();
                 let planned =
                     futures::executor::block_on(planner.plan_here(submission, &mut background));
-                tracing::debug!(
-                    picked_up_micros = picked_up.as_micros() as u64,
-                    wall_micros = wall.elapsed().as_micros() as u64,
-                    cpu_micros = thread_cpu_time().saturating_sub(cpu).as_micros() as u64,
-                    "planning thread done"
-                );
-                return_current_thread_to_normal();
+                let (wall, cpu) = (wall.elapsed(), thread_cpu_time().saturating_sub(cpu));
                 // The planning is over (its guard dropped) before its result is out.
                 let lowered = background.take().is_some();
                 let _ = done.send(planned);
-                // A thread lowered for a big planning may not plan again.
+                tracing::debug!(
+                    picked_up_micros = picked_up.as_micros() as u64,
+                    wall_micros = wall.as_micros() as u64,
+                    cpu_micros = cpu.as_micros() as u64,
+                    "planning thread done"
+                );
+                // A thread lowered for a big planning may not plan again. One kept keeps
+                // its priority while it waits: handing it the next small query's
+                // planning wakes a real-time thread, which no idle-class thread delays.
                 !lowered
             }))
             .map_err(PlannerError::Thread)?;
