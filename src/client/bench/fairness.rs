@@ -160,6 +160,28 @@ async fn timed(client: &BatonClient, sql: &str) -> Result<f64, BenchError> {
     Ok(elapsed.as_secs_f64())
 }
 
+/// Submits `queries` (TPC-H number, SQL) one after the other, each once the scheduler
+/// took the one before, then fetches all their results at once. Every policy thus sees
+/// the long queries arrive in the same order; submitted all at once, they arrived in
+/// whatever order their plannings ended, and `fifo`'s makespan varied with it.
+async fn submit_in_order(
+    client: BatonClient,
+    queries: Vec<(u32, &'static str)>,
+) -> Result<(), BenchError> {
+    let mut fetches = Vec::with_capacity(queries.len());
+    for (number, sql) in queries {
+        let failed = move |source| BenchError::Query {
+            query: number,
+            source,
+        };
+        let mut client = client.clone();
+        let id = client.submit_sql(sql).await.map_err(failed)?;
+        fetches.push(async move { client.fetch(&id).await.map(drop).map_err(failed) });
+    }
+    futures::future::try_join_all(fetches).await?;
+    Ok(())
+}
+
 /// Runs the mix under each policy, `bench.runs` times (policies taking turns).
 pub async fn run_fairness_bench(bench: &FairnessBench) -> Result<Vec<PolicyResult>, BenchError> {
     let catalog = datagen::cached_tpch(&datagen::cache_dir(), bench.scale, TableFormat::Parquet)?;
@@ -233,14 +255,13 @@ async fn run_policy(
     let idle = idle_slowdowns(&passes, &alone);
     let idle_pooled = idle.concat();
     let started = Instant::now();
-    let long: Vec<_> = (0..bench.long_queries)
+    let long_sql: Vec<(u32, &'static str)> = (0..bench.long_queries)
         .map(|i| {
             let number = LONG_QUERIES[i % LONG_QUERIES.len()];
-            let sql = tpch::query(number).map_or("select 1", |q| q.sql);
-            let client = client.clone();
-            tokio::spawn(async move { timed(&client, sql).await })
+            (number, tpch::query(number).map_or("select 1", |q| q.sql))
         })
         .collect();
+    let long = tokio::spawn(submit_in_order(client.clone(), long_sql));
     let mut short = Vec::new();
     for i in 0..bench.short_queries {
         tokio::time::sleep_until((started + bench.interval * i as u32).into()).await;
@@ -260,11 +281,8 @@ async fn run_policy(
         latencies.push(seconds);
         slowdowns.push(seconds / alone[kind].max(1e-6));
     }
-    for handle in long {
-        handle
-            .await
-            .map_err(|e| BenchError::Simulated(e.to_string()))??;
-    }
+    long.await
+        .map_err(|e| BenchError::Simulated(e.to_string()))??;
     Ok(PolicyResult {
         policy: policy.to_string(),
         run,
