@@ -13,9 +13,10 @@
 //! so a status or a push never waits behind an urgent task). On this kernel (EEVDF)
 //! idle-class threads otherwise take whole ticks (4 ms) from normal ones now and then: a
 //! normal thread that slept is placed level with them, and a woken one can wait behind
-//! one until the next tick (see docs/design.md, Measured, Sessions 16 and 17). A real-time thread always runs before them. Real-time threads
-//! are kept to short work, and the kernel's real-time throttling leaves other threads at
-//! least 5 % of each CPU. Where the OS refuses, the threads keep normal priority.
+//! one until the next tick (see docs/design.md, Measured, Sessions 16 and 17). A
+//! real-time thread always runs before them. Real-time threads are kept to short work,
+//! and the kernel's real-time throttling leaves other threads at least 5 % of each CPU.
+//! Where the OS refuses, the threads keep normal priority.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -34,16 +34,16 @@ use crate::catalog::{plan_data_bytes, table_data_bytes};
 use crate::planner::{self, PlannerError};
 use crate::thread_priority::{Realtime, lower_current_thread_to_idle, raise_current_thread};
 
-/// Queries reading at most this many distinct tables (a join of three) can be planned at
-/// normal OS priority; more, and they are planned at the lowest.
+/// Queries reading at most this many distinct tables (a join of three) are planned as
+/// interactive work; more, and they are planned at the lowest OS priority.
 const SMALL_PLAN_TABLES: usize = 3;
 
 /// Logical plans of at most this many nodes (a join of two tables, aggregated, sorted
-/// and limited) are planned at normal OS priority; bigger ones at the lowest.
+/// and limited) are planned as interactive work; bigger ones at the lowest OS priority.
 const SMALL_PLAN_NODES: usize = 8;
 
 /// Queries reading at most this many bytes of table data (the catalog's files, whole, as
-/// measured when it was loaded) can be planned at normal OS priority; a query that reads
+/// measured when it was loaded) are planned as interactive work; a query that reads
 /// more is a long query, whose planning (statistics of many row groups) is
 /// background work like its tasks, however few nodes it has (TPC-H Q1 has 5).
 const SMALL_PLAN_BYTES: u64 = 64 << 20;
