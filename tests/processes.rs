@@ -568,6 +568,25 @@ fn thread_policies(pid: u32) -> Vec<(String, i32, i32)> {
     threads
 }
 
+/// (policy, real-time priority) of each of `threads` whose name ends with `suffix`.
+fn policies_ending(threads: &[(String, i32, i32)], suffix: &str) -> Vec<(i32, i32)> {
+    threads
+        .iter()
+        .filter(|(name, _, _)| name.ends_with(suffix))
+        .map(|&(_, policy, priority)| (policy, priority))
+        .collect()
+}
+
+/// (policy, real-time priority) of the service and the interactive threads of a process
+/// that takes real-time priority, or of one that does not.
+fn service_and_interactive(realtime: bool) -> ((i32, i32), (i32, i32)) {
+    if realtime {
+        ((libc::SCHED_RR, 2), (libc::SCHED_RR, 1))
+    } else {
+        ((libc::SCHED_OTHER, 0), (libc::SCHED_OTHER, 0))
+    }
+}
+
 /// Whether this process may take real-time priority (on a thread of its own, given
 /// back at once).
 fn realtime_allowed() -> bool {
@@ -596,23 +615,13 @@ fn processes_run_service_urgent_and_planning_threads_at_real_time_priority_unles
     let allowed = realtime_allowed();
     for (process, asked) in [(&realtime, true), (&normal, false)] {
         let threads = thread_policies(process.0.id());
-        let of = |suffix: &str| -> Vec<(i32, i32)> {
-            threads
-                .iter()
-                .filter(|(name, _, _)| name.ends_with(suffix))
-                .map(|&(_, policy, priority)| (policy, priority))
-                .collect()
-        };
+        let of = |suffix| policies_ending(&threads, suffix);
         let (workers, urgent, background) = (of("rt-worker"), of("-u"), of("-t"));
         assert!(
             !workers.is_empty() && !urgent.is_empty() && !background.is_empty(),
             "{threads:?}"
         );
-        let (service, interactive) = if asked && allowed {
-            ((libc::SCHED_RR, 2), (libc::SCHED_RR, 1))
-        } else {
-            ((libc::SCHED_OTHER, 0), (libc::SCHED_OTHER, 0))
-        };
+        let (service, interactive) = service_and_interactive(asked && allowed);
         assert!(workers.iter().all(|&w| w == service), "{threads:?}");
         assert!(urgent.iter().all(|&u| u == interactive), "{threads:?}");
         assert!(
@@ -626,16 +635,8 @@ fn processes_run_service_urgent_and_planning_threads_at_real_time_priority_unles
     // The thread that planned the small query waits for the next one at the priority
     // it planned at.
     let threads = thread_policies(scheduler_process.0.id());
-    let planners: Vec<(i32, i32)> = threads
-        .iter()
-        .filter(|(name, _, _)| name == "baton-planner")
-        .map(|&(_, policy, priority)| (policy, priority))
-        .collect();
-    let interactive = if allowed {
-        (libc::SCHED_RR, 1)
-    } else {
-        (libc::SCHED_OTHER, 0)
-    };
+    let planners = policies_ending(&threads, "baton-planner");
+    let (_, interactive) = service_and_interactive(allowed);
     assert!(!planners.is_empty(), "{threads:?}");
     assert!(planners.iter().all(|&p| p == interactive), "{threads:?}");
 }
