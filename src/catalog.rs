@@ -9,8 +9,9 @@
 //! ```
 //!
 //! A `.tbl` line ends in `|`, so a CSV reader sees one more, empty, field than the table
-//! has columns: the file is registered in the `baton_raw` schema with a trailing
-//! placeholder column, and the table itself is a view that leaves it out.
+//! has columns: the file is read with a trailing placeholder column, and the table
+//! itself is a view that leaves it out (the raw file table is registered nowhere, so
+//! clients listing tables see each table once).
 //!
 //! A table whose file or directory does not exist (at load or later) is still registered,
 //! with its declared columns, but any query that reads it fails and names the missing
@@ -26,14 +27,17 @@ use datafusion::catalog::view::ViewTable;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::TableType;
+use datafusion::datasource::provider_as_source;
 use datafusion::error::DataFusionError;
-use datafusion::logical_expr::{Expr, LogicalPlan, TableProviderFilterPushDown};
+use datafusion::logical_expr::{
+    Expr, LogicalPlan, LogicalPlanBuilder, TableProviderFilterPushDown, col,
+};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use serde::Deserialize;
 
-/// Schema that holds the raw `.tbl` tables behind their views.
-pub const RAW_SCHEMA: &str = "baton_raw";
+/// Schema where a raw `.tbl` table is declared, for a moment, before its view takes it.
+const RAW_SCHEMA: &str = "baton_raw";
 
 /// Errors of loading a catalog.
 #[derive(Debug, thiserror::Error)]
@@ -306,20 +310,23 @@ async fn guard_path(
     name: &str,
     path: &Path,
 ) -> datafusion::error::Result<()> {
-    if path.to_string_lossy().contains(['*', '?', '[']) {
-        return Ok(());
-    }
     let inner = ctx.table_provider(name).await?;
     ctx.deregister_table(name)?;
-    ctx.register_table(
-        name,
-        Arc::new(CheckedTable {
-            inner,
-            path: path.to_path_buf(),
-            bytes: data_bytes(path),
-        }),
-    )?;
+    ctx.register_table(name, checked(inner, path))?;
     Ok(())
+}
+
+/// `inner`, the table of the files at `path`, wrapped in a [`CheckedTable`] (not for
+/// globs, which are of unknown size and may match nothing).
+fn checked(inner: Arc<dyn TableProvider>, path: &Path) -> Arc<dyn TableProvider> {
+    if path.to_string_lossy().contains(['*', '?', '[']) {
+        return inner;
+    }
+    Arc::new(CheckedTable {
+        inner,
+        path: path.to_path_buf(),
+        bytes: data_bytes(path),
+    })
 }
 
 /// Registers `table` at `location` (the text form of `path`) with DataFusion DDL.
@@ -342,17 +349,25 @@ async fn declare_table(
                 column_list(&columns)
             ))
             .await?;
-            guard_path(ctx, &format!("{RAW_SCHEMA}.\"{name}\""), path).await?;
-            let projection = table
-                .columns
-                .iter()
-                .map(|(c, _)| format!("\"{c}\""))
-                .collect::<Vec<_>>()
-                .join(", ");
-            ctx.sql(&format!(
-                "CREATE VIEW \"{name}\" AS SELECT {projection} FROM {RAW_SCHEMA}.\"{name}\""
-            ))
-            .await?;
+            // The raw table leaves the schema again: the view scans it directly.
+            let raw_name = format!("{RAW_SCHEMA}.\"{name}\"");
+            let raw = checked(ctx.table_provider(raw_name.as_str()).await?, path);
+            ctx.deregister_table(raw_name.as_str())?;
+            let columns = table.columns.iter().map(|(c, _)| col(format!("\"{c}\"")));
+            let plan = LogicalPlanBuilder::scan(name.as_str(), provider_as_source(raw), None)?
+                .project(columns)?
+                .build()?;
+            ctx.register_table(name.as_str(), Arc::new(ViewTable::new(plan, None)))?;
+            if let Some(catalog) =
+                ctx.catalog(&ctx.state().config().options().catalog.default_catalog)
+            {
+                let empty = catalog
+                    .schema(RAW_SCHEMA)
+                    .is_some_and(|schema| schema.table_names().is_empty());
+                if empty {
+                    catalog.deregister_schema(RAW_SCHEMA, false)?;
+                }
+            }
         }
         TableFormat::Csv => {
             let delimiter = table.delimiter.as_deref().unwrap_or(",");
@@ -432,6 +447,14 @@ mod tests {
             .unwrap();
         assert_eq!(batches[0].num_columns(), 2);
         assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+        // Each table is listed once: the raw file table behind the view is in no schema.
+        let catalog = ctx.catalog("datafusion").unwrap();
+        assert_eq!(catalog.schema_names(), vec!["public"]);
+        assert_eq!(catalog.schema("public").unwrap().table_names(), vec!["t"]);
+        // A missing file is still named when the view is read.
+        std::fs::remove_file(dir.path().join("t.tbl")).unwrap();
+        let error = ctx.sql("select * from t").await.unwrap().collect().await;
+        assert!(error.unwrap_err().to_string().contains("t.tbl"));
     }
 
     #[tokio::test]

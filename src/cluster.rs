@@ -4,20 +4,14 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::client::{BatonClient, ClientError};
-use crate::config::DEFAULT_TARGET_PARTITIONS;
-use crate::executor::{DEFAULT_SHUFFLE_MEMORY, Executor, ExecutorConfig, ExecutorError};
-use crate::scheduler::{
-    DEFAULT_AGING_HALF_LIFE, DEFAULT_INLINE_RESULT_BYTES, DEFAULT_PARTITION_DATA_BYTES,
-    DEFAULT_PREEMPT_COST_RATIO, DEFAULT_RESULT_TTL, PolicyKind, Scheduler, SchedulerConfig,
-    SchedulerError,
-};
+use crate::executor::{Executor, ExecutorConfig, ExecutorError};
+use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerError};
 
 /// Errors of starting a cluster.
 #[derive(Debug, thiserror::Error)]
@@ -41,58 +35,43 @@ pub enum ClusterError {
     Client(#[from] ClientError),
 }
 
-/// How an in-process cluster is set up.
+/// How an in-process cluster is set up: a scheduler and `executors` executors made
+/// alike from one executor configuration.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     /// Executors to start.
     pub executors: usize,
-    /// Slots per executor.
-    pub slots: u32,
-    /// Catalog of tables.
-    pub catalog: Option<PathBuf>,
-    /// Partitions (tasks per stage), at most.
-    pub target_partitions: usize,
-    /// Bytes of table data that earn a query one partition, up to `target_partitions`;
-    /// 0: every query gets `target_partitions`.
-    pub partition_data_bytes: u64,
     /// Scheduler address (port 0: any free port).
     pub bind: SocketAddr,
-    /// Scheduling policy.
-    pub policy: PolicyKind,
-    /// Aging half-life of the `priority` policy, seconds (0: no aging).
-    pub aging_half_life: f64,
-    /// Tasks each executor takes beyond its slots when they are more urgent than running
-    /// ones; None: as many as its slots.
-    pub preempt_slots: Option<u32>,
-    /// A task preempts only for a query with under 1/this of the remaining work of the
-    /// task it displaces.
-    pub preempt_cost_ratio: f64,
-    /// Bytes of shuffle output each executor keeps in memory before spilling to disk.
-    pub shuffle_memory: usize,
-    /// How long an unfetched result is kept.
-    pub result_ttl: Duration,
-    /// Bytes of Arrow IPC each final-stage task sends back with its status for the
-    /// scheduler to serve; 0: results stay on the executors until fetched.
-    pub inline_result_bytes: u64,
+    /// The scheduler.
+    pub scheduler: SchedulerConfig,
+    /// Each executor; its scheduler address is the cluster's, and its work dir one of
+    /// the cluster's own, removed with it.
+    pub executor: ExecutorConfig,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
         Self {
             executors: 2,
-            slots: 2,
-            catalog: None,
-            target_partitions: DEFAULT_TARGET_PARTITIONS,
-            partition_data_bytes: DEFAULT_PARTITION_DATA_BYTES,
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            policy: PolicyKind::default(),
-            aging_half_life: DEFAULT_AGING_HALF_LIFE,
-            preempt_slots: None,
-            preempt_cost_ratio: DEFAULT_PREEMPT_COST_RATIO,
-            shuffle_memory: DEFAULT_SHUFFLE_MEMORY,
-            result_ttl: DEFAULT_RESULT_TTL,
-            inline_result_bytes: DEFAULT_INLINE_RESULT_BYTES,
+            scheduler: SchedulerConfig::default(),
+            executor: ExecutorConfig::default(),
         }
+    }
+}
+
+impl ClusterConfig {
+    /// `executors` executors of `slots` slots each over the tables of `catalog`,
+    /// otherwise the defaults.
+    pub fn with_catalog(executors: usize, slots: u32, catalog: PathBuf) -> Self {
+        let mut config = Self {
+            executors,
+            ..Self::default()
+        };
+        config.executor.slots = slots;
+        config.scheduler.catalog = Some(catalog);
+        config
     }
 }
 
@@ -112,17 +91,7 @@ static CLUSTERS: AtomicU64 = AtomicU64::new(0);
 impl LocalCluster {
     /// Starts the scheduler, then the executors, and waits until all are registered.
     pub async fn start(config: ClusterConfig) -> Result<Self, ClusterError> {
-        let scheduler = Scheduler::new(SchedulerConfig {
-            catalog: config.catalog.clone(),
-            target_partitions: config.target_partitions,
-            partition_data_bytes: config.partition_data_bytes,
-            policy: config.policy,
-            aging_half_life: config.aging_half_life,
-            result_ttl: config.result_ttl,
-            preempt_cost_ratio: config.preempt_cost_ratio,
-            inline_result_bytes: config.inline_result_bytes,
-        })
-        .await?;
+        let scheduler = Scheduler::new(&config.scheduler).await?;
         let listener =
             TcpListener::bind(config.bind)
                 .await
@@ -148,12 +117,11 @@ impl LocalCluster {
         ));
         let mut executors = Vec::with_capacity(config.executors);
         for _ in 0..config.executors {
-            let mut executor =
-                ExecutorConfig::local(&address, config.slots, Some(work_dir.clone()));
-            executor.memory_limit = config.shuffle_memory;
-            if let Some(preempt_slots) = config.preempt_slots {
-                executor.preempt_slots = preempt_slots;
-            }
+            let executor = ExecutorConfig {
+                scheduler: address.clone(),
+                work_dir: Some(work_dir.clone()),
+                ..config.executor.clone()
+            };
             executors.push(Executor::start(executor).await?);
         }
         scheduler.wait_for_executors(config.executors).await;

@@ -1,5 +1,5 @@
 //! Settings every Baton process shares: DataFusion session options for distributed
-//! plans and the gRPC message-size limits.
+//! plans, gRPC message-size limits, liveness timing, and the parsers of flag units.
 
 use std::time::Duration;
 
@@ -17,7 +17,8 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// An executor silent for this long (three missed heartbeats) is taken as lost.
 pub const EXECUTOR_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Default number of partitions DataFusion plans with (and so tasks per stage).
+/// Default number of partitions a client planning for Baton uses (`baton sql
+/// --scheduler --catalog`); the scheduler's own comes from its `--partitions`.
 pub const DEFAULT_TARGET_PARTITIONS: usize = 4;
 
 /// The DataFusion session configuration for plans that Baton distributes.
@@ -40,4 +41,73 @@ pub fn distributed_session_config(target_partitions: usize) -> SessionConfig {
     options.optimizer.enable_join_dynamic_filter_pushdown = false;
     options.optimizer.enable_aggregate_dynamic_filter_pushdown = false;
     config
+}
+
+/// A flag given in MiB, as bytes (saturating: any table fits a huge value).
+pub fn parse_mib(text: &str) -> Result<u64, String> {
+    let mib: u64 = text
+        .parse()
+        .map_err(|e| format!("{text:?} is no MiB count: {e}"))?;
+    Ok(mib.saturating_mul(1 << 20))
+}
+
+/// A flag given in KiB, as bytes (saturating).
+pub fn parse_kib(text: &str) -> Result<u64, String> {
+    let kib: u64 = text
+        .parse()
+        .map_err(|e| format!("{text:?} is no KiB count: {e}"))?;
+    Ok(kib.saturating_mul(1 << 10))
+}
+
+/// A flag given in milliseconds, as a duration.
+pub fn parse_millis(text: &str) -> Result<std::time::Duration, String> {
+    let millis: u64 = text
+        .parse()
+        .map_err(|e| format!("{text:?} is no millisecond count: {e}"))?;
+    Ok(Duration::from_millis(millis))
+}
+
+/// A flag given in seconds (fractions allowed), as a duration.
+pub fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|e| format!("{text:?} is no number of seconds: {e}"))?;
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?} seconds: {e}"))
+}
+
+/// The value of a flag struct when no flag is given: its defaults, as declared on the
+/// flags themselves, so each default is written once.
+pub fn defaults_of<T: clap::Args + clap::FromArgMatches>() -> T {
+    let command = T::augment_args(clap::Command::new("defaults"));
+    let matches = command
+        .try_get_matches_from(["defaults"])
+        .expect("every flag has a default or is optional");
+    T::from_arg_matches(&matches).expect("defaults parse")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_units_parse_into_bytes_and_durations() {
+        assert_eq!(parse_mib("32"), Ok(32 << 20));
+        assert_eq!(parse_kib("2"), Ok(2048));
+        assert_eq!(parse_mib(&u64::MAX.to_string()), Ok(u64::MAX));
+        assert_eq!(parse_seconds("0.5"), Ok(Duration::from_millis(500)));
+        assert!(parse_mib("-1").is_err());
+        assert!(parse_seconds("-1").is_err());
+        assert!(parse_seconds("soon").is_err());
+    }
+
+    #[test]
+    fn defaults_come_from_the_flags() {
+        let scheduler = crate::scheduler::SchedulerConfig::default();
+        assert_eq!(scheduler.partition_data_bytes, 32 << 20);
+        assert_eq!(scheduler.result_ttl, Duration::from_secs(600));
+        assert_eq!(scheduler.inline_result_bytes, 1 << 20);
+        assert_eq!(scheduler.policy, crate::scheduler::PolicyKind::Priority);
+        let executor = crate::executor::ExecutorConfig::default();
+        assert_eq!((executor.slots, executor.preempt_slots()), (2, 2));
+    }
 }

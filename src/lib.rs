@@ -35,5 +35,4 @@ pub mod proto;
 pub mod scheduler;
 pub mod shuffle;
 pub mod telemetry;
-pub mod thread_priority;
 pub mod tpch;

@@ -22,25 +22,13 @@ async fn channel(cluster: &LocalCluster) -> tonic::transport::Channel {
 
 /// A cluster of `executors` executors with the default settings over the TPC-H test data.
 async fn tpch_cluster(executors: usize) -> LocalCluster {
-    LocalCluster::start(ClusterConfig {
+    LocalCluster::start(ClusterConfig::with_catalog(
         executors,
-        catalog: Some(common::tpch_catalog()),
-        ..Default::default()
-    })
+        2,
+        common::tpch_catalog(),
+    ))
     .await
     .unwrap()
-}
-
-/// Polls `check` every 20 ms for at most `limit`; true once it holds.
-async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    check()
 }
 
 /// Pairs ~1.8 billion rows at SF 0.01: minutes of work, far longer than a test waits.
@@ -51,49 +39,34 @@ const LONG_JOIN: &str = "select sum(a.l_quantity * b.l_quantity) from lineitem a
 /// task), no aging, and preemption for any cheaper query (at SF 0.01 the estimates are
 /// close together).
 async fn one_partition_cluster(slots: u32) -> LocalCluster {
-    LocalCluster::start(ClusterConfig {
-        executors: 1,
-        slots,
-        target_partitions: 1,
-        catalog: Some(common::tpch_catalog()),
-        aging_half_life: 0.0,
-        preempt_cost_ratio: 1.0,
-        ..Default::default()
-    })
-    .await
-    .unwrap()
+    let mut config = ClusterConfig::with_catalog(1, slots, common::tpch_catalog());
+    config.scheduler.target_partitions = 1;
+    config.scheduler.aging_half_life = 0.0;
+    config.scheduler.preempt_cost_ratio = 1.0;
+    LocalCluster::start(config).await.unwrap()
 }
 
-/// Polls the status of query `id` every 20 ms (30 s at most) until `check` holds.
+/// Waits (30 s at most) until the status of query `id` satisfies `check`.
 async fn status_until(
     client: &mut baton::client::BatonClient,
     id: &str,
     check: impl Fn(&baton::proto::QueryStatus) -> bool,
 ) -> bool {
-    for _ in 0..1500 {
-        if check(&client.status(id).await.unwrap()) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
+    common::eventually(Duration::from_secs(30), async || {
+        check(&client.status(id).await.unwrap())
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn all_22_tpch_queries_submitted_at_once_are_all_correct() {
     for policy in [PolicyKind::Priority, PolicyKind::Fair] {
-        let cluster = LocalCluster::start(ClusterConfig {
-            executors: 3,
-            slots: 2,
-            catalog: Some(common::tpch_catalog()),
-            policy,
-            // Every query split 4 ways (the default would run the small test data in
-            // one partition): many tasks of many queries at once.
-            partition_data_bytes: 0,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        let mut config = ClusterConfig::with_catalog(3, 2, common::tpch_catalog());
+        config.scheduler.policy = policy;
+        // Every query split 4 ways (the default would run the small test data in one
+        // partition): many tasks of many queries at once.
+        config.scheduler.partition_data_bytes = 0;
+        let cluster = LocalCluster::start(config).await.unwrap();
         let reference = common::single_node(&common::tpch_catalog()).await;
         let client = cluster.client().await.unwrap();
         // Submit all at once (under `priority` the big ones' plannings wait for their
@@ -128,18 +101,12 @@ async fn all_22_tpch_queries_submitted_at_once_are_all_correct() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cancelled_query_stops_frees_its_slots_and_leaves_no_shuffle_files() {
-    let cluster = LocalCluster::start(ClusterConfig {
-        executors: 2,
-        slots: 2,
-        catalog: Some(common::tpch_catalog()),
-        // Every shuffle partition goes to disk, so files are there to be cleaned up.
-        shuffle_memory: 0,
-        // Shuffles even for the small test data.
-        partition_data_bytes: 0,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let mut config = ClusterConfig::with_catalog(2, 2, common::tpch_catalog());
+    // Every shuffle partition goes to disk, so files are there to be cleaned up.
+    config.executor.memory_limit = 0;
+    // Shuffles even for the small test data.
+    config.scheduler.partition_data_bytes = 0;
+    let cluster = LocalCluster::start(config).await.unwrap();
     let mut client = cluster.client().await.unwrap();
     // l_linestatus has two values: a join on it pairs ~60k × 30k rows per key.
     let heavy = "select sum(a.l_quantity * b.l_quantity) from lineitem a \
@@ -147,19 +114,14 @@ async fn a_cancelled_query_stops_frees_its_slots_and_leaves_no_shuffle_files() {
     let id = client.submit_sql(heavy).await.unwrap();
 
     // Wait until the join stage runs (its inputs wrote shuffle files).
-    let mut running_join = false;
-    for _ in 0..1500 {
-        let status = client.status(&id).await.unwrap();
+    let running_join = status_until(&mut client, &id, |status| {
         assert_eq!(status.state, QueryState::Running as i32, "{status:?}");
-        running_join = status
+        status
             .stages
             .iter()
-            .any(|s| !s.input_stages.is_empty() && s.tasks_running > 0);
-        if running_join {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            .any(|s| !s.input_stages.is_empty() && s.tasks_running > 0)
+    })
+    .await;
     assert!(running_join, "the join stage never started");
     let files: usize = cluster
         .executors()
@@ -177,12 +139,12 @@ async fn a_cancelled_query_stops_frees_its_slots_and_leaves_no_shuffle_files() {
     );
 
     let executors = cluster.executors();
-    let stopped = eventually(Duration::from_secs(10), || {
+    let stopped = common::eventually(Duration::from_secs(10), async || {
         executors.iter().all(|e| e.running_tasks() == 0) && cluster.scheduler().executors().1.1 == 0
     })
     .await;
     assert!(stopped, "running tasks stopped and every slot is free");
-    let cleaned = eventually(Duration::from_secs(10), || {
+    let cleaned = common::eventually(Duration::from_secs(10), async || {
         executors
             .iter()
             .all(|e| e.store().partitions_of(&id) == 0 && e.store().files_on_disk() == 0)
@@ -297,16 +259,11 @@ async fn flight_sql_clients_list_tables_and_run_queries() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn results_are_freed_once_fetched_or_when_their_time_to_live_ends() {
     // Results left on the executors, and small results the scheduler holds itself.
-    for inline_result_bytes in [0, ClusterConfig::default().inline_result_bytes] {
-        let cluster = LocalCluster::start(ClusterConfig {
-            executors: 2,
-            catalog: Some(common::tpch_catalog()),
-            result_ttl: Duration::from_millis(500),
-            inline_result_bytes,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    for inline_result_bytes in [0, ClusterConfig::default().scheduler.inline_result_bytes] {
+        let mut config = ClusterConfig::with_catalog(2, 2, common::tpch_catalog());
+        config.scheduler.result_ttl = Duration::from_millis(500);
+        config.scheduler.inline_result_bytes = inline_result_bytes;
+        let cluster = LocalCluster::start(config).await.unwrap();
         let mut client = cluster.client().await.unwrap();
         let stored = |id: &str| -> usize {
             cluster
@@ -319,7 +276,7 @@ async fn results_are_freed_once_fetched_or_when_their_time_to_live_ends() {
         // Fetched: freed at once, and a second fetch says why there is nothing.
         let fetched = client.submit_sql("select * from nation").await.unwrap();
         assert_eq!(client.fetch(&fetched).await.unwrap().rows(), 25);
-        assert!(eventually(Duration::from_secs(10), || stored(&fetched) == 0).await);
+        assert!(common::eventually(Duration::from_secs(10), async || stored(&fetched) == 0).await);
         let again = client.fetch(&fetched).await.unwrap_err().to_string();
         assert!(again.contains("already fetched"), "{again}");
 
@@ -333,16 +290,14 @@ async fn results_are_freed_once_fetched_or_when_their_time_to_live_ends() {
         } else {
             assert_eq!(on_executors, 0, "the scheduler holds the small result");
         }
-        let mut expired = false;
-        for _ in 0..500 {
-            if let Err(e) = cluster.scheduler().wait_for_result(&kept).await {
-                expired = e.to_string().contains("expired");
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(expired, "freed after the TTL");
-        assert!(eventually(Duration::from_secs(10), || stored(&kept) == 0).await);
+        let freed = common::eventually(Duration::from_secs(10), async || {
+            cluster.scheduler().wait_for_result(&kept).await.is_err()
+        })
+        .await;
+        let error = cluster.scheduler().wait_for_result(&kept).await.err();
+        assert!(freed, "freed after the TTL");
+        assert!(error.is_some_and(|e| e.to_string().contains("expired")));
+        assert!(common::eventually(Duration::from_secs(10), async || stored(&kept) == 0).await);
         let late = client.fetch(&kept).await.unwrap_err().to_string();
         assert!(late.contains("expired"), "{late}");
     }
@@ -364,7 +319,6 @@ async fn an_executor_that_misses_its_heartbeats_is_taken_as_lost() {
                 flight_address: "127.0.0.1:9".into(),
                 slots: 1,
                 preempt_slots: 0,
-                background_flight_address: String::new(),
             })),
         })
         .unwrap();
@@ -375,10 +329,14 @@ async fn an_executor_that_misses_its_heartbeats_is_taken_as_lost() {
         .await
         .unwrap();
     let scheduler = cluster.scheduler();
-    assert!(eventually(Duration::from_secs(5), || scheduler.executors().0 == 2).await);
-    let lost = eventually(
+    assert!(
+        common::eventually(Duration::from_secs(5), async || scheduler.executors().0
+            == 2)
+        .await
+    );
+    let lost = common::eventually(
         baton::config::EXECUTOR_TIMEOUT + Duration::from_secs(10),
-        || scheduler.executors().0 == 1,
+        async || scheduler.executors().0 == 1,
     )
     .await;
     assert!(lost, "the silent executor was dropped; the live one stays");
@@ -426,44 +384,11 @@ async fn a_cheap_query_preempts_a_long_task_holding_the_only_slot() {
 
     // The suspended-then-resumed task still stops on cancel.
     assert!(client.cancel(&id).await.unwrap());
-    let stopped = eventually(Duration::from_secs(10), || executor.running_tasks() == 0).await;
-    assert!(stopped, "no task remains after the cancel");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_task_pushed_alone_is_promoted_once_costlier_work_is_pushed() {
-    let cluster = one_partition_cluster(2).await;
-    let mut client = cluster.client().await.unwrap();
-    // Estimated at tens of cost units, pushed while nothing else runs: not urgent.
-    let first = client.submit_sql(LONG_JOIN).await.unwrap();
-    let running = status_until(&mut client, &first, |s| {
-        s.stages.iter().any(|stage| stage.tasks_running == 1)
+    let stopped = common::eventually(Duration::from_secs(10), async || {
+        executor.running_tasks() == 0
     })
     .await;
-    assert!(running, "the first query's task never started");
-    let executor = &cluster.executors()[0];
-    assert_eq!(executor.promotions(), 0);
-
-    // A cross join of three tables, estimated at billions of units, takes the other slot:
-    // the first query's task now runs at normal priority.
-    let costlier = "select max(a.l_quantity + b.l_quantity + c.l_quantity) \
-                    from lineitem a, lineitem b, lineitem c";
-    let second = client.submit_sql(costlier).await.unwrap();
-    let promoted = eventually(Duration::from_secs(30), || executor.promotions() == 1).await;
-    assert!(promoted, "the first query's task was not promoted");
-    let status = client.status(&first).await.unwrap();
-    assert_eq!(status.state, QueryState::Running as i32, "{status:?}");
-
-    // The moved task still stops on cancel.
-    assert!(client.cancel(&first).await.unwrap());
-    assert!(client.cancel(&second).await.unwrap());
-    let stopped = eventually(Duration::from_secs(10), || executor.running_tasks() == 0).await;
-    assert!(stopped, "no task remains after the cancels");
-    assert_eq!(
-        executor.promotions(),
-        1,
-        "the costlier query was never promoted"
-    );
+    assert!(stopped, "no task remains after the cancel");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -500,7 +425,9 @@ async fn an_executor_whose_connection_breaks_before_its_stream_opens_dials_again
     .expect("the executor dials again after the broken connection");
     let scheduler = cluster.scheduler();
     assert!(
-        eventually(Duration::from_secs(5), || scheduler.executors().0 == 2).await,
+        common::eventually(Duration::from_secs(5), async || scheduler.executors().0
+            == 2)
+        .await,
         "the executor behind the relay is registered"
     );
     drop(executor);

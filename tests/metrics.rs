@@ -58,16 +58,10 @@ fn sum(values: &HashMap<String, f64>, prefix: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_move_with_a_query_and_cover_the_dashboard() {
-    let cluster = LocalCluster::start(ClusterConfig {
-        executors: 2,
-        slots: 2,
-        catalog: Some(common::tpch_catalog()),
-        // Shuffles even for the small test data, so shuffle metrics move too.
-        partition_data_bytes: 0,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let mut config = ClusterConfig::with_catalog(2, 2, common::tpch_catalog());
+    // Shuffles even for the small test data, so shuffle metrics move too.
+    config.scheduler.partition_data_bytes = 0;
+    let cluster = LocalCluster::start(config).await.unwrap();
     let scheduler = cluster.scheduler().clone();
     let route: JsonRoute = Arc::new(move |path: &str| scheduler.status_json(path));
     let addr = telemetry::serve_http(

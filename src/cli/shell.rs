@@ -10,7 +10,8 @@ use datafusion::arrow::datatypes::SchemaRef;
 use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
 
-use super::{CliError, Session, print_result, split_statements};
+use super::CliError;
+use super::sql::{Session, print_result, split_statements};
 use crate::client::{BatonClient, OutputFormat};
 use crate::proto::{QueryStatus, StageState};
 
@@ -136,6 +137,11 @@ fn progress_line(status: &QueryStatus, elapsed: Duration) -> String {
 /// printed; the shell goes on.
 async fn run_statement(session: &mut Session, sql: &str, format: OutputFormat) {
     let started = Instant::now();
+    // One listener for the whole statement, registered (polled once) before the submit:
+    // a Ctrl-C while the query is planned cancels it too, and none falls between polls.
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    let mut ctrl_c_seen = futures::poll!(interrupted.as_mut()).is_ready();
     let id = match session.submit(sql).await {
         Ok(id) => id,
         Err(e) => {
@@ -147,16 +153,16 @@ async fn run_statement(session: &mut Session, sql: &str, format: OutputFormat) {
     let mut watcher = session.client.clone();
     let fetch = fetcher.fetch(&id);
     tokio::pin!(fetch);
-    // One listener for the whole query, so no Ctrl-C falls between two polls.
-    let interrupted = tokio::signal::ctrl_c();
-    tokio::pin!(interrupted);
     let show_progress = std::io::stderr().is_terminal();
     let mut shown = false;
     let mut ticks = tokio::time::interval(PROGRESS_EVERY);
     let outcome = loop {
+        if ctrl_c_seen {
+            break None;
+        }
         tokio::select! {
             result = &mut fetch => break Some(result),
-            _ = &mut interrupted => break None,
+            _ = &mut interrupted => ctrl_c_seen = true,
             _ = ticks.tick(), if show_progress => {
                 if started.elapsed() >= PROGRESS_AFTER
                     && let Ok(status) = watcher.status(&id).await

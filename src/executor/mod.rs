@@ -1,22 +1,22 @@
 //! The executor: one stream to the scheduler, a task runner, a shuffle store and a Flight
 //! endpoint that serves the store to other executors and to the scheduler.
 //!
-//! Tasks run on runtimes of their own (`executor/runtimes.rs`), and a task may be
-//! suspended for a more urgent one (`executor/arbiter.rs`).
+//! Tasks run on a runtime of their own, apart from the one of the stream, heartbeats and
+//! Flight endpoint, so a CPU-bound operator never delays a pushed task, a cancel or a
+//! shuffle fetch. The scheduler may suspend a running task for a far cheaper query's
+//! task (`executor/gated.rs`).
 
-mod arbiter;
+mod config;
 mod flight;
 mod gated;
 #[cfg(unix)]
 mod local_files;
-mod movable;
 mod runner;
-mod runtimes;
 
+pub use config::ExecutorConfig;
 pub use runner::micros_since;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,16 +33,12 @@ use crate::proto::{
     ExecutorMessage, Heartbeat, RegisterExecutor, SchedulerMessage, executor_message,
     scheduler_message,
 };
-use crate::shuffle::fetch::{FlightClients, PriorityClients, connect_channel};
+use crate::shuffle::fetch::{FlightClients, connect_channel};
 use crate::shuffle::{ShuffleStore, StoreError};
 use runner::TaskRunner;
-use runtimes::TaskRuntimes;
 
 /// How long an executor keeps trying to reach its scheduler at start.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
-
-/// Bytes of shuffle output an executor keeps in memory before spilling, by default.
-pub const DEFAULT_SHUFFLE_MEMORY: usize = 4 << 30;
 
 /// Errors of the executor.
 #[derive(Debug, thiserror::Error)]
@@ -74,60 +70,53 @@ pub enum ExecutorError {
     Store(#[from] StoreError),
 }
 
-/// How an executor is set up.
-#[derive(Debug, Clone)]
-pub struct ExecutorConfig {
-    /// host:port of the scheduler.
-    pub scheduler: String,
-    /// Address to bind the Flight endpoint to (port 0: any free port).
-    pub bind: SocketAddr,
-    /// Address to bind the Flight endpoint for background tasks' reads to; None: `bind`'s
-    /// IP, any free port.
-    pub background_bind: Option<SocketAddr>,
-    /// Tasks run at once.
-    pub slots: u32,
-    /// Tasks taken beyond `slots` when they are more urgent than running ones (which then
-    /// wait suspended); 0: never more than `slots`.
-    pub preempt_slots: u32,
-    /// Directory for spilled shuffle files.
-    pub work_dir: PathBuf,
-    /// Bytes of shuffle output kept in memory before spilling to disk.
-    pub memory_limit: usize,
-    /// The executor id; a random one when None.
-    pub executor_id: Option<String>,
-}
-
-impl ExecutorConfig {
-    /// An executor of `slots` slots (at least 1) for the scheduler at `scheduler` (a
-    /// leading `http://` is dropped), on loopback, that takes as many tasks again when
-    /// they are urgent; its spill directory is `work_dir`, a temporary one when None.
-    pub fn local(scheduler: &str, slots: u32, work_dir: Option<PathBuf>) -> Self {
-        let slots = slots.max(1);
-        Self {
-            scheduler: scheduler.trim_start_matches("http://").to_string(),
-            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            background_bind: None,
-            slots,
-            preempt_slots: slots,
-            work_dir: work_dir.unwrap_or_else(|| std::env::temp_dir().join("baton-executor")),
-            memory_limit: DEFAULT_SHUFFLE_MEMORY,
-            executor_id: None,
-        }
-    }
-}
-
 /// A running executor.
 #[derive(Debug)]
 pub struct Executor {
     id: String,
     flight_address: String,
     store: ShuffleStore,
-    clients: PriorityClients,
+    clients: FlightClients,
     runner: Arc<TaskRunner>,
     shutdown: watch::Sender<bool>,
     stream_task: JoinHandle<()>,
     /// Stopped when the executor is dropped.
-    _task_runtimes: TaskRuntimes,
+    _task_runtime: TaskRuntime,
+}
+
+/// The runtime an executor's tasks run on: a thread per task it may hold (`slots` plus
+/// `preempt_slots`), so a task pushed for a cheap query never waits for a thread while
+/// the task it suspended finishes its current batch. Dropping it stops it without
+/// waiting for its tasks, which is allowed on an async thread (dropping a tokio runtime
+/// there panics).
+#[derive(Debug)]
+struct TaskRuntime(Option<tokio::runtime::Runtime>);
+
+impl TaskRuntime {
+    fn start(executor_id: &str, threads: u32) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1) as usize)
+            .thread_name(format!("{executor_id}-task"))
+            .enable_all()
+            .build()?;
+        Ok(Self(Some(runtime)))
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("running until dropped")
+            .handle()
+            .clone()
+    }
+}
+
+impl Drop for TaskRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Executor {
@@ -138,41 +127,25 @@ impl Executor {
             .executor_id
             .clone()
             .unwrap_or_else(|| format!("exec-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
-        let store = ShuffleStore::new(&config.work_dir.join(&id), config.memory_limit)?;
+        let memory_limit = usize::try_from(config.memory_limit).unwrap_or(usize::MAX);
+        let store = ShuffleStore::new(&config.work_dir().join(&id), memory_limit)?;
         let (listener, flight_address) = bind(config.bind)?;
-        let background_bind = config
-            .background_bind
-            .unwrap_or_else(|| SocketAddr::new(config.bind.ip(), 0));
-        let (background_listener, background_flight_address) = bind(background_bind)?;
-        let task_runtimes = TaskRuntimes::start(&id, config.slots, config.preempt_slots)
+        let slots = config.slots.max(1);
+        let task_runtime = TaskRuntime::start(&id, slots + config.preempt_slots())
             .map_err(ExecutorError::Runtime)?;
-        let handles = task_runtimes.handles();
         let (shutdown, shutdown_rx) = watch::channel(false);
-        spawn_flight_server(
-            listener,
-            store.clone(),
-            shutdown_rx.clone(),
-            &tokio::runtime::Handle::current(),
-        );
-        spawn_flight_server(
-            background_listener,
-            store.clone(),
-            shutdown_rx.clone(),
-            &handles.background_flight,
-        );
+        spawn_flight_server(listener, store.clone(), shutdown_rx.clone());
 
         let register = RegisterExecutor {
             executor_id: id.clone(),
             flight_address: flight_address.clone(),
-            slots: config.slots,
-            preempt_slots: config.preempt_slots,
-            background_flight_address,
+            slots,
+            preempt_slots: config.preempt_slots(),
         };
-        let (outbound, inbound) = open_stream(&config.scheduler, register).await?;
-        let clients = PriorityClients {
-            urgent: FlightClients::on_runtime(tokio::runtime::Handle::current()),
-            background: FlightClients::on_runtime(handles.background_flight.clone()),
-        };
+        let (outbound, inbound) = open_stream(config.scheduler_address(), register).await?;
+        // Shuffle connections run on this runtime, not on the task threads that happen
+        // to open them first.
+        let clients = FlightClients::on_runtime(tokio::runtime::Handle::current());
         let session = SessionContext::new_with_config(distributed_session_config(1));
         // Task scans read local files on their own threads (see `local_files`).
         #[cfg(unix)]
@@ -182,16 +155,16 @@ impl Executor {
         );
         let runner = Arc::new(TaskRunner::new(
             id.clone(),
-            config.slots,
+            slots,
             store.clone(),
             clients.clone(),
             session,
             outbound.clone(),
-            handles,
+            task_runtime.handle(),
         ));
         spawn_heartbeat(outbound, runner.clone(), shutdown_rx.clone());
         let stream_task = tokio::spawn(serve_stream(inbound, runner.clone(), shutdown.clone()));
-        info!(executor = %id, flight = %flight_address, slots = config.slots, "executor started");
+        info!(executor = %id, flight = %flight_address, slots, "executor started");
         Ok(Self {
             id,
             flight_address,
@@ -200,7 +173,7 @@ impl Executor {
             runner,
             shutdown,
             stream_task,
-            _task_runtimes: task_runtimes,
+            _task_runtime: task_runtime,
         })
     }
 
@@ -224,11 +197,6 @@ impl Executor {
         self.clients.bytes_fetched()
     }
 
-    /// Bytes its background tasks fetched from other executors' background endpoints.
-    pub fn bytes_fetched_in_background(&self) -> u64 {
-        self.clients.background.bytes_fetched()
-    }
-
     /// Tasks finished since start.
     pub fn tasks_completed(&self) -> u64 {
         self.runner.completed()
@@ -239,15 +207,9 @@ impl Executor {
         self.runner.running()
     }
 
-    /// Times a running task was suspended for a more urgent one, since start.
+    /// Times the scheduler suspended one of its running tasks, since start.
     pub fn suspensions(&self) -> u64 {
         self.runner.suspensions()
-    }
-
-    /// Tasks moved to normal OS priority after they started (see `PromoteTask`), since
-    /// start.
-    pub fn promotions(&self) -> u64 {
-        self.runner.promotions()
     }
 
     /// Waits until the scheduler stream ends (the scheduler went away or said Shutdown).
@@ -351,20 +313,18 @@ fn bind(address: SocketAddr) -> Result<(std::net::TcpListener, String), Executor
     Ok((listener, local.to_string()))
 }
 
-/// Serves the shuffle store over Flight on `listener`, with its connections (and the
-/// encoding of what they send) on `runtime`.
+/// Serves the shuffle store over Flight on `listener`.
 fn spawn_flight_server(
     listener: std::net::TcpListener,
     store: ShuffleStore,
     mut shutdown: watch::Receiver<bool>,
-    runtime: &tokio::runtime::Handle,
 ) {
     let service = arrow_flight::flight_service_server::FlightServiceServer::new(
         flight::ShuffleFlight::new(store),
     )
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    runtime.spawn(async move {
+    tokio::spawn(async move {
         let stopped = async move {
             let _ = shutdown.wait_for(|stopped| *stopped).await;
         };
@@ -429,9 +389,14 @@ async fn serve_stream(
                         runner.cancel(&id);
                     }
                 }
-                scheduler_message::Message::PromoteTask(promote) => {
-                    if let Some(id) = promote.task {
-                        runner.promote(&id);
+                scheduler_message::Message::SuspendTask(suspend) => {
+                    if let Some(id) = suspend.task {
+                        runner.set_suspended(&id, true);
+                    }
+                }
+                scheduler_message::Message::ResumeTask(resume) => {
+                    if let Some(id) = resume.task {
+                        runner.set_suspended(&id, false);
                     }
                 }
                 scheduler_message::Message::ReleaseShuffle(release) => {

@@ -16,19 +16,18 @@ use datafusion::execution::TaskContext;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::prelude::SessionContext;
+use tokio::runtime::Handle;
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::AbortHandle;
 use tracing::{Instrument, debug, info_span, warn};
 
-use super::arbiter::{SlotArbiter, TaskGate};
-use super::gated::GatedExec;
-use super::movable::MovableTask;
-use super::runtimes::TaskHandles;
+use super::gated::{GatedExec, TaskGate};
 use crate::planner::decode_plan;
 use crate::proto::{
     ExecutorMessage, PartitionStats, RunTask, TaskFailed, TaskId, TaskStatus, TaskSucceeded,
-    TaskSuspended, executor_message, task_status,
+    executor_message, task_status,
 };
-use crate::shuffle::fetch::PriorityClients;
+use crate::shuffle::fetch::FlightClients;
 use crate::shuffle::{MapLocation, ShuffleKey, ShuffleStore, TaskEnv, UnreadableOutput};
 
 /// Queries whose shuffle was released, remembered so a task finishing after the release
@@ -38,30 +37,34 @@ const RELEASED_MEMORY: usize = 1024;
 type TaskKey = (String, u32, u32, u32);
 
 /// How the runner knows a task attempt: its query, stage, partition and attempt. A
-/// cancel or promotion meant for one attempt then never reaches a newer one, and an
+/// cancel or suspension meant for one attempt then never reaches a newer one, and an
 /// attempt that ends late never takes a newer one's place.
 fn task_key(id: &TaskId) -> TaskKey {
     (id.query_id.clone(), id.stage_id, id.partition, id.attempt)
+}
+
+/// A task the runner holds: how to stop it, and its gate (closed while suspended).
+struct RunningTask {
+    abort: AbortHandle,
+    gate: Arc<TaskGate>,
 }
 
 /// Runs the tasks the scheduler pushes to this executor.
 pub struct TaskRunner {
     executor_id: String,
     store: ShuffleStore,
-    clients: PriorityClients,
+    clients: FlightClients,
     session: SessionContext,
     outbound: UnboundedSender<ExecutorMessage>,
     plans: Mutex<HashMap<(String, u32), Arc<dyn ExecutionPlan>>>,
-    running: Mutex<HashMap<TaskKey, MovableTask>>,
-    arbiter: SlotArbiter<TaskKey>,
+    running: Mutex<HashMap<TaskKey, RunningTask>>,
     released: Mutex<VecDeque<String>>,
     completed: AtomicU64,
     suspensions: AtomicU64,
-    promotions: AtomicU64,
     busy_micros: AtomicU64,
     slots: u32,
     started: Instant,
-    runtimes: TaskHandles,
+    runtime: Handle,
 }
 
 impl std::fmt::Debug for TaskRunner {
@@ -74,15 +77,15 @@ impl std::fmt::Debug for TaskRunner {
 }
 
 impl TaskRunner {
-    /// A runner that runs tasks on `runtimes` and reports on `outbound`.
+    /// A runner that runs tasks on `runtime` and reports on `outbound`.
     pub fn new(
         executor_id: String,
         slots: u32,
         store: ShuffleStore,
-        clients: PriorityClients,
+        clients: FlightClients,
         session: SessionContext,
         outbound: UnboundedSender<ExecutorMessage>,
-        runtimes: TaskHandles,
+        runtime: Handle,
     ) -> Self {
         Self {
             executor_id,
@@ -92,15 +95,13 @@ impl TaskRunner {
             outbound,
             plans: Mutex::default(),
             running: Mutex::default(),
-            arbiter: SlotArbiter::new(slots as usize),
             released: Mutex::default(),
             completed: AtomicU64::new(0),
             suspensions: AtomicU64::new(0),
-            promotions: AtomicU64::new(0),
             busy_micros: AtomicU64::new(0),
             slots,
             started: Instant::now(),
-            runtimes,
+            runtime,
         }
     }
 
@@ -114,14 +115,9 @@ impl TaskRunner {
         self.completed.load(Ordering::Relaxed)
     }
 
-    /// Times a running task was suspended for a more urgent one, since start.
+    /// Times the scheduler suspended a running task, since start.
     pub fn suspensions(&self) -> u64 {
         self.suspensions.load(Ordering::Relaxed)
-    }
-
-    /// Tasks moved to the urgent runtime after they started, since start.
-    pub fn promotions(&self) -> u64 {
-        self.promotions.load(Ordering::Relaxed)
     }
 
     /// Publishes slot-seconds spent running tasks and left idle since start.
@@ -134,29 +130,20 @@ impl TaskRunner {
             .set((capacity - busy).max(0.0));
     }
 
-    /// Publishes how many tasks wait for a slot, and tells the scheduler which tasks
-    /// were stopped or let go on since it was last told (for query status).
+    /// Publishes how many of its tasks are suspended.
     fn report_suspended(&self) {
+        let suspended = self
+            .running
+            .lock()
+            .expect("running lock")
+            .values()
+            .filter(|t| !t.gate.is_open())
+            .count();
         metrics::gauge!("baton_tasks_suspended", "executor" => self.executor_id.clone())
-            .set(self.arbiter.suspended() as f64);
-        for ((query_id, stage_id, partition, attempt), suspended) in self.arbiter.take_changes() {
-            let task = TaskId {
-                query_id,
-                stage_id,
-                partition,
-                attempt,
-            };
-            let _ = self.outbound.send(ExecutorMessage {
-                message: Some(executor_message::Message::TaskSuspended(TaskSuspended {
-                    task: Some(task),
-                    suspended,
-                })),
-            });
-        }
+            .set(suspended as f64);
     }
 
-    /// Starts a pushed task; it runs at once unless more urgent tasks hold every slot
-    /// (see [`SlotArbiter`]).
+    /// Starts a pushed task at once; it runs until it ends, is cancelled or is suspended.
     pub fn start(self: &Arc<Self>, task: RunTask) {
         let Some(id) = task.task.clone() else {
             return;
@@ -166,36 +153,20 @@ impl TaskRunner {
                 .record(micros_since(task.ready_at_micros));
         }
         let key = task_key(&id);
-        let (gate, suspended) = self.arbiter.admit(
-            key.clone(),
-            &id.query_id,
-            task.rank,
-            task.cost,
-            Instant::now(),
-        );
-        if suspended > 0 {
-            self.suspensions
-                .fetch_add(suspended as u64, Ordering::Relaxed);
-            metrics::counter!("baton_task_suspensions_total").increment(suspended as u64);
-        }
-        self.report_suspended();
+        let gate = Arc::new(TaskGate::default());
         let span = info_span!("task", query_id = %id.query_id, stage = id.stage_id, partition = id.partition, attempt = id.attempt);
         let runner = self.clone();
+        let task_gate = gate.clone();
         // Hold the lock across spawn so the task cannot finish before it is registered.
         let mut running = self.running.lock().expect("running lock");
-        let runtime = if task.urgent {
-            &self.runtimes.urgent
-        } else {
-            &self.runtimes.background
-        };
-        let handle = MovableTask::spawn(
+        let handle = self.runtime.spawn(
             async move {
                 let started = Instant::now();
                 debug!(
                     since_push_micros = (micros_since(task.pushed_at_micros) * 1e6) as u64,
                     "task started"
                 );
-                let result = runner.execute(&task, gate).await;
+                let result = runner.execute(&task, task_gate).await;
                 let inline = match &result {
                     Ok(partitions) if task.inline_result_limit > 0 && partitions.len() == 1 => {
                         runner.take_inline(&id, task.inline_result_limit)
@@ -205,26 +176,32 @@ impl TaskRunner {
                 runner.finish(id, started, result, inline);
             }
             .instrument(span),
-            runtime,
         );
-        running.insert(key, handle);
+        running.insert(
+            key,
+            RunningTask {
+                abort: handle.abort_handle(),
+                gate,
+            },
+        );
     }
 
-    /// Moves a task running at low priority to the urgent runtime: the scheduler has
-    /// since pushed much costlier work that would otherwise share the CPU with it. Its
-    /// shuffle fetches keep the connections they started on.
-    pub fn promote(&self, id: &TaskId) {
-        let key = task_key(id);
-        let task = self
+    /// Stops (`suspend`) or lets go on a task the scheduler suspended for a cheaper
+    /// query's task; an attempt that already ended is ignored.
+    pub fn set_suspended(&self, id: &TaskId, suspend: bool) {
+        let changed = self
             .running
             .lock()
             .expect("running lock")
-            .get(&key)
-            .cloned();
-        if let Some(task) = task {
-            debug!(query_id = %id.query_id, stage = id.stage_id, partition = id.partition, "task promoted");
-            task.move_to(&self.runtimes.urgent);
-            self.promotions.fetch_add(1, Ordering::Relaxed);
+            .get(&task_key(id))
+            .is_some_and(|task| task.gate.set_open(!suspend));
+        if changed {
+            debug!(query_id = %id.query_id, stage = id.stage_id, partition = id.partition, suspend, "task gate changed");
+            if suspend {
+                self.suspensions.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("baton_task_suspensions_total").increment(1);
+            }
+            self.report_suspended();
         }
     }
 
@@ -247,15 +224,13 @@ impl TaskRunner {
                         .map(|l| MapLocation {
                             executor_id: l.executor_id,
                             flight_address: l.flight_address,
-                            background_flight_address: l.background_flight_address,
                         })
                         .collect();
                     (input.stage_id, locations)
                 })
                 .collect(),
             store: self.store.clone(),
-            background: !task.urgent,
-            clients: self.clients.for_task(!task.urgent).clone(),
+            clients: self.clients.clone(),
         };
         let config = base
             .session_config()
@@ -318,9 +293,10 @@ impl TaskRunner {
         result: Result<Vec<PartitionStats>>,
         inline_result: Option<Bytes>,
     ) {
-        let key = task_key(&id);
-        self.running.lock().expect("running lock").remove(&key);
-        self.arbiter.leave(&key, Instant::now());
+        self.running
+            .lock()
+            .expect("running lock")
+            .remove(&task_key(&id));
         self.report_suspended();
         if self
             .released
@@ -368,11 +344,13 @@ impl TaskRunner {
     /// Stops a running task: its DataFusion streams are dropped, its partial output
     /// discarded, and a Failed status reports the freed slot.
     pub fn cancel(&self, id: &TaskId) {
-        let key = task_key(id);
-        let handle = self.running.lock().expect("running lock").remove(&key);
-        if let Some(handle) = handle {
-            handle.cancel();
-            self.arbiter.leave(&key, Instant::now());
+        let task = self
+            .running
+            .lock()
+            .expect("running lock")
+            .remove(&task_key(id));
+        if let Some(task) = task {
+            task.abort.abort();
             self.report_suspended();
             let _ = self.outbound.send(ExecutorMessage {
                 message: Some(executor_message::Message::TaskStatus(TaskStatus {
@@ -388,9 +366,8 @@ impl TaskRunner {
 
     /// Stops every running task (the executor is shutting down).
     pub fn abort_all(&self) {
-        for (key, handle) in self.running.lock().expect("running lock").drain() {
-            handle.cancel();
-            self.arbiter.leave(&key, Instant::now());
+        for (_, task) in self.running.lock().expect("running lock").drain() {
+            task.abort.abort();
         }
     }
 

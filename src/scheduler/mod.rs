@@ -1,6 +1,7 @@
 //! The scheduler: query table, work queue, dispatcher, executor registry, and the gRPC
 //! and Flight endpoints that clients and executors talk to.
 
+mod config;
 mod flight;
 mod planning;
 pub mod policy;
@@ -11,7 +12,6 @@ mod service;
 mod state;
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,16 +22,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::info_span;
 
+pub use config::SchedulerConfig;
 pub use flight::result_ticket;
-pub use planning::DEFAULT_PARTITION_DATA_BYTES;
-use planning::Planner;
-pub use policy::{DEFAULT_AGING_HALF_LIFE, Policy, PolicyKind, running_rank};
+use planning::{Planner, PlanningPool};
+pub use policy::{Policy, PolicyKind};
 pub use query::{MAX_TASK_ATTEMPTS, Query, ResultPart, StageSpec, TaskRef};
-pub use registry::DEFAULT_PREEMPT_COST_RATIO;
 pub use state::{SchedulerState, TaskSpan};
 
 use crate::catalog::{self, CatalogError};
-use crate::config::{DEFAULT_TARGET_PARTITIONS, MAX_MESSAGE_BYTES, distributed_session_config};
+use crate::config::{MAX_MESSAGE_BYTES, distributed_session_config};
 use crate::proto::scheduler_service_server::SchedulerServiceServer;
 use crate::proto::{QueryState, QueryStatus};
 use crate::shuffle::fetch::FlightClients;
@@ -104,55 +103,6 @@ fn is_final(state: QueryState) -> bool {
     )
 }
 
-/// Bytes of Arrow IPC a task of a query's final stage sends back with its status by
-/// default, instead of leaving its output on its executor for a Flight fetch: a small
-/// result then reaches the client without a round trip to the executor (and survives
-/// its loss).
-pub const DEFAULT_INLINE_RESULT_BYTES: u64 = 1 << 20;
-
-/// How long results wait to be fetched by default.
-pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(600);
-
-/// How a scheduler is set up.
-#[derive(Debug, Clone)]
-pub struct SchedulerConfig {
-    /// TOML catalog of tables that SQL can name.
-    pub catalog: Option<PathBuf>,
-    /// Partitions (tasks per stage) DataFusion plans with, at most.
-    pub target_partitions: usize,
-    /// Bytes of table data that earn a query one partition, up to `target_partitions`;
-    /// 0: every query gets `target_partitions`.
-    pub partition_data_bytes: u64,
-    /// How queued tasks of different queries are ordered.
-    pub policy: PolicyKind,
-    /// Seconds of waiting that halve a query's cost against newer ones under the
-    /// `priority` policy; 0: no aging.
-    pub aging_half_life: f64,
-    /// How long a succeeded query's result stays fetchable when nobody fetches it.
-    pub result_ttl: Duration,
-    /// A task preempts only for a query with under 1/this of the remaining work of the
-    /// task it displaces (the `priority` policy).
-    pub preempt_cost_ratio: f64,
-    /// Bytes of Arrow IPC each task of a query's final stage may send back with its
-    /// status, so the scheduler serves the result itself; 0: results stay on executors.
-    pub inline_result_bytes: u64,
-}
-
-impl Default for SchedulerConfig {
-    fn default() -> Self {
-        Self {
-            catalog: None,
-            target_partitions: DEFAULT_TARGET_PARTITIONS,
-            partition_data_bytes: DEFAULT_PARTITION_DATA_BYTES,
-            policy: PolicyKind::default(),
-            aging_half_life: DEFAULT_AGING_HALF_LIFE,
-            result_ttl: DEFAULT_RESULT_TTL,
-            preempt_cost_ratio: DEFAULT_PREEMPT_COST_RATIO,
-            inline_result_bytes: DEFAULT_INLINE_RESULT_BYTES,
-        }
-    }
-}
-
 /// What a client submits.
 #[derive(Debug, Clone)]
 pub enum Submission {
@@ -184,45 +134,33 @@ impl std::fmt::Debug for Scheduler {
 
 impl Scheduler {
     /// A scheduler with the tables of `config.catalog`.
-    pub async fn new(config: SchedulerConfig) -> Result<Self, SchedulerError> {
+    pub async fn new(config: &SchedulerConfig) -> Result<Self, SchedulerError> {
         let session =
             SessionContext::new_with_config(distributed_session_config(config.target_partitions));
         if let Some(path) = &config.catalog {
             catalog::register_catalog(&session, path).await?;
         }
-        let mut scheduler =
-            Self::with_session(session, config.policy.build(config.aging_half_life));
-        if let Some(inner) = Arc::get_mut(&mut scheduler.inner) {
-            inner.result_ttl = config.result_ttl;
-            inner.planner.small_first = config.policy == PolicyKind::Priority;
-            inner.planner.partition_data_bytes = config.partition_data_bytes;
-        }
-        let mut state = scheduler.state();
-        state.set_preempt_cost_ratio(config.preempt_cost_ratio);
-        state.set_inline_result_limit(config.inline_result_bytes);
-        drop(state);
-        Ok(scheduler)
+        Ok(Self::with_session(session, config))
     }
 
-    /// A scheduler that plans SQL in `session` and orders queued tasks by `policy`.
-    pub fn with_session(session: SessionContext, policy: Box<dyn Policy>) -> Self {
+    /// A scheduler that plans SQL in `session` (its catalog ignored) as `config` says.
+    pub fn with_session(session: SessionContext, config: &SchedulerConfig) -> Self {
         crate::telemetry::recorder();
         let (tx, rx) = watch::channel(0);
-        let state = SchedulerState::new(tx, policy);
-        let background = state.background_plannings();
+        let mut state = SchedulerState::new(tx, config.policy.build(config.aging_half_life));
+        state.set_preempt_cost_ratio(config.preempt_cost_ratio);
+        state.set_inline_result_limit(config.inline_result_bytes);
         Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(state),
                 planner: Planner {
                     session,
-                    small_first: false,
-                    threads: Default::default(),
-                    background,
-                    partition_data_bytes: 0,
+                    pool: PlanningPool::per_core(),
+                    partition_data_bytes: config.partition_data_bytes,
                 },
                 executors: rx,
                 clients: FlightClients::default(),
-                result_ttl: DEFAULT_RESULT_TTL,
+                result_ttl: config.result_ttl,
             }),
         }
     }
@@ -236,9 +174,8 @@ impl Scheduler {
         self.inner.state.lock().expect("scheduler state lock")
     }
 
-    /// Plans and starts a query; returns its id once it is planned (a big query's planning
-    /// may first wait for its turn, see `planning::BackgroundPlannings`). A query that
-    /// cannot be planned is recorded as Failed with the cause.
+    /// Plans and starts a query; returns its id once it is planned. A query that cannot
+    /// be planned is recorded as Failed with the cause.
     pub async fn submit(&self, submission: Submission, label: String) -> Arc<str> {
         let id: Arc<str> = uuid::Uuid::new_v4().simple().to_string()[..16].into();
         let span = info_span!("plan", query_id = %id);
@@ -246,10 +183,8 @@ impl Scheduler {
         let query = match self.inner.planner.plan(submission).await {
             Ok(planned) => {
                 let micros = started.elapsed().as_micros() as u64;
-                tracing::debug!(query_id = %id, micros, small = planned.small, "query planned");
-                let mut query = Query::new(id.clone(), label, planned.stages, planned.schema);
-                query.small_plan = planned.small;
-                query
+                tracing::debug!(query_id = %id, micros, "query planned");
+                Query::new(id.clone(), label, planned.stages, planned.schema)
             }
             Err(e) => {
                 let _enter = span.enter();

@@ -30,10 +30,6 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Seconds of waiting after which a query's cost counts half as much against newer
-/// queries, under the `priority` policy by default.
-pub const DEFAULT_AGING_HALF_LIFE: f64 = 10.0;
-
 /// Cost units taken to be one second of work on one core (one unit is 10k rows, see
 /// [`crate::planner::ROWS_PER_UNIT`], which a core scans or aggregates in about a
 /// millisecond).

@@ -80,7 +80,7 @@ impl Stage {
 struct Task {
     attempt: u32,
     running_on: Option<String>,
-    /// Stopped on its executor for more urgent tasks, as the executor last said.
+    /// Suspended on its executor for a far cheaper query's task.
     suspended: bool,
     started_at: Option<Instant>,
     output: Option<MapLocation>,
@@ -148,8 +148,6 @@ pub struct Query {
     remaining_cost: f64,
     /// Why the result partitions were freed ("fetched", "expired"), once they were.
     pub results_released: Option<&'static str>,
-    /// Planned from SQL with a small logical plan (see `planning::Planned::small`).
-    pub small_plan: bool,
 }
 
 /// What a task result did to its query.
@@ -219,7 +217,6 @@ impl Query {
             arrived: Instant::now(),
             remaining_cost,
             results_released: None,
-            small_plan: false,
         }
     }
 
@@ -240,7 +237,6 @@ impl Query {
             arrived: Instant::now(),
             remaining_cost: 0.0,
             results_released: None,
-            small_plan: false,
         }
     }
 
@@ -384,7 +380,6 @@ impl Query {
                             map_partition: m as u32,
                             executor_id: loc.executor_id.clone(),
                             flight_address: loc.flight_address.clone(),
-                            background_flight_address: loc.background_flight_address.clone(),
                         })
                     })
                     .collect(),
@@ -446,8 +441,8 @@ impl Query {
         t.suspended = false;
     }
 
-    /// `executor` stopped `task` (attempt `attempt`) for more urgent tasks, or let it go
-    /// on; reports of other attempts, or from elsewhere, are stale and change nothing.
+    /// The scheduler suspended `task` (attempt `attempt`) on `executor`, or let it go
+    /// on; other attempts, or other executors, are stale and change nothing.
     pub fn task_suspended(&mut self, task: TaskRef, attempt: u32, executor: &str, suspended: bool) {
         if !self.is_current(task, attempt) {
             return;
@@ -802,7 +797,6 @@ mod tests {
         MapLocation {
             executor_id: e.into(),
             flight_address: format!("{e}:1"),
-            background_flight_address: format!("{e}:2"),
         }
     }
 

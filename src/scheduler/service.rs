@@ -6,7 +6,7 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::{Scheduler, Submission};
 use crate::config::EXECUTOR_TIMEOUT;
@@ -62,7 +62,6 @@ impl SchedulerService for SchedulerGrpc {
         let location = MapLocation {
             executor_id: executor_id.clone(),
             flight_address: register.flight_address,
-            background_flight_address: register.background_flight_address,
         };
         let generation = self.scheduler.state().register_executor(
             location,
@@ -72,38 +71,36 @@ impl SchedulerService for SchedulerGrpc {
         );
         let scheduler = self.scheduler.clone();
         tokio::spawn(async move {
-            loop {
+            // True once the executor closed its stream itself (it stopped): it is gone
+            // all the same, but no failure is reported.
+            let closed = loop {
                 // Heartbeats come every few seconds; a stream silent for longer than
                 // the timeout belongs to an executor that hangs or is cut off.
                 let Ok(next) = tokio::time::timeout(EXECUTOR_TIMEOUT, inbound.message()).await
                 else {
                     warn!(executor = %executor_id, timeout = ?EXECUTOR_TIMEOUT, "executor missed its heartbeats");
-                    break;
+                    break false;
                 };
                 match next {
                     Ok(Some(message)) => match message.message {
                         Some(executor_message::Message::TaskStatus(status)) => {
                             scheduler.state().task_status(&executor_id, status);
                         }
-                        Some(executor_message::Message::TaskSuspended(report)) => {
-                            scheduler.state().task_suspended(&executor_id, report);
-                        }
                         Some(executor_message::Message::Heartbeat(_)) => {}
                         Some(executor_message::Message::Register(_)) | None => {
                             warn!(executor = %executor_id, "unexpected message on executor stream");
                         }
                     },
-                    Ok(None) => {
-                        info!(executor = %executor_id, "executor stream closed");
-                        break;
-                    }
+                    Ok(None) => break true,
                     Err(e) => {
                         warn!(executor = %executor_id, error = %e, "executor stream failed");
-                        break;
+                        break false;
                     }
                 }
-            }
-            scheduler.state().executor_lost(&executor_id, generation);
+            };
+            scheduler
+                .state()
+                .executor_lost(&executor_id, generation, closed);
         });
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }

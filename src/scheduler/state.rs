@@ -11,14 +11,13 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::planning::BackgroundPlannings;
 use super::policy::Policy;
 use super::query::{Progress, Query, RunningAttempt, TaskRef};
 use super::queue::{QueuedTask, WorkQueue};
-use super::registry::{Costliest, ExecutorSender, Held, Registry, Urgency};
+use super::registry::{ExecutorSender, Held, HeldKey, Registry, Urgency};
 use crate::proto::{
-    CancelTask, PromoteTask, QueryState, ReleaseShuffle, RunTask, SchedulerMessage, TaskId,
-    TaskStatus, TaskSuspended, scheduler_message, task_status,
+    CancelTask, QueryState, ReleaseShuffle, ResumeTask, RunTask, SchedulerMessage, SuspendTask,
+    TaskId, TaskStatus, scheduler_message, task_status,
 };
 use crate::shuffle::MapLocation;
 
@@ -76,7 +75,6 @@ pub struct SchedulerState {
     timeline: VecDeque<TaskSpan>,
     ended: VecDeque<Arc<str>>,
     ended_retained: usize,
-    background_plannings: BackgroundPlannings,
     inline_result_limit: u64,
 }
 
@@ -95,23 +93,8 @@ impl SchedulerState {
             timeline: VecDeque::new(),
             ended: VecDeque::new(),
             ended_retained: ENDED_RETAINED,
-            background_plannings: BackgroundPlannings::default(),
-            inline_result_limit: super::DEFAULT_INLINE_RESULT_BYTES,
+            inline_result_limit: 0,
         }
-    }
-
-    /// The count of big queries' plannings under way, which the planner keeps: while
-    /// there are any, a small query's tasks are pushed as urgent even when nothing else
-    /// runs yet (see [`Self::dispatch`]).
-    pub fn background_plannings(&self) -> BackgroundPlannings {
-        self.background_plannings.clone()
-    }
-
-    /// True when `query` is small (by its logical plan) and big queries are being
-    /// planned: their tasks will arrive in a few milliseconds, and a task pushed as not
-    /// urgent now would share the lowest OS priority with their plannings until then.
-    fn ahead_of_planned_work(&self, query: &str) -> bool {
-        self.background_plannings.any() && self.queries.get(query).is_some_and(|q| q.small_plan)
     }
 
     /// Adds a query and starts it; returns a receiver that sees its state change.
@@ -230,31 +213,20 @@ impl SchedulerState {
     }
 
     /// Pushes ready tasks to free slots until either runs out; under a preempting
-    /// policy, then also the most urgent tasks to executors running less urgent ones.
+    /// policy, then also the most urgent tasks to executors running far less urgent
+    /// ones, which it suspends.
     pub fn dispatch(&mut self) {
         let now = Instant::now();
-        let mut pushed = Costliest::default();
         while !self.queue.is_empty() {
             let Some(head) = self.queue.head() else {
                 break;
-            };
-            let preempting = head.urgency.is_some();
-            // A task placed beyond the slots preempts, so it is urgent; one placed in a
-            // free slot is urgent when it could preempt somewhere.
-            let urgent = match &head.urgency {
-                Some(u) if self.registry.has_free_slot() => {
-                    self.registry.is_urgent(&head.query_id, u, now)
-                        || self.ahead_of_planned_work(&head.query_id)
-                }
-                Some(_) => true,
-                None => false,
             };
             let home = self
                 .queries
                 .get(&head.query_id)
                 .and_then(|query| query.home_executor(head.task.stage));
             let preempt = head.urgency.map(|u| (&*head.query_id, u));
-            let Some(executor) = self.registry.pick(preempt, home, now) else {
+            let Some((executor, victim)) = self.registry.pick(preempt, home, now) else {
                 break;
             };
             let Some(queued) = self.queue.pop() else {
@@ -281,15 +253,20 @@ impl SchedulerState {
                 inputs: query.stage_inputs(task.stage).to_vec(),
                 ready_at_micros: ready_at_micros(queued.ready_at, pushed_at),
                 pushed_at_micros: pushed_at.as_micros() as u64,
-                rank: urgency.rank,
-                cost: urgency.cost,
-                urgent,
                 inline_result_limit: if task.stage == query.final_stage() {
                     self.inline_result_limit
                 } else {
                     0
                 },
             };
+            // The victim stops before the new task starts, so they never share the slot.
+            let suspended = victim.and_then(|victim| {
+                let held = executor.running.get_mut(&victim)?;
+                held.suspended = true;
+                let attempt = held.attempt;
+                executor.send(gate_message(&victim, attempt, true));
+                Some((victim, attempt))
+            });
             let message = SchedulerMessage {
                 message: Some(scheduler_message::Message::RunTask(run)),
             };
@@ -303,36 +280,58 @@ impl SchedulerState {
             let held = Held {
                 urgency,
                 since: now,
-                urgent,
                 attempt: query.attempt(task),
+                suspended: false,
             };
-            if preempting {
-                pushed.note(&queued.query_id, urgency.rank);
-            }
             executor
                 .running
                 .insert((queued.query_id.clone(), task), held);
             let executor_id = executor.location.executor_id.clone();
             query.task_started(task, &executor_id);
             record_dispatch(&queued);
-            debug!(query_id = %queued.query_id, stage = task.stage, partition = task.partition, executor = %executor_id, rank = urgency.rank, urgent, "task pushed");
+            debug!(query_id = %queued.query_id, stage = task.stage, partition = task.partition, executor = %executor_id, rank = urgency.rank, preempts = suspended.is_some(), "task pushed");
+            if let Some(((victim_query, victim_task), attempt)) = suspended {
+                metrics::counter!("baton_task_suspensions_total").increment(1);
+                if let Some(query) = self.queries.get_mut(&victim_query) {
+                    query.task_suspended(victim_task, attempt, &executor_id, true);
+                }
+            }
         }
-        self.promote_outranked(&pushed, now);
         metrics::gauge!("baton_queue_depth").set(self.queue.len() as f64);
         let (total, busy) = self.registry.slots();
         metrics::gauge!("baton_slots_total").set(total as f64);
         metrics::gauge!("baton_slots_busy").set(busy as f64);
     }
 
+    /// Lets suspended tasks on `executor_id` go on, most urgent first, while fewer tasks
+    /// run there than it has slots (a task there ended): a suspended task keeps its
+    /// claim on a slot, so it goes on before new work takes the slot.
+    fn resume_suspended(&mut self, executor_id: &str) {
+        let now = Instant::now();
+        let Some(executor) = self.registry.get_mut(executor_id) else {
+            return;
+        };
+        while let Some(key) = executor.to_resume(now) {
+            let Some(held) = executor.running.get_mut(&key) else {
+                break;
+            };
+            held.suspended = false;
+            let attempt = held.attempt;
+            executor.send(gate_message(&key, attempt, false));
+            if let Some(query) = self.queries.get_mut(&key.0) {
+                query.task_suspended(key.1, attempt, executor_id, false);
+            }
+        }
+    }
+
     /// A task preempts only for a query with under 1/`ratio` of the remaining work of the
-    /// task it displaces (default [`super::registry::DEFAULT_PREEMPT_COST_RATIO`]).
+    /// task it suspends (10 unless set).
     pub fn set_preempt_cost_ratio(&mut self, ratio: f64) {
         self.registry.set_preempt_cost_ratio(ratio);
     }
 
     /// Bytes of Arrow IPC a final-stage task may send back with its status instead of
-    /// leaving its output on its executor (default
-    /// [`super::DEFAULT_INLINE_RESULT_BYTES`]; 0: never).
+    /// leaving its output on its executor (0, the default: never).
     pub fn set_inline_result_limit(&mut self, bytes: u64) {
         self.inline_result_limit = bytes;
     }
@@ -362,12 +361,18 @@ impl SchedulerState {
         generation
     }
 
-    /// An executor's stream ended.
-    pub fn executor_lost(&mut self, executor_id: &str, generation: u64) {
+    /// An executor's stream ended: `closed` by the executor (it stopped), or broken.
+    /// Either way its running tasks and the shuffle output it held are gone.
+    pub fn executor_lost(&mut self, executor_id: &str, generation: u64, closed: bool) {
         let Some(entry) = self.registry.remove(executor_id, generation) else {
             return;
         };
-        warn!(executor = %executor_id, running = entry.running.len(), "executor lost");
+        let running = entry.running.len();
+        if closed {
+            info!(executor = %executor_id, running, "executor left");
+        } else {
+            warn!(executor = %executor_id, running, "executor lost");
+        }
         self.executors_watch.send_replace(self.registry.len());
         metrics::gauge!("baton_executors_connected").set(self.registry.len() as f64);
         self.requeue_lost(executor_id);
@@ -467,37 +472,8 @@ impl SchedulerState {
                 None => {}
             }
         }
+        self.resume_suspended(executor_id);
         self.dispatch();
-    }
-
-    /// An executor stopped a task it holds for more urgent ones, or let it go on.
-    pub fn task_suspended(&mut self, executor_id: &str, report: TaskSuspended) {
-        let Some(id) = report.task else {
-            return;
-        };
-        let task = task_ref(&id);
-        if let Some(query) = self.queries.get_mut(id.query_id.as_str()) {
-            query.task_suspended(task, id.attempt, executor_id, report.suspended);
-        }
-    }
-
-    /// Tells executors to continue, at normal OS priority, the tasks they run as not
-    /// urgent that the tasks `pushed` this round make urgent.
-    fn promote_outranked(&mut self, pushed: &Costliest, now: Instant) {
-        for (executor_id, query_id, task) in self.registry.promote_outranked(pushed, now) {
-            let (Some(executor), Some(query)) =
-                (self.registry.get(&executor_id), self.queries.get(&query_id))
-            else {
-                continue;
-            };
-            executor.send(SchedulerMessage {
-                message: Some(scheduler_message::Message::PromoteTask(PromoteTask {
-                    task: Some(task_id(&query_id, task, query.attempt(task))),
-                })),
-            });
-            metrics::counter!("baton_tasks_promoted_total").increment(1);
-            debug!(%query_id, stage = task.stage, partition = task.partition, executor = %executor_id, "task promoted");
-        }
     }
 
     fn cancel_tasks(&self, query_id: &str, attempts: Vec<RunningAttempt>) {
@@ -582,6 +558,18 @@ fn state_label(state: QueryState) -> &'static str {
     }
 }
 
+/// Suspends (`suspend`) or resumes attempt `attempt` of a held task.
+fn gate_message((query_id, task): &HeldKey, attempt: u32, suspend: bool) -> SchedulerMessage {
+    let task = Some(task_id(query_id, *task, attempt));
+    SchedulerMessage {
+        message: Some(if suspend {
+            scheduler_message::Message::SuspendTask(SuspendTask { task })
+        } else {
+            scheduler_message::Message::ResumeTask(ResumeTask { task })
+        }),
+    }
+}
+
 /// Now on the wall clock, since the Unix epoch.
 fn wall_clock() -> Duration {
     SystemTime::now()
@@ -653,22 +641,9 @@ mod tests {
         let location = MapLocation {
             executor_id: "e".into(),
             flight_address: "e:1".into(),
-            background_flight_address: "e:2".into(),
         };
         state.register_executor(location, slots, preempt_slots, sender);
         (state, stream)
-    }
-
-    /// A query of one stage of one task, small by its logical plan or not.
-    fn one_task_query(id: &str, small: bool) -> Query {
-        let mut query = Query::new(
-            id.into(),
-            String::new(),
-            vec![stage(Vec::new(), 1)],
-            Arc::new(datafusion::arrow::datatypes::Schema::empty()),
-        );
-        query.small_plan = small;
-        query
     }
 
     /// The next message on an executor's stream.
@@ -778,28 +753,5 @@ mod tests {
         assert_eq!(executor.running.len(), 2);
         assert_eq!(executor.free_slots(), 1);
         assert!(stream.try_recv().is_err());
-    }
-
-    #[test]
-    fn small_queries_push_urgent_tasks_while_big_ones_are_planned() {
-        let (mut state, mut stream) = with_executor(PolicyKind::Priority.build(10.0), 8, 8);
-        let mut pushed_urgent = |state: &mut SchedulerState, query: Query| {
-            state.add_query(query);
-            match stream.try_recv() {
-                Ok(Ok(SchedulerMessage {
-                    message: Some(scheduler_message::Message::RunTask(run)),
-                })) => run.urgent,
-                other => panic!("expected a pushed task, got {other:?}"),
-            }
-        };
-        let planning = state.background_plannings();
-        // Nothing else runs or is being planned: a small query's task is background work.
-        assert!(!pushed_urgent(&mut state, one_task_query("a", true)));
-        let big = planning.start();
-        assert!(pushed_urgent(&mut state, one_task_query("b", true)));
-        // Only small queries go ahead of the big ones being planned.
-        assert!(!pushed_urgent(&mut state, one_task_query("c", false)));
-        drop(big);
-        assert!(!pushed_urgent(&mut state, one_task_query("d", true)));
     }
 }

@@ -18,23 +18,6 @@ pub struct MapLocation {
     pub executor_id: String,
     /// host:port of that executor's Flight endpoint.
     pub flight_address: String,
-    /// host:port of that executor's Flight endpoint for background tasks, whose
-    /// connections and encoding run on low-priority threads; empty: `flight_address`.
-    pub background_flight_address: String,
-}
-
-impl MapLocation {
-    /// The Flight endpoint a task of this priority fetches from: a background task's
-    /// bulk transfers then never compete with an urgent task's on the peer's
-    /// normal-priority threads, nor share a connection (and its queue of frames) with
-    /// them.
-    pub fn flight_address_for(&self, background: bool) -> &str {
-        if background && !self.background_flight_address.is_empty() {
-            &self.background_flight_address
-        } else {
-            &self.flight_address
-        }
-    }
 }
 
 /// The per-task environment of Baton's shuffle operators.
@@ -50,11 +33,7 @@ pub struct TaskEnv {
     pub inputs: HashMap<u32, Vec<MapLocation>>,
     /// This executor's shuffle store.
     pub store: ShuffleStore,
-    /// Whether the task runs in the background (not urgent): it then fetches from
-    /// peers' background Flight endpoints.
-    pub background: bool,
-    /// Flight clients to other executors, with connections on the threads of the
-    /// task's priority.
+    /// Flight clients to other executors.
     pub clients: FlightClients,
 }
 
@@ -81,23 +60,5 @@ impl TaskEnv {
                     self.stage_id
                 ))
             })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn background_tasks_read_from_the_background_endpoint_when_there_is_one() {
-        let mut location = MapLocation {
-            executor_id: "e".into(),
-            flight_address: "h:1".into(),
-            background_flight_address: "h:2".into(),
-        };
-        assert_eq!(location.flight_address_for(false), "h:1");
-        assert_eq!(location.flight_address_for(true), "h:2");
-        location.background_flight_address.clear();
-        assert_eq!(location.flight_address_for(true), "h:1");
     }
 }

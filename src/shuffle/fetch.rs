@@ -96,9 +96,8 @@ pub struct FlightClients {
 
 impl FlightClients {
     /// Clients whose connections run on `runtime`, not on the runtime of the task that
-    /// happens to open them first: an executor's urgent tasks share connections on its
-    /// main runtime, its background tasks connections on its low-priority Flight
-    /// runtime (see [`PriorityClients`]), whichever of them fetches first.
+    /// happens to open them first: an executor's connections then run on its main
+    /// runtime, never on task threads busy with CPU-bound operators.
     pub fn on_runtime(runtime: Handle) -> Self {
         Self {
             runtime: Some(runtime),
@@ -207,33 +206,6 @@ impl UnreadableOutput {
             cause = e.source();
         }
         None
-    }
-}
-
-/// An executor's Flight clients for tasks of each priority: urgent tasks fetch over
-/// connections on normal-priority threads, background tasks over connections of their
-/// own on low-priority threads, to peers' background endpoints.
-#[derive(Debug, Clone)]
-pub struct PriorityClients {
-    /// For urgent tasks.
-    pub urgent: FlightClients,
-    /// For background tasks.
-    pub background: FlightClients,
-}
-
-impl PriorityClients {
-    /// Bytes both fetched since start.
-    pub fn bytes_fetched(&self) -> u64 {
-        self.urgent.bytes_fetched() + self.background.bytes_fetched()
-    }
-
-    /// The clients of a task of this priority.
-    pub fn for_task(&self, background: bool) -> &FlightClients {
-        if background {
-            &self.background
-        } else {
-            &self.urgent
-        }
     }
 }
 

@@ -190,11 +190,7 @@ async fn open_source(
         let holder = location.executor_id.clone();
         let fetched = env
             .clients
-            .fetch(
-                location.flight_address_for(env.background),
-                key,
-                schema.clone(),
-            )
+            .fetch(&location.flight_address, key, schema.clone())
             .await
             .map_err(|e| UnreadableOutput::wrap(&holder, e))?
             .map_err(move |e| UnreadableOutput::wrap(&holder, e));
@@ -236,11 +232,9 @@ mod tests {
                 vec![MapLocation {
                     executor_id: holder.into(),
                     flight_address: address.into(),
-                    background_flight_address: address.into(),
                 }],
             )]),
             store: ShuffleStore::new(dir.path(), 1 << 20).unwrap(),
-            background: false,
             clients: FlightClients::default(),
         };
         let config = SessionConfig::new().with_extension(Arc::new(env));

@@ -1,14 +1,31 @@
-//! Helpers shared by the end-to-end tests: cached TPC-H data and result comparison
-//! against single-node DataFusion.
+//! Helpers shared by the end-to-end tests: cached TPC-H data, result comparison
+//! against single-node DataFusion, and waiting for a condition.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use baton::catalog::{TableFormat, register_catalog};
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Float32Type, Float64Type};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::prelude::{SessionConfig, SessionContext};
+
+/// Checks `condition` until it holds (true) or `deadline` has passed (false, after one
+/// last check). The one way tests wait for something another task or process does:
+/// never a fixed sleep.
+pub async fn eventually(deadline: Duration, mut condition: impl AsyncFnMut() -> bool) -> bool {
+    let until = tokio::time::Instant::now() + deadline;
+    let mut pause = Duration::from_millis(5);
+    while tokio::time::Instant::now() < until {
+        if condition().await {
+            return true;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+    condition().await
+}
 
 /// Scale factor of the test data.
 pub const TEST_SCALE: f64 = 0.01;

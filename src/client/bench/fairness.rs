@@ -11,10 +11,9 @@ use super::{BenchError, quantile, text_table};
 use crate::catalog::TableFormat;
 use crate::client::BatonClient;
 use crate::cluster::{ClusterConfig, LocalCluster};
+use crate::config::{parse_mib, parse_millis};
 use crate::datagen;
-use crate::scheduler::{
-    DEFAULT_AGING_HALF_LIFE, DEFAULT_PARTITION_DATA_BYTES, DEFAULT_PREEMPT_COST_RATIO, PolicyKind,
-};
+use crate::scheduler::{PolicyKind, SchedulerConfig};
 use crate::tpch;
 
 /// Short queries: small tables, a few stages each.
@@ -36,54 +35,59 @@ const LONG_QUERIES: [u32; 4] = [9, 18, 21, 1];
 /// stays within 5 % of `fifo`'s).
 pub const SLOWDOWN_GOAL: f64 = 1.5;
 
-/// What to run.
-#[derive(Debug, Clone)]
+/// What to run (the flags of `baton bench fairness`).
+#[derive(Debug, Clone, clap::Args)]
 pub struct FairnessBench {
-    /// TPC-H scale factor of the data.
+    /// TPC-H scale factor of the data (generated and cached on first use).
+    #[arg(long, default_value = "1")]
     pub scale: f64,
     /// Executors of each cluster.
+    #[arg(long, default_value = "2")]
     pub executors: usize,
     /// Slots per executor.
+    #[arg(long, default_value = "2")]
     pub slots: u32,
     /// Partitions per stage, at most.
+    #[arg(long, default_value = "4")]
     pub partitions: usize,
-    /// Bytes of table data that earn a query one partition (0: always `partitions`).
+    /// MiB of table data (its files, whole) that earn a query one partition, up to
+    /// --partitions; 0: every query gets --partitions.
+    #[arg(long = "partition-data-mib", value_parser = parse_mib, default_value = "32")]
     pub partition_data_bytes: u64,
-    /// Long queries submitted at the start.
+    /// Long queries submitted at the start, one after the other.
+    #[arg(long = "long", default_value = "8")]
     pub long_queries: usize,
-    /// Short queries, one every `interval`.
+    /// Short queries, one every --interval-ms.
+    #[arg(long = "short", default_value = "20")]
     pub short_queries: usize,
-    /// Time between short queries.
+    /// Milliseconds between short queries.
+    #[arg(long = "interval-ms", value_parser = parse_millis, default_value = "250")]
     pub interval: Duration,
     /// Policies to compare.
+    #[arg(long, value_delimiter = ',', default_value = "fifo,fair,priority")]
     pub policies: Vec<PolicyKind>,
-    /// Runs of the whole comparison, policies taking turns in each.
+    /// Runs of the whole comparison (policies taking turns); the report gives each
+    /// measure's median over the runs and how many runs met the slowdown goal.
+    #[arg(long, default_value = "1")]
     pub runs: usize,
-    /// Tasks each executor takes beyond its slots when urgent; None: as many as slots.
+    /// Suspended tasks each executor may hold for cheap queries' tasks (priority
+    /// preempts); default: as many as --slots, 0: no preemption.
+    #[arg(long)]
     pub preempt_slots: Option<u32>,
-    /// Work ratio a preempting query needs (see [`ClusterConfig::preempt_cost_ratio`]).
+    /// A task preempts (priority policy) only for a query with under 1/this of the
+    /// remaining work of the task it suspends.
+    #[arg(long, default_value = "10")]
     pub preempt_cost_ratio: f64,
-    /// Aging half-life of `priority`, seconds.
+    /// Seconds of waiting that halve a query's cost against newer queries (priority
+    /// policy); 0: no aging.
+    #[arg(long, default_value = "10")]
     pub aging_half_life: f64,
 }
 
 impl Default for FairnessBench {
+    /// The defaults of the flags.
     fn default() -> Self {
-        Self {
-            scale: 1.0,
-            executors: 2,
-            slots: 2,
-            partitions: 4,
-            partition_data_bytes: DEFAULT_PARTITION_DATA_BYTES,
-            long_queries: 8,
-            short_queries: 20,
-            interval: Duration::from_millis(250),
-            policies: PolicyKind::ALL.to_vec(),
-            runs: 1,
-            preempt_slots: None,
-            preempt_cost_ratio: DEFAULT_PREEMPT_COST_RATIO,
-            aging_half_life: DEFAULT_AGING_HALF_LIFE,
-        }
+        crate::config::defaults_of::<Self>()
     }
 }
 
@@ -209,19 +213,18 @@ async fn run_policy(
     policy: PolicyKind,
     run: usize,
 ) -> Result<PolicyResult, BenchError> {
-    let cluster = LocalCluster::start(ClusterConfig {
-        executors: bench.executors.max(1),
-        slots: bench.slots.max(1),
-        catalog: Some(catalog.to_path_buf()),
+    let mut config =
+        ClusterConfig::with_catalog(bench.executors.max(1), bench.slots, catalog.to_path_buf());
+    config.executor.preempt_slots = bench.preempt_slots;
+    config.scheduler = SchedulerConfig {
         target_partitions: bench.partitions,
         partition_data_bytes: bench.partition_data_bytes,
         policy,
-        preempt_slots: bench.preempt_slots,
         preempt_cost_ratio: bench.preempt_cost_ratio,
         aging_half_life: bench.aging_half_life,
-        ..Default::default()
-    })
-    .await?;
+        ..config.scheduler
+    };
+    let cluster = LocalCluster::start(config).await?;
     let client = cluster.client().await?;
     // Each short query alone: the median of its latencies in the same stream of short
     // queries, arriving as they do under load, over the idle cluster (after a warm-up run

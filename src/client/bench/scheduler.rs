@@ -30,33 +30,33 @@ use crate::proto::{
 use crate::scheduler::{PolicyKind, Scheduler, StageSpec};
 use crate::shuffle::fetch::connect_channel;
 
-/// What to run.
-#[derive(Debug, Clone)]
+/// What to run (the flags of `baton bench scheduler`).
+#[derive(Debug, Clone, clap::Args)]
 pub struct SchedulerBench {
-    /// Queries of the throughput phase.
+    /// Queries submitted at once in the throughput phase.
+    #[arg(long, default_value = "1000")]
     pub queries: usize,
     /// Map tasks per query in the throughput phase.
+    #[arg(long, default_value = "100")]
     pub tasks: usize,
     /// Simulated executors.
+    #[arg(long, default_value = "2")]
     pub executors: usize,
     /// Slots per simulated executor.
+    #[arg(long, default_value = "16")]
     pub slots: u32,
-    /// Queries run one after another in the latency phase.
+    /// Queries run one at a time in the latency phase.
+    #[arg(long, default_value = "200")]
     pub latency_queries: usize,
     /// Scheduling policy.
+    #[arg(long, default_value = "priority")]
     pub policy: PolicyKind,
 }
 
 impl Default for SchedulerBench {
+    /// The defaults of the flags.
     fn default() -> Self {
-        Self {
-            queries: 1000,
-            tasks: 100,
-            executors: 2,
-            slots: 16,
-            latency_queries: 200,
-            policy: PolicyKind::default(),
-        }
+        crate::config::defaults_of::<Self>()
     }
 }
 
@@ -108,7 +108,6 @@ async fn simulated_executor(
             slots,
             // Its tasks end at once; there is nothing to suspend.
             preempt_slots: 0,
-            background_flight_address: String::new(),
         })),
     });
     let mut inbound = client
@@ -183,12 +182,11 @@ fn stages(map_tasks: usize) -> Vec<StageSpec> {
 
 /// Runs both phases and returns what they measured.
 pub async fn run_scheduler_bench(bench: &SchedulerBench) -> Result<SchedulerReport, BenchError> {
-    let scheduler = Scheduler::with_session(
-        datafusion::prelude::SessionContext::new(),
-        bench
-            .policy
-            .build(crate::scheduler::DEFAULT_AGING_HALF_LIFE),
-    );
+    let config = crate::scheduler::SchedulerConfig {
+        policy: bench.policy,
+        ..Default::default()
+    };
+    let scheduler = Scheduler::with_session(datafusion::prelude::SessionContext::new(), &config);
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| BenchError::Simulated(format!("binding the scheduler: {e}")))?;

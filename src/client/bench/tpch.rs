@@ -17,28 +17,38 @@ use crate::cluster::{ClusterConfig, LocalCluster};
 use crate::datagen;
 use crate::tpch::{QUERIES, TpchQuery};
 
-/// What to run.
-#[derive(Debug, Clone)]
+/// What to run (the flags of `baton bench tpch`).
+#[derive(Debug, Clone, clap::Args)]
 pub struct TpchBench {
-    /// Scale factor of generated data.
+    /// Scale factor; data is generated and cached on first use.
+    #[arg(long, default_value = "0.1")]
     pub scale: f64,
-    /// Executor counts; a fresh embedded cluster for each.
+    /// Executor counts to run with, a fresh embedded cluster each (e.g. 1,2,4).
+    #[arg(long, value_delimiter = ',', default_value = "2")]
     pub executors: Vec<usize>,
     /// Slots per executor.
+    #[arg(long, default_value = "1")]
     pub slots: u32,
-    /// Partitions per stage (and of the baseline).
+    /// Partitions per stage (and of the single-node baseline).
+    #[arg(long, default_value = "2")]
     pub partitions: usize,
-    /// Runs of each query.
+    /// Runs of each query; the fastest counts.
+    #[arg(long, default_value = "1", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub iterations: usize,
     /// Submit all queries at once instead of one after another.
+    #[arg(long)]
     pub concurrent: bool,
-    /// An existing cluster to use instead of embedded ones.
+    /// Use a running scheduler instead of embedded clusters.
+    #[arg(long)]
     pub scheduler: Option<String>,
-    /// Also run single-node DataFusion.
+    /// Also run single-node DataFusion on the same data and print the ratios.
+    #[arg(long)]
     pub baseline: bool,
-    /// Queries to run (1–22).
+    /// Only these queries (e.g. 1,5,22).
+    #[arg(long, value_delimiter = ',')]
     pub queries: Vec<u32>,
-    /// Directory for results JSON.
+    /// Directory for tpch.json and the SVG plots.
+    #[arg(long, default_value = "bench-results")]
     pub out: Option<PathBuf>,
 }
 
@@ -313,14 +323,10 @@ pub async fn run_tpch_bench(bench: &TpchBench) -> Result<BenchReport, BenchError
         None => {
             for &executors in &bench.executors {
                 let executors = executors.max(1);
-                let cluster = LocalCluster::start(ClusterConfig {
-                    executors,
-                    slots: bench.slots.max(1),
-                    catalog: Some(catalog.clone()),
-                    target_partitions: bench.partitions,
-                    ..Default::default()
-                })
-                .await?;
+                let mut config =
+                    ClusterConfig::with_catalog(executors, bench.slots, catalog.clone());
+                config.scheduler.target_partitions = bench.partitions;
+                let cluster = LocalCluster::start(config).await?;
                 let client = cluster.client().await?;
                 progress.set_message(format!("baton x{executors}"));
                 let started = Instant::now();

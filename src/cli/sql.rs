@@ -1,0 +1,226 @@
+//! `baton sql`: statements from `-c`, a file or the interactive shell, run on a running
+//! scheduler or an embedded cluster.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::prelude::SessionContext;
+
+use super::{CliError, shell, shorten, start_cluster};
+use crate::catalog;
+use crate::client::{BatonClient, OutputFormat, QueryResult, format_batches};
+use crate::cluster::{ClusterConfig, LocalCluster};
+use crate::config::distributed_session_config;
+use crate::planner::{self, PlannerError};
+
+/// Where `baton sql` reads statements from.
+#[derive(Debug, Clone)]
+pub enum SqlSource {
+    /// One statement (or several separated by `;`).
+    Command(String),
+    /// A file of statements.
+    File(PathBuf),
+    /// The interactive shell (statements from the terminal or standard input).
+    Interactive,
+}
+
+/// Where `baton sql` runs statements.
+#[derive(Debug, Clone)]
+pub enum SqlTarget {
+    /// A running scheduler; with a catalog, the client plans and submits the plan.
+    Remote {
+        /// Scheduler address.
+        address: String,
+        /// Catalog to plan against locally.
+        catalog: Option<PathBuf>,
+    },
+    /// An embedded cluster (TPC-H SF 0.1 when it names no catalog).
+    Embedded(Box<ClusterConfig>),
+}
+
+/// Splits SQL text into statements at `;`, outside quotes and comments.
+pub fn split_statements(text: &str) -> Vec<String> {
+    let mut statements = Vec::new();
+    let mut current = String::new();
+    let mut chars = text.chars().peekable();
+    let mut quote: Option<char> = None;
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => {
+                quote = None;
+                current.push(c);
+            }
+            (Some(_), c) => current.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                current.push(c);
+            }
+            (None, '-') if chars.peek() == Some(&'-') => {
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        current.push('\n');
+                        break;
+                    }
+                }
+            }
+            (None, ';') => {
+                statements.push(std::mem::take(&mut current));
+            }
+            (None, c) => current.push(c),
+        }
+    }
+    statements.push(current);
+    statements
+        .into_iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// A connection that statements run on: a client, the local planner when the client
+/// plans, and the embedded cluster it may own.
+pub(super) struct Session {
+    pub(super) client: BatonClient,
+    planner: Option<SessionContext>,
+    _cluster: Option<LocalCluster>,
+}
+
+impl Session {
+    async fn open(target: SqlTarget) -> Result<Self, CliError> {
+        match target {
+            SqlTarget::Remote { address, catalog } => {
+                let planner = match catalog {
+                    Some(path) => {
+                        let ctx = SessionContext::new_with_config(distributed_session_config(
+                            crate::config::DEFAULT_TARGET_PARTITIONS,
+                        ));
+                        catalog::register_catalog(&ctx, &path).await?;
+                        Some(ctx)
+                    }
+                    None => None,
+                };
+                Ok(Self {
+                    client: BatonClient::connect(&address).await?,
+                    planner,
+                    _cluster: None,
+                })
+            }
+            SqlTarget::Embedded(config) => {
+                let cluster = start_cluster(*config).await?;
+                Ok(Self {
+                    client: cluster.client().await?,
+                    planner: None,
+                    _cluster: Some(cluster),
+                })
+            }
+        }
+    }
+
+    /// Plans (when this session plans locally) and submits `sql`; returns the query id.
+    pub(super) async fn submit(&mut self, sql: &str) -> Result<String, CliError> {
+        Ok(match &self.planner {
+            Some(ctx) => {
+                let plan = async {
+                    let frame = ctx.sql(sql).await?;
+                    frame.create_physical_plan().await
+                }
+                .await
+                .map_err(PlannerError::from)?;
+                let bytes = planner::encode_plan(plan)?;
+                self.client.submit_plan(bytes, sql).await?
+            }
+            None => self.client.submit_sql(sql).await?,
+        })
+    }
+
+    async fn run(&mut self, sql: &str) -> Result<QueryResult, CliError> {
+        let id = self.submit(sql).await?;
+        Ok(self.client.fetch(&id).await?)
+    }
+}
+
+pub(super) fn print_result(
+    result: &QueryResult,
+    format: OutputFormat,
+    elapsed: f64,
+) -> Result<(), CliError> {
+    let batches = if result.batches.is_empty() {
+        vec![RecordBatch::new_empty(result.schema.clone())]
+    } else {
+        result.batches.clone()
+    };
+    let text = format_batches(&batches, format)?;
+    if !text.is_empty() {
+        println!("{}", text.trim_end());
+    }
+    eprintln!(
+        "{} row(s) in {elapsed:.3} s (query {})",
+        result.rows(),
+        result.query_id
+    );
+    Ok(())
+}
+
+/// `baton sql`.
+pub async fn run_sql(
+    target: SqlTarget,
+    source: SqlSource,
+    format: OutputFormat,
+    continue_on_error: bool,
+) -> Result<(), CliError> {
+    let text = match &source {
+        SqlSource::Command(sql) => sql.clone(),
+        SqlSource::File(path) => read_file(path)?,
+        SqlSource::Interactive => {
+            let mut session = Session::open(target).await?;
+            return shell::run_shell(&mut session, format).await;
+        }
+    };
+    let statements = split_statements(&text);
+    let mut session = Session::open(target).await?;
+    let single = statements.len() == 1;
+    let mut failures = 0;
+    for (i, statement) in statements.iter().enumerate() {
+        let started = Instant::now();
+        match session.run(statement).await {
+            Ok(result) => print_result(&result, format, started.elapsed().as_secs_f64())?,
+            Err(e) if single => return Err(e),
+            Err(e) => {
+                let error = CliError::Statement {
+                    index: i + 1,
+                    statement: shorten(statement),
+                    cause: Box::new(e),
+                };
+                if !continue_on_error {
+                    return Err(error);
+                }
+                eprintln!("error: {error}");
+                failures += 1;
+            }
+        }
+    }
+    if failures > 0 {
+        return Err(CliError::Failures(failures));
+    }
+    Ok(())
+}
+
+fn read_file(path: &Path) -> Result<String, CliError> {
+    std::fs::read_to_string(path).map_err(|source| CliError::Io {
+        what: format!("reading {}", path.display()),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_statements_outside_quotes_and_comments() {
+        let text = "select ';' as a; -- a comment; still comment\nselect 2;\n\n";
+        assert_eq!(split_statements(text), vec!["select ';' as a", "select 2"]);
+        assert!(split_statements(" ;; ").is_empty());
+    }
+}

@@ -1,0 +1,108 @@
+//! `baton status` and `baton cancel`.
+
+use super::{CliError, shorten};
+use crate::client::BatonClient;
+use crate::proto::{QueryState, QueryStatus, StageState};
+use crate::scheduler::status_to_json;
+
+fn state_name(state: i32) -> &'static str {
+    match QueryState::try_from(state).unwrap_or(QueryState::Unspecified) {
+        QueryState::Queued => "queued",
+        QueryState::Running => "running",
+        QueryState::Succeeded => "succeeded",
+        QueryState::Failed => "failed",
+        QueryState::Cancelled => "cancelled",
+        QueryState::Unspecified => "unknown",
+    }
+}
+
+fn stage_state_name(state: i32) -> &'static str {
+    match StageState::try_from(state).unwrap_or(StageState::Unspecified) {
+        StageState::Waiting => "waiting",
+        StageState::Running => "running",
+        StageState::Done => "done",
+        StageState::Unspecified => "unknown",
+    }
+}
+
+fn print_status(status: &QueryStatus, detailed: bool) {
+    let elapsed = match (status.started_at_ms, status.ended_at_ms) {
+        (s, e) if s > 0 && e >= s => format!("{:.3} s", (e - s) as f64 / 1000.0),
+        _ => "-".into(),
+    };
+    println!(
+        "{}  {:<9}  {:>9}  {}",
+        status.query_id,
+        state_name(status.state),
+        elapsed,
+        shorten(&status.label)
+    );
+    if !status.error.is_empty() {
+        println!("  error: {}", status.error);
+    }
+    if detailed {
+        for stage in &status.stages {
+            println!(
+                "  stage {:>2} {:<8} tasks {}/{} done, {} running  inputs {:?}{}",
+                stage.stage_id,
+                stage_state_name(stage.state),
+                stage.tasks_done,
+                stage.tasks_total,
+                stage.tasks_running,
+                stage.input_stages,
+                if stage.running.is_empty() {
+                    String::new()
+                } else {
+                    let tasks: Vec<String> = stage
+                        .running
+                        .iter()
+                        .map(|t| {
+                            let pause = if t.suspended { " (suspended)" } else { "" };
+                            format!("{}@{}{pause}", t.partition, t.executor_id)
+                        })
+                        .collect();
+                    format!("  running {}", tasks.join(","))
+                }
+            );
+        }
+    }
+}
+
+/// `baton status`.
+pub async fn run_status(
+    scheduler: &str,
+    query_id: Option<String>,
+    json: bool,
+) -> Result<(), CliError> {
+    let mut client = BatonClient::connect(scheduler).await?;
+    if json {
+        let value = match query_id {
+            Some(id) => status_to_json(&client.status(&id).await?),
+            None => {
+                serde_json::Value::Array(client.list().await?.iter().map(status_to_json).collect())
+            }
+        };
+        println!("{value:#}");
+        return Ok(());
+    }
+    match query_id {
+        Some(id) => print_status(&client.status(&id).await?, true),
+        None => {
+            for status in client.list().await? {
+                print_status(&status, false);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `baton cancel`.
+pub async fn run_cancel(scheduler: &str, query_id: &str) -> Result<(), CliError> {
+    let mut client = BatonClient::connect(scheduler).await?;
+    if client.cancel(query_id).await? {
+        println!("cancelled {query_id}");
+    } else {
+        println!("query {query_id} had already ended");
+    }
+    Ok(())
+}

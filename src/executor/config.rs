@@ -1,0 +1,76 @@
+//! How an executor is set up: one struct, whose fields are the `baton executor` flags,
+//! each with its default written once, here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::config::parse_mib;
+
+/// How an executor is set up.
+#[derive(Debug, Clone, Args)]
+pub struct ExecutorConfig {
+    /// Scheduler address (host:port).
+    #[arg(long, default_value = "127.0.0.1:50050")]
+    pub scheduler: String,
+    /// Address of this executor's Flight endpoint (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub bind: SocketAddr,
+    /// Tasks run at once.
+    #[arg(long, default_value = "2")]
+    pub slots: u32,
+    /// Suspended tasks it may hold beyond its slots (each keeps its memory): the
+    /// scheduler suspends a running task to run a far cheaper query's task in its slot;
+    /// default: as many as --slots, 0: never.
+    #[arg(long)]
+    pub preempt_slots: Option<u32>,
+    /// The executor's name in the scheduler's status, logs and metrics, unique in the
+    /// cluster; default: a random one.
+    #[arg(long = "id")]
+    pub executor_id: Option<String>,
+    /// Directory for spilled shuffle files; default: the system's temporary directory.
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// MiB of shuffle output kept in memory before spilling to disk.
+    #[arg(long = "memory-mb", value_parser = parse_mib, default_value = "4096")]
+    pub memory_limit: u64,
+}
+
+impl Default for ExecutorConfig {
+    /// The defaults of the flags.
+    fn default() -> Self {
+        crate::config::defaults_of::<Self>()
+    }
+}
+
+impl ExecutorConfig {
+    /// An executor of `slots` slots for the scheduler at `scheduler` (a leading
+    /// `http://` is dropped), on loopback, that may hold as many suspended tasks again;
+    /// it spills to `work_dir`, the system's temporary directory when None.
+    pub fn local(scheduler: &str, slots: u32, work_dir: Option<PathBuf>) -> Self {
+        Self {
+            scheduler: scheduler.to_string(),
+            slots,
+            work_dir,
+            ..Self::default()
+        }
+    }
+
+    /// Suspended tasks it may hold beyond its slots.
+    pub fn preempt_slots(&self) -> u32 {
+        self.preempt_slots.unwrap_or(self.slots)
+    }
+
+    /// The scheduler's host:port, without a leading `http://`.
+    pub fn scheduler_address(&self) -> &str {
+        self.scheduler.trim_start_matches("http://")
+    }
+
+    /// The directory its spill files go under.
+    pub fn work_dir(&self) -> PathBuf {
+        self.work_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("baton-executor"))
+    }
+}

@@ -1,0 +1,52 @@
+//! How a scheduler is set up: one struct, whose fields are the `baton scheduler` flags
+//! (and an embedded cluster's), each with its default written once, here.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::policy::PolicyKind;
+use crate::config::{parse_kib, parse_mib, parse_seconds};
+
+/// How a scheduler is set up.
+#[derive(Debug, Clone, Args)]
+pub struct SchedulerConfig {
+    /// TOML catalog of tables SQL can name.
+    #[arg(long)]
+    pub catalog: Option<PathBuf>,
+    /// Partitions (tasks per stage) DataFusion plans with, at most.
+    #[arg(long = "partitions", default_value = "4")]
+    pub target_partitions: usize,
+    /// MiB of table data (its files, whole) that earn a query one partition, up to
+    /// --partitions; 0: every query gets --partitions.
+    #[arg(long = "partition-data-mib", value_parser = parse_mib, default_value = "32")]
+    pub partition_data_bytes: u64,
+    /// How tasks of concurrent queries are ordered: priority (least remaining work
+    /// first, with aging; cheap queries preempt), fair (round robin) or fifo.
+    #[arg(long, default_value = "priority")]
+    pub policy: PolicyKind,
+    /// Seconds of waiting that halve a query's cost against newer queries (priority
+    /// policy); 0: no aging.
+    #[arg(long, default_value = "10")]
+    pub aging_half_life: f64,
+    /// Seconds an unfetched result is kept before its partitions are freed.
+    #[arg(long = "result-ttl", value_parser = parse_seconds, default_value = "600")]
+    pub result_ttl: Duration,
+    /// A task preempts (priority policy) only for a query with under 1/this of the
+    /// remaining work of the task it suspends.
+    #[arg(long, default_value = "10")]
+    pub preempt_cost_ratio: f64,
+    /// KiB of Arrow IPC each task of a query's final stage sends back with its status,
+    /// so the scheduler serves small results itself; 0: results stay on the executors
+    /// until fetched.
+    #[arg(long = "inline-result-kib", value_parser = parse_kib, default_value = "1024")]
+    pub inline_result_bytes: u64,
+}
+
+impl Default for SchedulerConfig {
+    /// The defaults of the flags.
+    fn default() -> Self {
+        crate::config::defaults_of::<Self>()
+    }
+}
