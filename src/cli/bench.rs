@@ -49,8 +49,13 @@ pub async fn run_fairness_bench(bench: FairnessBench, out: PathBuf) -> Result<()
     let preempt = bench.preempt_slots.unwrap_or(bench.slots);
     eprintln!(
         "fairness: {} long + {} short queries per policy on {} executors × {} slots \
-         (+{preempt} for preemption), TPC-H SF {}",
-        bench.long_queries, bench.short_queries, bench.executors, bench.slots, bench.scale
+         (up to {preempt} suspended each), TPC-H SF {}, {} run(s); separate processes",
+        bench.long_queries,
+        bench.short_queries,
+        bench.executors,
+        bench.slots,
+        bench.scale,
+        bench.runs
     );
     let results = run_fairness(&bench).await?;
     println!("{}", format_fairness_report(&results));

@@ -4,6 +4,7 @@
 
 pub mod fairness;
 pub mod plots;
+pub mod processes;
 pub mod scheduler;
 pub mod tpch;
 
@@ -50,6 +51,9 @@ pub enum BenchError {
     /// A scheduler could not start or serve.
     #[error(transparent)]
     Scheduler(#[from] SchedulerError),
+    /// A cluster of processes could not start.
+    #[error("benchmark cluster: {0}")]
+    Processes(String),
     /// A simulated executor of the scheduler benchmark failed.
     #[error("simulated executor: {0}")]
     Simulated(String),
