@@ -27,13 +27,13 @@ pub struct ExecutorConfig {
     pub preempt_slots: Option<u32>,
     /// The executor's name in the scheduler's status, logs and metrics, unique in the
     /// cluster; default: a random one.
-    #[arg(long = "id")]
+    #[arg(long = "id", value_name = "NAME")]
     pub executor_id: Option<String>,
     /// Directory for spilled shuffle files; default: the system's temporary directory.
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
     /// MiB of shuffle output kept in memory before spilling to disk.
-    #[arg(long = "memory-mb", value_parser = parse_mib, default_value = "4096")]
+    #[arg(long = "memory-mb", value_name = "MIB", value_parser = parse_mib, default_value = "4096")]
     pub memory_limit: u64,
 }
 

@@ -199,7 +199,6 @@ impl TaskRunner {
             debug!(query_id = %id.query_id, stage = id.stage_id, partition = id.partition, suspend, "task gate changed");
             if suspend {
                 self.suspensions.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("baton_task_suspensions_total").increment(1);
             }
             self.report_suspended();
         }

@@ -16,11 +16,11 @@ pub struct SchedulerConfig {
     #[arg(long)]
     pub catalog: Option<PathBuf>,
     /// Partitions (tasks per stage) DataFusion plans with, at most.
-    #[arg(long = "partitions", default_value = "4")]
+    #[arg(long = "partitions", value_name = "N", default_value = "4")]
     pub target_partitions: usize,
     /// MiB of table data (its files, whole) that earn a query one partition, up to
     /// --partitions; 0: every query gets --partitions.
-    #[arg(long = "partition-data-mib", value_parser = parse_mib, default_value = "32")]
+    #[arg(long = "partition-data-mib", value_name = "MIB", value_parser = parse_mib, default_value = "32")]
     pub partition_data_bytes: u64,
     /// How tasks of concurrent queries are ordered: priority (least remaining work
     /// first, with aging; cheap queries preempt), fair (round robin) or fifo.
@@ -31,7 +31,7 @@ pub struct SchedulerConfig {
     #[arg(long, default_value = "10")]
     pub aging_half_life: f64,
     /// Seconds an unfetched result is kept before its partitions are freed.
-    #[arg(long = "result-ttl", value_parser = parse_seconds, default_value = "600")]
+    #[arg(long = "result-ttl", value_name = "SECONDS", value_parser = parse_seconds, default_value = "600")]
     pub result_ttl: Duration,
     /// A task preempts (priority policy) only for a query with under 1/this of the
     /// remaining work of the task it suspends.
@@ -40,7 +40,7 @@ pub struct SchedulerConfig {
     /// KiB of Arrow IPC each task of a query's final stage sends back with its status,
     /// so the scheduler serves small results itself; 0: results stay on the executors
     /// until fetched.
-    #[arg(long = "inline-result-kib", value_parser = parse_kib, default_value = "1024")]
+    #[arg(long = "inline-result-kib", value_name = "KIB", value_parser = parse_kib, default_value = "1024")]
     pub inline_result_bytes: u64,
 }
 

@@ -57,16 +57,16 @@ pub struct FairnessBench {
     pub partitions: usize,
     /// MiB of table data (its files, whole) that earn a query one partition, up to
     /// --partitions; 0: every query gets --partitions.
-    #[arg(long = "partition-data-mib", value_parser = parse_mib, default_value = "32")]
+    #[arg(long = "partition-data-mib", value_name = "MIB", value_parser = parse_mib, default_value = "32")]
     pub partition_data_bytes: u64,
     /// Long queries submitted at the start, one after the other.
-    #[arg(long = "long", default_value = "8")]
+    #[arg(long = "long", value_name = "N", default_value = "8")]
     pub long_queries: usize,
     /// Short queries, one every --interval-ms.
-    #[arg(long = "short", default_value = "20")]
+    #[arg(long = "short", value_name = "N", default_value = "20")]
     pub short_queries: usize,
     /// Milliseconds between short queries.
-    #[arg(long = "interval-ms", value_parser = parse_millis, default_value = "250")]
+    #[arg(long = "interval-ms", value_name = "MS", value_parser = parse_millis, default_value = "250")]
     pub interval: Duration,
     /// Policies to compare.
     #[arg(long, value_delimiter = ',', default_value = "fifo,fair,priority")]
