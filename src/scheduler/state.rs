@@ -754,4 +754,100 @@ mod tests {
         assert_eq!(executor.free_slots(), 1);
         assert!(stream.try_recv().is_err());
     }
+
+    /// A query "q…" of one stage of one task of `cost` units.
+    fn one_task_query(id: &str, cost: f64) -> Query {
+        let stage = StageSpec {
+            cost,
+            ..stage(Vec::new(), 1)
+        };
+        Query::new(
+            id.into(),
+            String::new(),
+            vec![stage],
+            Arc::new(datafusion::arrow::datatypes::Schema::empty()),
+        )
+    }
+
+    #[test]
+    fn a_far_cheaper_query_suspends_a_running_task_which_resumes_when_it_ends() {
+        let (mut state, mut stream) = with_executor(PolicyKind::Priority.build(0.0), 1, 1);
+        let next = |stream: &mut ExecutorStream| match next_message(stream) {
+            scheduler_message::Message::RunTask(run) => ("run", run.task.unwrap().query_id),
+            scheduler_message::Message::SuspendTask(m) => ("suspend", m.task.unwrap().query_id),
+            scheduler_message::Message::ResumeTask(m) => ("resume", m.task.unwrap().query_id),
+            other => panic!("expected a task message, got {other:?}"),
+        };
+        let suspended = |state: &SchedulerState, id: &str| {
+            state.query(id).unwrap().status().stages[0].running[0].suspended
+        };
+        state.add_query(one_task_query("long", 1000.0));
+        assert_eq!(next(&mut stream), ("run", "long".to_string()));
+        // Within ten times the long query's work: it waits for the slot.
+        state.add_query(one_task_query("medium", 200.0));
+        // Under a tenth: the long task is suspended first, then the cheap one pushed.
+        state.add_query(one_task_query("cheap", 10.0));
+        assert_eq!(next(&mut stream), ("suspend", "long".to_string()));
+        assert_eq!(next(&mut stream), ("run", "cheap".to_string()));
+        assert!(suspended(&state, "long"));
+        // The room for suspended tasks is used up: an even cheaper query waits.
+        state.add_query(one_task_query("cheaper", 1.0));
+        assert!(stream.try_recv().is_err());
+        // When the cheap task ends, the suspended task resumes before any new task.
+        state.task_status(
+            "e",
+            TaskStatus {
+                task: Some(task_id(
+                    "cheap",
+                    TaskRef {
+                        stage: 0,
+                        partition: 0,
+                    },
+                    0,
+                )),
+                result: Some(succeeded()),
+            },
+        );
+        assert_eq!(next(&mut stream), ("resume", "long".to_string()));
+        // Running again, it is suspended again for the waiting cheaper query, now that
+        // there is room for it.
+        assert_eq!(next(&mut stream), ("suspend", "long".to_string()));
+        assert_eq!(next(&mut stream), ("run", "cheaper".to_string()));
+        state.task_status(
+            "e",
+            TaskStatus {
+                task: Some(task_id(
+                    "cheaper",
+                    TaskRef {
+                        stage: 0,
+                        partition: 0,
+                    },
+                    0,
+                )),
+                result: Some(succeeded()),
+            },
+        );
+        assert_eq!(next(&mut stream), ("resume", "long".to_string()));
+        assert!(!suspended(&state, "long"));
+        // The medium query never preempts: it runs once the long task is done.
+        assert!(
+            stream.try_recv().is_err(),
+            "the slot is the long task's again"
+        );
+        state.task_status(
+            "e",
+            TaskStatus {
+                task: Some(task_id(
+                    "long",
+                    TaskRef {
+                        stage: 0,
+                        partition: 0,
+                    },
+                    0,
+                )),
+                result: Some(succeeded()),
+            },
+        );
+        assert_eq!(next(&mut stream), ("run", "medium".to_string()));
+    }
 }
