@@ -106,8 +106,9 @@ mod tests {
             fetch.next().await.unwrap().unwrap();
             stalled.push(fetch);
         }
-        // Let their unread data arrive and hold whatever window it holds.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Their unread data (up to a stream window each, 6 MiB in all) keeps arriving
+        // while the next fetch reads: with a connection window smaller than that, it
+        // ends up holding the whole window and the next fetch stalls.
         let whole = async {
             clients
                 .fetch(&address, &key, schema.clone())
