@@ -45,8 +45,9 @@ pub struct ClusterConfig {
     pub bind: SocketAddr,
     /// The scheduler.
     pub scheduler: SchedulerConfig,
-    /// Each executor; its scheduler address is the cluster's, and its work dir one of
-    /// the cluster's own, removed with it.
+    /// Each executor; its scheduler address is the cluster's, its work dir one of the
+    /// cluster's own (removed with it), and without a memory limit it gets its share of
+    /// the default.
     pub executor: ExecutorConfig,
 }
 
@@ -116,10 +117,17 @@ impl LocalCluster {
             CLUSTERS.fetch_add(1, Ordering::Relaxed)
         ));
         let mut executors = Vec::with_capacity(config.executors);
+        // Executors of one host share its memory: by default each gets its share of
+        // what one executor alone would.
+        let memory_limit = config
+            .executor
+            .memory_limit
+            .unwrap_or_else(|| config.executor.memory_limit() / config.executors.max(1) as u64);
         for _ in 0..config.executors {
             let executor = ExecutorConfig {
                 scheduler: address.clone(),
                 work_dir: Some(work_dir.clone()),
+                memory_limit: Some(memory_limit),
                 ..config.executor.clone()
             };
             executors.push(Executor::start(executor).await?);

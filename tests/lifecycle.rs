@@ -103,7 +103,7 @@ async fn all_22_tpch_queries_submitted_at_once_are_all_correct() {
 async fn a_cancelled_query_stops_frees_its_slots_and_leaves_no_shuffle_files() {
     let mut config = ClusterConfig::with_catalog(2, 2, common::tpch_catalog());
     // Every shuffle partition goes to disk, so files are there to be cleaned up.
-    config.executor.memory_limit = 0;
+    config.executor.shuffle_memory_percent = 0;
     // Shuffles even for the small test data.
     config.scheduler.partition_data_bytes = 0;
     let cluster = LocalCluster::start(config).await.unwrap();

@@ -32,9 +32,16 @@ pub struct ExecutorConfig {
     /// Directory for spilled shuffle files; default: the system's temporary directory.
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
-    /// MiB of shuffle output kept in memory before spilling to disk.
-    #[arg(long = "memory-mb", value_name = "MIB", value_parser = parse_mib, default_value = "4096")]
-    pub memory_limit: u64,
+    /// MiB of memory for its tasks' operators and its shuffle output together: sorts,
+    /// aggregations and joins spill to the work dir when it is short, shuffle output goes
+    /// to files, and a task that cannot fit fails with "resources exhausted"; default:
+    /// half of this host's memory.
+    #[arg(long = "memory-limit", value_name = "MIB", value_parser = parse_mib)]
+    pub memory_limit: Option<u64>,
+    /// Percent of --memory-limit that shuffle output may hold in memory; past it,
+    /// shuffle partitions go to files and the rest stays for the tasks' operators.
+    #[arg(long, value_name = "PERCENT", default_value = "50", value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub shuffle_memory_percent: u8,
 }
 
 impl Default for ExecutorConfig {
@@ -67,10 +74,30 @@ impl ExecutorConfig {
         self.scheduler.trim_start_matches("http://")
     }
 
+    /// Bytes of memory its tasks and shuffle output may use together.
+    pub fn memory_limit(&self) -> u64 {
+        self.memory_limit.unwrap_or_else(|| host_memory() / 2)
+    }
+
     /// The directory its spill files go under.
     pub fn work_dir(&self) -> PathBuf {
         self.work_dir
             .clone()
             .unwrap_or_else(|| std::env::temp_dir().join("baton-executor"))
     }
+}
+
+/// Bytes of memory this host has (Linux: `MemTotal` of `/proc/meminfo`); 8 GiB where it
+/// cannot be read.
+pub fn host_memory() -> u64 {
+    const FALLBACK: u64 = 8 << 30;
+    let Ok(info) = std::fs::read_to_string("/proc/meminfo") else {
+        return FALLBACK;
+    };
+    info.lines()
+        .find_map(|line| {
+            let kib = line.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?;
+            kib.trim().parse::<u64>().ok()
+        })
+        .map_or(FALLBACK, |kib| kib * 1024)
 }

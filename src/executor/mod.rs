@@ -12,14 +12,19 @@ mod gated;
 #[cfg(unix)]
 mod local_files;
 mod runner;
+mod work_dir;
 
-pub use config::ExecutorConfig;
+pub use config::{ExecutorConfig, host_memory};
 pub use runner::micros_since;
+pub use work_dir::WorkDirError;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::SessionContext;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -36,6 +41,7 @@ use crate::proto::{
 use crate::shuffle::fetch::{FlightClients, connect_channel};
 use crate::shuffle::{ShuffleStore, StoreError};
 use runner::TaskRunner;
+use work_dir::WorkDir;
 
 /// How long an executor keeps trying to reach its scheduler at start.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
@@ -68,6 +74,12 @@ pub enum ExecutorError {
     /// The shuffle store could not be set up.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The executor's work directory could not be claimed.
+    #[error(transparent)]
+    WorkDir(#[from] WorkDirError),
+    /// The task runtime environment (memory pool, spill directory) could not be built.
+    #[error("executor task environment: {0}")]
+    Environment(datafusion::error::DataFusionError),
 }
 
 /// A running executor.
@@ -82,6 +94,8 @@ pub struct Executor {
     stream_task: JoinHandle<()>,
     /// Stopped when the executor is dropped.
     _task_runtime: TaskRuntime,
+    /// Removed when the executor is dropped (after the runtime and store let go).
+    _work_dir: WorkDir,
 }
 
 /// The runtime an executor's tasks run on: a thread per task it may hold (`slots` plus
@@ -127,8 +141,12 @@ impl Executor {
             .executor_id
             .clone()
             .unwrap_or_else(|| format!("exec-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
-        let memory_limit = usize::try_from(config.memory_limit).unwrap_or(usize::MAX);
-        let store = ShuffleStore::new(&config.work_dir().join(&id), memory_limit)?;
+        let work_dir = WorkDir::claim(&config.work_dir(), &id)?;
+        let memory_limit = usize::try_from(config.memory_limit()).unwrap_or(usize::MAX);
+        let environment = task_environment(memory_limit, &work_dir)?;
+        let shuffle_cap = memory_limit / 100 * config.shuffle_memory_percent as usize;
+        let store =
+            ShuffleStore::in_pool(&work_dir.shuffle(), &environment.memory_pool, shuffle_cap)?;
         let (listener, flight_address) = bind(config.bind)?;
         let slots = config.slots.max(1);
         let task_runtime = TaskRuntime::start(&id, slots + config.preempt_slots())
@@ -146,7 +164,16 @@ impl Executor {
         // Shuffle connections run on this runtime, not on the task threads that happen
         // to open them first.
         let clients = FlightClients::on_runtime(tokio::runtime::Handle::current());
-        let session = SessionContext::new_with_config(distributed_session_config(1));
+        let mut session_config = distributed_session_config(1);
+        // What a sort sets aside to merge its spill files comes out of the pool: at most
+        // an even share of it per task the executor may hold (DataFusion's default of
+        // 10 MB would not leave a small executor room to sort at all).
+        let tasks = (slots + config.preempt_slots()) as usize;
+        let execution = &mut session_config.options_mut().execution;
+        execution.sort_spill_reservation_bytes = execution
+            .sort_spill_reservation_bytes
+            .min(memory_limit / (4 * tasks.max(1)));
+        let session = SessionContext::new_with_config_rt(session_config, environment);
         // Task scans read local files on their own threads (see `local_files`).
         #[cfg(unix)]
         session.register_object_store(
@@ -164,7 +191,7 @@ impl Executor {
         ));
         spawn_heartbeat(outbound, runner.clone(), shutdown_rx.clone());
         let stream_task = tokio::spawn(serve_stream(inbound, runner.clone(), shutdown.clone()));
-        info!(executor = %id, flight = %flight_address, slots, "executor started");
+        info!(executor = %id, flight = %flight_address, slots, memory_limit_mib = memory_limit >> 20, "executor started");
         Ok(Self {
             id,
             flight_address,
@@ -174,6 +201,7 @@ impl Executor {
             shutdown,
             stream_task,
             _task_runtime: task_runtime,
+            _work_dir: work_dir,
         })
     }
 
@@ -212,6 +240,11 @@ impl Executor {
         self.runner.suspensions()
     }
 
+    /// Bytes its tasks' operators spilled to disk when memory was short, since start.
+    pub fn spilled_bytes(&self) -> u64 {
+        self.runner.spilled_bytes()
+    }
+
     /// Waits until the scheduler stream ends (the scheduler went away or said Shutdown).
     pub async fn wait(&mut self) {
         let mut rx = self.shutdown.subscribe();
@@ -230,6 +263,28 @@ impl Drop for Executor {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The runtime environment of an executor's tasks: one memory pool of `memory_limit`
+/// bytes, shared fairly by the operators that can spill and drawn from by the shuffle
+/// store, and a disk manager that spills into the executor's work dir. A task that
+/// cannot get the memory it needs fails with DataFusion's "Resources exhausted" error;
+/// the executor and its other tasks go on.
+fn task_environment(
+    memory_limit: usize,
+    work_dir: &WorkDir,
+) -> Result<Arc<RuntimeEnv>, ExecutorError> {
+    let spill = work_dir.spill();
+    std::fs::create_dir_all(&spill).map_err(|source| {
+        ExecutorError::Environment(datafusion::error::DataFusionError::IoError(source))
+    })?;
+    RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(memory_limit)))
+        .with_disk_manager_builder(
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![spill])),
+        )
+        .build_arc()
+        .map_err(ExecutorError::Environment)
 }
 
 /// What goes up the executor stream, and the stream coming down.

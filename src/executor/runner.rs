@@ -43,6 +43,13 @@ fn task_key(id: &TaskId) -> TaskKey {
     (id.query_id.clone(), id.stage_id, id.partition, id.attempt)
 }
 
+/// A decoded stage plan, shared by the stage's tasks on this executor, and the bytes its
+/// operators had spilled when last counted (their metrics add up over the tasks).
+struct CachedPlan {
+    plan: Arc<dyn ExecutionPlan>,
+    spilled_bytes: u64,
+}
+
 /// A task the runner holds: how to stop it, and its gate (closed while suspended).
 struct RunningTask {
     abort: AbortHandle,
@@ -56,11 +63,12 @@ pub struct TaskRunner {
     clients: FlightClients,
     session: SessionContext,
     outbound: UnboundedSender<ExecutorMessage>,
-    plans: Mutex<HashMap<(String, u32), Arc<dyn ExecutionPlan>>>,
+    plans: Mutex<HashMap<(String, u32), CachedPlan>>,
     running: Mutex<HashMap<TaskKey, RunningTask>>,
     released: Mutex<VecDeque<String>>,
     completed: AtomicU64,
     suspensions: AtomicU64,
+    spilled_bytes: AtomicU64,
     busy_micros: AtomicU64,
     slots: u32,
     started: Instant,
@@ -98,6 +106,7 @@ impl TaskRunner {
             released: Mutex::default(),
             completed: AtomicU64::new(0),
             suspensions: AtomicU64::new(0),
+            spilled_bytes: AtomicU64::new(0),
             busy_micros: AtomicU64::new(0),
             slots,
             started: Instant::now(),
@@ -118,6 +127,12 @@ impl TaskRunner {
     /// Times the scheduler suspended a running task, since start.
     pub fn suspensions(&self) -> u64 {
         self.suspensions.load(Ordering::Relaxed)
+    }
+
+    /// Bytes its tasks' operators (sorts, aggregations, joins) spilled to disk, since
+    /// start.
+    pub fn spilled_bytes(&self) -> u64 {
+        self.spilled_bytes.load(Ordering::Relaxed)
     }
 
     /// Publishes slot-seconds spent running tasks and left idle since start.
@@ -241,21 +256,39 @@ impl TaskRunner {
                 .with_task_id(format!("{}/{}/{}", id.query_id, id.stage_id, id.partition)),
         );
         let stream = plan.execute(id.partition as usize, ctx)?;
-        let batches = datafusion::physical_plan::common::collect(stream).await?;
-        stats_of(&batches)
+        let batches = datafusion::physical_plan::common::collect(stream).await;
+        self.count_spills(id);
+        stats_of(&batches?)
+    }
+
+    /// Adds what the stage plan's operators spilled since last counted to the executor's
+    /// count and `baton_spilled_bytes_total`.
+    fn count_spills(&self, id: &TaskId) {
+        let mut plans = self.plans.lock().expect("plans lock");
+        let Some(cached) = plans.get_mut(&(id.query_id.clone(), id.stage_id)) else {
+            return;
+        };
+        let total = spilled_bytes(&cached.plan);
+        let new = total.saturating_sub(cached.spilled_bytes);
+        cached.spilled_bytes = total;
+        if new > 0 {
+            self.spilled_bytes.fetch_add(new, Ordering::Relaxed);
+            metrics::counter!("baton_spilled_bytes_total").increment(new);
+        }
     }
 
     fn plan(&self, id: &TaskId, bytes: &[u8], ctx: &TaskContext) -> Result<Arc<dyn ExecutionPlan>> {
         let key = (id.query_id.clone(), id.stage_id);
-        if let Some(plan) = self.plans.lock().expect("plans lock").get(&key) {
-            return Ok(plan.clone());
+        if let Some(cached) = self.plans.lock().expect("plans lock").get(&key) {
+            return Ok(cached.plan.clone());
         }
         let plan = decode_plan(bytes, ctx).map_err(|e| DataFusionError::External(Box::new(e)))?;
         let plan = preemptible(plan)?;
-        self.plans
-            .lock()
-            .expect("plans lock")
-            .insert(key, plan.clone());
+        let cached = CachedPlan {
+            plan: plan.clone(),
+            spilled_bytes: 0,
+        };
+        self.plans.lock().expect("plans lock").insert(key, cached);
         Ok(plan)
     }
 
@@ -404,6 +437,15 @@ fn preemptible(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
         ))
     })
     .map(|t| t.data)
+}
+
+/// Bytes the operators of `plan` have spilled, over every task that ran this instance.
+fn spilled_bytes(plan: &Arc<dyn ExecutionPlan>) -> u64 {
+    let own = plan
+        .metrics()
+        .and_then(|metrics| metrics.spilled_bytes())
+        .unwrap_or(0) as u64;
+    own + plan.children().into_iter().map(spilled_bytes).sum::<u64>()
 }
 
 /// Seconds from `unix_micros` (a wall-clock instant) to now; 0 if it lies ahead.

@@ -1,8 +1,9 @@
 //! The executor's store of shuffle partitions.
 //!
-//! Shuffle output stays in memory while the store is under its budget: writing every
-//! partition to disk and reading it back costs a distributed engine much of its speed.
-//! Past the budget a partition streams into an Arrow IPC file in the work dir instead.
+//! Shuffle output stays in memory while the executor's memory pool (shared with its
+//! tasks' operators) has room: writing every partition to disk and reading it back costs
+//! a distributed engine much of its speed. When the pool is short a partition streams
+//! into an Arrow IPC file in the work dir instead.
 //! A stored partition releases its memory (or deletes its file) when the last reader of
 //! it is done and the store has let it go.
 
@@ -10,7 +11,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::RecordBatch;
@@ -21,6 +22,9 @@ use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::memory_pool::{
+    GreedyMemoryPool, MemoryConsumer, MemoryPool, MemoryReservation,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::StreamExt;
 
@@ -83,25 +87,40 @@ impl std::fmt::Display for ShuffleKey {
     }
 }
 
-/// Memory accounting shared by the store and its partitions.
-#[derive(Debug, Default)]
+/// Memory accounting shared by the store and its partitions: one reservation in the
+/// executor's memory pool, which its tasks' operators draw from too, of at most `cap`
+/// bytes. Stored partitions cannot give their memory back when an operator needs it, so
+/// the cap leaves the rest of the pool to the operators (a merge reading shuffled data
+/// needs memory of its own while that data is stored).
+#[derive(Debug)]
 struct Budget {
-    limit: usize,
-    used: AtomicUsize,
+    reservation: MemoryReservation,
+    cap: usize,
     spilled_files: AtomicU64,
 }
 
 impl Budget {
-    fn try_reserve(&self, bytes: usize) -> bool {
-        self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                (used + bytes <= self.limit).then_some(used + bytes)
-            })
-            .is_ok()
+    fn in_pool(pool: &Arc<dyn MemoryPool>, cap: usize) -> Self {
+        Self {
+            reservation: MemoryConsumer::new("shuffle store")
+                .with_can_spill(true)
+                .register(pool),
+            cap,
+            spilled_files: AtomicU64::new(0),
+        }
     }
 
+    fn try_reserve(&self, bytes: usize) -> bool {
+        self.reservation.size() + bytes <= self.cap && self.reservation.try_grow(bytes).is_ok()
+    }
+
+    /// Gives back `bytes` this store reserved (every caller gives back what it took).
     fn release(&self, bytes: usize) {
-        self.used.fetch_sub(bytes, Ordering::AcqRel);
+        let _ = self.reservation.try_shrink(bytes);
+    }
+
+    fn used(&self) -> usize {
+        self.reservation.size()
     }
 }
 
@@ -349,6 +368,17 @@ pub struct ShuffleStore {
 impl ShuffleStore {
     /// A store that keeps up to `memory_limit` bytes in memory and spills into `work_dir`.
     pub fn new(work_dir: &Path, memory_limit: usize) -> Result<Self, StoreError> {
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(memory_limit));
+        Self::in_pool(work_dir, &pool, memory_limit)
+    }
+
+    /// A store that keeps up to `cap` bytes of partitions in memory while `pool` has
+    /// room, and spills into `work_dir` past that.
+    pub fn in_pool(
+        work_dir: &Path,
+        pool: &Arc<dyn MemoryPool>,
+        cap: usize,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(work_dir).map_err(|source| StoreError::WorkDir {
             path: work_dir.to_path_buf(),
             source,
@@ -356,10 +386,7 @@ impl ShuffleStore {
         Ok(Self {
             inner: Arc::new(StoreInner {
                 work_dir: work_dir.to_path_buf(),
-                budget: Arc::new(Budget {
-                    limit: memory_limit,
-                    ..Default::default()
-                }),
+                budget: Arc::new(Budget::in_pool(pool, cap)),
                 next_file: AtomicU64::new(0),
             }),
             partitions: Arc::default(),
@@ -466,7 +493,7 @@ impl ShuffleStore {
 
     /// Bytes of shuffle data held in memory now.
     pub fn memory_used(&self) -> usize {
-        self.inner.budget.used.load(Ordering::Acquire)
+        self.inner.budget.used()
     }
 
     /// Partitions that went to disk because memory was over budget, since start.
