@@ -116,8 +116,15 @@ async fn run_meta(client: &mut BatonClient, meta: Meta) -> Result<bool, CliError
     Ok(true)
 }
 
-/// One line of progress: stages done/total and tasks done/running/total.
+/// One line of progress: stages done/total and tasks done/running/total, or that the
+/// query waits for admission.
 fn progress_line(status: &QueryStatus, elapsed: Duration) -> String {
+    if status.state == crate::proto::QueryState::Queued as i32 {
+        return format!(
+            "queued: the cluster runs as many queries as it may  {:.1} s",
+            elapsed.as_secs_f64()
+        );
+    }
     let stages_done = status
         .stages
         .iter()

@@ -30,6 +30,11 @@ pub struct SchedulerConfig {
     /// policy); 0: no aging.
     #[arg(long, default_value = "10")]
     pub aging_half_life: f64,
+    /// Queries that run at once; more wait in state Queued and start in policy order as
+    /// running ones end; default: four per task slot of the connected executors, at
+    /// least 16.
+    #[arg(long, value_name = "N")]
+    pub max_running_queries: Option<usize>,
     /// Seconds an unfetched result is kept before its partitions are freed.
     #[arg(long = "result-ttl", value_name = "SECONDS", value_parser = parse_seconds, default_value = "600")]
     pub result_ttl: Duration,

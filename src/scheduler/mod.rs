@@ -150,6 +150,7 @@ impl Scheduler {
         let mut state = SchedulerState::new(tx, config.policy.build(config.aging_half_life));
         state.set_preempt_cost_ratio(config.preempt_cost_ratio);
         state.set_inline_result_limit(config.inline_result_bytes);
+        state.set_max_running_queries(config.max_running_queries);
         Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(state),

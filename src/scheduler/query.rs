@@ -433,6 +433,11 @@ impl Query {
         self.ended_at = Some(SystemTime::now());
     }
 
+    /// True once it was admitted and started (it may have ended since).
+    pub fn started(&self) -> bool {
+        self.started_at.is_some()
+    }
+
     /// Records that `task` (attempt `attempt`) was pushed to `executor`.
     pub fn task_started(&mut self, task: TaskRef, executor: &str) {
         let t = &mut self.stages[task.stage as usize].tasks[task.partition as usize];

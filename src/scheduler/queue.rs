@@ -75,6 +75,12 @@ impl WorkQueue {
         }
     }
 
+    /// The order in which queries waiting for admission start: the policy's rank where
+    /// it ranks queries (`priority`: least remaining work, aged), else submission order.
+    pub fn admission_key(&self, info: &QueryInfo) -> (f64, u64) {
+        (self.policy.rank(info).unwrap_or(0.0), info.seq)
+    }
+
     /// Adds tasks of a query that just became ready; `info` describes the query now.
     pub fn push(
         &mut self,

@@ -76,6 +76,12 @@ pub struct SchedulerState {
     ended: VecDeque<Arc<str>>,
     ended_retained: usize,
     inline_result_limit: u64,
+    /// Queries admitted and not ended.
+    running: usize,
+    /// Queries waiting for admission, in submission order.
+    waiting: Vec<Arc<str>>,
+    /// Queries that may run at once; None: [`Self::default_running_limit`].
+    max_running: Option<usize>,
 }
 
 impl SchedulerState {
@@ -94,28 +100,78 @@ impl SchedulerState {
             ended: VecDeque::new(),
             ended_retained: ENDED_RETAINED,
             inline_result_limit: 0,
+            running: 0,
+            waiting: Vec::new(),
+            max_running: None,
         }
     }
 
-    /// Adds a query and starts it; returns a receiver that sees its state change.
+    /// Adds a query and starts it, or queues it while as many queries run as may;
+    /// returns a receiver that sees its state change.
     pub fn add_query(&mut self, mut query: Query) -> watch::Receiver<QueryState> {
         let id = query.id.clone();
         query.seq = self.next_seq;
         self.next_seq += 1;
-        let progress = if query.is_finished() {
-            Progress::default()
-        } else {
-            query.start()
-        };
         let (tx, rx) = watch::channel(query.state());
-        info!(query_id = %id, stages = query.stage_count(), cost = query.remaining_cost(), state = ?query.state(), "query submitted");
-        metrics::gauge!("baton_queries", "state" => "running").increment(1.0);
+        info!(query_id = %id, stages = query.stage_count(), cost = query.remaining_cost(), "query submitted");
+        let finished = query.is_finished();
         self.order.push(id.clone());
         self.queries.insert(id.clone(), query);
         self.watchers.insert(id.clone(), tx);
-        self.apply(&id, progress);
+        if finished {
+            metrics::gauge!("baton_queries", "state" => "running").increment(1.0);
+            self.apply(&id, Progress::default());
+        } else {
+            metrics::gauge!("baton_queries", "state" => "queued").increment(1.0);
+            self.waiting.push(id);
+            self.admit();
+        }
         self.dispatch();
         rx
+    }
+
+    /// Queries that may run at once unless set: four per task slot, at least 16.
+    fn default_running_limit(&self) -> usize {
+        (4 * self.registry.slots().0 as usize).max(16)
+    }
+
+    /// Sets how many queries may run at once (None: four per task slot, at least 16).
+    pub fn set_max_running_queries(&mut self, limit: Option<usize>) {
+        self.max_running = limit.map(|n| n.max(1));
+        self.admit();
+        self.dispatch();
+    }
+
+    /// Starts waiting queries, in policy order, while fewer run than may.
+    fn admit(&mut self) {
+        let limit = self
+            .max_running
+            .unwrap_or_else(|| self.default_running_limit());
+        while self.running < limit && !self.waiting.is_empty() {
+            let next = self
+                .waiting
+                .iter()
+                .enumerate()
+                .filter_map(|(i, id)| {
+                    let query = self.queries.get(id)?;
+                    Some((i, self.queue.admission_key(&self.queue.info(query))))
+                })
+                .min_by(|a, b| a.1.0.total_cmp(&b.1.0).then(a.1.1.cmp(&b.1.1)))
+                .map(|(i, _)| i);
+            let Some(next) = next else {
+                self.waiting.clear();
+                break;
+            };
+            let id = self.waiting.remove(next);
+            let Some(query) = self.queries.get_mut(&id) else {
+                continue;
+            };
+            let progress = query.start();
+            self.running += 1;
+            metrics::gauge!("baton_queries", "state" => "queued").decrement(1.0);
+            metrics::gauge!("baton_queries", "state" => "running").increment(1.0);
+            self.apply(&id, progress);
+        }
     }
 
     /// Queues what became ready and reports an ended query.
@@ -146,10 +202,20 @@ impl SchedulerState {
         let label = state_label(state);
         metrics::histogram!("baton_query_duration_seconds", "state" => label)
             .record(query.elapsed().as_secs_f64());
-        metrics::gauge!("baton_queries", "state" => "running").decrement(1.0);
         metrics::gauge!("baton_queries", "state" => label).increment(1.0);
+        let (started, final_stage) = (query.started(), query.final_stage());
+        // It ran, or it ended while it waited for admission (cancelled).
+        if let Some(position) = self.waiting.iter().position(|id| id == query_id) {
+            self.waiting.remove(position);
+            metrics::gauge!("baton_queries", "state" => "queued").decrement(1.0);
+        } else {
+            metrics::gauge!("baton_queries", "state" => "running").decrement(1.0);
+            if started {
+                self.running = self.running.saturating_sub(1);
+            }
+        }
         let stages: Vec<u32> = if state == QueryState::Succeeded {
-            (0..query.final_stage()).collect()
+            (0..final_stage).collect()
         } else {
             Vec::new()
         };
@@ -166,6 +232,7 @@ impl SchedulerState {
         if self.ended.len() > self.ended_retained {
             self.forget_oldest();
         }
+        self.admit();
     }
 
     /// Forgets the oldest tenth of the retained ended queries, so the query table stays
@@ -849,5 +916,53 @@ mod tests {
             },
         );
         assert_eq!(next(&mut stream), ("run", "medium".to_string()));
+    }
+
+    #[test]
+    fn queries_past_the_running_limit_wait_queued_and_start_in_policy_order() {
+        let (mut state, mut stream) = with_executor(PolicyKind::Priority.build(0.0), 4, 0);
+        state.set_max_running_queries(Some(1));
+        let pushed = |stream: &mut ExecutorStream| match next_message(stream) {
+            scheduler_message::Message::RunTask(run) => run.task.unwrap().query_id,
+            other => panic!("expected a task, got {other:?}"),
+        };
+        state.add_query(one_task_query("first", 10.0));
+        assert_eq!(pushed(&mut stream), "first");
+        state.add_query(one_task_query("costly", 1000.0));
+        state.add_query(one_task_query("cheap", 5.0));
+        state.add_query(one_task_query("dropped", 1.0));
+        // Free slots, but one query runs already: the others wait, queued.
+        assert!(stream.try_recv().is_err());
+        let state_of = |state: &SchedulerState, id: &str| state.query(id).unwrap().state();
+        assert_eq!(state_of(&state, "costly"), QueryState::Queued);
+        assert_eq!(state_of(&state, "cheap"), QueryState::Queued);
+        // A queued query can be cancelled; it never starts.
+        assert_eq!(state.cancel("dropped"), Some(true));
+        assert_eq!(state_of(&state, "dropped"), QueryState::Cancelled);
+        assert!(matches!(
+            next_message(&mut stream),
+            scheduler_message::Message::ReleaseShuffle(_)
+        ));
+        assert!(stream.try_recv().is_err());
+        // When the running one ends, the cheapest waiting one starts (priority order).
+        let done = |id: &str| TaskStatus {
+            task: Some(task_id(
+                id,
+                TaskRef {
+                    stage: 0,
+                    partition: 0,
+                },
+                0,
+            )),
+            result: Some(succeeded()),
+        };
+        state.task_status("e", done("first"));
+        assert_eq!(pushed(&mut stream), "cheap");
+        assert_eq!(state_of(&state, "costly"), QueryState::Queued);
+        state.task_status("e", done("cheap"));
+        assert_eq!(pushed(&mut stream), "costly");
+        state.task_status("e", done("costly"));
+        assert_eq!(state_of(&state, "costly"), QueryState::Succeeded);
+        assert!(stream.try_recv().is_err());
     }
 }
