@@ -9,8 +9,6 @@
 mod config;
 mod flight;
 mod gated;
-#[cfg(unix)]
-mod local_files;
 mod runner;
 mod work_dir;
 
@@ -174,12 +172,6 @@ impl Executor {
             .sort_spill_reservation_bytes
             .min(memory_limit / (4 * tasks.max(1)));
         let session = SessionContext::new_with_config_rt(session_config, environment);
-        // Task scans read local files on their own threads (see `local_files`).
-        #[cfg(unix)]
-        session.register_object_store(
-            datafusion::execution::object_store::ObjectStoreUrl::local_filesystem().as_ref(),
-            Arc::new(local_files::InlineLocalFiles::default()),
-        );
         let runner = Arc::new(TaskRunner::new(
             id.clone(),
             slots,
