@@ -246,6 +246,33 @@ fn embedded_cluster_runs_sql_from_a_file_and_stops_at_the_first_failure() {
     assert!(!stderr.contains("WARN"), "{stderr}");
 }
 
+#[test]
+fn results_longer_than_a_table_stream_whole_as_csv_and_a_table_says_what_it_left_out() {
+    let catalog = common::tpch_catalog();
+    let sql = "select l_orderkey, l_linenumber from lineitem";
+    let run = |format: &str| {
+        let out = baton(&[
+            "sql",
+            "--catalog",
+            catalog.to_str().unwrap(),
+            "--format",
+            format,
+            "-c",
+            sql,
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        out
+    };
+    let csv = run("csv");
+    let rows = text(&csv.stdout).lines().count() - 1;
+    assert!(rows > baton::client::TABLE_ROW_LIMIT, "{rows} rows");
+    assert!(text(&csv.stderr).contains(&format!("{rows} row(s)")));
+    let table = run("table");
+    let stderr = text(&table.stderr);
+    assert!(stderr.contains("the table shows the first"), "{stderr}");
+    assert!(stderr.contains(&format!("{rows} row(s)")), "{stderr}");
+}
+
 /// The interactive shell of an embedded cluster, its standard streams piped, its history
 /// kept in `home`.
 fn spawn_shell(catalog: &Path, home: &Path) -> Child {

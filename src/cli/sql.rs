@@ -4,12 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use datafusion::arrow::array::RecordBatch;
 use datafusion::prelude::SessionContext;
 
 use super::{CliError, shell, shorten, start_cluster};
 use crate::catalog;
-use crate::client::{BatonClient, OutputFormat, QueryResult, format_batches};
+use crate::client::{
+    BatonClient, OutputFormat, QueryResult, ResultWriter, TABLE_ROW_LIMIT, Written,
+};
 use crate::cluster::{ClusterConfig, LocalCluster};
 use crate::config::distributed_session_config;
 use crate::planner::{self, PlannerError};
@@ -134,32 +135,43 @@ impl Session {
         })
     }
 
-    async fn run(&mut self, sql: &str) -> Result<QueryResult, CliError> {
+    /// Runs `sql` and writes its result to standard output in `format` as it arrives
+    /// (a table holds at most [`TABLE_ROW_LIMIT`] rows); returns what it wrote and the
+    /// query's id.
+    async fn run(&mut self, sql: &str, format: OutputFormat) -> Result<(Written, String), CliError> {
         let id = self.submit(sql).await?;
-        Ok(self.client.fetch(&id).await?)
+        let mut writer = ResultWriter::new(std::io::BufWriter::new(std::io::stdout()), format);
+        let schema = self
+            .client
+            .fetch_each(&id, |batch| writer.write(batch).map_err(CliError::Format))
+            .await?;
+        Ok((writer.finish(&schema)?, id))
     }
 }
 
+/// Prints a whole result (the shell's) and its row count and time.
 pub(super) fn print_result(
     result: &QueryResult,
     format: OutputFormat,
     elapsed: f64,
 ) -> Result<(), CliError> {
-    let batches = if result.batches.is_empty() {
-        vec![RecordBatch::new_empty(result.schema.clone())]
-    } else {
-        result.batches.clone()
-    };
-    let text = format_batches(&batches, format)?;
-    if !text.is_empty() {
-        println!("{}", text.trim_end());
+    let mut writer = ResultWriter::new(std::io::stdout(), format);
+    for batch in &result.batches {
+        writer.write(batch)?;
     }
-    eprintln!(
-        "{} row(s) in {elapsed:.3} s (query {})",
-        result.rows(),
-        result.query_id
-    );
+    let written = writer.finish(&result.schema)?;
+    report(written, elapsed, &result.query_id);
     Ok(())
+}
+
+/// Says on standard error how many rows came, in how long, and what a table left out.
+fn report(written: Written, elapsed: f64, query_id: &str) {
+    if written.left_out > 0 {
+        eprintln!(
+            "the table shows the first {TABLE_ROW_LIMIT} rows; --format csv or json prints all"
+        );
+    }
+    eprintln!("{} row(s) in {elapsed:.3} s (query {query_id})", written.rows);
 }
 
 /// `baton sql`.
@@ -183,8 +195,8 @@ pub async fn run_sql(
     let mut failures = 0;
     for (i, statement) in statements.iter().enumerate() {
         let started = Instant::now();
-        match session.run(statement).await {
-            Ok(result) => print_result(&result, format, started.elapsed().as_secs_f64())?,
+        match session.run(statement, format).await {
+            Ok((written, id)) => report(written, started.elapsed().as_secs_f64(), &id),
             Err(e) if single => return Err(e),
             Err(e) => {
                 let error = CliError::Statement {

@@ -4,7 +4,7 @@
 pub mod bench;
 mod format;
 
-pub use format::{OutputFormat, format_batches};
+pub use format::{OutputFormat, ResultWriter, TABLE_ROW_LIMIT, Written};
 
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::error::FlightError;
@@ -133,17 +133,32 @@ impl BatonClient {
         Ok(FlightRecordBatchStream::new_from_flight_data(data))
     }
 
-    /// Waits for the query and collects its result.
-    pub async fn fetch(&mut self, query_id: &str) -> Result<QueryResult, ClientError> {
+    /// Waits for the query and hands each result batch to `each` as it arrives, so the
+    /// result is never held whole here; returns the result's schema.
+    pub async fn fetch_each<E: From<ClientError>>(
+        &mut self,
+        query_id: &str,
+        mut each: impl FnMut(&RecordBatch) -> Result<(), E>,
+    ) -> Result<SchemaRef, E> {
         let mut stream = self.result_stream(query_id).await?;
-        let mut batches = Vec::new();
         while let Some(batch) = stream.try_next().await.map_err(flight_error)? {
-            batches.push(batch);
+            each(&batch)?;
         }
-        let schema = stream
+        Ok(stream
             .schema()
             .cloned()
-            .unwrap_or_else(|| Arc::new(Schema::empty()));
+            .unwrap_or_else(|| Arc::new(Schema::empty())))
+    }
+
+    /// Waits for the query and collects its result.
+    pub async fn fetch(&mut self, query_id: &str) -> Result<QueryResult, ClientError> {
+        let mut batches = Vec::new();
+        let schema = self
+            .fetch_each(query_id, |batch| {
+                batches.push(batch.clone());
+                Ok::<_, ClientError>(())
+            })
+            .await?;
         Ok(QueryResult {
             query_id: query_id.to_string(),
             schema,
