@@ -391,6 +391,35 @@ async fn a_cheap_query_preempts_a_long_task_holding_the_only_slot() {
     assert!(stopped, "no task remains after the cancel");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_goes_away_while_waiting_cancels_its_query() {
+    let cluster = one_partition_cluster(1).await;
+    let mut client = cluster.client().await.unwrap();
+    let id = client.submit_sql(LONG_JOIN).await.unwrap();
+    let running = status_until(&mut client, &id, |s| {
+        s.stages.iter().any(|stage| stage.tasks_running == 1)
+    })
+    .await;
+    assert!(running, "the query's task never started");
+    // The scheduler's Flight endpoint waits for the result on the client's behalf
+    // (`do_get`, Flight SQL `GetFlightInfo`); the client goes away while it waits.
+    let scheduler = cluster.scheduler().clone();
+    let mut wait = Box::pin(scheduler.wait_for_result_attended(&id));
+    assert!(futures::poll!(wait.as_mut()).is_pending());
+    drop(wait);
+    let cancelled = status_until(&mut client, &id, |s| {
+        s.state == QueryState::Cancelled as i32
+    })
+    .await;
+    assert!(cancelled, "{:?}", client.status(&id).await.unwrap());
+    let executor = &cluster.executors()[0];
+    let freed = common::eventually(Duration::from_secs(10), async || {
+        executor.running_tasks() == 0
+    })
+    .await;
+    assert!(freed, "its task stopped");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_executor_whose_connection_breaks_before_its_stream_opens_dials_again() {
     use tokio::io::AsyncReadExt;

@@ -138,7 +138,11 @@ impl Session {
     /// Runs `sql` and writes its result to standard output in `format` as it arrives
     /// (a table holds at most [`TABLE_ROW_LIMIT`] rows); returns what it wrote and the
     /// query's id.
-    async fn run(&mut self, sql: &str, format: OutputFormat) -> Result<(Written, String), CliError> {
+    async fn run(
+        &mut self,
+        sql: &str,
+        format: OutputFormat,
+    ) -> Result<(Written, String), CliError> {
         let id = self.submit(sql).await?;
         let mut writer = ResultWriter::new(std::io::BufWriter::new(std::io::stdout()), format);
         let schema = self
@@ -171,7 +175,10 @@ fn report(written: Written, elapsed: f64, query_id: &str) {
             "the table shows the first {TABLE_ROW_LIMIT} rows; --format csv or json prints all"
         );
     }
-    eprintln!("{} row(s) in {elapsed:.3} s (query {query_id})", written.rows);
+    eprintln!(
+        "{} row(s) in {elapsed:.3} s (query {query_id})",
+        written.rows
+    );
 }
 
 /// `baton sql`.

@@ -188,7 +188,7 @@ impl ResultFlight {
     async fn stream_result(&self, query_id: String) -> Result<DataStream, Status> {
         let (schema, parts, final_stage) = self
             .scheduler
-            .wait_for_result(&query_id)
+            .wait_for_result_attended(&query_id)
             .await
             .map_err(to_status)?;
         let schema_message: FlightData =
@@ -342,7 +342,7 @@ impl FlightSqlService for ResultFlight {
             .await;
         let (schema, _, _) = self
             .scheduler
-            .wait_for_result(&id)
+            .wait_for_result_attended(&id)
             .await
             .map_err(to_status)?;
         let info = FlightInfo::new()

@@ -282,6 +282,39 @@ impl Scheduler {
         }
     }
 
+    /// Like [`Self::wait_for_result`], for a client waiting on its query: when the wait
+    /// is dropped before the query ended (the client disconnected), the query is
+    /// cancelled, since nobody is left to fetch its result.
+    pub async fn wait_for_result_attended(
+        &self,
+        query_id: &str,
+    ) -> Result<(SchemaRef, Vec<ResultPart>, u32), SchedulerError> {
+        /// Cancels the query when dropped armed.
+        struct CancelOnDrop<'a> {
+            scheduler: &'a Scheduler,
+            query_id: &'a str,
+            armed: bool,
+        }
+        impl Drop for CancelOnDrop<'_> {
+            fn drop(&mut self) {
+                if self.armed && self.scheduler.cancel(self.query_id).unwrap_or(false) {
+                    tracing::info!(
+                        query_id = self.query_id,
+                        "client went away; query cancelled"
+                    );
+                }
+            }
+        }
+        let mut guard = CancelOnDrop {
+            scheduler: self,
+            query_id,
+            armed: true,
+        };
+        let result = self.wait_for_result(query_id).await;
+        guard.armed = false;
+        result
+    }
+
     /// Frees a query's result partitions on the executors once its result was fetched.
     pub fn results_fetched(&self, query_id: &str) {
         self.state().release_results(query_id, "fetched");
