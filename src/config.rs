@@ -17,6 +17,21 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// An executor silent for this long (three missed heartbeats) is taken as lost.
 pub const EXECUTOR_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How often every gRPC / Flight connection pings its peer (HTTP/2 keepalive), so a peer
+/// that vanished without closing (a host gone, a link cut) is noticed.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A ping unanswered for this long closes the connection, failing its calls.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A server builder with Baton's transport settings: no Nagle delay, HTTP/2 keepalive.
+pub fn server_builder() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+}
+
 /// Default number of partitions a client planning for Baton uses (`baton sql
 /// --scheduler --catalog`); the scheduler's own comes from its `--partitions`.
 pub const DEFAULT_TARGET_PARTITIONS: usize = 4;

@@ -271,3 +271,21 @@ async fn a_plan_larger_than_grpcs_default_message_limit_runs() {
     let actual = client.fetch(&id).await.unwrap();
     common::compare(&expected, &actual.batches, false).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_over_the_schedulers_limit_is_refused_and_the_next_one_served() {
+    let mut config = ClusterConfig::with_catalog(1, 2, common::tpch_catalog());
+    config.scheduler.max_request_bytes = 64 << 10;
+    let cluster = LocalCluster::start(config).await.unwrap();
+    let mut client = cluster.client().await.unwrap();
+    let keys = (1..=30_000)
+        .map(|k| k.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let sql = format!("select count(*) from lineitem where l_orderkey in ({keys})");
+    assert!(sql.len() > 64 << 10);
+    let error = client.submit_sql(&sql).await.unwrap_err().to_string();
+    assert!(error.contains("message length too large"), "{error}");
+    let answer = client.sql("select count(*) from nation").await.unwrap();
+    assert_eq!(answer.rows(), 1);
+}

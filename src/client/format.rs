@@ -38,7 +38,7 @@ enum Sink<W: Write> {
         batches: Vec<RecordBatch>,
         held: usize,
     },
-    Csv(csv::Writer<W>),
+    Csv(Box<csv::Writer<W>>),
     Json(LineDelimitedWriter<W>),
 }
 
@@ -60,7 +60,9 @@ impl<W: Write> ResultWriter<W> {
                 batches: Vec::new(),
                 held: 0,
             },
-            OutputFormat::Csv => Sink::Csv(csv::WriterBuilder::new().with_header(true).build(out)),
+            OutputFormat::Csv => Sink::Csv(Box::new(
+                csv::WriterBuilder::new().with_header(true).build(out),
+            )),
             OutputFormat::Json => Sink::Json(LineDelimitedWriter::new(out)),
         };
         Self { sink, rows: 0 }

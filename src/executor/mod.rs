@@ -382,8 +382,7 @@ fn spawn_flight_server(
                 return;
             }
         };
-        if let Err(e) = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
+        if let Err(e) = crate::config::server_builder()
             .add_service(service)
             .serve_with_incoming_shutdown(crate::net::incoming(listener), stopped)
             .await

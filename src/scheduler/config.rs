@@ -35,6 +35,10 @@ pub struct SchedulerConfig {
     /// least 16.
     #[arg(long, value_name = "N")]
     pub max_running_queries: Option<usize>,
+    /// MiB a single request to the scheduler may have (a submitted SQL text or plan, a
+    /// Flight call, a message on an executor stream); larger ones are refused.
+    #[arg(long = "max-request-mib", value_name = "MIB", value_parser = parse_mib, default_value = "64")]
+    pub max_request_bytes: u64,
     /// Seconds an unfetched result is kept before its partitions are freed.
     #[arg(long = "result-ttl", value_name = "SECONDS", value_parser = parse_seconds, default_value = "600")]
     pub result_ttl: Duration,

@@ -118,6 +118,7 @@ struct Inner {
     executors: watch::Receiver<usize>,
     clients: FlightClients,
     result_ttl: Duration,
+    max_request_bytes: usize,
 }
 
 /// A handle to the scheduler; cheap to clone.
@@ -162,6 +163,7 @@ impl Scheduler {
                 executors: rx,
                 clients: FlightClients::default(),
                 result_ttl: config.result_ttl,
+                max_request_bytes: usize::try_from(config.max_request_bytes).unwrap_or(usize::MAX),
             }),
         }
     }
@@ -368,14 +370,14 @@ impl Scheduler {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> impl Future<Output = Result<(), SchedulerError>> + Send + 'static {
+        let limit = self.inner.max_request_bytes;
         let grpc = SchedulerServiceServer::new(service::SchedulerGrpc::new(self.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(limit)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let flight = FlightServiceServer::new(flight::ResultFlight::new(self.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(limit)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let router = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
+        let router = crate::config::server_builder()
             .add_service(grpc)
             .add_service(flight);
         async move {

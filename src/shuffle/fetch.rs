@@ -52,6 +52,9 @@ pub async fn connect_channel_on(
 fn endpoint(address: &str) -> Result<Endpoint, tonic::transport::Error> {
     Ok(Endpoint::from_shared(format!("http://{address}"))?
         .tcp_nodelay(true)
+        .http2_keep_alive_interval(crate::config::KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(crate::config::KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW))
 }
