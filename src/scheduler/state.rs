@@ -836,6 +836,21 @@ mod tests {
         )
     }
 
+    /// The success of the one task of query `id` (see [`one_task_query`]).
+    fn one_task_done(id: &str) -> TaskStatus {
+        TaskStatus {
+            task: Some(task_id(
+                id,
+                TaskRef {
+                    stage: 0,
+                    partition: 0,
+                },
+                0,
+            )),
+            result: Some(succeeded()),
+        }
+    }
+
     #[test]
     fn a_far_cheaper_query_suspends_a_running_task_which_resumes_when_it_ends() {
         let (mut state, mut stream) = with_executor(PolicyKind::Priority.build(0.0), 1, 1);
@@ -861,39 +876,13 @@ mod tests {
         state.add_query(one_task_query("cheaper", 1.0));
         assert!(stream.try_recv().is_err());
         // When the cheap task ends, the suspended task resumes before any new task.
-        state.task_status(
-            "e",
-            TaskStatus {
-                task: Some(task_id(
-                    "cheap",
-                    TaskRef {
-                        stage: 0,
-                        partition: 0,
-                    },
-                    0,
-                )),
-                result: Some(succeeded()),
-            },
-        );
+        state.task_status("e", one_task_done("cheap"));
         assert_eq!(next(&mut stream), ("resume", "long".to_string()));
         // Running again, it is suspended again for the waiting cheaper query, now that
         // there is room for it.
         assert_eq!(next(&mut stream), ("suspend", "long".to_string()));
         assert_eq!(next(&mut stream), ("run", "cheaper".to_string()));
-        state.task_status(
-            "e",
-            TaskStatus {
-                task: Some(task_id(
-                    "cheaper",
-                    TaskRef {
-                        stage: 0,
-                        partition: 0,
-                    },
-                    0,
-                )),
-                result: Some(succeeded()),
-            },
-        );
+        state.task_status("e", one_task_done("cheaper"));
         assert_eq!(next(&mut stream), ("resume", "long".to_string()));
         assert!(!suspended(&state, "long"));
         // The medium query never preempts: it runs once the long task is done.
@@ -901,20 +890,7 @@ mod tests {
             stream.try_recv().is_err(),
             "the slot is the long task's again"
         );
-        state.task_status(
-            "e",
-            TaskStatus {
-                task: Some(task_id(
-                    "long",
-                    TaskRef {
-                        stage: 0,
-                        partition: 0,
-                    },
-                    0,
-                )),
-                result: Some(succeeded()),
-            },
-        );
+        state.task_status("e", one_task_done("long"));
         assert_eq!(next(&mut stream), ("run", "medium".to_string()));
     }
 
@@ -945,23 +921,12 @@ mod tests {
         ));
         assert!(stream.try_recv().is_err());
         // When the running one ends, the cheapest waiting one starts (priority order).
-        let done = |id: &str| TaskStatus {
-            task: Some(task_id(
-                id,
-                TaskRef {
-                    stage: 0,
-                    partition: 0,
-                },
-                0,
-            )),
-            result: Some(succeeded()),
-        };
-        state.task_status("e", done("first"));
+        state.task_status("e", one_task_done("first"));
         assert_eq!(pushed(&mut stream), "cheap");
         assert_eq!(state_of(&state, "costly"), QueryState::Queued);
-        state.task_status("e", done("cheap"));
+        state.task_status("e", one_task_done("cheap"));
         assert_eq!(pushed(&mut stream), "costly");
-        state.task_status("e", done("costly"));
+        state.task_status("e", one_task_done("costly"));
         assert_eq!(state_of(&state, "costly"), QueryState::Succeeded);
         assert!(stream.try_recv().is_err());
     }
