@@ -234,15 +234,7 @@ pub fn cached_tpch(
         STAGINGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let _ = std::fs::remove_dir_all(&staging);
-    // On a thread of its own: one the caller starts begins at normal priority, while the
-    // caller may be a runtime thread at real-time priority (see crate::thread_priority),
-    // where seconds of generation would hold a CPU.
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| generate_tpch(scale, &staging, format))
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })?;
+    generate_tpch(scale, &staging, format)?;
     match std::fs::rename(&staging, &dir) {
         Ok(()) => Ok(catalog),
         // Another process finished first; use its copy.

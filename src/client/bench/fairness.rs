@@ -29,7 +29,7 @@ const SHORT_QUERIES: [&str; 4] = [
 /// short query's latency alone.
 const ALONE_PASSES: usize = 2;
 
-/// Long background queries (TPC-H numbers): joins and aggregations over lineitem.
+/// Long queries (TPC-H numbers): joins and aggregations over lineitem.
 const LONG_QUERIES: [u32; 4] = [9, 18, 21, 1];
 
 /// What `priority` aims for: pooled slowdown p95 and p99 at most these, and a makespan
