@@ -51,6 +51,10 @@ pub struct SchedulerConfig {
     /// until fetched.
     #[arg(long = "inline-result-kib", value_name = "KIB", value_parser = parse_kib, default_value = "1024")]
     pub inline_result_bytes: u64,
+    /// MiB of such results the scheduler holds at most: past it, final tasks keep their
+    /// output on the executors until fetched.
+    #[arg(long = "max-held-results-mib", value_name = "MIB", value_parser = parse_mib, default_value = "256")]
+    pub held_results_cap: u64,
 }
 
 impl Default for SchedulerConfig {

@@ -152,6 +152,7 @@ impl Scheduler {
         state.set_preempt_cost_ratio(config.preempt_cost_ratio);
         state.set_inline_result_limit(config.inline_result_bytes);
         state.set_max_running_queries(config.max_running_queries);
+        state.set_held_results_cap(usize::try_from(config.held_results_cap).unwrap_or(usize::MAX));
         Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(state),

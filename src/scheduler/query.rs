@@ -308,15 +308,17 @@ impl Query {
 
     /// Lets go of the result partitions the scheduler holds itself (they were fetched,
     /// kept past their time to live, or are no result: the query failed, or is being
-    /// forgotten), and takes them off `baton_result_bytes_held`.
-    pub fn drop_inline_results(&mut self) {
-        metrics::gauge!("baton_result_bytes_held").decrement(self.inline_result_bytes() as f64);
+    /// forgotten), and takes them off `baton_result_bytes_held`; returns their bytes.
+    pub fn drop_inline_results(&mut self) -> usize {
+        let dropped = self.inline_result_bytes();
+        metrics::gauge!("baton_result_bytes_held").decrement(dropped as f64);
         if let Some(stage) = self.stages.last_mut() {
             for task in stage.tasks.iter_mut().filter(|t| t.inline_result.is_some()) {
                 task.inline_result = None;
                 task.output = None;
             }
         }
+        dropped
     }
 
     /// A stage.

@@ -82,6 +82,10 @@ pub struct SchedulerState {
     waiting: Vec<Arc<str>>,
     /// Queries that may run at once; None: [`Self::default_running_limit`].
     max_running: Option<usize>,
+    /// Bytes of results the scheduler holds (sent back with final tasks' statuses).
+    held_result_bytes: usize,
+    /// While it holds this much, final tasks keep their output for a Flight fetch.
+    held_results_cap: usize,
 }
 
 impl SchedulerState {
@@ -103,6 +107,8 @@ impl SchedulerState {
             running: 0,
             waiting: Vec::new(),
             max_running: None,
+            held_result_bytes: 0,
+            held_results_cap: usize::MAX,
         }
     }
 
@@ -226,7 +232,9 @@ impl SchedulerState {
             && let Some(query) = self.queries.get_mut(query_id)
         {
             // Partitions a failed or cancelled query's final tasks sent back are no result.
-            query.drop_inline_results();
+            self.held_result_bytes = self
+                .held_result_bytes
+                .saturating_sub(query.drop_inline_results());
         }
         self.ended.push_back(query_id.clone());
         if self.ended.len() > self.ended_retained {
@@ -243,7 +251,9 @@ impl SchedulerState {
             if let Some(mut query) = self.queries.remove(&id) {
                 metrics::gauge!("baton_queries", "state" => state_label(query.state()))
                     .decrement(1.0);
-                query.drop_inline_results();
+                self.held_result_bytes = self
+                    .held_result_bytes
+                    .saturating_sub(query.drop_inline_results());
             }
             self.watchers.remove(&id);
         }
@@ -273,7 +283,9 @@ impl SchedulerState {
             return;
         }
         query.results_released = Some(reason);
-        query.drop_inline_results();
+        self.held_result_bytes = self
+            .held_result_bytes
+            .saturating_sub(query.drop_inline_results());
         let final_stage = query.final_stage();
         debug!(query_id, reason, "result partitions released");
         self.broadcast_release(query_id, vec![final_stage]);
@@ -320,7 +332,10 @@ impl SchedulerState {
                 inputs: query.stage_inputs(task.stage).to_vec(),
                 ready_at_micros: ready_at_micros(queued.ready_at, pushed_at),
                 pushed_at_micros: pushed_at.as_micros() as u64,
-                inline_result_limit: if task.stage == query.final_stage() {
+                // Past the cap on held results, results stay on the executors.
+                inline_result_limit: if task.stage == query.final_stage()
+                    && self.held_result_bytes < self.held_results_cap
+                {
                     self.inline_result_limit
                 } else {
                     0
@@ -401,6 +416,12 @@ impl SchedulerState {
     /// leaving its output on its executor (0, the default: never).
     pub fn set_inline_result_limit(&mut self, bytes: u64) {
         self.inline_result_limit = bytes;
+    }
+
+    /// While the scheduler holds `bytes` of results, final tasks keep their output on
+    /// their executors (unbounded unless set).
+    pub fn set_held_results_cap(&mut self, bytes: usize) {
+        self.held_results_cap = bytes;
     }
 
     /// A new executor stream; returns the connection generation.
@@ -507,8 +528,10 @@ impl SchedulerState {
                         });
                     }
                     let rows = ok.partitions.iter().map(|p| p.rows).sum();
+                    let held = query.inline_result_bytes();
                     let progress =
                         query.task_succeeded(task, id.attempt, location, rows, ok.inline_result);
+                    self.held_result_bytes += query.inline_result_bytes().saturating_sub(held);
                     self.apply(&query_id, progress);
                 }
                 Some(task_status::Result::Failed(failed)) => {
@@ -929,5 +952,41 @@ mod tests {
         state.task_status("e", one_task_done("costly"));
         assert_eq!(state_of(&state, "costly"), QueryState::Succeeded);
         assert!(stream.try_recv().is_err());
+    }
+
+    #[test]
+    fn past_the_cap_on_held_results_final_tasks_keep_their_output() {
+        let (mut state, mut stream) = with_executor(PolicyKind::Fifo.build(0.0), 4, 0);
+        state.set_inline_result_limit(4096);
+        state.set_held_results_cap(8);
+        let limit_of = |stream: &mut ExecutorStream| match next_message(stream) {
+            scheduler_message::Message::RunTask(run) => run.inline_result_limit,
+            other => panic!("expected a task, got {other:?}"),
+        };
+        state.add_query(one_task_query("q", 1.0));
+        assert_eq!(limit_of(&mut stream), 4096);
+        let inline = task_status::Result::Succeeded(crate::proto::TaskSucceeded {
+            partitions: Vec::new(),
+            elapsed_micros: 1,
+            inline_result: Some(bytes::Bytes::from_static(b"arrow ipc")),
+        });
+        state.task_status(
+            "e",
+            TaskStatus {
+                result: Some(inline),
+                ..one_task_done("q")
+            },
+        );
+        // 9 bytes held, over the cap of 8: the next result stays on its executor.
+        state.add_query(one_task_query("r", 1.0));
+        assert_eq!(limit_of(&mut stream), 0);
+        // Once fetched, the held result is freed and results come back again.
+        state.release_results("q", "fetched");
+        assert!(matches!(
+            next_message(&mut stream),
+            scheduler_message::Message::ReleaseShuffle(_)
+        ));
+        state.add_query(one_task_query("s", 1.0));
+        assert_eq!(limit_of(&mut stream), 4096);
     }
 }
