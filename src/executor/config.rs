@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::config::parse_mib;
+use crate::config::{parse_mib, parse_seconds};
 
 /// How an executor is set up.
 #[derive(Debug, Clone, Args)]
@@ -38,6 +38,10 @@ pub struct ExecutorConfig {
     /// half of this host's memory.
     #[arg(long = "memory-limit", value_name = "MIB", value_parser = parse_mib)]
     pub memory_limit: Option<u64>,
+    /// Seconds a shuffle fetch may wait for its peer (to answer, or for its next
+    /// message) before the task fails it and the scheduler computes that output again.
+    #[arg(long = "fetch-timeout", value_name = "SECONDS", value_parser = parse_seconds, default_value = "60")]
+    pub fetch_timeout: std::time::Duration,
     /// Percent of --memory-limit that shuffle output may hold in memory; past it,
     /// shuffle partitions go to files and the rest stays for the tasks' operators.
     #[arg(long, value_name = "PERCENT", default_value = "50", value_parser = clap::value_parser!(u8).range(0..=100))]

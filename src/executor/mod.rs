@@ -161,7 +161,8 @@ impl Executor {
         let (outbound, inbound) = open_stream(config.scheduler_address(), register).await?;
         // Shuffle connections run on this runtime, not on the task threads that happen
         // to open them first.
-        let clients = FlightClients::on_runtime(tokio::runtime::Handle::current());
+        let clients = FlightClients::on_runtime(tokio::runtime::Handle::current())
+            .with_fetch_timeout(config.fetch_timeout);
         let mut session_config = distributed_session_config(1);
         // What a sort sets aside to merge its spill files comes out of the pool: at most
         // an even share of it per task the executor may hold (DataFusion's default of

@@ -4,9 +4,11 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arrow_flight::Ticket;
 use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::error::{DataFusionError, Result};
@@ -17,6 +19,7 @@ use prost::Message;
 use tokio::runtime::Handle;
 use tonic::transport::{Channel, Endpoint};
 
+use super::deadline::ProgressDeadline;
 use super::store::ShuffleKey;
 use crate::config::MAX_MESSAGE_BYTES;
 use crate::proto::ShuffleTicket;
@@ -88,6 +91,10 @@ pub fn shuffle_ticket(key: &ShuffleKey) -> Ticket {
     Ticket::new(ticket.encode_to_vec())
 }
 
+/// How long a shuffle fetch may wait for its peer (to answer, or to send the next
+/// message) unless told otherwise.
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Flight connections to other executors, one multiplexed channel per address, opened
 /// on first use. Counts the bytes it fetched.
 #[derive(Debug, Clone, Default)]
@@ -95,6 +102,7 @@ pub struct FlightClients {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     bytes_fetched: Arc<AtomicU64>,
     runtime: Option<Handle>,
+    fetch_timeout: Option<Duration>,
 }
 
 impl FlightClients {
@@ -106,6 +114,13 @@ impl FlightClients {
             runtime: Some(runtime),
             ..Self::default()
         }
+    }
+
+    /// The same clients, whose fetches fail once their peer is silent for `timeout`
+    /// (default [`DEFAULT_FETCH_TIMEOUT`]) while they wait.
+    pub fn with_fetch_timeout(mut self, timeout: Duration) -> Self {
+        self.fetch_timeout = Some(timeout);
+        self
     }
 
     /// Bytes of Flight data fetched from other executors since start.
@@ -136,23 +151,30 @@ impl FlightClients {
         Ok(channel)
     }
 
-    /// Streams one shuffle partition from the executor at `address`.
+    /// Streams one shuffle partition from the executor at `address`. Fails when the peer
+    /// does not answer, or sends nothing for the fetch timeout while the stream is read.
     pub async fn fetch(
         &self,
         address: &str,
         key: &ShuffleKey,
         schema: SchemaRef,
     ) -> Result<SendableRecordBatchStream> {
-        let mut client = self.client(address).await?;
         let fetch_error = |e: &dyn std::fmt::Display| {
             DataFusionError::Execution(format!(
                 "fetching shuffle partition {key} from {address}: {e}"
             ))
         };
-        let response = client
-            .do_get(shuffle_ticket(key))
-            .await
-            .map_err(|e| fetch_error(&e))?;
+        let timeout = self.fetch_timeout.unwrap_or(DEFAULT_FETCH_TIMEOUT);
+        let silent = || format!("no answer within {timeout:?}");
+        let response = tokio::time::timeout(timeout, async {
+            let mut client = self.client(address).await?;
+            client
+                .do_get(shuffle_ticket(key))
+                .await
+                .map_err(|e| fetch_error(&e))
+        })
+        .await
+        .map_err(|_| fetch_error(&silent()))??;
         let counter = self.bytes_fetched.clone();
         let data = response.into_inner().map_ok(move |data| {
             counter.fetch_add(
@@ -165,12 +187,14 @@ impl FlightClients {
         });
         let key_text = key.to_string();
         let address = address.to_string();
-        let batches = FlightRecordBatchStream::new_from_flight_data(data.map_err(Into::into))
-            .map_err(move |e| {
-                DataFusionError::Execution(format!(
-                    "fetching shuffle partition {key_text} from {address}: {e}"
-                ))
-            });
+        let data = ProgressDeadline::new(data.map_err(FlightError::from), timeout, move || {
+            FlightError::ExternalError(format!("nothing received for {timeout:?}").into())
+        });
+        let batches = FlightRecordBatchStream::new_from_flight_data(data).map_err(move |e| {
+            DataFusionError::Execution(format!(
+                "fetching shuffle partition {key_text} from {address}: {e}"
+            ))
+        });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             schema,
             batches.boxed(),

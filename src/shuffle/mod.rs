@@ -6,6 +6,7 @@
 //! from every map task of the producer: straight from the store when the map task ran on
 //! the same executor, with Arrow Flight `do_get` otherwise ([`fetch`]).
 
+mod deadline;
 mod env;
 pub mod fetch;
 mod reader;

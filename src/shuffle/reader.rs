@@ -215,6 +215,8 @@ mod tests {
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
     use datafusion::prelude::SessionConfig;
 
+    use std::time::Duration;
+
     use super::*;
     use crate::shuffle::fetch::FlightClients;
     use crate::shuffle::store::ShuffleStore;
@@ -222,6 +224,15 @@ mod tests {
     /// Reads partition 0 of stage 0, whose one map output `holder` should hold at
     /// `address`, as a task of executor "reader"; returns the error.
     async fn read_error(holder: &str, address: &str) -> DataFusionError {
+        read_error_with(holder, address, FlightClients::default()).await
+    }
+
+    /// [`read_error`] with these clients.
+    async fn read_error_with(
+        holder: &str,
+        address: &str,
+        clients: FlightClients,
+    ) -> DataFusionError {
         let dir = tempfile::tempdir().unwrap();
         let env = TaskEnv {
             query_id: "q".into(),
@@ -235,7 +246,7 @@ mod tests {
                 }],
             )]),
             store: ShuffleStore::new(dir.path(), 1 << 20).unwrap(),
-            clients: FlightClients::default(),
+            clients,
         };
         let config = SessionConfig::new().with_extension(Arc::new(env));
         let ctx = Arc::new(TaskContext::default().with_session_config(config));
@@ -262,5 +273,23 @@ mod tests {
     async fn output_missing_from_the_own_store_names_the_own_executor() {
         let error = read_error("reader", "127.0.0.1:9").await;
         assert_eq!(UnreadableOutput::executor_of(&error), Some("reader"));
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_accepts_and_never_answers_fails_the_read_within_the_timeout() {
+        // It accepts connections and reads what comes, but never says a word.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let clients = FlightClients::default().with_fetch_timeout(Duration::from_millis(300));
+        let error = read_error_with("mute", &address, clients).await;
+        assert_eq!(UnreadableOutput::executor_of(&error), Some("mute"));
+        assert!(error.to_string().contains("no answer"), "{error}");
+        silent.abort();
     }
 }
