@@ -3,26 +3,16 @@
 use super::{CliError, shorten};
 use crate::client::BatonClient;
 use crate::proto::{QueryState, QueryStatus, StageState};
-use crate::scheduler::status_to_json;
+use crate::scheduler::{query_state_name, stage_state_name, status_to_json};
 
+/// The name of a query state as it comes over the wire.
 fn state_name(state: i32) -> &'static str {
-    match QueryState::try_from(state).unwrap_or(QueryState::Unspecified) {
-        QueryState::Queued => "queued",
-        QueryState::Running => "running",
-        QueryState::Succeeded => "succeeded",
-        QueryState::Failed => "failed",
-        QueryState::Cancelled => "cancelled",
-        QueryState::Unspecified => "unknown",
-    }
+    query_state_name(QueryState::try_from(state).unwrap_or(QueryState::Unspecified))
 }
 
-fn stage_state_name(state: i32) -> &'static str {
-    match StageState::try_from(state).unwrap_or(StageState::Unspecified) {
-        StageState::Waiting => "waiting",
-        StageState::Running => "running",
-        StageState::Done => "done",
-        StageState::Unspecified => "unknown",
-    }
+/// The name of a stage state as it comes over the wire.
+fn stage_name(state: i32) -> &'static str {
+    stage_state_name(StageState::try_from(state).unwrap_or(StageState::Unspecified))
 }
 
 fn print_status(status: &QueryStatus, detailed: bool) {
@@ -45,7 +35,7 @@ fn print_status(status: &QueryStatus, detailed: bool) {
             println!(
                 "  stage {:>2} {:<8} tasks {}/{} done, {} running  inputs {:?}{}",
                 stage.stage_id,
-                stage_state_name(stage.state),
+                stage_name(stage.state),
                 stage.tasks_done,
                 stage.tasks_total,
                 stage.tasks_running,

@@ -59,6 +59,29 @@ pub enum SchedulerError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// A query state's name in status output and metric labels: "queued", "running", ….
+pub fn query_state_name(state: QueryState) -> &'static str {
+    match state {
+        QueryState::Queued => "queued",
+        QueryState::Running => "running",
+        QueryState::Succeeded => "succeeded",
+        QueryState::Failed => "failed",
+        QueryState::Cancelled => "cancelled",
+        QueryState::Unspecified => "unknown",
+    }
+}
+
+/// A stage state's name in status output: "waiting", "running" or "done".
+pub fn stage_state_name(state: crate::proto::StageState) -> &'static str {
+    use crate::proto::StageState;
+    match state {
+        StageState::Waiting => "waiting",
+        StageState::Running => "running",
+        StageState::Done => "done",
+        StageState::Unspecified => "unknown",
+    }
+}
+
 /// A query status as JSON, with states by name.
 pub fn status_to_json(status: &QueryStatus) -> serde_json::Value {
     let state = QueryState::try_from(status.state).unwrap_or(QueryState::Unspecified);
@@ -70,7 +93,7 @@ pub fn status_to_json(status: &QueryStatus) -> serde_json::Value {
                 .unwrap_or(crate::proto::StageState::Unspecified);
             serde_json::json!({
                 "stage_id": s.stage_id,
-                "state": stage_state.as_str_name().trim_start_matches("STAGE_STATE_").to_lowercase(),
+                "state": stage_state_name(stage_state),
                 "tasks_total": s.tasks_total,
                 "tasks_done": s.tasks_done,
                 "tasks_running": s.tasks_running,
@@ -85,7 +108,7 @@ pub fn status_to_json(status: &QueryStatus) -> serde_json::Value {
         .collect();
     serde_json::json!({
         "query_id": status.query_id,
-        "state": state.as_str_name().trim_start_matches("QUERY_STATE_").to_lowercase(),
+        "state": query_state_name(state),
         "label": status.label,
         "error": status.error,
         "submitted_at_ms": status.submitted_at_ms,

@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::policy::Policy;
 use super::query::{Progress, Query, RunningAttempt, TaskRef};
+use super::query_state_name;
 use super::queue::{QueuedTask, WorkQueue};
 use super::registry::{ExecutorSender, Held, HeldKey, Registry, Urgency};
 use crate::proto::{
@@ -205,7 +206,7 @@ impl SchedulerState {
             tx.send_replace(state);
         }
         info!(query_id = %query_id, ?state, error = query.error().unwrap_or(""), "query ended");
-        let label = state_label(state);
+        let label = query_state_name(state);
         metrics::histogram!("baton_query_duration_seconds", "state" => label)
             .record(query.elapsed().as_secs_f64());
         metrics::gauge!("baton_queries", "state" => label).increment(1.0);
@@ -249,7 +250,7 @@ impl SchedulerState {
         let count = (self.ended_retained / 10).max(1);
         for id in self.ended.drain(..count.min(self.ended.len())) {
             if let Some(mut query) = self.queries.remove(&id) {
-                metrics::gauge!("baton_queries", "state" => state_label(query.state()))
+                metrics::gauge!("baton_queries", "state" => query_state_name(query.state()))
                     .decrement(1.0);
                 self.held_result_bytes = self
                     .held_result_bytes
@@ -633,18 +634,6 @@ impl SchedulerState {
     /// Ready tasks waiting for a slot.
     pub fn queue_len(&self) -> usize {
         self.queue.len()
-    }
-}
-
-/// The `state` label of query metrics.
-fn state_label(state: QueryState) -> &'static str {
-    match state {
-        QueryState::Succeeded => "succeeded",
-        QueryState::Failed => "failed",
-        QueryState::Cancelled => "cancelled",
-        QueryState::Queued => "queued",
-        QueryState::Running => "running",
-        QueryState::Unspecified => "unknown",
     }
 }
 
