@@ -34,3 +34,71 @@ async fn a_query_that_cannot_fit_fails_clearly_and_the_cluster_goes_on() {
     let again = client.sql("select count(*) from region").await.unwrap();
     assert_eq!(again.rows(), 1);
 }
+
+/// Threads of this process now (Linux `/proc/self/status`).
+fn threads() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_submissions_wait_for_admission_and_all_succeed_on_bounded_threads() {
+    use baton::proto::QueryState;
+    let mut config = ClusterConfig::with_catalog(2, 2, common::tpch_catalog());
+    // One at a time: planning (two threads here) hands queries over faster than they
+    // run, so they wait for admission.
+    config.scheduler.max_running_queries = Some(1);
+    let cluster = LocalCluster::start(config).await.unwrap();
+    let client = cluster.client().await.unwrap();
+    let threads_before = threads();
+    let submissions: Vec<_> = (0..200)
+        .map(|i| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let sql = format!("select count(*) + {i} as n from nation");
+                client.sql(&sql).await.map(|result| result.rows())
+            })
+        })
+        .collect();
+    let scheduler = cluster.scheduler().clone();
+    let mut most_threads = 0;
+    let all_done = common::eventually(std::time::Duration::from_secs(120), async || {
+        most_threads = most_threads.max(threads());
+        let statuses = scheduler.list();
+        statuses
+            .iter()
+            .filter(|s| s.state == QueryState::Succeeded as i32)
+            .count()
+            == 200
+    })
+    .await;
+    assert!(all_done, "not every query succeeded");
+    for submission in submissions {
+        assert_eq!(submission.await.unwrap().unwrap(), 1);
+    }
+    // One ran at a time: each started once the one before had ended; and some waited
+    // for admission after they were planned.
+    let mut statuses = scheduler.list();
+    statuses.sort_by_key(|s| (s.started_at_ms, s.ended_at_ms));
+    for pair in statuses.windows(2) {
+        assert!(
+            pair[1].started_at_ms >= pair[0].ended_at_ms,
+            "two queries ran at once: {:?}",
+            pair
+        );
+    }
+    let waited = statuses
+        .iter()
+        .filter(|s| s.started_at_ms > s.submitted_at_ms)
+        .count();
+    assert!(waited > 0, "no query waited for admission");
+    // Planning runs on a fixed pool: 200 submissions start no thread per query.
+    assert!(
+        most_threads < threads_before + 32,
+        "{threads_before} threads before, {most_threads} at most"
+    );
+}
