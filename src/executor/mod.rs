@@ -145,7 +145,7 @@ impl Executor {
         let shuffle_cap = memory_limit / 100 * config.shuffle_memory_percent as usize;
         let store =
             ShuffleStore::in_pool(&work_dir.shuffle(), &environment.memory_pool, shuffle_cap)?;
-        let (listener, flight_address) = bind(config.bind)?;
+        let (listener, flight_address) = bind(config.bind).await?;
         let slots = config.slots.max(1);
         let task_runtime = TaskRuntime::start(&id, slots + config.preempt_slots())
             .map_err(ExecutorError::Runtime)?;
@@ -348,22 +348,20 @@ fn is_transport_failure(status: &tonic::Status) -> bool {
             .is_some_and(|source| source.downcast_ref::<tonic::transport::Error>().is_some())
 }
 
-/// Binds a Flight endpoint's (non-blocking) listener; returns it with the host:port it
-/// listens on. A std listener, so the runtime that serves it can take it over.
-fn bind(address: SocketAddr) -> Result<(std::net::TcpListener, String), ExecutorError> {
+/// Binds the Flight endpoint's listener; returns it with the host:port it listens on.
+async fn bind(address: SocketAddr) -> Result<(TcpListener, String), ExecutorError> {
     let failed = |source| ExecutorError::Bind {
         addr: address.to_string(),
         source,
     };
-    let listener = std::net::TcpListener::bind(address).map_err(failed)?;
-    listener.set_nonblocking(true).map_err(failed)?;
+    let listener = TcpListener::bind(address).await.map_err(failed)?;
     let local = listener.local_addr().map_err(failed)?;
     Ok((listener, local.to_string()))
 }
 
 /// Serves the shuffle store over Flight on `listener`.
 fn spawn_flight_server(
-    listener: std::net::TcpListener,
+    listener: TcpListener,
     store: ShuffleStore,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -375,13 +373,6 @@ fn spawn_flight_server(
     tokio::spawn(async move {
         let stopped = async move {
             let _ = shutdown.wait_for(|stopped| *stopped).await;
-        };
-        let listener = match TcpListener::from_std(listener) {
-            Ok(listener) => listener,
-            Err(e) => {
-                warn!(error = %e, "executor Flight endpoint could not listen");
-                return;
-            }
         };
         if let Err(e) = crate::config::server_builder()
             .add_service(service)
