@@ -32,6 +32,12 @@ pub fn server_builder() -> tonic::transport::Server {
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
 }
 
+/// The host's cores (1 when unknown): an executor's default task slots, the scheduler's
+/// planning threads.
+pub fn host_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Default number of partitions a client planning for Baton uses (`baton sql
 /// --scheduler --catalog`); the scheduler's own comes from its `--partitions`.
 pub const DEFAULT_TARGET_PARTITIONS: usize = 4;

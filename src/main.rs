@@ -17,12 +17,6 @@ use baton::cluster::ClusterConfig;
 use baton::executor::ExecutorConfig;
 use baton::scheduler::SchedulerConfig;
 
-/// jemalloc, purging on background threads: it keeps a many-threaded process's memory in
-/// a few large extents, where glibc's per-thread arenas fragment and grow under the
-/// process's memory-map lock (see docs/design.md, Allocator).
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 /// Baton: a push-based, streaming, distributed query scheduler for Apache DataFusion.
 #[derive(Debug, Parser)]
 #[command(name = "baton", version, about)]

@@ -12,7 +12,7 @@ use futures::TryStreamExt;
 
 async fn cluster(executors: usize) -> LocalCluster {
     let mut config = ClusterConfig::with_catalog(executors, 2, common::tpch_catalog());
-    config.scheduler.target_partitions = 4;
+    config.scheduler.target_partitions = Some(4);
     // Every query in 4 partitions, however little data it reads, so that the small
     // test tables are shuffled as big ones would be.
     config.scheduler.partition_data_bytes = 0;
@@ -58,7 +58,7 @@ async fn all_22_tpch_queries_match_single_node_datafusion_and_shuffle_crosses_ex
 async fn queries_over_little_data_run_one_task_per_stage_and_match_single_node_datafusion() {
     // The default partition sizing: TPC-H SF 0.01 is a few MiB, one partition's worth.
     let mut config = ClusterConfig::with_catalog(2, 2, common::tpch_catalog());
-    config.scheduler.target_partitions = 4;
+    config.scheduler.target_partitions = Some(4);
     let cluster = LocalCluster::start(config).await.unwrap();
     let reference = common::single_node(&common::tpch_catalog()).await;
     let mut client = cluster.client().await.unwrap();
@@ -84,7 +84,7 @@ async fn queries_over_little_data_run_one_task_per_stage_and_match_single_node_d
 /// and results of up to `inline_limit` bytes per partition held by the scheduler.
 async fn results_cluster(partitions: usize, inline_limit: u64) -> LocalCluster {
     let mut config = ClusterConfig::with_catalog(2, 2, common::tpch_catalog());
-    config.scheduler.target_partitions = partitions;
+    config.scheduler.target_partitions = Some(partitions);
     config.scheduler.partition_data_bytes = 0;
     config.scheduler.inline_result_bytes = inline_limit;
     LocalCluster::start(config).await.unwrap()
@@ -176,6 +176,12 @@ async fn expect_failure(client: &mut BatonClient, sql: &str, cause: &str) {
     assert!(
         error.contains(cause),
         "{sql}: client error {error:?} lacks {cause:?}"
+    );
+    // Bad SQL or data fails the same way every time: it is not run again.
+    assert!(
+        !status.error.contains("times, last with"),
+        "{sql}: a deterministic failure was retried: {:?}",
+        status.error
     );
 }
 

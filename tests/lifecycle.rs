@@ -40,7 +40,7 @@ const LONG_JOIN: &str = "select sum(a.l_quantity * b.l_quantity) from lineitem a
 /// close together).
 async fn one_partition_cluster(slots: u32) -> LocalCluster {
     let mut config = ClusterConfig::with_catalog(1, slots, common::tpch_catalog());
-    config.scheduler.target_partitions = 1;
+    config.scheduler.target_partitions = Some(1);
     config.scheduler.aging_half_life = 0.0;
     config.scheduler.preempt_cost_ratio = 1.0;
     LocalCluster::start(config).await.unwrap()

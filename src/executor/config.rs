@@ -17,8 +17,8 @@ pub struct ExecutorConfig {
     /// Address of this executor's Flight endpoint (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub bind: SocketAddr,
-    /// Tasks run at once.
-    #[arg(long, default_value = "2")]
+    /// Tasks run at once; default: the host's cores.
+    #[arg(long, default_value_t = crate::config::host_cores() as u32)]
     pub slots: u32,
     /// Suspended tasks it may hold beyond its slots (each keeps its memory): the
     /// scheduler suspends a running task to run a far cheaper query's task in its slot;

@@ -7,6 +7,7 @@
 //! task (`executor/gated.rs`).
 
 mod config;
+mod failure;
 mod flight;
 mod gated;
 mod runner;

@@ -21,6 +21,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::AbortHandle;
 use tracing::{Instrument, debug, info_span, warn};
 
+use super::failure::is_transient;
 use super::gated::{GatedExec, TaskGate};
 use crate::planner::decode_plan;
 use crate::proto::{
@@ -360,6 +361,7 @@ impl TaskRunner {
                 unreadable_executor: UnreadableOutput::executor_of(&e)
                     .unwrap_or_default()
                     .to_string(),
+                transient: is_transient(&e),
             }),
         };
         self.busy_micros
@@ -390,6 +392,7 @@ impl TaskRunner {
                     result: Some(task_status::Result::Failed(TaskFailed {
                         error: "cancelled".into(),
                         unreadable_executor: String::new(),
+                        transient: false,
                     })),
                 })),
             });

@@ -15,9 +15,10 @@ pub struct SchedulerConfig {
     /// TOML catalog of tables SQL can name.
     #[arg(long)]
     pub catalog: Option<PathBuf>,
-    /// Partitions (tasks per stage) DataFusion plans with, at most.
-    #[arg(long = "partitions", value_name = "N", default_value = "4")]
-    pub target_partitions: usize,
+    /// Partitions (tasks per stage) a query is planned with, at most; default: the
+    /// connected executors' task slots in all (the scheduler's cores while none is).
+    #[arg(long = "partitions", value_name = "N")]
+    pub target_partitions: Option<usize>,
     /// MiB of table data (its files, whole) that earn a query one partition, up to
     /// --partitions; 0: every query gets --partitions.
     #[arg(long = "partition-data-mib", value_name = "MIB", value_parser = parse_mib, default_value = "32")]

@@ -27,10 +27,10 @@ pub use flight::result_ticket;
 use planning::{Planner, PlanningPool};
 pub use policy::{Policy, PolicyKind};
 pub use query::{MAX_TASK_ATTEMPTS, Query, ResultPart, StageSpec, TaskRef};
-pub use state::{SchedulerState, TaskSpan};
+pub use state::{ClusterSize, SchedulerState, TaskSpan};
 
 use crate::catalog::{self, CatalogError};
-use crate::config::{MAX_MESSAGE_BYTES, distributed_session_config};
+use crate::config::{MAX_MESSAGE_BYTES, distributed_session_config, host_cores};
 use crate::proto::scheduler_service_server::SchedulerServiceServer;
 use crate::proto::{QueryState, QueryStatus};
 use crate::shuffle::fetch::FlightClients;
@@ -138,7 +138,7 @@ pub enum Submission {
 struct Inner {
     state: Mutex<SchedulerState>,
     planner: Planner,
-    executors: watch::Receiver<usize>,
+    executors: watch::Receiver<ClusterSize>,
     clients: FlightClients,
     result_ttl: Duration,
     max_request_bytes: usize,
@@ -159,8 +159,9 @@ impl std::fmt::Debug for Scheduler {
 impl Scheduler {
     /// A scheduler with the tables of `config.catalog`.
     pub async fn new(config: &SchedulerConfig) -> Result<Self, SchedulerError> {
-        let session =
-            SessionContext::new_with_config(distributed_session_config(config.target_partitions));
+        let session = SessionContext::new_with_config(distributed_session_config(
+            config.target_partitions.unwrap_or_else(host_cores),
+        ));
         if let Some(path) = &config.catalog {
             catalog::register_catalog(&session, path).await?;
         }
@@ -170,7 +171,7 @@ impl Scheduler {
     /// A scheduler that plans SQL in `session` (its catalog ignored) as `config` says.
     pub fn with_session(session: SessionContext, config: &SchedulerConfig) -> Self {
         crate::telemetry::recorder();
-        let (tx, rx) = watch::channel(0);
+        let (tx, rx) = watch::channel(ClusterSize::default());
         let mut state = SchedulerState::new(tx, config.policy.build(config.aging_half_life));
         state.set_preempt_cost_ratio(config.preempt_cost_ratio);
         state.set_inline_result_limit(config.inline_result_bytes);
@@ -183,6 +184,8 @@ impl Scheduler {
                     session,
                     pool: PlanningPool::per_core(),
                     partition_data_bytes: config.partition_data_bytes,
+                    partitions: config.target_partitions,
+                    cluster: rx.clone(),
                 },
                 executors: rx,
                 clients: FlightClients::default(),
@@ -349,7 +352,7 @@ impl Scheduler {
     /// Waits until at least `n` executors are connected.
     pub async fn wait_for_executors(&self, n: usize) {
         let mut rx = self.inner.executors.clone();
-        let _ = rx.wait_for(|count| *count >= n).await;
+        let _ = rx.wait_for(|size| size.executors >= n).await;
     }
 
     /// The JSON answer of the HTTP API below `/api/queries`: `""` lists every query,

@@ -13,7 +13,9 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::TaskContext;
 use datafusion::prelude::SessionContext;
 
-use super::{StageSpec, Submission};
+use tokio::sync::watch;
+
+use super::{ClusterSize, StageSpec, Submission};
 use crate::catalog::plan_data_bytes;
 use crate::planner::{self, PlannerError};
 
@@ -49,7 +51,7 @@ impl PlanningPool {
 
     /// A pool of one thread per core.
     pub fn per_core() -> Self {
-        Self::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+        Self::new(crate::config::host_cores())
     }
 
     /// Queues `job`, waiting while the queue is full; starts the threads first if they
@@ -95,6 +97,10 @@ pub struct Planner {
     /// up to the session's target partitions; 0: every query gets the target. Queries
     /// reading a table of unknown size get the target too.
     pub partition_data_bytes: u64,
+    /// The target partitions as configured; None: the cluster's slots.
+    pub partitions: Option<usize>,
+    /// The connected executors, whose slots are the target when none is configured.
+    pub cluster: watch::Receiver<ClusterSize>,
 }
 
 /// A planned submission.
@@ -121,6 +127,20 @@ impl Planner {
         result.await.map_err(|_| PlannerError::Aborted)?
     }
 
+    /// Partitions a query over enough data is planned with: as configured, or one per
+    /// task slot of the executors connected now (the session's when none is), so a stage
+    /// of a big query keeps every slot busy however large the cluster.
+    fn target_partitions(&self) -> usize {
+        let slots = self.cluster.borrow().slots as usize;
+        self.partitions
+            .unwrap_or(if slots > 0 {
+                slots
+            } else {
+                self.session.state().config().target_partitions()
+            })
+            .max(1)
+    }
+
     /// Plans `submission` on the calling thread.
     async fn plan_here(&self, submission: Submission) -> Result<Planned, PlannerError> {
         let plan = match submission {
@@ -129,11 +149,8 @@ impl Planner {
                 let bytes = plan_data_bytes(frame.logical_plan());
                 let (mut state, plan) = frame.into_parts();
                 let execution = &mut state.config_mut().options_mut().execution;
-                execution.target_partitions = partitions_for(
-                    bytes,
-                    self.partition_data_bytes,
-                    execution.target_partitions,
-                );
+                execution.target_partitions =
+                    partitions_for(bytes, self.partition_data_bytes, self.target_partitions());
                 tracing::debug!(
                     partitions = execution.target_partitions,
                     bytes,
@@ -246,13 +263,37 @@ mod tests {
         crate::catalog::register_catalog(&session, &catalog)
             .await
             .unwrap();
-        let planner = Planner {
+        let (cluster, watched) = watch::channel(ClusterSize::default());
+        let mut planner = Planner {
             session,
             pool: PlanningPool::new(1),
             partition_data_bytes: 32 << 20,
+            partitions: None,
+            cluster: watched,
         };
-        let plan = async |sql: &str| planner.plan(Submission::Sql(sql.into())).await.unwrap();
         let most_tasks = |planned: &Planned| planned.stages.iter().map(|s| s.tasks).max();
+        {
+            let plan = async |sql: &str| planner.plan(Submission::Sql(sql.into())).await.unwrap();
+            // With no executor connected, data of unknown size (a glob) gets the
+            // session's 4 partitions; with some, one per slot.
+            let globbed = "select x, count(*) from globbed group by x";
+            assert_eq!(most_tasks(&plan(globbed).await), Some(4));
+            cluster.send_replace(ClusterSize {
+                executors: 3,
+                slots: 6,
+            });
+            assert_eq!(most_tasks(&plan(globbed).await), Some(6));
+            // 65 MiB earns three partitions however many slots there are.
+            assert_eq!(most_tasks(&plan("select count(*) from big").await), Some(3));
+            cluster.send_replace(ClusterSize {
+                executors: 1,
+                slots: 2,
+            });
+            assert_eq!(most_tasks(&plan("select count(*) from big").await), Some(2));
+        }
+        // Configured partitions win over the cluster's slots.
+        planner.partitions = Some(4);
+        let plan = async |sql: &str| planner.plan(Submission::Sql(sql.into())).await.unwrap();
 
         // A few bytes of data: one task in every stage.
         let planned = plan("select x, count(*) from small group by x").await;

@@ -55,6 +55,9 @@ pub struct Stage {
     state: StageState,
     tasks: Vec<Task>,
     done: usize,
+    /// Complete, and every consumer is too: its output was let go (see
+    /// [`Progress::released`]); it is computed again should a consumer have to rerun.
+    released: bool,
     /// Map-output locations of the inputs, resolved when the stage became ready.
     resolved_inputs: Vec<StageInput>,
     /// The executor holding more of those map outputs than any other, if one does.
@@ -157,6 +160,9 @@ pub struct Progress {
     pub ready: Vec<TaskRef>,
     /// True when this result ended the query.
     pub finished: bool,
+    /// Stages whose output no task will read any more (every consumer finished): the
+    /// executors may drop it now rather than when the query ends.
+    pub released: Vec<u32>,
 }
 
 /// A stage-wide quantity split evenly over `tasks` (nothing for a stage without tasks).
@@ -195,6 +201,7 @@ impl Query {
                 state: StageState::Waiting,
                 tasks: vec![Task::default(); s.tasks],
                 done: 0,
+                released: false,
                 resolved_inputs: Vec::new(),
                 home: None,
                 task_cost: per_task(s.cost, s.tasks),
@@ -415,6 +422,20 @@ impl Query {
             progress.finished = true;
             return;
         }
+        for input in self.stages[sid as usize].inputs.clone() {
+            let read_by_all = self.stages[input as usize]
+                .consumers
+                .iter()
+                .all(|&c| self.stages[c as usize].is_complete());
+            let stage = &mut self.stages[input as usize];
+            if read_by_all && !stage.released {
+                stage.released = true;
+                for t in &mut stage.tasks {
+                    t.output = None;
+                }
+                progress.released.push(input);
+            }
+        }
         for consumer in self.stages[sid as usize].consumers.clone() {
             let stage = &mut self.stages[consumer as usize];
             // A consumer that finished before this stage lost output and ran again
@@ -528,26 +549,48 @@ impl Query {
         progress
     }
 
-    /// A task failed: the query fails with the cause. Returns the tasks still running
-    /// elsewhere, to be cancelled, or None when the result was stale.
+    /// A task failed. A `transient` failure (I/O, a peer gone) runs the task again, up
+    /// to [`MAX_TASK_ATTEMPTS`]; otherwise, or past them, the query fails with the cause
+    /// and the tasks still running elsewhere are returned to be cancelled. None when the
+    /// result was stale.
     pub fn task_failed(
         &mut self,
         task: TaskRef,
         attempt: u32,
         error: &str,
-    ) -> Option<Vec<RunningAttempt>> {
+        transient: bool,
+    ) -> Option<(Progress, Vec<RunningAttempt>)> {
         if !self.is_current(task, attempt) {
             return None;
         }
-        self.stages[task.stage as usize].tasks[task.partition as usize].running_on = None;
+        let t = &mut self.stages[task.stage as usize].tasks[task.partition as usize];
+        t.running_on = None;
+        if transient && t.attempt + 1 < MAX_TASK_ATTEMPTS {
+            t.attempt += 1;
+            warn!(query_id = %self.id, stage = task.stage, partition = task.partition, error, "transient task failure; running it again");
+            let progress = Progress {
+                ready: vec![task],
+                ..Progress::default()
+            };
+            return Some((progress, Vec::new()));
+        }
+        let cause = if transient {
+            format!("failed {MAX_TASK_ATTEMPTS} times, last with: {error}")
+        } else {
+            error.to_string()
+        };
         self.finish(
             QueryState::Failed,
             Some(format!(
-                "stage {} task {}: {error}",
+                "stage {} task {}: {cause}",
                 task.stage, task.partition
             )),
         );
-        Some(self.take_running())
+        let progress = Progress {
+            finished: true,
+            ..Progress::default()
+        };
+        Some((progress, self.take_running()))
     }
 
     /// Cancels the query; returns its running tasks and where they run. None when it had
@@ -646,22 +689,28 @@ impl Query {
         executor_id: &str,
         mut reset: Vec<TaskRef>,
     ) -> (Progress, Vec<RunningAttempt>) {
-        let lost = self.stages_losing_output(executor_id);
-        for &sid in &lost {
-            let stage = &mut self.stages[sid as usize];
-            for (p, t) in stage.tasks.iter_mut().enumerate() {
-                if t.has_output_on(executor_id) {
-                    t.output = None;
-                    t.attempt += 1;
-                    stage.done -= 1;
-                    self.remaining_cost += stage.task_cost;
-                    reset.push(TaskRef {
-                        stage: sid,
-                        partition: p as u32,
-                    });
+        loop {
+            let lost = self.stages_losing_output(executor_id);
+            for &sid in &lost {
+                let stage = &mut self.stages[sid as usize];
+                for (p, t) in stage.tasks.iter_mut().enumerate() {
+                    if t.has_output_on(executor_id) {
+                        t.output = None;
+                        t.attempt += 1;
+                        stage.done -= 1;
+                        self.remaining_cost += stage.task_cost;
+                        reset.push(TaskRef {
+                            stage: sid,
+                            partition: p as u32,
+                        });
+                    }
                 }
+                warn!(query_id = %self.id, stage = sid, executor = executor_id, "shuffle output lost; computing it again");
             }
-            warn!(query_id = %self.id, stage = sid, executor = executor_id, "shuffle output lost; computing it again");
+            let revived = self.revive_released(&mut reset);
+            if lost.is_empty() && revived == 0 {
+                break;
+            }
         }
         let mut progress = Progress::default();
         let mut waiting = vec![false; self.stages.len()];
@@ -701,6 +750,36 @@ impl Query {
             cancel.extend(self.take_running());
         }
         (progress, cancel)
+    }
+
+    /// Released stages read by a stage that has to run again are computed again: all of
+    /// their tasks join `reset`. Returns how many stages that was.
+    fn revive_released(&mut self, reset: &mut Vec<TaskRef>) -> usize {
+        let revive: Vec<u32> = (0..self.stages.len() as u32)
+            .filter(|&sid| {
+                let stage = &self.stages[sid as usize];
+                stage.released
+                    && stage
+                        .consumers
+                        .iter()
+                        .any(|&c| !self.stages[c as usize].is_complete())
+            })
+            .collect();
+        for &sid in &revive {
+            let stage = &mut self.stages[sid as usize];
+            stage.released = false;
+            stage.done = 0;
+            self.remaining_cost += stage.task_cost * stage.tasks.len() as f64;
+            for (p, t) in stage.tasks.iter_mut().enumerate() {
+                t.attempt += 1;
+                reset.push(TaskRef {
+                    stage: sid,
+                    partition: p as u32,
+                });
+            }
+            warn!(query_id = %self.id, stage = sid, "released shuffle output needed again; computing it again");
+        }
+        revive.len()
     }
 
     /// The stages whose output on `executor_id` is still needed: by a stage that has not
@@ -925,7 +1004,7 @@ mod tests {
             q.task_succeeded(task(0, 0), 7, loc("a"), 0, None),
             Progress::default()
         );
-        assert!(q.task_failed(task(0, 0), 7, "boom").is_none());
+        assert!(q.task_failed(task(0, 0), 7, "boom", false).is_none());
         run(&mut q, task(0, 0), "a");
         assert_eq!(
             q.task_succeeded(task(0, 0), 0, loc("a"), 0, None),
@@ -940,10 +1019,39 @@ mod tests {
         q.start();
         q.task_started(task(0, 0), "a");
         q.task_started(task(1, 0), "b");
-        let cancel = q.task_failed(task(0, 0), 0, "division by zero").unwrap();
+        let (p, cancel) = q
+            .task_failed(task(0, 0), 0, "division by zero", false)
+            .unwrap();
+        assert!(p.finished);
         assert_eq!(cancel, vec![attempt_on(task(1, 0), 0, "b")]);
         assert_eq!(q.state(), QueryState::Failed);
         assert!(q.error().unwrap().contains("division by zero"));
+    }
+
+    #[test]
+    fn a_transient_failure_runs_the_task_again_until_its_attempts_run_out() {
+        let mut q = join_query();
+        q.start();
+        q.task_started(task(1, 0), "b");
+        for attempt in 0..MAX_TASK_ATTEMPTS - 1 {
+            q.task_started(task(0, 0), "a");
+            let (p, cancel) = q
+                .task_failed(task(0, 0), attempt, "connection reset", true)
+                .unwrap();
+            assert_eq!(p.ready, vec![task(0, 0)]);
+            assert!(!p.finished && cancel.is_empty());
+            assert_eq!(q.state(), QueryState::Running);
+        }
+        q.task_started(task(0, 0), "a");
+        let (p, cancel) = q
+            .task_failed(task(0, 0), MAX_TASK_ATTEMPTS - 1, "connection reset", true)
+            .unwrap();
+        assert!(p.finished && p.ready.is_empty());
+        assert_eq!(cancel, vec![attempt_on(task(1, 0), 0, "b")]);
+        assert_eq!(
+            q.error(),
+            Some("stage 0 task 0: failed 3 times, last with: connection reset")
+        );
     }
 
     #[test]
@@ -972,6 +1080,56 @@ mod tests {
         q.executor_lost("a");
         q.task_started(task(0, 0), "b");
         assert_eq!(suspended(&q), vec![(0, false), (1, false)]);
+    }
+
+    #[test]
+    fn a_stage_is_released_once_every_consumer_has_finished() {
+        // Stage 0 feeds stages 1 and 2, which feed the final stage 3.
+        let mut q = query_of(vec![
+            spec(&[], 1),
+            spec(&[0], 1),
+            spec(&[0], 1),
+            spec(&[1, 2], 1),
+        ]);
+        q.start();
+        assert!(run(&mut q, task(0, 0), "a").released.is_empty());
+        // Stage 2 still reads stage 0.
+        assert!(run(&mut q, task(1, 0), "a").released.is_empty());
+        assert_eq!(run(&mut q, task(2, 0), "a").released, vec![0]);
+        // The query's end lets go of the rest; the result stays until it is fetched.
+        assert!(run(&mut q, task(3, 0), "a").finished);
+        assert_eq!(q.result_parts(), vec![ResultPart::Stored(loc("a"))]);
+    }
+
+    #[test]
+    fn a_released_stage_is_computed_again_when_a_consumer_must_rerun() {
+        let mut q = join_query();
+        q.start();
+        run(&mut q, task(0, 0), "a");
+        run(&mut q, task(0, 1), "a");
+        run(&mut q, task(1, 0), "a");
+        run(&mut q, task(2, 0), "b");
+        assert_eq!(run(&mut q, task(2, 1), "c").released, vec![0, 1]);
+        q.task_started(task(3, 0), "a");
+        // Stage 2's output on "b" is lost; stages 0 and 1 were let go, so they run
+        // again first, and the final task waits for stage 2 again.
+        let (p, cancel) = q.executor_lost("b");
+        assert_eq!(cancel, vec![attempt_on(task(3, 0), 0, "a")]);
+        let mut ready = p.ready.clone();
+        ready.sort_by_key(|t| (t.stage, t.partition));
+        assert_eq!(ready, vec![task(0, 0), task(0, 1), task(1, 0)]);
+        assert_eq!(q.attempt(task(0, 0)), 1);
+        run(&mut q, task(0, 0), "a");
+        run(&mut q, task(0, 1), "c");
+        let p = run(&mut q, task(1, 0), "a");
+        // Only stage 2's lost task runs again; its inputs resolve to the new outputs.
+        assert_eq!(p.ready, vec![task(2, 0)]);
+        let inputs = q.stage_inputs(2).to_vec();
+        assert_eq!(inputs[0].locations[1].executor_id, "c");
+        assert_eq!(run(&mut q, task(2, 0), "c").released, vec![0, 1]);
+        let p = run(&mut q, task(3, 0), "a");
+        assert!(p.finished);
+        assert_eq!(q.state(), QueryState::Succeeded);
     }
 
     #[test]
@@ -1069,7 +1227,7 @@ mod tests {
     }
 
     #[test]
-    fn output_lost_deep_in_the_dag_reruns_what_it_came_from_and_keeps_the_rest() {
+    fn output_lost_deep_in_the_dag_reruns_what_it_came_from_and_keeps_the_rest_of_its_stage() {
         let mut q = join_query();
         q.start();
         run(&mut q, task(0, 0), "a");
@@ -1078,11 +1236,13 @@ mod tests {
         run(&mut q, task(2, 0), "a");
         assert_eq!(run(&mut q, task(2, 1), "b").ready, vec![task(3, 0)]);
         q.task_started(task(3, 0), "b");
-        // Stage 3 needs stage 2's output on "a", whose rerun needs stages 0 and 1 there.
+        // Stage 3 needs stage 2's output on "a", whose rerun needs stages 0 and 1,
+        // released when stage 2 finished: all of their tasks run again.
         let (p, cancel) = q.executor_lost("a");
-        assert_eq!(p.ready, vec![task(0, 0), task(1, 0)]);
+        assert_eq!(p.ready, vec![task(0, 0), task(0, 1), task(1, 0)]);
         assert_eq!(cancel, vec![attempt_on(task(3, 0), 0, "b")]);
         run(&mut q, task(0, 0), "b");
+        run(&mut q, task(0, 1), "b");
         // Task 2.1 kept its output on "b": only 2.0 runs again.
         assert_eq!(run(&mut q, task(1, 0), "b").ready, vec![task(2, 0)]);
         assert_eq!(run(&mut q, task(2, 0), "b").ready, vec![task(3, 0)]);

@@ -63,6 +63,16 @@ pub struct TaskSpan {
     pub end: Instant,
 }
 
+/// The connected executors and their task slots in all, as the scheduler's watch shows
+/// them (what `--partitions` defaults to follows the slots).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterSize {
+    /// Connected executors.
+    pub executors: usize,
+    /// Their task slots, summed.
+    pub slots: u32,
+}
+
 /// Everything the scheduler knows.
 #[derive(Debug)]
 pub struct SchedulerState {
@@ -71,7 +81,7 @@ pub struct SchedulerState {
     watchers: HashMap<Arc<str>, watch::Sender<QueryState>>,
     queue: WorkQueue,
     registry: Registry,
-    executors_watch: watch::Sender<usize>,
+    executors_watch: watch::Sender<ClusterSize>,
     next_seq: u64,
     timeline: VecDeque<TaskSpan>,
     ended: VecDeque<Arc<str>>,
@@ -91,8 +101,8 @@ pub struct SchedulerState {
 
 impl SchedulerState {
     /// An empty state whose queue is ordered by `policy`; `executors_watch` follows the
-    /// number of connected executors.
-    pub fn new(executors_watch: watch::Sender<usize>, policy: Box<dyn Policy>) -> Self {
+    /// connected executors and their slots.
+    pub fn new(executors_watch: watch::Sender<ClusterSize>, policy: Box<dyn Policy>) -> Self {
         Self {
             queries: HashMap::new(),
             order: Vec::new(),
@@ -186,6 +196,10 @@ impl SchedulerState {
         let Some(query) = self.queries.get(query_id) else {
             return;
         };
+        if !progress.released.is_empty() && !query.is_finished() {
+            debug!(%query_id, stages = ?progress.released, "shuffle output read by every consumer; released");
+            self.broadcast_release(query_id, progress.released);
+        }
         if progress.finished || query.is_finished() {
             self.queue.remove_query(query_id);
             self.on_finished(query_id);
@@ -444,7 +458,10 @@ impl SchedulerState {
             self.requeue_lost(&id);
         }
         info!(executor = %id, slots, preempt_slots, "executor registered");
-        self.executors_watch.send_replace(self.registry.len());
+        self.executors_watch.send_replace(ClusterSize {
+            executors: self.registry.len(),
+            slots: self.registry.slots().0,
+        });
         metrics::gauge!("baton_executors_connected").set(self.registry.len() as f64);
         self.dispatch();
         generation
@@ -462,7 +479,10 @@ impl SchedulerState {
         } else {
             warn!(executor = %executor_id, running, "executor lost");
         }
-        self.executors_watch.send_replace(self.registry.len());
+        self.executors_watch.send_replace(ClusterSize {
+            executors: self.registry.len(),
+            slots: self.registry.slots().0,
+        });
         metrics::gauge!("baton_executors_connected").set(self.registry.len() as f64);
         self.requeue_lost(executor_id);
         self.dispatch();
@@ -547,17 +567,14 @@ impl SchedulerState {
                             self.cancel_tasks(&query_id, to_cancel);
                             self.apply(&query_id, progress);
                         }
-                    } else if let Some(to_cancel) =
-                        query.task_failed(task, id.attempt, &failed.error)
+                    } else if let Some((progress, to_cancel)) =
+                        query.task_failed(task, id.attempt, &failed.error, failed.transient)
                     {
+                        if !progress.finished {
+                            metrics::counter!("baton_task_retries_total").increment(1);
+                        }
                         self.cancel_tasks(&query_id, to_cancel);
-                        self.apply(
-                            &query_id,
-                            Progress {
-                                ready: vec![],
-                                finished: true,
-                            },
-                        );
+                        self.apply(&query_id, progress);
                     }
                 }
                 None => {}
@@ -591,8 +608,8 @@ impl SchedulerState {
         self.apply(
             &id,
             Progress {
-                ready: vec![],
                 finished: true,
+                ..Progress::default()
             },
         );
         self.dispatch();
@@ -675,7 +692,7 @@ mod tests {
 
     #[test]
     fn the_query_table_forgets_the_oldest_ended_queries() {
-        let (tx, _rx) = watch::channel(0);
+        let (tx, _rx) = watch::channel(ClusterSize::default());
         let mut state = SchedulerState::new(tx, PolicyKind::Fifo.build(0.0));
         state.ended_retained = 20;
         for i in 0..25 {
@@ -714,7 +731,7 @@ mod tests {
         slots: u32,
         preempt_slots: u32,
     ) -> (SchedulerState, ExecutorStream) {
-        let (tx, _rx) = watch::channel(0);
+        let (tx, _rx) = watch::channel(ClusterSize::default());
         let mut state = SchedulerState::new(tx, policy);
         let (sender, stream) = tokio::sync::mpsc::unbounded_channel();
         let location = MapLocation {
@@ -756,6 +773,7 @@ mod tests {
         task_status::Result::Failed(crate::proto::TaskFailed {
             error: error.into(),
             unreadable_executor: unreadable.into(),
+            transient: false,
         })
     }
 

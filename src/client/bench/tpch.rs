@@ -325,7 +325,7 @@ pub async fn run_tpch_bench(bench: &TpchBench) -> Result<BenchReport, BenchError
                 let executors = executors.max(1);
                 let mut config =
                     ClusterConfig::with_catalog(executors, bench.slots, catalog.clone());
-                config.scheduler.target_partitions = bench.partitions;
+                config.scheduler.target_partitions = Some(bench.partitions);
                 let cluster = LocalCluster::start(config).await?;
                 let client = cluster.client().await?;
                 progress.set_message(format!("baton x{executors}"));
