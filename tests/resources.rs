@@ -35,6 +35,67 @@ async fn a_query_that_cannot_fit_fails_clearly_and_the_cluster_goes_on() {
     assert_eq!(again.rows(), 1);
 }
 
+/// Writes `rows` rows of (k BIGINT, v VARCHAR) to `dir/big.parquet`, `v` distinct for
+/// 1.5 million of them and some 35 bytes long, and a catalog naming it `big`.
+async fn big_table(dir: &std::path::Path, rows: u64) -> std::path::PathBuf {
+    use datafusion::dataframe::DataFrameWriteOptions;
+    let data = dir.join("big.parquet");
+    let sql = format!(
+        "select value as k, concat('key-', cast(value % 1500000 as varchar), '-', \
+         repeat('x', 20)) as v from generate_series(1, {rows})"
+    );
+    datafusion::prelude::SessionContext::new()
+        .sql(&sql)
+        .await
+        .unwrap()
+        .write_parquet(
+            data.to_str().unwrap(),
+            DataFrameWriteOptions::new().with_single_file_output(true),
+            None,
+        )
+        .await
+        .unwrap();
+    let catalog = dir.join("catalog.toml");
+    std::fs::write(
+        &catalog,
+        "[[table]]\nname = 'big'\nformat = 'parquet'\npath = 'big.parquet'\n",
+    )
+    .unwrap();
+    catalog
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_memory_limited_cluster_sorts_and_aggregates_more_than_its_memory_by_spilling() {
+    let dir = tempfile::tempdir().unwrap();
+    // Some 160 MB as Arrow arrays; each executor has 64 MiB for its tasks and its
+    // shuffle output together.
+    let catalog = big_table(dir.path(), 2_000_000).await;
+    let mut config = ClusterConfig::with_catalog(2, 2, catalog.clone());
+    config.executor.memory_limit = Some(64 << 20);
+    config.scheduler.partition_data_bytes = 0;
+    let cluster = LocalCluster::start(config).await.unwrap();
+    let mut client = cluster.client().await.unwrap();
+    let reference = common::single_node(&catalog).await;
+    let spilled = || -> u64 { cluster.executors().iter().map(|e| e.spilled_bytes()).sum() };
+
+    // A sort of the whole table (the window needs every row in order).
+    let sort = "select k, v, rn from (select k, v, row_number() over (order by v, k) as rn \
+                from big) where rn % 100000 = 0 order by rn";
+    // An aggregation to 1.5 million groups, too many to hold.
+    let aggregate = "select count(*) as groups, sum(c) as n, max(c) as most from \
+                     (select v, count(*) as c from big group by v)";
+    let mut before = spilled();
+    for sql in [sort, aggregate] {
+        let result = client.sql(sql).await.unwrap();
+        let want = common::expected(&reference, sql).await;
+        common::compare(&want, &result.batches, common::is_ordered(sql)).unwrap();
+        assert!(!result.batches.is_empty(), "{sql}");
+        let now = spilled();
+        assert!(now > before, "{sql}: nothing spilled ({now} bytes in all)");
+        before = now;
+    }
+}
+
 /// Threads of this process now (Linux `/proc/self/status`).
 fn threads() -> usize {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
