@@ -11,7 +11,7 @@ use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
 
 use super::CliError;
-use super::sql::{Session, print_result, split_statements};
+use super::sql::{Session, report, split_statements, stream_result};
 use crate::client::{BatonClient, OutputFormat};
 use crate::proto::{QueryStatus, StageState};
 
@@ -158,10 +158,17 @@ async fn run_statement(session: &mut Session, sql: &str, format: OutputFormat) {
     };
     let mut fetcher = session.client.clone();
     let mut watcher = session.client.clone();
-    let fetch = fetcher.fetch(&id);
-    tokio::pin!(fetch);
     let show_progress = std::io::stderr().is_terminal();
-    let mut shown = false;
+    // Rows print as they come; the progress line goes away before the first.
+    let printing = std::cell::Cell::new(false);
+    let shown = std::cell::Cell::new(false);
+    let fetch = stream_result(&mut fetcher, &id, format, || {
+        printing.set(true);
+        if shown.get() {
+            eprint!("\r\x1b[2K");
+        }
+    });
+    tokio::pin!(fetch);
     let mut ticks = tokio::time::interval(PROGRESS_EVERY);
     let outcome = loop {
         if ctrl_c_seen {
@@ -170,25 +177,21 @@ async fn run_statement(session: &mut Session, sql: &str, format: OutputFormat) {
         tokio::select! {
             result = &mut fetch => break Some(result),
             _ = &mut interrupted => ctrl_c_seen = true,
-            _ = ticks.tick(), if show_progress => {
+            _ = ticks.tick(), if show_progress && !printing.get() => {
                 if started.elapsed() >= PROGRESS_AFTER
                     && let Ok(status) = watcher.status(&id).await
                 {
                     eprint!("\r\x1b[2K{}", progress_line(&status, started.elapsed()));
-                    shown = true;
+                    shown.set(true);
                 }
             }
         }
     };
-    if shown {
+    if shown.get() && !printing.get() {
         eprint!("\r\x1b[2K");
     }
     match outcome {
-        Some(Ok(result)) => {
-            if let Err(e) = print_result(&result, format, started.elapsed().as_secs_f64()) {
-                eprintln!("error: {e}");
-            }
-        }
+        Some(Ok(written)) => report(written, started.elapsed().as_secs_f64(), &id),
         Some(Err(e)) => eprintln!("error: {e}"),
         None => match watcher.cancel(&id).await {
             Ok(_) => eprintln!("query {id} cancelled"),

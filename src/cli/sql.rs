@@ -9,7 +9,7 @@ use datafusion::prelude::SessionContext;
 use super::{CliError, shell, shorten, start_cluster};
 use crate::catalog;
 use crate::client::{
-    BatonClient, OutputFormat, QueryResult, ResultWriter, TABLE_ROW_LIMIT, Written,
+    BatonClient, OutputFormat, ResultWriter, TABLE_ROW_LIMIT, Written,
 };
 use crate::cluster::{ClusterConfig, LocalCluster};
 use crate::config::distributed_session_config;
@@ -144,32 +144,35 @@ impl Session {
         format: OutputFormat,
     ) -> Result<(Written, String), CliError> {
         let id = self.submit(sql).await?;
-        let mut writer = ResultWriter::new(std::io::BufWriter::new(std::io::stdout()), format);
-        let schema = self
-            .client
-            .fetch_each(&id, |batch| writer.write(batch).map_err(CliError::Format))
-            .await?;
-        Ok((writer.finish(&schema)?, id))
+        let written = stream_result(&mut self.client, &id, format, || {}).await?;
+        Ok((written, id))
     }
 }
 
-/// Prints a whole result (the shell's) and its row count and time.
-pub(super) fn print_result(
-    result: &QueryResult,
+/// Writes query `id`'s result to standard output in `format` as its batches arrive (a
+/// table holds at most [`TABLE_ROW_LIMIT`] rows); `before_first` runs once, before the
+/// first batch is written.
+pub(super) async fn stream_result(
+    client: &mut BatonClient,
+    id: &str,
     format: OutputFormat,
-    elapsed: f64,
-) -> Result<(), CliError> {
-    let mut writer = ResultWriter::new(std::io::stdout(), format);
-    for batch in &result.batches {
-        writer.write(batch)?;
-    }
-    let written = writer.finish(&result.schema)?;
-    report(written, elapsed, &result.query_id);
-    Ok(())
+    before_first: impl FnOnce(),
+) -> Result<Written, CliError> {
+    let mut writer = ResultWriter::new(std::io::BufWriter::new(std::io::stdout()), format);
+    let mut before_first = Some(before_first);
+    let schema = client
+        .fetch_each(id, |batch| {
+            if let Some(first) = before_first.take() {
+                first();
+            }
+            writer.write(batch).map_err(CliError::Format)
+        })
+        .await?;
+    Ok(writer.finish(&schema)?)
 }
 
 /// Says on standard error how many rows came, in how long, and what a table left out.
-fn report(written: Written, elapsed: f64, query_id: &str) {
+pub(super) fn report(written: Written, elapsed: f64, query_id: &str) {
     if written.left_out > 0 {
         eprintln!(
             "the table shows the first {TABLE_ROW_LIMIT} rows; --format csv or json prints all"
