@@ -57,8 +57,7 @@ async fn all_22_tpch_queries_match_single_node_datafusion_and_shuffle_crosses_ex
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn queries_over_little_data_run_one_task_per_stage_and_match_single_node_datafusion() {
     // The default partition sizing: TPC-H SF 0.01 is a few MiB, one partition's worth.
-    let mut config = ClusterConfig::with_catalog(2, 2, common::tpch_catalog());
-    config.scheduler.target_partitions = Some(4);
+    let config = ClusterConfig::with_catalog(2, 2, common::tpch_catalog());
     let cluster = LocalCluster::start(config).await.unwrap();
     let reference = common::single_node(&common::tpch_catalog()).await;
     let mut client = cluster.client().await.unwrap();
@@ -77,6 +76,20 @@ async fn queries_over_little_data_run_one_task_per_stage_and_match_single_node_d
             "Q{number}: {:?}",
             status.stages
         );
+        // Each stage says what it runs and when it ran.
+        for stage in &status.stages {
+            assert!(
+                stage.operators.starts_with("ShuffleWriter > "),
+                "Q{number}: {stage:?}"
+            );
+            assert!(
+                stage.started_at_ms >= status.started_at_ms
+                    && stage.ended_at_ms >= stage.started_at_ms
+                    && stage.ended_at_ms <= status.ended_at_ms
+                    && stage.task_micros > 0,
+                "Q{number}: {stage:?} in {status:?}"
+            );
+        }
     }
 }
 

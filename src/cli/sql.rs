@@ -8,9 +8,7 @@ use datafusion::prelude::SessionContext;
 
 use super::{CliError, shell, shorten, start_cluster};
 use crate::catalog;
-use crate::client::{
-    BatonClient, OutputFormat, ResultWriter, TABLE_ROW_LIMIT, Written,
-};
+use crate::client::{BatonClient, OutputFormat, ResultWriter, TABLE_ROW_LIMIT, Written};
 use crate::cluster::{ClusterConfig, LocalCluster};
 use crate::config::distributed_session_config;
 use crate::planner::{self, PlannerError};

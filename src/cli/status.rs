@@ -15,11 +15,17 @@ fn stage_name(state: i32) -> &'static str {
     stage_state_name(StageState::try_from(state).unwrap_or(StageState::Unspecified))
 }
 
+/// Seconds from `start` to `end` (epoch milliseconds), "-" until both are known.
+fn span(start: u64, end: u64) -> String {
+    if start > 0 && end >= start {
+        format!("{:.3} s", (end - start) as f64 / 1000.0)
+    } else {
+        "-".into()
+    }
+}
+
 fn print_status(status: &QueryStatus, detailed: bool) {
-    let elapsed = match (status.started_at_ms, status.ended_at_ms) {
-        (s, e) if s > 0 && e >= s => format!("{:.3} s", (e - s) as f64 / 1000.0),
-        _ => "-".into(),
-    };
+    let elapsed = span(status.started_at_ms, status.ended_at_ms);
     println!(
         "{}  {:<9}  {:>9}  {}",
         status.query_id,
@@ -33,13 +39,16 @@ fn print_status(status: &QueryStatus, detailed: bool) {
     if detailed {
         for stage in &status.stages {
             println!(
-                "  stage {:>2} {:<8} tasks {}/{} done, {} running  inputs {:?}{}",
+                "  stage {:>2} {:<8} tasks {}/{} done, {} running  inputs {:?}  {} ({:.3} task-s)  {}{}",
                 stage.stage_id,
                 stage_name(stage.state),
                 stage.tasks_done,
                 stage.tasks_total,
                 stage.tasks_running,
                 stage.input_stages,
+                span(stage.started_at_ms, stage.ended_at_ms),
+                stage.task_micros as f64 / 1e6,
+                stage.operators,
                 if stage.running.is_empty() {
                     String::new()
                 } else {

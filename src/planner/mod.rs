@@ -9,7 +9,7 @@ mod stages;
 pub use codec::{BatonCodec, decode_plan, encode_plan};
 pub use cost::{ROWS_PER_UNIT, StageEstimate, estimate_stages};
 pub use joins::distribute_joins;
-pub use stages::{StageDag, StagePlan, plan_stages};
+pub use stages::{StageDag, StagePlan, operator_summary, plan_stages};
 
 /// Errors of planning and plan serialization.
 #[derive(Debug, thiserror::Error)]

@@ -258,6 +258,20 @@ fn add_stage(
     Ok(id)
 }
 
+/// A stage plan's operators, top down, for status and benchmarks: a chain reads
+/// "A > B", an operator of several inputs "A(B, C)"; the "Exec" in the names is left out.
+pub fn operator_summary(plan: &Arc<dyn ExecutionPlan>) -> String {
+    let name = plan.name().replace("Exec", "");
+    match plan.children().as_slice() {
+        [] => name.to_string(),
+        [only] => format!("{name} > {}", operator_summary(only)),
+        many => {
+            let inputs: Vec<String> = many.iter().map(|c| operator_summary(c)).collect();
+            format!("{name}({})", inputs.join(", "))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,6 +303,30 @@ mod tests {
         })
         .unwrap();
         found
+    }
+
+    #[tokio::test]
+    async fn a_stage_summary_names_its_operators_top_down() {
+        let dag = tpch_dag(3).await;
+        let summaries: Vec<String> = dag
+            .stages
+            .iter()
+            .map(|s| operator_summary(&s.plan))
+            .collect();
+        assert!(
+            summaries[0].starts_with("ShuffleWriter > "),
+            "{summaries:?}"
+        );
+        assert!(
+            summaries
+                .iter()
+                .any(|s| s.contains("HashJoin(") && s.contains("ShuffleReader")),
+            "{summaries:?}"
+        );
+        assert!(
+            !summaries.iter().any(|s| s.contains("Exec")),
+            "{summaries:?}"
+        );
     }
 
     #[tokio::test]

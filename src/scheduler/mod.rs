@@ -98,6 +98,10 @@ pub fn status_to_json(status: &QueryStatus) -> serde_json::Value {
                 "tasks_done": s.tasks_done,
                 "tasks_running": s.tasks_running,
                 "input_stages": s.input_stages,
+                "started_at_ms": s.started_at_ms,
+                "ended_at_ms": s.ended_at_ms,
+                "task_seconds": s.task_micros as f64 / 1e6,
+                "operators": s.operators,
                 "running": s.running.iter().map(|t| serde_json::json!({
                     "partition": t.partition,
                     "executor": t.executor_id,

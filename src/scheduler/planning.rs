@@ -177,6 +177,7 @@ impl Planner {
                     plan: planner::encode_plan(s.plan.clone())?.into(),
                     inputs: s.inputs.clone(),
                     tasks: s.tasks,
+                    operators: planner::operator_summary(&s.plan),
                 })
             })
             .collect::<Result<Vec<_>, PlannerError>>()?;

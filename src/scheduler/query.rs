@@ -55,6 +55,13 @@ pub struct Stage {
     state: StageState,
     tasks: Vec<Task>,
     done: usize,
+    /// Its operators, top down, for status.
+    operators: String,
+    /// When its first task was pushed, and when its last finished.
+    started_at: Option<SystemTime>,
+    ended_at: Option<SystemTime>,
+    /// Wall time its finished tasks took on their executors, summed.
+    task_micros: u64,
     /// Complete, and every consumer is too: its output was let go (see
     /// [`Progress::released`]); it is computed again should a consumer have to rerun.
     released: bool,
@@ -127,6 +134,8 @@ pub struct StageSpec {
     pub output_rows: f64,
     /// Cost units each row read from input stages adds (see `planner::StageEstimate`).
     pub cost_per_input_row: f64,
+    /// Its operators, top down, for status.
+    pub operators: String,
 }
 
 /// One query in the query table.
@@ -202,6 +211,10 @@ impl Query {
                 tasks: vec![Task::default(); s.tasks],
                 done: 0,
                 released: false,
+                operators: s.operators.clone(),
+                started_at: None,
+                ended_at: None,
+                task_micros: 0,
                 resolved_inputs: Vec::new(),
                 home: None,
                 task_cost: per_task(s.cost, s.tasks),
@@ -417,6 +430,7 @@ impl Query {
 
     fn complete_stage(&mut self, sid: u32, progress: &mut Progress) {
         self.stages[sid as usize].state = StageState::Done;
+        self.stages[sid as usize].ended_at = Some(SystemTime::now());
         if sid == self.final_stage() {
             self.finish(QueryState::Succeeded, None);
             progress.finished = true;
@@ -461,9 +475,18 @@ impl Query {
         self.started_at.is_some()
     }
 
+    /// Adds the wall time a task of `stage` took on its executor to the stage's slot time.
+    pub fn add_task_time(&mut self, stage: u32, micros: u64) {
+        if let Some(stage) = self.stages.get_mut(stage as usize) {
+            stage.task_micros += micros;
+        }
+    }
+
     /// Records that `task` (attempt `attempt`) was pushed to `executor`.
     pub fn task_started(&mut self, task: TaskRef, executor: &str) {
-        let t = &mut self.stages[task.stage as usize].tasks[task.partition as usize];
+        let stage = &mut self.stages[task.stage as usize];
+        stage.started_at.get_or_insert_with(SystemTime::now);
+        let t = &mut stage.tasks[task.partition as usize];
         t.running_on = Some(executor.to_string());
         t.started_at = Some(Instant::now());
         t.suspended = false;
@@ -840,6 +863,10 @@ impl Query {
                             })
                         })
                         .collect(),
+                    started_at_ms: millis(s.started_at),
+                    ended_at_ms: millis(s.ended_at),
+                    task_micros: s.task_micros,
+                    operators: s.operators.clone(),
                 })
                 .collect(),
         }
@@ -876,6 +903,7 @@ mod tests {
             plan: Bytes::new(),
             inputs: inputs.to_vec(),
             tasks,
+            operators: String::new(),
         }
     }
 

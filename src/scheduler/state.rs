@@ -548,6 +548,7 @@ impl SchedulerState {
                             end: Instant::now(),
                         });
                     }
+                    query.add_task_time(task.stage, ok.elapsed_micros);
                     let rows = ok.partitions.iter().map(|p| p.rows).sum();
                     let held = query.inline_result_bytes();
                     let progress =
@@ -718,6 +719,7 @@ mod tests {
             plan: Default::default(),
             inputs,
             tasks,
+            operators: String::new(),
         }
     }
 

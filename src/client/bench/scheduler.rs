@@ -168,6 +168,7 @@ fn stages(map_tasks: usize) -> Vec<StageSpec> {
             cost: map_tasks as f64,
             output_rows: 0.0,
             cost_per_input_row: 0.0,
+            operators: String::new(),
         },
         StageSpec {
             plan: Bytes::from_static(b"final"),
@@ -176,6 +177,7 @@ fn stages(map_tasks: usize) -> Vec<StageSpec> {
             cost: 1.0,
             output_rows: 0.0,
             cost_per_input_row: 0.0,
+            operators: String::new(),
         },
     ]
 }
