@@ -3,6 +3,7 @@
 //! `baton bench scheduler` (the scheduler's own throughput and dispatch latency).
 
 pub mod fairness;
+pub mod memory;
 pub mod plots;
 pub mod processes;
 pub mod scheduler;

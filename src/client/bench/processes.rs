@@ -18,7 +18,8 @@ const START_PATIENCE: Duration = Duration::from_secs(60);
 /// A running cluster of processes.
 #[derive(Debug)]
 pub struct ProcessCluster {
-    children: Vec<Child>,
+    /// Each process with what it is ("scheduler", "executor 1", …).
+    children: Vec<(String, Child)>,
     address: String,
     work_dir: PathBuf,
 }
@@ -54,8 +55,8 @@ impl ProcessCluster {
             metrics.clone(),
         ];
         args.extend_from_slice(scheduler_args);
-        cluster.spawn(&binary, &args)?;
-        for _ in 0..executors {
+        cluster.spawn("scheduler".into(), &binary, &args)?;
+        for n in 1..=executors {
             let mut args = vec![
                 "executor".to_string(),
                 "--scheduler".into(),
@@ -64,7 +65,7 @@ impl ProcessCluster {
                 cluster.work_dir.to_string_lossy().into_owned(),
             ];
             args.extend_from_slice(executor_args);
-            cluster.spawn(&binary, &args)?;
+            cluster.spawn(format!("executor {n}"), &binary, &args)?;
         }
         let line = format!("baton_executors_connected {executors}");
         let deadline = tokio::time::Instant::now() + START_PATIENCE;
@@ -87,7 +88,14 @@ impl ProcessCluster {
         &self.address
     }
 
-    fn spawn(&mut self, binary: &Path, args: &[String]) -> Result<(), BenchError> {
+    /// Each process with what it is ("scheduler", "executor 1", …) and its pid.
+    pub fn processes(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.children
+            .iter()
+            .map(|(role, child)| (role.as_str(), child.id()))
+    }
+
+    fn spawn(&mut self, role: String, binary: &Path, args: &[String]) -> Result<(), BenchError> {
         let child = Command::new(binary)
             .args(args)
             .stdin(Stdio::null())
@@ -95,22 +103,25 @@ impl ProcessCluster {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| BenchError::Processes(format!("starting baton {}: {e}", args[0])))?;
-        self.children.push(child);
+        self.children.push((role, child));
         Ok(())
     }
 
     /// A process that ended already, named with its exit status.
     fn exited(&mut self) -> Option<String> {
-        self.children.iter_mut().find_map(|child| {
+        self.children.iter_mut().find_map(|(role, child)| {
             let status = child.try_wait().ok()??;
-            Some(format!("baton process {} exited: {status}", child.id()))
+            Some(format!(
+                "baton {role} (process {}) exited: {status}",
+                child.id()
+            ))
         })
     }
 }
 
 impl Drop for ProcessCluster {
     fn drop(&mut self) {
-        for child in &mut self.children {
+        for (_, child) in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
         }

@@ -10,11 +10,16 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use super::memory::{ProcessPeak, mib, peak_rss, reset_peak_rss};
+use super::processes::ProcessCluster;
 use super::{BenchError, plots, text_table, write_json, write_text};
 use crate::catalog::{TableFormat, register_catalog};
 use crate::client::BatonClient;
 use crate::cluster::{ClusterConfig, LocalCluster};
+use crate::config::{host_cores, parse_mib};
 use crate::datagen;
+use crate::executor::ExecutorConfig;
+use crate::proto::QueryStatus;
 use crate::tpch::{QUERIES, TpchQuery};
 
 /// What to run (the flags of `baton bench tpch`).
@@ -23,15 +28,25 @@ pub struct TpchBench {
     /// Scale factor; data is generated and cached on first use.
     #[arg(long, default_value = "0.1")]
     pub scale: f64,
-    /// Executor counts to run with, a fresh embedded cluster each (e.g. 1,2,4).
+    /// Executor counts to run with, a fresh cluster each (e.g. 1,2,4).
     #[arg(long, value_delimiter = ',', default_value = "2")]
     pub executors: Vec<usize>,
-    /// Slots per executor.
-    #[arg(long, default_value = "1")]
-    pub slots: u32,
-    /// Partitions per stage (and of the single-node baseline).
-    #[arg(long, default_value = "2")]
-    pub partitions: usize,
+    /// Slots per executor; default: the executor's own (the host's cores).
+    #[arg(long)]
+    pub slots: Option<u32>,
+    /// Partitions per stage at most; default: the scheduler's own (the executors' slots).
+    #[arg(long)]
+    pub partitions: Option<usize>,
+    /// Partitions of the single-node baseline; default: the host's cores.
+    #[arg(long)]
+    pub baseline_partitions: Option<usize>,
+    /// Memory limit of each executor; default: the executor's own.
+    #[arg(long = "memory-limit", value_name = "MIB", value_parser = parse_mib)]
+    pub memory_limit: Option<u64>,
+    /// Run the cluster inside this process (and plot each executor's tasks over time)
+    /// instead of as a scheduler process and executor processes.
+    #[arg(long)]
+    pub embedded: bool,
     /// Runs of each query; the fastest counts.
     #[arg(long, default_value = "1", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub iterations: usize,
@@ -61,6 +76,40 @@ pub struct QueryTiming {
     pub seconds: Vec<f64>,
     /// Result rows.
     pub rows: usize,
+    /// The stages of its last Baton run.
+    pub stages: Vec<StageTiming>,
+}
+
+/// One stage of a query as it ran on Baton.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageTiming {
+    /// Stage id.
+    pub stage: u32,
+    /// Its operators, top down.
+    pub operators: String,
+    /// Its tasks.
+    pub tasks: u32,
+    /// Wall seconds from its first task's push to its last task's end.
+    pub seconds: f64,
+    /// Seconds its tasks ran, summed over them.
+    pub task_seconds: f64,
+}
+
+impl StageTiming {
+    /// The stages of a finished query's status.
+    fn of(status: &QueryStatus) -> Vec<Self> {
+        status
+            .stages
+            .iter()
+            .map(|s| Self {
+                stage: s.stage_id,
+                operators: s.operators.clone(),
+                tasks: s.tasks_total,
+                seconds: s.ended_at_ms.saturating_sub(s.started_at_ms) as f64 / 1000.0,
+                task_seconds: s.task_micros as f64 / 1e6,
+            })
+            .collect()
+    }
 }
 
 impl QueryTiming {
@@ -94,6 +143,9 @@ pub struct RunReport {
     pub wall_seconds: f64,
     /// Per executor, busy and idle slot-seconds (embedded clusters only).
     pub utilization: Vec<ExecutorUse>,
+    /// Peak resident memory of each process of the run (one for an embedded cluster,
+    /// none for a running scheduler).
+    pub peak_rss: Vec<ProcessPeak>,
 }
 
 impl RunReport {
@@ -108,10 +160,10 @@ impl RunReport {
 pub struct BenchReport {
     /// Scale factor.
     pub scale: f64,
-    /// Slots per executor.
-    pub slots: u32,
-    /// Partitions per stage.
-    pub partitions: usize,
+    /// Slots per executor, when set.
+    pub slots: Option<u32>,
+    /// Partitions per stage at most, when set.
+    pub partitions: Option<usize>,
     /// The runs.
     pub runs: Vec<RunReport>,
 }
@@ -137,47 +189,55 @@ async fn run_baton(
             query: q.number,
             seconds: Vec::new(),
             rows: 0,
+            stages: Vec::new(),
         })
         .collect();
     for _ in 0..iterations.max(1) {
         if concurrent {
             let runs = queries.iter().map(|q| {
-                let mut client = client.clone();
+                let client = client.clone();
                 async move {
                     let started = Instant::now();
-                    let result = client.sql(q.sql).await;
+                    let result = run_query(client, q.number, q.sql).await;
                     progress.inc(1);
-                    (q.number, started.elapsed().as_secs_f64(), result)
+                    (started.elapsed().as_secs_f64(), result)
                 }
             });
             let done = futures::future::join_all(runs).await;
-            for (timing, (number, seconds, result)) in timings.iter_mut().zip(done) {
-                let result = result.map_err(|source| BenchError::Query {
-                    query: number,
-                    source,
-                })?;
+            for (timing, (seconds, result)) in timings.iter_mut().zip(done) {
+                let (rows, stages) = result?;
                 timing.seconds.push(seconds);
-                timing.rows = result.rows();
+                timing.rows = rows;
+                timing.stages = stages;
             }
         } else {
             for (timing, q) in timings.iter_mut().zip(queries) {
                 progress.set_message(format!("Q{}", q.number));
-                let mut client = client.clone();
                 let started = Instant::now();
-                let result = client
-                    .sql(q.sql)
-                    .await
-                    .map_err(|source| BenchError::Query {
-                        query: q.number,
-                        source,
-                    })?;
+                let (rows, stages) = run_query(client.clone(), q.number, q.sql).await?;
                 timing.seconds.push(started.elapsed().as_secs_f64());
-                timing.rows = result.rows();
+                timing.rows = rows;
+                timing.stages = stages;
                 progress.inc(1);
             }
         }
     }
     Ok(timings)
+}
+
+/// Runs TPC-H query `number` on Baton; returns its rows and its stages' timings.
+async fn run_query(
+    mut client: BatonClient,
+    number: u32,
+    sql: &str,
+) -> Result<(usize, Vec<StageTiming>), BenchError> {
+    let failed = |source| BenchError::Query {
+        query: number,
+        source,
+    };
+    let result = client.sql(sql).await.map_err(failed)?;
+    let status = client.status(&result.query_id).await.map_err(failed)?;
+    Ok((result.rows(), StageTiming::of(&status)))
 }
 
 async fn run_baseline(
@@ -193,6 +253,7 @@ async fn run_baseline(
             query: q.number,
             seconds: Vec::new(),
             rows: 0,
+            stages: Vec::new(),
         };
         for _ in 0..iterations.max(1) {
             let started = Instant::now();
@@ -209,6 +270,25 @@ async fn run_baseline(
         timings.push(timing);
     }
     Ok(timings)
+}
+
+/// The executor of an embedded cluster as the bench's flags set it.
+fn executor_config(bench: &TpchBench) -> ExecutorConfig {
+    let mut config =
+        ExecutorConfig::local("", bench.slots.unwrap_or_else(|| host_cores() as u32), None);
+    config.memory_limit = bench.memory_limit;
+    config
+}
+
+/// The peak resident memory of process `pid` (None: this one) as `process`, when known.
+fn peak_of(process: &str, pid: Option<u32>) -> Vec<ProcessPeak> {
+    peak_rss(pid)
+        .map(|bytes| ProcessPeak {
+            process: process.to_string(),
+            bytes,
+        })
+        .into_iter()
+        .collect()
 }
 
 /// Seconds the spans cover, summed; 0 (not the -0 of an empty float sum, which printed
@@ -283,10 +363,12 @@ pub async fn run_tpch_bench(bench: &TpchBench) -> Result<BenchReport, BenchError
     let mut runs = Vec::new();
     let mut timelines = Vec::new();
     if bench.baseline {
+        let partitions = bench.baseline_partitions.unwrap_or_else(host_cores);
         let ctx = SessionContext::new_with_config(
-            SessionConfig::new().with_target_partitions(bench.partitions),
+            SessionConfig::new().with_target_partitions(partitions),
         );
         register_catalog(&ctx, &catalog).await?;
+        reset_peak_rss(None);
         let started = Instant::now();
         let queries = run_baseline(&ctx, &queries, bench.iterations, &progress).await?;
         runs.push(RunReport {
@@ -295,65 +377,93 @@ pub async fn run_tpch_bench(bench: &TpchBench) -> Result<BenchReport, BenchError
             queries,
             wall_seconds: started.elapsed().as_secs_f64(),
             utilization: Vec::new(),
+            peak_rss: peak_of("datafusion (this process)", None),
         });
     }
-    match &bench.scheduler {
-        Some(address) => {
-            let client = BatonClient::connect(address)
+    let run = async |client: &BatonClient| {
+        let started = Instant::now();
+        let timings = run_baton(
+            client,
+            &queries,
+            bench.iterations,
+            bench.concurrent,
+            &progress,
+        )
+        .await?;
+        Ok::<_, BenchError>((timings, started))
+    };
+    if let Some(address) = &bench.scheduler {
+        let client = BatonClient::connect(address)
+            .await
+            .map_err(|source| BenchError::Query { query: 0, source })?;
+        progress.set_message(format!("baton at {address}"));
+        let (queries, started) = run(&client).await?;
+        runs.push(RunReport {
+            system: "baton".into(),
+            executors: 0,
+            queries,
+            wall_seconds: started.elapsed().as_secs_f64(),
+            utilization: Vec::new(),
+            peak_rss: Vec::new(),
+        });
+    }
+    for &executors in bench.executors.iter().filter(|_| bench.scheduler.is_none()) {
+        let executors = executors.max(1);
+        progress.set_message(format!("baton x{executors}"));
+        let mut report = RunReport {
+            system: "baton".into(),
+            executors,
+            queries: Vec::new(),
+            wall_seconds: 0.0,
+            utilization: Vec::new(),
+            peak_rss: Vec::new(),
+        };
+        if bench.embedded {
+            let mut config = ClusterConfig::with_catalog(executors, 1, catalog.clone());
+            config.executor = executor_config(bench);
+            config.scheduler.target_partitions = bench.partitions;
+            let slots = config.executor.slots;
+            let cluster = LocalCluster::start(config).await?;
+            reset_peak_rss(None);
+            let (queries, started) = run(&cluster.client().await?).await?;
+            report.wall_seconds = started.elapsed().as_secs_f64();
+            report.queries = queries;
+            report.peak_rss = peak_of("baton (this process)", None);
+            let title = format!(
+                "Baton x{executors} executors, TPC-H SF {}: tasks per executor slot",
+                bench.scale
+            );
+            let (utilization, svg) = utilization(&cluster, started, slots.max(1), &title);
+            timelines.push((format!("timeline-x{executors}.svg"), svg));
+            report.utilization = utilization;
+        } else {
+            let mut scheduler_args = vec!["--catalog".to_string(), catalog.display().to_string()];
+            if let Some(partitions) = bench.partitions {
+                scheduler_args.extend(["--partitions".into(), partitions.to_string()]);
+            }
+            let mut executor_args = Vec::new();
+            if let Some(slots) = bench.slots {
+                executor_args.extend(["--slots".into(), slots.to_string()]);
+            }
+            if let Some(limit) = bench.memory_limit {
+                executor_args.extend(["--memory-limit".into(), (limit >> 20).to_string()]);
+            }
+            let cluster = ProcessCluster::start(&scheduler_args, executors, &executor_args).await?;
+            let client = BatonClient::connect(cluster.address())
                 .await
                 .map_err(|source| BenchError::Query { query: 0, source })?;
-            progress.set_message(format!("baton at {address}"));
-            let started = Instant::now();
-            let timings = run_baton(
-                &client,
-                &queries,
-                bench.iterations,
-                bench.concurrent,
-                &progress,
-            )
-            .await?;
-            runs.push(RunReport {
-                system: "baton".into(),
-                executors: 0,
-                queries: timings,
-                wall_seconds: started.elapsed().as_secs_f64(),
-                utilization: Vec::new(),
-            });
-        }
-        None => {
-            for &executors in &bench.executors {
-                let executors = executors.max(1);
-                let mut config =
-                    ClusterConfig::with_catalog(executors, bench.slots, catalog.clone());
-                config.scheduler.target_partitions = Some(bench.partitions);
-                let cluster = LocalCluster::start(config).await?;
-                let client = cluster.client().await?;
-                progress.set_message(format!("baton x{executors}"));
-                let started = Instant::now();
-                let timings = run_baton(
-                    &client,
-                    &queries,
-                    bench.iterations,
-                    bench.concurrent,
-                    &progress,
-                )
-                .await?;
-                let wall_seconds = started.elapsed().as_secs_f64();
-                let title = format!(
-                    "Baton x{executors} executors, TPC-H SF {}: tasks per executor slot",
-                    bench.scale
-                );
-                let (utilization, svg) = utilization(&cluster, started, bench.slots.max(1), &title);
-                timelines.push((format!("timeline-x{executors}.svg"), svg));
-                runs.push(RunReport {
-                    system: "baton".into(),
-                    executors,
-                    queries: timings,
-                    wall_seconds,
-                    utilization,
-                });
+            for (_, pid) in cluster.processes() {
+                reset_peak_rss(Some(pid));
             }
+            let (queries, started) = run(&client).await?;
+            report.wall_seconds = started.elapsed().as_secs_f64();
+            report.queries = queries;
+            report.peak_rss = cluster
+                .processes()
+                .flat_map(|(role, pid)| peak_of(role, Some(pid)))
+                .collect();
         }
+        runs.push(report);
     }
     progress.finish_and_clear();
     let report = BenchReport {
@@ -404,6 +514,27 @@ pub fn format_report(report: &BenchReport) -> String {
     }
     rows.push(total);
     let mut text = text_table(&rows);
+    for run in report.runs.iter().filter(|r| !r.peak_rss.is_empty()) {
+        let total: u64 = run.peak_rss.iter().map(|p| p.bytes).sum();
+        let each: Vec<String> = run
+            .peak_rss
+            .iter()
+            .map(|p| format!("{} {}", p.process, mib(p.bytes)))
+            .collect();
+        text.push_str(&format!(
+            "\npeak RSS, {}: {} in all ({})",
+            run_name(run),
+            mib(total),
+            each.join(", ")
+        ));
+        if let (Some(base), true) = (baseline.filter(|b| !b.peak_rss.is_empty()), is_baton(run)) {
+            let base_total: u64 = base.peak_rss.iter().map(|p| p.bytes).sum();
+            text.push_str(&format!(
+                "; {:.2}x datafusion",
+                total as f64 / base_total.max(1) as f64
+            ));
+        }
+    }
     for run in report.runs.iter().filter(|r| !r.utilization.is_empty()) {
         text.push_str(&format!("\n{}:", run_name(run)));
         for u in &run.utilization {
@@ -427,13 +558,37 @@ fn run_name(run: &RunReport) -> String {
     }
 }
 
-/// Writes tpch.json and the plots into `out`; returns the files written.
+/// Each Baton run's stages per query: wall and task seconds, tasks and operators, the
+/// slowest stage first, so a slow query's time can be placed.
+pub fn format_stages(report: &BenchReport) -> String {
+    let mut text = String::new();
+    for run in report.runs.iter().filter(|r| r.system == "baton") {
+        text.push_str(&format!("{}\n", run_name(run)));
+        for query in &run.queries {
+            text.push_str(&format!("Q{} {:.3} s\n", query.query, query.best()));
+            let mut stages = query.stages.clone();
+            stages.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+            for s in stages {
+                text.push_str(&format!(
+                    "  stage {:>2} {:>7.3} s {:>7.3} task-s {:>3} tasks  {}\n",
+                    s.stage, s.seconds, s.task_seconds, s.tasks, s.operators
+                ));
+            }
+        }
+    }
+    text
+}
+
+/// Writes tpch.json, stages.txt and the plots into `out`; returns the files written.
 fn write_outputs(
     out: &Path,
     report: &BenchReport,
     timelines: &[(String, String)],
 ) -> Result<Vec<PathBuf>, BenchError> {
-    let mut files = vec![write_json(out, "tpch.json", report)?];
+    let mut files = vec![
+        write_json(out, "tpch.json", report)?,
+        write_text(out, "stages.txt", &format_stages(report))?,
+    ];
     if let Some(first) = report.runs.first() {
         let categories: Vec<String> = first
             .queries
@@ -452,7 +607,10 @@ fn write_outputs(
             .collect();
         let title = format!(
             "TPC-H SF {} per query ({} slot(s) per executor)",
-            report.scale, report.slots
+            report.scale,
+            report
+                .slots
+                .map_or_else(|| "default".to_string(), |n| n.to_string())
         );
         files.push(write_text(
             out,
