@@ -124,7 +124,7 @@ mod tests {
     #[test]
     fn defaults_come_from_the_flags() {
         let scheduler = crate::scheduler::SchedulerConfig::default();
-        assert_eq!(scheduler.partition_data_bytes, 32 << 20);
+        assert_eq!(scheduler.partition_data_bytes, 128 << 20);
         assert_eq!(scheduler.result_ttl, Duration::from_secs(600));
         assert_eq!(scheduler.inline_result_bytes, 1 << 20);
         assert_eq!(scheduler.policy, crate::scheduler::PolicyKind::Priority);

@@ -15,13 +15,13 @@ pub struct SchedulerConfig {
     /// TOML catalog of tables SQL can name.
     #[arg(long)]
     pub catalog: Option<PathBuf>,
-    /// Partitions (tasks per stage) a query is planned with, at most; default: the
-    /// connected executors' task slots in all (the scheduler's cores while none is).
+    /// Partitions (tasks per stage) a query is planned with, at most; default: four per
+    /// task slot of the connected executors (the scheduler's cores while none is).
     #[arg(long = "partitions", value_name = "N")]
     pub target_partitions: Option<usize>,
     /// MiB of table data (its files, whole) that earn a query one partition, up to
     /// --partitions; 0: every query gets --partitions.
-    #[arg(long = "partition-data-mib", value_name = "MIB", value_parser = parse_mib, default_value = "32")]
+    #[arg(long = "partition-data-mib", value_name = "MIB", value_parser = parse_mib, default_value = "128")]
     pub partition_data_bytes: u64,
     /// How tasks of concurrent queries are ordered: priority (least remaining work
     /// first, with aging; cheap queries preempt), fair (round robin) or fifo.

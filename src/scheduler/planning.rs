@@ -23,6 +23,12 @@ use crate::planner::{self, PlannerError};
 /// queued (its gRPC call stays open), so a burst of submissions holds bounded memory.
 const PLANNING_QUEUE: usize = 1024;
 
+/// Tasks per stage a big query gets per task slot of the cluster: several, so that a
+/// task's share of a join's build side, which cannot spill, stays small (TPC-H SF 10
+/// Q18 ran out of a 1.5 GB executor budget at one per slot, and fits at four), and
+/// so that slots freed early take on the rest.
+const PARTITIONS_PER_SLOT: usize = 4;
+
 /// One planning, run on a planning thread.
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -127,14 +133,15 @@ impl Planner {
         result.await.map_err(|_| PlannerError::Aborted)?
     }
 
-    /// Partitions a query over enough data is planned with: as configured, or one per
-    /// task slot of the executors connected now (the session's when none is), so a stage
-    /// of a big query keeps every slot busy however large the cluster.
+    /// Partitions a query over enough data is planned with: as configured, or
+    /// [`PARTITIONS_PER_SLOT`] per task slot of the executors connected now (the
+    /// session's when none is), so a stage of a big query keeps every slot busy however
+    /// large the cluster, with tasks small enough that a join's build side fits.
     fn target_partitions(&self) -> usize {
         let slots = self.cluster.borrow().slots as usize;
         self.partitions
             .unwrap_or(if slots > 0 {
-                slots
+                slots * PARTITIONS_PER_SLOT
             } else {
                 self.session.state().config().target_partitions()
             })
@@ -276,21 +283,22 @@ mod tests {
         {
             let plan = async |sql: &str| planner.plan(Submission::Sql(sql.into())).await.unwrap();
             // With no executor connected, data of unknown size (a glob) gets the
-            // session's 4 partitions; with some, one per slot.
+            // session's 4 partitions; with some, four per slot.
             let globbed = "select x, count(*) from globbed group by x";
             assert_eq!(most_tasks(&plan(globbed).await), Some(4));
             cluster.send_replace(ClusterSize {
                 executors: 3,
                 slots: 6,
             });
-            assert_eq!(most_tasks(&plan(globbed).await), Some(6));
+            assert_eq!(most_tasks(&plan(globbed).await), Some(24));
             // 65 MiB earns three partitions however many slots there are.
             assert_eq!(most_tasks(&plan("select count(*) from big").await), Some(3));
             cluster.send_replace(ClusterSize {
                 executors: 1,
-                slots: 2,
+                slots: 1,
             });
-            assert_eq!(most_tasks(&plan("select count(*) from big").await), Some(2));
+            assert_eq!(most_tasks(&plan("select count(*) from big").await), Some(3));
+            assert_eq!(most_tasks(&plan(globbed).await), Some(4));
         }
         // Configured partitions win over the cluster's slots.
         planner.partitions = Some(4);
