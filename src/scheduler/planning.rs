@@ -156,8 +156,12 @@ impl Planner {
                 let bytes = plan_data_bytes(frame.logical_plan());
                 let (mut state, plan) = frame.into_parts();
                 let execution = &mut state.config_mut().options_mut().execution;
-                execution.target_partitions =
-                    partitions_for(bytes, self.partition_data_bytes, self.target_partitions());
+                execution.target_partitions = partitions_for(
+                    bytes,
+                    self.partition_data_bytes,
+                    self.target_partitions(),
+                    self.cluster.borrow().slots as usize,
+                );
                 tracing::debug!(
                     partitions = execution.target_partitions,
                     bytes,
@@ -197,14 +201,21 @@ impl Planner {
 
 /// Partitions for a query reading `bytes` of table data: one per `per_partition` bytes
 /// (at least one), at most `target`; `target` when the bytes are unknown or
-/// `per_partition` is 0.
-fn partitions_for(bytes: Option<u64>, per_partition: u64, target: usize) -> usize {
-    match bytes {
+/// `per_partition` is 0. More than `slots` (the cluster's task slots, 0: unknown) are
+/// rounded down to whole waves of them: five equal tasks on four slots take two rounds,
+/// as long as eight would, where four take one.
+fn partitions_for(bytes: Option<u64>, per_partition: u64, target: usize, slots: usize) -> usize {
+    let wanted = match bytes {
         Some(bytes) if per_partition > 0 => {
             let earned = bytes.div_ceil(per_partition).max(1);
             usize::try_from(earned).map_or(target, |earned| earned.min(target))
         }
         _ => target,
+    };
+    if slots > 0 && wanted > slots {
+        wanted - wanted % slots
+    } else {
+        wanted
     }
 }
 
@@ -244,12 +255,18 @@ mod tests {
     #[test]
     fn partitions_follow_the_data_up_to_the_target() {
         let mib = 1 << 20;
-        assert_eq!(partitions_for(Some(0), 32 * mib, 4), 1);
-        assert_eq!(partitions_for(Some(32 * mib), 32 * mib, 4), 1);
-        assert_eq!(partitions_for(Some(32 * mib + 1), 32 * mib, 4), 2);
-        assert_eq!(partitions_for(Some(1 << 40), 32 * mib, 4), 4);
-        assert_eq!(partitions_for(None, 32 * mib, 4), 4);
-        assert_eq!(partitions_for(Some(0), 0, 4), 4);
+        assert_eq!(partitions_for(Some(0), 32 * mib, 4, 0), 1);
+        assert_eq!(partitions_for(Some(32 * mib), 32 * mib, 4, 0), 1);
+        assert_eq!(partitions_for(Some(32 * mib + 1), 32 * mib, 4, 0), 2);
+        assert_eq!(partitions_for(Some(1 << 40), 32 * mib, 4, 0), 4);
+        assert_eq!(partitions_for(None, 32 * mib, 4, 0), 4);
+        assert_eq!(partitions_for(Some(0), 0, 4, 0), 4);
+        // Fewer than the slots stay as earned; more round down to whole waves.
+        assert_eq!(partitions_for(Some(96 * mib), 32 * mib, 16, 4), 3);
+        assert_eq!(partitions_for(Some(160 * mib), 32 * mib, 16, 4), 4);
+        assert_eq!(partitions_for(Some(300 * mib), 32 * mib, 16, 4), 8);
+        assert_eq!(partitions_for(Some(1 << 40), 32 * mib, 16, 4), 16);
+        assert_eq!(partitions_for(None, 32 * mib, 6, 4), 4);
     }
 
     #[tokio::test]
