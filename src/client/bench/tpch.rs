@@ -37,6 +37,9 @@ pub struct TpchBench {
     /// Partitions per stage at most; default: the scheduler's own (the executors' slots).
     #[arg(long)]
     pub partitions: Option<usize>,
+    /// MiB of table data that earn a query one partition; default: the scheduler's own.
+    #[arg(long = "partition-data-mib", value_name = "MIB", value_parser = parse_mib)]
+    pub partition_data_bytes: Option<u64>,
     /// Partitions of the single-node baseline; default: the host's cores.
     #[arg(long)]
     pub baseline_partitions: Option<usize>,
@@ -422,6 +425,9 @@ pub async fn run_tpch_bench(bench: &TpchBench) -> Result<BenchReport, BenchError
             let mut config = ClusterConfig::with_catalog(executors, 1, catalog.clone());
             config.executor = executor_config(bench);
             config.scheduler.target_partitions = bench.partitions;
+            if let Some(bytes) = bench.partition_data_bytes {
+                config.scheduler.partition_data_bytes = bytes;
+            }
             let slots = config.executor.slots;
             let cluster = LocalCluster::start(config).await?;
             reset_peak_rss(None);
@@ -440,6 +446,9 @@ pub async fn run_tpch_bench(bench: &TpchBench) -> Result<BenchReport, BenchError
             let mut scheduler_args = vec!["--catalog".to_string(), catalog.display().to_string()];
             if let Some(partitions) = bench.partitions {
                 scheduler_args.extend(["--partitions".into(), partitions.to_string()]);
+            }
+            if let Some(bytes) = bench.partition_data_bytes {
+                scheduler_args.extend(["--partition-data-mib".into(), (bytes >> 20).to_string()]);
             }
             let mut executor_args = Vec::new();
             if let Some(slots) = bench.slots {
