@@ -6,6 +6,15 @@
 //! format = "tbl"            # tbl | csv | parquet
 //! path = "sf1/lineitem.tbl" # file, directory or glob; relative to the catalog file
 //! columns = [["l_orderkey", "BIGINT"], ["l_quantity", "DECIMAL(15,2)"]]
+//!
+//! [[table]]
+//! name = "orders"
+//! format = "parquet"
+//! path = "s3://bucket/sf1/orders.parquet"   # an object store (see object_stores.rs)
+//!
+//! [object_store]            # for the s3:// paths; unset fields come from AWS_* variables
+//! endpoint = "http://127.0.0.1:9000"
+//! allow_http = true
 //! ```
 //!
 //! A `.tbl` line ends in `|`, so a CSV reader sees one more, empty, field than the table
@@ -34,7 +43,12 @@ use datafusion::logical_expr::{
 };
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
+use futures::TryStreamExt;
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde::Deserialize;
+use url::Url;
+
+use crate::object_stores::{S3Settings, build_store, is_url};
 
 /// Schema where a raw `.tbl` table is declared, for a moment, before its view takes it.
 const RAW_SCHEMA: &str = "baton_raw";
@@ -106,6 +120,25 @@ pub struct TableDef {
 struct CatalogFile {
     #[serde(default)]
     table: Vec<TableDef>,
+    object_store: Option<S3Settings>,
+}
+
+/// What a catalog file holds.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    /// Its tables.
+    pub tables: Vec<TableDef>,
+    /// Its `[object_store]` settings for `s3://` paths.
+    pub s3: S3Settings,
+}
+
+/// A catalog as registered in a session.
+#[derive(Debug, Clone, Default)]
+pub struct RegisteredCatalog {
+    /// The names of its tables.
+    pub tables: Vec<String>,
+    /// Its `[object_store]` settings, for executors to read its `s3://` tables with.
+    pub s3: S3Settings,
 }
 
 fn is_identifier(s: &str) -> bool {
@@ -119,7 +152,7 @@ fn is_type(s: &str) -> bool {
 }
 
 /// Parses catalog text; `path` names the file in errors.
-pub fn parse_catalog(text: &str, path: &Path) -> Result<Vec<TableDef>, CatalogError> {
+pub fn parse_catalog(text: &str, path: &Path) -> Result<Catalog, CatalogError> {
     let invalid = |message: String| CatalogError::Invalid {
         path: path.to_path_buf(),
         message,
@@ -146,20 +179,32 @@ pub fn parse_catalog(text: &str, path: &Path) -> Result<Vec<TableDef>, CatalogEr
         if table.path.contains('\'') {
             return Err(invalid(format!("table {}: path has a quote", table.name)));
         }
+        if is_url(&table.path) {
+            Url::parse(&table.path).map_err(|e| {
+                invalid(format!(
+                    "table {}: path {:?} is not a valid URL: {e}",
+                    table.name, table.path
+                ))
+            })?;
+        }
     }
-    Ok(file.table)
+    Ok(Catalog {
+        tables: file.table,
+        s3: file.object_store.unwrap_or_default(),
+    })
 }
 
-/// Reads `path` and registers its tables in `ctx`; returns their names.
+/// Reads `path` and registers its tables in `ctx`, and the object stores of those that
+/// live in one; returns their names and the object store settings.
 pub async fn register_catalog(
     ctx: &SessionContext,
     path: &Path,
-) -> Result<Vec<String>, CatalogError> {
+) -> Result<RegisteredCatalog, CatalogError> {
     let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    let tables = parse_catalog(&text, path)?;
+    let Catalog { tables, s3 } = parse_catalog(&text, path)?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let base = std::fs::canonicalize(if base.as_os_str().is_empty() {
         Path::new(".")
@@ -172,16 +217,22 @@ pub async fn register_catalog(
     })?;
     let mut names = Vec::new();
     for table in &tables {
-        register_table(ctx, table, &base)
-            .await
-            .map_err(|source| CatalogError::Register {
-                path: path.to_path_buf(),
-                table: table.name.clone(),
-                source,
-            })?;
+        let registered = async {
+            if is_url(&table.path) {
+                let url = Url::parse(&table.path)
+                    .map_err(|e| DataFusionError::Configuration(e.to_string()))?;
+                ctx.register_object_store(&url, build_store(&url, &s3)?);
+            }
+            register_table(ctx, table, &base).await
+        };
+        registered.await.map_err(|source| CatalogError::Register {
+            path: path.to_path_buf(),
+            table: table.name.clone(),
+            source,
+        })?;
         names.push(table.name.clone());
     }
-    Ok(names)
+    Ok(RegisteredCatalog { tables: names, s3 })
 }
 
 /// A file-backed table that checks, at every scan, that its data path still exists:
@@ -189,9 +240,56 @@ pub async fn register_catalog(
 #[derive(Debug)]
 struct CheckedTable {
     inner: Arc<dyn TableProvider>,
-    path: PathBuf,
+    data: DataPath,
     /// Bytes of its data files when it was registered.
     bytes: u64,
+}
+
+/// Where a table's data is: a local file or directory, or objects in a store.
+#[derive(Debug, Clone)]
+enum DataPath {
+    Local(PathBuf),
+    Remote {
+        url: Url,
+        store: Arc<dyn ObjectStore>,
+    },
+}
+
+impl DataPath {
+    /// Bytes of the data there (every file under a directory or prefix); None when
+    /// nothing is there.
+    async fn bytes(&self) -> Option<u64> {
+        match self {
+            DataPath::Local(path) => path.exists().then(|| data_bytes(path)),
+            DataPath::Remote { url, store } => {
+                let path = object_store::path::Path::from_url_path(url.path()).ok()?;
+                if let Ok(meta) = store.head(&path).await {
+                    return Some(meta.size);
+                }
+                let objects: Vec<_> = store.list(Some(&path)).try_collect().await.ok()?;
+                (!objects.is_empty()).then(|| objects.iter().map(|o| o.size).sum())
+            }
+        }
+    }
+}
+
+impl DataPath {
+    /// True when data is there.
+    async fn exists(&self) -> bool {
+        match self {
+            DataPath::Local(path) => path.exists(),
+            DataPath::Remote { .. } => self.bytes().await.is_some(),
+        }
+    }
+}
+
+impl std::fmt::Display for DataPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DataPath::Local(path) => write!(f, "{}", path.display()),
+            DataPath::Remote { url, .. } => write!(f, "{url}"),
+        }
+    }
 }
 
 /// Bytes of the data files behind `table`, as measured when its catalog was loaded; for
@@ -265,21 +363,20 @@ impl TableProvider for CheckedTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        if is_missing(&self.path) {
+        if !self.data.exists().await {
             return Err(DataFusionError::Plan(format!(
                 "data file {} does not exist",
-                self.path.display()
+                self.data
             )));
         }
         self.inner.scan(state, projection, filters, limit).await
     }
 }
 
-fn is_missing(path: &Path) -> bool {
-    !path.exists()
-}
-
 fn location(table: &TableDef, base: &Path) -> String {
+    if is_url(&table.path) {
+        return table.path.clone();
+    }
     let path = base.join(&table.path);
     let mut text = path.to_string_lossy().into_owned();
     if path.is_dir() && !text.ends_with('/') {
@@ -301,31 +398,39 @@ async fn register_table(
     table: &TableDef,
     base: &Path,
 ) -> datafusion::error::Result<()> {
-    declare_table(ctx, table, &location(table, base), &base.join(&table.path)).await
+    let data = if is_url(&table.path) {
+        let url =
+            Url::parse(&table.path).map_err(|e| DataFusionError::Configuration(e.to_string()))?;
+        let store = ctx.runtime_env().object_store_registry.get_store(&url)?;
+        DataPath::Remote { url, store }
+    } else {
+        DataPath::Local(base.join(&table.path))
+    };
+    declare_table(ctx, table, &location(table, base), &data).await
 }
 
 /// Wraps the registered file table `name` in a [`CheckedTable`] (not for globs).
 async fn guard_path(
     ctx: &SessionContext,
     name: &str,
-    path: &Path,
+    data: &DataPath,
 ) -> datafusion::error::Result<()> {
     let inner = ctx.table_provider(name).await?;
     ctx.deregister_table(name)?;
-    ctx.register_table(name, checked(inner, path))?;
+    ctx.register_table(name, checked(inner, data).await)?;
     Ok(())
 }
 
-/// `inner`, the table of the files at `path`, wrapped in a [`CheckedTable`] (not for
+/// `inner`, the table of the files at `data`, wrapped in a [`CheckedTable`] (not for
 /// globs, which are of unknown size and may match nothing).
-fn checked(inner: Arc<dyn TableProvider>, path: &Path) -> Arc<dyn TableProvider> {
-    if path.to_string_lossy().contains(['*', '?', '[']) {
+async fn checked(inner: Arc<dyn TableProvider>, data: &DataPath) -> Arc<dyn TableProvider> {
+    if data.to_string().contains(['*', '?', '[']) {
         return inner;
     }
     Arc::new(CheckedTable {
         inner,
-        path: path.to_path_buf(),
-        bytes: data_bytes(path),
+        bytes: data.bytes().await.unwrap_or(0),
+        data: data.clone(),
     })
 }
 
@@ -334,7 +439,7 @@ async fn declare_table(
     ctx: &SessionContext,
     table: &TableDef,
     location: &str,
-    path: &Path,
+    data: &DataPath,
 ) -> datafusion::error::Result<()> {
     let name = &table.name;
     match table.format {
@@ -351,7 +456,7 @@ async fn declare_table(
             .await?;
             // The raw table leaves the schema again: the view scans it directly.
             let raw_name = format!("{RAW_SCHEMA}.\"{name}\"");
-            let raw = checked(ctx.table_provider(raw_name.as_str()).await?, path);
+            let raw = checked(ctx.table_provider(raw_name.as_str()).await?, data).await;
             ctx.deregister_table(raw_name.as_str())?;
             let columns = table.columns.iter().map(|(c, _)| col(format!("\"{c}\"")));
             let plan = LogicalPlanBuilder::scan(name.as_str(), provider_as_source(raw), None)?
@@ -383,7 +488,7 @@ async fn declare_table(
                 table.header.unwrap_or(true)
             ))
             .await?;
-            guard_path(ctx, &format!("\"{name}\""), path).await?;
+            guard_path(ctx, &format!("\"{name}\""), data).await?;
         }
         TableFormat::Parquet => {
             let columns = if table.columns.is_empty() {
@@ -395,7 +500,7 @@ async fn declare_table(
                 "CREATE EXTERNAL TABLE \"{name}\" {columns} STORED AS PARQUET LOCATION '{location}'"
             ))
             .await?;
-            guard_path(ctx, &format!("\"{name}\""), path).await?;
+            guard_path(ctx, &format!("\"{name}\""), data).await?;
         }
     }
     Ok(())
@@ -437,7 +542,10 @@ mod tests {
         )
         .unwrap();
         let ctx = SessionContext::new();
-        assert_eq!(register_catalog(&ctx, &catalog).await.unwrap(), vec!["t"]);
+        assert_eq!(
+            register_catalog(&ctx, &catalog).await.unwrap().tables,
+            vec!["t"]
+        );
         let batches = ctx
             .sql("select * from t order by id")
             .await

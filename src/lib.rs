@@ -30,6 +30,7 @@ pub mod datagen;
 pub mod executor;
 pub mod flight_service;
 pub mod net;
+pub mod object_stores;
 pub mod planner;
 pub mod proto;
 pub mod scheduler;

@@ -32,6 +32,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::{info, warn};
 
 use crate::config::{HEARTBEAT_INTERVAL, MAX_MESSAGE_BYTES, distributed_session_config};
+use crate::object_stores::{S3Settings, StoreRegistry};
 use crate::proto::scheduler_service_client::SchedulerServiceClient;
 use crate::proto::{
     ExecutorMessage, Heartbeat, RegisterExecutor, SchedulerMessage, executor_message,
@@ -142,7 +143,8 @@ impl Executor {
             .unwrap_or_else(|| format!("exec-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
         let work_dir = WorkDir::claim(&config.work_dir(), &id)?;
         let memory_limit = usize::try_from(config.memory_limit()).unwrap_or(usize::MAX);
-        let environment = task_environment(memory_limit, &work_dir)?;
+        let stores = Arc::new(StoreRegistry::new());
+        let environment = task_environment(memory_limit, &work_dir, stores.clone())?;
         let shuffle_cap = memory_limit / 100 * config.shuffle_memory_percent as usize;
         let store =
             ShuffleStore::in_pool(&work_dir.shuffle(), &environment.memory_pool, shuffle_cap)?;
@@ -184,7 +186,12 @@ impl Executor {
             task_runtime.handle(),
         ));
         spawn_heartbeat(outbound, runner.clone(), shutdown_rx.clone());
-        let stream_task = tokio::spawn(serve_stream(inbound, runner.clone(), shutdown.clone()));
+        let stream_task = tokio::spawn(serve_stream(
+            inbound,
+            runner.clone(),
+            stores,
+            shutdown.clone(),
+        ));
         info!(executor = %id, flight = %flight_address, slots, memory_limit_mib = memory_limit >> 20, "executor started");
         Ok(Self {
             id,
@@ -267,6 +274,7 @@ impl Drop for Executor {
 fn task_environment(
     memory_limit: usize,
     work_dir: &WorkDir,
+    stores: Arc<StoreRegistry>,
 ) -> Result<Arc<RuntimeEnv>, ExecutorError> {
     let spill = work_dir.spill();
     std::fs::create_dir_all(&spill).map_err(|source| {
@@ -274,6 +282,7 @@ fn task_environment(
     })?;
     RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::new(FairSpillPool::new(memory_limit)))
+        .with_object_store_registry(stores)
         .with_disk_manager_builder(
             DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![spill])),
         )
@@ -415,6 +424,7 @@ fn spawn_heartbeat(
 async fn serve_stream(
     mut inbound: tonic::Streaming<SchedulerMessage>,
     runner: Arc<TaskRunner>,
+    stores: Arc<StoreRegistry>,
     shutdown: watch::Sender<bool>,
 ) {
     loop {
@@ -440,6 +450,12 @@ async fn serve_stream(
                 }
                 scheduler_message::Message::ReleaseShuffle(release) => {
                     runner.release(&release.query_id, &release.stage_ids)
+                }
+                scheduler_message::Message::ObjectStores(settings) => {
+                    match S3Settings::from_map(&settings.s3) {
+                        Ok(s3) => stores.set_s3(s3),
+                        Err(e) => warn!(error = %e, "object store settings ignored"),
+                    }
                 }
                 scheduler_message::Message::Shutdown(_) => break,
             },

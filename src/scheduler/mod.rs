@@ -31,6 +31,7 @@ pub use state::{ClusterSize, SchedulerState, TaskSpan};
 
 use crate::catalog::{self, CatalogError};
 use crate::config::{MAX_MESSAGE_BYTES, distributed_session_config, host_cores};
+use crate::object_stores::S3Settings;
 use crate::proto::scheduler_service_server::SchedulerServiceServer;
 use crate::proto::{QueryState, QueryStatus};
 use crate::shuffle::fetch::FlightClients;
@@ -146,6 +147,8 @@ struct Inner {
     clients: FlightClients,
     result_ttl: Duration,
     max_request_bytes: usize,
+    /// The catalog's settings for `s3://` tables, sent to every executor that registers.
+    object_stores: S3Settings,
 }
 
 /// A handle to the scheduler; cheap to clone.
@@ -166,14 +169,21 @@ impl Scheduler {
         let session = SessionContext::new_with_config(distributed_session_config(
             config.target_partitions.unwrap_or_else(host_cores),
         ));
+        let mut stores = S3Settings::default();
         if let Some(path) = &config.catalog {
-            catalog::register_catalog(&session, path).await?;
+            stores = catalog::register_catalog(&session, path).await?.s3;
         }
-        Ok(Self::with_session(session, config))
+        Ok(Self::build(session, config, stores))
     }
 
     /// A scheduler that plans SQL in `session` (its catalog ignored) as `config` says.
     pub fn with_session(session: SessionContext, config: &SchedulerConfig) -> Self {
+        Self::build(session, config, S3Settings::default())
+    }
+
+    /// A scheduler that plans SQL in `session` and tells executors to read `s3://`
+    /// tables with `stores`.
+    fn build(session: SessionContext, config: &SchedulerConfig, stores: S3Settings) -> Self {
         crate::telemetry::recorder();
         let (tx, rx) = watch::channel(ClusterSize::default());
         let mut state = SchedulerState::new(tx, config.policy.build(config.aging_half_life));
@@ -194,9 +204,15 @@ impl Scheduler {
                 executors: rx,
                 clients: FlightClients::default(),
                 result_ttl: config.result_ttl,
+                object_stores: stores,
                 max_request_bytes: usize::try_from(config.max_request_bytes).unwrap_or(usize::MAX),
             }),
         }
+    }
+
+    /// The object store settings executors get when they register.
+    pub fn object_stores(&self) -> &S3Settings {
+        &self.inner.object_stores
     }
 
     /// The session SQL is planned in.

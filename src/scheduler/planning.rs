@@ -119,14 +119,16 @@ pub struct Planned {
 
 impl Planner {
     /// Plans `submission` into stages on a planning thread. Its async parts (catalog
-    /// I/O) run on that thread too, outside any runtime, so they never occupy the
-    /// scheduler's runtime.
+    /// and object store I/O) are polled on that thread too, so planning never occupies
+    /// a worker of the scheduler's runtime; the runtime's I/O driver serves them (an
+    /// object store's HTTP connections live there).
     pub async fn plan(&self, submission: Submission) -> Result<Planned, PlannerError> {
         let (done, result) = tokio::sync::oneshot::channel();
         let planner = self.clone();
+        let runtime = tokio::runtime::Handle::current();
         self.pool
             .run(Box::new(move || {
-                let planned = futures::executor::block_on(planner.plan_here(submission));
+                let planned = runtime.block_on(planner.plan_here(submission));
                 let _ = done.send(planned);
             }))
             .await?;

@@ -13,8 +13,9 @@ use crate::config::EXECUTOR_TIMEOUT;
 use crate::proto::scheduler_service_server::SchedulerService;
 use crate::proto::{
     CancelQueryRequest, CancelQueryResponse, ExecutorMessage, GetQueryStatusRequest,
-    ListQueriesRequest, ListQueriesResponse, QueryStatus, SchedulerMessage, SubmitQueryRequest,
-    SubmitQueryResponse, executor_message, submit_query_request,
+    ListQueriesRequest, ListQueriesResponse, ObjectStores, QueryStatus, SchedulerMessage,
+    SubmitQueryRequest, SubmitQueryResponse, executor_message, scheduler_message,
+    submit_query_request,
 };
 use crate::shuffle::MapLocation;
 
@@ -59,6 +60,12 @@ impl SchedulerService for SchedulerGrpc {
         }
         let executor_id = register.executor_id.clone();
         let (tx, rx) = mpsc::unbounded_channel();
+        // Before any task: where the tables' data is.
+        let _ = tx.send(Ok(SchedulerMessage {
+            message: Some(scheduler_message::Message::ObjectStores(ObjectStores {
+                s3: self.scheduler.object_stores().to_map(),
+            })),
+        }));
         let location = MapLocation {
             executor_id: executor_id.clone(),
             flight_address: register.flight_address,
