@@ -52,6 +52,10 @@ pub fn render() -> String {
 /// A JSON route: given the path (after the route prefix), the body or None for 404.
 pub type JsonRoute = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
+/// Whether a process takes work now (`/readyz`): false while it starts, reconnects or
+/// drains.
+pub type Readiness = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// Errors of the HTTP endpoint.
 #[derive(Debug, thiserror::Error)]
 #[error("binding the metrics endpoint to {addr}: {source}")]
@@ -60,11 +64,13 @@ pub struct TelemetryError {
     source: std::io::Error,
 }
 
-/// Serves `/metrics` (and `prefix...` paths through `json`) on `addr`; returns the bound
-/// address. The server runs until the process exits.
+/// Serves `/metrics`, `/healthz` (200 while the process answers), `/readyz` (200 while
+/// `ready` says so, else 503) and `prefix...` paths through `json` on `addr`; returns
+/// the bound address. The server runs until the process exits.
 pub async fn serve_http(
     addr: SocketAddr,
     json: Option<(&'static str, JsonRoute)>,
+    ready: Readiness,
 ) -> Result<SocketAddr, TelemetryError> {
     recorder();
     let listener = TcpListener::bind(addr)
@@ -78,8 +84,9 @@ pub async fn serve_http(
             match listener.accept().await {
                 Ok((socket, _)) => {
                     let json = json.clone();
+                    let ready = ready.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = answer(socket, json).await {
+                        if let Err(e) = answer(socket, json, ready).await {
                             debug!(error = %e, "metrics request failed");
                         }
                     });
@@ -97,6 +104,7 @@ pub async fn serve_http(
 async fn answer(
     mut socket: tokio::net::TcpStream,
     json: Option<(&'static str, JsonRoute)>,
+    ready: Readiness,
 ) -> std::io::Result<()> {
     let mut head = Vec::new();
     let mut chunk = [0u8; 1024];
@@ -112,6 +120,13 @@ async fn answer(
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, content_type, body) = match (method, path) {
         ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", render()),
+        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".into()),
+        ("GET", "/readyz") if ready() => ("200 OK", "text/plain", "ready\n".into()),
+        ("GET", "/readyz") => (
+            "503 Service Unavailable",
+            "text/plain",
+            "not ready\n".into(),
+        ),
         ("GET", p) => match &json {
             Some((prefix, route)) if p.starts_with(prefix) => match route(&p[prefix.len()..]) {
                 Some(body) => ("200 OK", "application/json", body),

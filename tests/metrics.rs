@@ -13,6 +13,13 @@ use prometheus_parse::{Scrape, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    let (status, body) = request(addr, path).await;
+    assert_eq!(status, 200, "GET {path}");
+    body
+}
+
+/// The status code and body of `GET path`.
+async fn request(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
     socket
         .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
@@ -21,8 +28,8 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> String {
     let mut response = String::new();
     socket.read_to_string(&mut response).await.unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_string()
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
 }
 
 /// Sample values by metric name and sorted labels.
@@ -64,12 +71,21 @@ async fn metrics_move_with_a_query_and_cover_the_dashboard() {
     let cluster = LocalCluster::start(config).await.unwrap();
     let scheduler = cluster.scheduler().clone();
     let route: JsonRoute = Arc::new(move |path: &str| scheduler.status_json(path));
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let readiness = ready.clone();
     let addr = telemetry::serve_http(
         "127.0.0.1:0".parse().unwrap(),
         Some(("/api/queries", route)),
+        Arc::new(move || readiness.load(std::sync::atomic::Ordering::Relaxed)),
     )
     .await
     .unwrap();
+    // Health and readiness for an orchestrator's probes.
+    assert_eq!(request(addr, "/healthz").await.0, 200);
+    assert_eq!(request(addr, "/readyz").await.0, 200);
+    ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(request(addr, "/readyz").await.0, 503);
+    assert_eq!(request(addr, "/healthz").await.0, 200);
 
     let before = scrape(&get(addr, "/metrics").await);
     let mut client = cluster.client().await.unwrap();

@@ -584,3 +584,124 @@ async fn executors_register_again_with_a_restarted_scheduler() {
     );
     assert_cluster_answers(&scheduler);
 }
+
+/// The value of the sample `line_prefix` (a metric name with its labels) in Prometheus
+/// text; 0 when absent.
+fn sample(text: &str, line_prefix: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(line_prefix))
+        .and_then(|rest| rest.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_an_executor_mid_query_and_a_scheduler_after_its_queries() {
+    use baton::client::BatonClient;
+
+    let catalog = common::tpch_catalog();
+    let work = tempfile::tempdir().unwrap();
+    let scheduler = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut scheduler_process = spawn_scheduler(
+        &scheduler,
+        &catalog,
+        &[
+            "--partitions",
+            "4",
+            "--partition-data-mib",
+            "0",
+            "--metrics",
+            &metrics,
+        ],
+    );
+    let work_dir = work.path().to_str().unwrap();
+    let steady = spawn_executor(&scheduler, work_dir, &["--id", "steady"]);
+    let mut leaving = spawn_executor(&scheduler, work_dir, &["--id", "leaving"]);
+    assert!(
+        wait_for_executors(&metrics, 2).await,
+        "both executors register"
+    );
+
+    // "steady" is frozen while "leaving" finishes its share of the first stage, so the
+    // rest of the query needs the output "leaving" holds.
+    signal(&steady, libc::SIGSTOP);
+    let sql = "select l_returnflag, l_linestatus, sum(l_quantity) as qty, count(*) as n \
+               from lineitem group by l_returnflag, l_linestatus \
+               order by l_returnflag, l_linestatus";
+    let mut client = BatonClient::connect(&scheduler).await.unwrap();
+    let id = client.submit_sql(sql).await.unwrap();
+    let held_by_leaving = common::eventually(Duration::from_secs(10), async || {
+        let status = client.status(&id).await.unwrap();
+        let first = &status.stages[0];
+        first.tasks_done >= 1
+            && first.tasks_done + first.tasks_running == first.tasks_total
+            && first.running.iter().all(|r| r.executor_id == "steady")
+    })
+    .await;
+    assert!(
+        held_by_leaving,
+        "\"leaving\" finished part of the first stage"
+    );
+
+    // SIGTERM: "leaving" takes no more tasks but serves its output until the query no
+    // longer needs it, then stops by itself, with nothing computed again.
+    signal(&leaving, libc::SIGTERM);
+    signal(&steady, libc::SIGCONT);
+    let result = client.fetch(&id).await.unwrap();
+    let reference = common::single_node(&catalog).await;
+    common::compare(
+        &common::expected(&reference, sql).await,
+        &result.batches,
+        true,
+    )
+    .unwrap();
+    let exited = common::eventually(Duration::from_secs(20), async || {
+        leaving.0.try_wait().unwrap().is_some()
+    })
+    .await;
+    assert!(exited, "the drained executor stops: {}", leaving.log());
+    assert!(leaving.0.wait().unwrap().success(), "{}", leaving.log());
+    let text = scrape_metrics(&metrics);
+    assert_eq!(
+        sample(&text, "baton_tasks_completed_total{result=\"failed\"}"),
+        0.0,
+        "no task failed"
+    );
+    assert_eq!(sample(&text, "baton_executors_connected"), 1.0);
+
+    // SIGTERM to the scheduler while a query runs: it takes no new query, lets the
+    // running one finish and be fetched, then stops.
+    signal(&steady, libc::SIGSTOP);
+    let running = client.submit_sql(sql).await.unwrap();
+    signal(&scheduler_process, libc::SIGTERM);
+    let refusing = common::eventually(Duration::from_secs(10), async || {
+        client
+            .submit_sql("select 1")
+            .await
+            .is_err_and(|e| e.to_string().contains("shutting down"))
+    })
+    .await;
+    signal(&steady, libc::SIGCONT);
+    assert!(refusing, "a draining scheduler refuses new queries");
+    let result = client.fetch(&running).await.unwrap();
+    common::compare(
+        &common::expected(&reference, sql).await,
+        &result.batches,
+        true,
+    )
+    .unwrap();
+    let stopped = common::eventually(Duration::from_secs(20), async || {
+        scheduler_process.0.try_wait().unwrap().is_some()
+    })
+    .await;
+    assert!(
+        stopped,
+        "the drained scheduler stops: {}",
+        scheduler_process.log()
+    );
+    assert!(
+        scheduler_process.0.wait().unwrap().success(),
+        "{}",
+        scheduler_process.log()
+    );
+}

@@ -1,8 +1,13 @@
 //! `baton scheduler`, `baton executor` and `baton standalone`: the long-running
-//! processes, each until Ctrl-C.
+//! processes. Ctrl-C (SIGINT) stops one at once; SIGTERM drains it first: a scheduler
+//! takes no new query and stops once the running ones ended and their results were
+//! fetched, an executor takes no new task and stops once nothing needs its shuffle
+//! output; each within its `--drain-timeout`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
@@ -10,7 +15,7 @@ use super::{CliError, start_cluster};
 use crate::cluster::ClusterConfig;
 use crate::executor::{Executor, ExecutorConfig};
 use crate::scheduler::{Scheduler, SchedulerConfig};
-use crate::telemetry::{self, JsonRoute};
+use crate::telemetry::{self, JsonRoute, Readiness};
 
 /// Starts an executor tries, after its scheduler went away, before it gives up; each
 /// start waits up to 30 s for the scheduler to answer.
@@ -19,18 +24,51 @@ const EXECUTOR_RESTARTS: u32 = 10;
 /// Pause between an executor's stop and its next start.
 const RESTART_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// How often a draining scheduler checks whether its queries are done.
+const DRAIN_CHECK: Duration = Duration::from_millis(100);
+
 async fn until_ctrl_c() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// Serves `/metrics` on `addr`, and the scheduler's JSON query API when there is one.
-async fn serve_metrics(addr: SocketAddr, scheduler: Option<&Scheduler>) -> Result<(), CliError> {
+/// The signal that asks a process to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Ctrl-C: stop now.
+    Interrupt,
+    /// SIGTERM (an orchestrator): drain, then stop.
+    Terminate,
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn stop_signal() -> Stop {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => tokio::select! {
+            _ = until_ctrl_c() => Stop::Interrupt,
+            _ = terminate.recv() => Stop::Terminate,
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "SIGTERM cannot be caught; only Ctrl-C stops");
+            until_ctrl_c().await;
+            Stop::Interrupt
+        }
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr`, and the scheduler's JSON query
+/// API when there is one.
+async fn serve_metrics(
+    addr: SocketAddr,
+    scheduler: Option<&Scheduler>,
+    ready: Readiness,
+) -> Result<(), CliError> {
     let json = scheduler.map(|scheduler| {
         let scheduler = scheduler.clone();
         let route: JsonRoute = Arc::new(move |path: &str| scheduler.status_json(path));
         ("/api/queries", route)
     });
-    let bound = telemetry::serve_http(addr, json).await?;
+    let bound = telemetry::serve_http(addr, json, ready).await?;
     tracing::info!(address = %bound, "metrics endpoint listening");
     Ok(())
 }
@@ -43,7 +81,9 @@ pub async fn run_scheduler(
 ) -> Result<(), CliError> {
     let scheduler = Scheduler::new(&config).await?;
     if let Some(addr) = metrics {
-        serve_metrics(addr, Some(&scheduler)).await?;
+        let serving = scheduler.clone();
+        let ready: Readiness = Arc::new(move || !serving.is_draining());
+        serve_metrics(addr, Some(&scheduler), ready).await?;
     }
     let listener = TcpListener::bind(bind)
         .await
@@ -52,7 +92,26 @@ pub async fn run_scheduler(
             source,
         })?;
     tracing::info!(address = %bind, "scheduler listening");
-    scheduler.serve(listener, until_ctrl_c()).await?;
+    let draining = scheduler.clone();
+    let drain_timeout = config.drain_timeout;
+    let stopped = async move {
+        if stop_signal().await == Stop::Terminate {
+            draining.drain();
+            let drained = async {
+                while !draining.drained() {
+                    tokio::time::sleep(DRAIN_CHECK).await;
+                }
+            };
+            tokio::select! {
+                _ = drained => tracing::info!("drained; scheduler stops"),
+                _ = tokio::time::sleep(drain_timeout) => {
+                    tracing::warn!(?drain_timeout, "drain timed out; scheduler stops with queries unfinished");
+                }
+                _ = until_ctrl_c() => {}
+            }
+        }
+    };
+    scheduler.serve(listener, stopped).await?;
     Ok(())
 }
 
@@ -63,15 +122,17 @@ pub async fn run_executor(
     config: ExecutorConfig,
     metrics: Option<SocketAddr>,
 ) -> Result<(), CliError> {
+    let registered = Arc::new(AtomicBool::new(false));
     if let Some(addr) = metrics {
-        serve_metrics(addr, None).await?;
+        let ready = registered.clone();
+        serve_metrics(addr, None, Arc::new(move || ready.load(Ordering::Relaxed))).await?;
     }
     // Failed starts in a row after a lost connection, each waiting for the scheduler.
     let mut failed_restarts: Option<u32> = None;
     loop {
         let started = tokio::select! {
             started = Executor::start(config.clone()) => started,
-            _ = until_ctrl_c() => return Ok(()),
+            _ = stop_signal() => return Ok(()),
         };
         let mut executor = match (started, failed_restarts) {
             (Ok(executor), _) => executor,
@@ -84,13 +145,28 @@ pub async fn run_executor(
             }
             (Err(e), _) => return Err(e.into()),
         };
+        registered.store(true, Ordering::Relaxed);
         tokio::select! {
             _ = executor.wait() => tracing::warn!("scheduler went away; connecting again"),
-            _ = until_ctrl_c() => {
-                tracing::info!("interrupted; executor stops");
+            stop = stop_signal() => {
+                registered.store(false, Ordering::Relaxed);
+                if stop == Stop::Terminate {
+                    executor.drain();
+                    tokio::select! {
+                        _ = executor.wait() => tracing::info!("drained; executor stops"),
+                        _ = tokio::time::sleep(config.drain_timeout) => tracing::warn!(
+                            drain_timeout = ?config.drain_timeout,
+                            "drain timed out; executor stops with output still needed"
+                        ),
+                        _ = until_ctrl_c() => {}
+                    }
+                } else {
+                    tracing::info!("interrupted; executor stops");
+                }
                 return Ok(());
             }
         }
+        registered.store(false, Ordering::Relaxed);
         drop(executor);
         failed_restarts = Some(0);
         tokio::time::sleep(RESTART_DELAY).await;
@@ -105,12 +181,12 @@ pub async fn run_standalone(
     let executors = config.executors;
     let cluster = start_cluster(config).await?;
     if let Some(addr) = metrics {
-        serve_metrics(addr, Some(cluster.scheduler())).await?;
+        serve_metrics(addr, Some(cluster.scheduler()), Arc::new(|| true)).await?;
     }
     eprintln!(
         "baton standalone: scheduler on {} with {executors} executors (Ctrl-C stops)",
         cluster.scheduler_address()
     );
-    until_ctrl_c().await;
+    stop_signal().await;
     Ok(())
 }

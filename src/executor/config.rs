@@ -17,6 +17,11 @@ pub struct ExecutorConfig {
     /// Address of this executor's Flight endpoint (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub bind: SocketAddr,
+    /// Host name or address (optionally with a port) other executors and the scheduler
+    /// dial to reach the Flight endpoint; needed when --bind is 0.0.0.0 or [::];
+    /// default: the bound address.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub advertise: Option<String>,
     /// Tasks run at once; default: the host's cores.
     #[arg(long, default_value_t = crate::config::host_cores() as u32)]
     pub slots: u32,
@@ -46,6 +51,10 @@ pub struct ExecutorConfig {
     /// shuffle partitions go to files and the rest stays for the tasks' operators.
     #[arg(long, value_name = "PERCENT", default_value = "50", value_parser = clap::value_parser!(u8).range(0..=100))]
     pub shuffle_memory_percent: u8,
+    /// Seconds an executor that got SIGTERM waits for its tasks to finish and for
+    /// nothing to need its shuffle output before it stops anyway.
+    #[arg(long = "drain-timeout", value_name = "SECONDS", value_parser = parse_seconds, default_value = "60")]
+    pub drain_timeout: std::time::Duration,
 }
 
 impl Default for ExecutorConfig {

@@ -6,6 +6,7 @@
 //! shuffle fetch. The scheduler may suspend a running task for a far cheaper query's
 //! task (`executor/gated.rs`).
 
+mod advertise;
 mod config;
 mod failure;
 mod flight;
@@ -13,6 +14,7 @@ mod gated;
 mod runner;
 mod work_dir;
 
+pub use advertise::AdvertiseError;
 pub use config::{ExecutorConfig, host_memory};
 pub use runner::micros_since;
 pub use work_dir::WorkDirError;
@@ -35,7 +37,7 @@ use crate::config::{HEARTBEAT_INTERVAL, MAX_MESSAGE_BYTES, distributed_session_c
 use crate::object_stores::{S3Settings, StoreRegistry};
 use crate::proto::scheduler_service_client::SchedulerServiceClient;
 use crate::proto::{
-    ExecutorMessage, Heartbeat, RegisterExecutor, SchedulerMessage, executor_message,
+    Drain, ExecutorMessage, Heartbeat, RegisterExecutor, SchedulerMessage, executor_message,
     scheduler_message,
 };
 use crate::shuffle::fetch::{FlightClients, connect_channel};
@@ -77,6 +79,9 @@ pub enum ExecutorError {
     /// The executor's work directory could not be claimed.
     #[error(transparent)]
     WorkDir(#[from] WorkDirError),
+    /// The address to register for the Flight endpoint is not one peers can dial.
+    #[error(transparent)]
+    Advertise(#[from] AdvertiseError),
     /// The task runtime environment (memory pool, spill directory) could not be built.
     #[error("executor task environment: {0}")]
     Environment(datafusion::error::DataFusionError),
@@ -90,6 +95,7 @@ pub struct Executor {
     store: ShuffleStore,
     clients: FlightClients,
     runner: Arc<TaskRunner>,
+    outbound: mpsc::UnboundedSender<ExecutorMessage>,
     shutdown: watch::Sender<bool>,
     stream_task: JoinHandle<()>,
     /// Stopped when the executor is dropped.
@@ -148,7 +154,7 @@ impl Executor {
         let shuffle_cap = memory_limit / 100 * config.shuffle_memory_percent as usize;
         let store =
             ShuffleStore::in_pool(&work_dir.shuffle(), &environment.memory_pool, shuffle_cap)?;
-        let (listener, flight_address) = bind(config.bind).await?;
+        let (listener, flight_address) = bind(config.bind, config.advertise.as_deref()).await?;
         let slots = config.slots.max(1);
         let task_runtime = TaskRuntime::start(&id, slots + config.preempt_slots())
             .map_err(ExecutorError::Runtime)?;
@@ -185,7 +191,7 @@ impl Executor {
             outbound.clone(),
             task_runtime.handle(),
         ));
-        spawn_heartbeat(outbound, runner.clone(), shutdown_rx.clone());
+        spawn_heartbeat(outbound.clone(), runner.clone(), shutdown_rx.clone());
         let stream_task = tokio::spawn(serve_stream(
             inbound,
             runner.clone(),
@@ -199,6 +205,7 @@ impl Executor {
             store,
             clients,
             runner,
+            outbound,
             shutdown,
             stream_task,
             _task_runtime: task_runtime,
@@ -244,6 +251,16 @@ impl Executor {
     /// Bytes its tasks' operators spilled to disk when memory was short, since start.
     pub fn spilled_bytes(&self) -> u64 {
         self.runner.spilled_bytes()
+    }
+
+    /// Asks the scheduler to let this executor go: it gets no new task, finishes those it
+    /// holds and serves its shuffle output until the scheduler says Shutdown, once
+    /// nothing needs that output; [`Executor::wait`] returns then.
+    pub fn drain(&self) {
+        info!(executor = %self.id, running = self.runner.running(), "draining");
+        let _ = self.outbound.send(ExecutorMessage {
+            message: Some(executor_message::Message::Drain(Drain {})),
+        });
     }
 
     /// Waits until the scheduler stream ends (the scheduler went away or said Shutdown).
@@ -359,14 +376,20 @@ fn is_transport_failure(status: &tonic::Status) -> bool {
 }
 
 /// Binds the Flight endpoint's listener; returns it with the host:port it listens on.
-async fn bind(address: SocketAddr) -> Result<(TcpListener, String), ExecutorError> {
+/// Binds the Flight endpoint at `address`; returns it with the address peers are to
+/// dial (`advertise`, see [`advertise::advertised_address`]).
+async fn bind(
+    address: SocketAddr,
+    advertise: Option<&str>,
+) -> Result<(TcpListener, String), ExecutorError> {
     let failed = |source| ExecutorError::Bind {
         addr: address.to_string(),
         source,
     };
     let listener = TcpListener::bind(address).await.map_err(failed)?;
     let local = listener.local_addr().map_err(failed)?;
-    Ok((listener, local.to_string()))
+    let advertised = advertise::advertised_address(advertise, local).await?;
+    Ok((listener, advertised))
 }
 
 /// Serves the shuffle store over Flight on `listener`.

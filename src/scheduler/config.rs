@@ -43,6 +43,10 @@ pub struct SchedulerConfig {
     /// Seconds an unfetched result is kept before its partitions are freed.
     #[arg(long = "result-ttl", value_name = "SECONDS", value_parser = parse_seconds, default_value = "600")]
     pub result_ttl: Duration,
+    /// Seconds a scheduler that got SIGTERM waits for its queries to end and their
+    /// results to be fetched before it stops anyway.
+    #[arg(long = "drain-timeout", value_name = "SECONDS", value_parser = parse_seconds, default_value = "60")]
+    pub drain_timeout: Duration,
     /// A task preempts (priority policy) only for a query with under 1/this of the
     /// remaining work of the task it suspends.
     #[arg(long, default_value = "10")]

@@ -96,6 +96,7 @@ fn to_status(e: SchedulerError) -> Status {
     match e {
         SchedulerError::UnknownQuery(_) => Status::not_found(e.to_string()),
         SchedulerError::NoResult { .. } => Status::failed_precondition(e.to_string()),
+        SchedulerError::ShuttingDown => Status::unavailable(e.to_string()),
         other => Status::internal(other.to_string()),
     }
 }
@@ -339,7 +340,8 @@ impl FlightSqlService for ResultFlight {
         let id = self
             .scheduler
             .submit(Submission::Sql(query.query.clone()), query.query)
-            .await;
+            .await
+            .map_err(to_status)?;
         let (schema, _, _) = self
             .scheduler
             .wait_for_result_attended(&id)

@@ -58,6 +58,9 @@ pub enum SchedulerError {
     /// The gRPC server failed.
     #[error("scheduler server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The scheduler is shutting down and takes no new query.
+    #[error("the scheduler is shutting down and takes no new query")]
+    ShuttingDown,
 }
 
 /// A query state's name in status output and metric labels: "queued", "running", ….
@@ -147,6 +150,8 @@ struct Inner {
     clients: FlightClients,
     result_ttl: Duration,
     max_request_bytes: usize,
+    /// Shutting down: no new query is taken (see [`Scheduler::drain`]).
+    draining: std::sync::atomic::AtomicBool,
     /// The catalog's settings for `s3://` tables, sent to every executor that registers.
     object_stores: S3Settings,
 }
@@ -205,9 +210,31 @@ impl Scheduler {
                 clients: FlightClients::default(),
                 result_ttl: config.result_ttl,
                 object_stores: stores,
+                draining: std::sync::atomic::AtomicBool::new(false),
                 max_request_bytes: usize::try_from(config.max_request_bytes).unwrap_or(usize::MAX),
             }),
         }
+    }
+
+    /// Stops taking new queries (SIGTERM): those submitted already run on, and
+    /// [`Scheduler::drained`] says when they have ended and their results were fetched.
+    pub fn drain(&self) {
+        tracing::info!("draining: no new queries");
+        self.inner
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// True once [`Scheduler::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.inner
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// True when no query is queued or running and every result was fetched or freed.
+    pub fn drained(&self) -> bool {
+        self.state().is_idle()
     }
 
     /// The object store settings executors get when they register.
@@ -225,8 +252,15 @@ impl Scheduler {
     }
 
     /// Plans and starts a query; returns its id once it is planned. A query that cannot
-    /// be planned is recorded as Failed with the cause.
-    pub async fn submit(&self, submission: Submission, label: String) -> Arc<str> {
+    /// be planned is recorded as Failed with the cause. A draining scheduler takes none.
+    pub async fn submit(
+        &self,
+        submission: Submission,
+        label: String,
+    ) -> Result<Arc<str>, SchedulerError> {
+        if self.is_draining() {
+            return Err(SchedulerError::ShuttingDown);
+        }
         let id: Arc<str> = uuid::Uuid::new_v4().simple().to_string()[..16].into();
         let span = info_span!("plan", query_id = %id);
         let started = std::time::Instant::now();
@@ -243,7 +277,7 @@ impl Scheduler {
             }
         };
         self.add(query);
-        id
+        Ok(id)
     }
 
     /// Starts a query and arranges for its result to expire after the time to live.
@@ -427,6 +461,14 @@ impl Scheduler {
         let router = crate::config::server_builder()
             .add_service(grpc)
             .add_service(flight);
+        let scheduler = self.clone();
+        // The executors' streams never end by themselves: once the shutdown signal came,
+        // they are closed, so the server's graceful stop does not wait on them forever
+        // (each executor then looks for a scheduler to register with again).
+        let shutdown = async move {
+            shutdown.await;
+            scheduler.state().close_executor_streams();
+        };
         async move {
             router
                 .serve_with_incoming_shutdown(crate::net::incoming(listener), shutdown)

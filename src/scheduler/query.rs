@@ -775,6 +775,22 @@ impl Query {
         (progress, cancel)
     }
 
+    /// True when shuffle output on `executor_id` is still needed by this query: to go
+    /// on running, or as its result, not yet fetched.
+    pub fn needs_output_on(&self, executor_id: &str) -> bool {
+        match self.state {
+            QueryState::Running => !self.stages_losing_output(executor_id).is_empty(),
+            QueryState::Succeeded => {
+                self.results_released.is_none()
+                    && self
+                        .stages
+                        .last()
+                        .is_some_and(|s| s.tasks.iter().any(|t| t.has_output_on(executor_id)))
+            }
+            _ => false,
+        }
+    }
+
     /// Released stages read by a stage that has to run again are computed again: all of
     /// their tasks join `reset`. Returns how many stages that was.
     fn revive_released(&mut self, reset: &mut Vec<TaskRef>) -> usize {

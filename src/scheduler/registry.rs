@@ -73,12 +73,20 @@ pub struct ExecutorEntry {
     sender: ExecutorSender,
     /// Connection generation, so a stale stream's end does not remove a newer connection.
     pub generation: u64,
+    /// It is leaving (SIGTERM): it takes no new task, finishes those it holds and serves
+    /// its shuffle output until nothing needs it.
+    pub draining: bool,
+    /// It was told to stop (its drain is over).
+    pub stopped: bool,
 }
 
 impl ExecutorEntry {
     /// Slots for new tasks: its slots less the tasks it holds. A suspended task keeps its
     /// claim, so it resumes before new work takes the slot back.
     pub fn free_slots(&self) -> u32 {
+        if self.draining {
+            return 0;
+        }
         self.slots.saturating_sub(self.running.len() as u32)
     }
 
@@ -97,7 +105,7 @@ impl ExecutorEntry {
         now: Instant,
         margin: f64,
     ) -> Option<HeldKey> {
-        if self.running.len() >= (self.slots + self.preempt_slots) as usize {
+        if self.draining || self.running.len() >= (self.slots + self.preempt_slots) as usize {
             return None;
         }
         let (key, rank) = self
@@ -176,6 +184,8 @@ impl Registry {
             running: HashMap::new(),
             sender,
             generation,
+            draining: false,
+            stopped: false,
         };
         (
             self.executors.insert(location.executor_id, entry),
@@ -270,9 +280,10 @@ impl Registry {
         self.executors.is_empty()
     }
 
-    /// Total and busy slots (suspended tasks not counted).
+    /// Total and busy slots of the executors not leaving (suspended tasks not counted).
     pub fn slots(&self) -> (u32, u32) {
-        self.executors.values().fold((0, 0), |(total, busy), e| {
+        let staying = self.executors.values().filter(|e| !e.draining);
+        staying.fold((0, 0), |(total, busy), e| {
             (
                 total + e.slots,
                 busy + (e.running.values().filter(|h| !h.suspended).count() as u32).min(e.slots),

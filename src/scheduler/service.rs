@@ -94,6 +94,9 @@ impl SchedulerService for SchedulerGrpc {
                             scheduler.state().task_status(&executor_id, status);
                         }
                         Some(executor_message::Message::Heartbeat(_)) => {}
+                        Some(executor_message::Message::Drain(_)) => {
+                            scheduler.state().executor_draining(&executor_id);
+                        }
                         Some(executor_message::Message::Register(_)) | None => {
                             warn!(executor = %executor_id, "unexpected message on executor stream");
                         }
@@ -131,7 +134,11 @@ impl SchedulerService for SchedulerGrpc {
             }
             None => return Err(Status::invalid_argument("SubmitQuery needs SQL or a plan")),
         };
-        let query_id = self.scheduler.submit(submission, label).await;
+        let query_id = self
+            .scheduler
+            .submit(submission, label)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(SubmitQueryResponse {
             query_id: query_id.to_string(),
         }))

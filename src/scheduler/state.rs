@@ -17,8 +17,8 @@ use super::query_state_name;
 use super::queue::{QueuedTask, WorkQueue};
 use super::registry::{ExecutorSender, Held, HeldKey, Registry, Urgency};
 use crate::proto::{
-    CancelTask, QueryState, ReleaseShuffle, ResumeTask, RunTask, SchedulerMessage, SuspendTask,
-    TaskId, TaskStatus, scheduler_message, task_status,
+    CancelTask, QueryState, ReleaseShuffle, ResumeTask, RunTask, SchedulerMessage, Shutdown,
+    SuspendTask, TaskId, TaskStatus, scheduler_message, task_status,
 };
 use crate::shuffle::MapLocation;
 
@@ -256,6 +256,7 @@ impl SchedulerState {
             self.forget_oldest();
         }
         self.admit();
+        self.stop_drained();
     }
 
     /// Forgets the oldest tenth of the retained ended queries, so the query table stays
@@ -304,6 +305,7 @@ impl SchedulerState {
         let final_stage = query.final_stage();
         debug!(query_id, reason, "result partitions released");
         self.broadcast_release(query_id, vec![final_stage]);
+        self.stop_drained();
     }
 
     /// Pushes ready tasks to free slots until either runs out; under a preempting
@@ -467,6 +469,65 @@ impl SchedulerState {
         generation
     }
 
+    /// Closes every executor's stream (the scheduler stops): the executors are
+    /// forgotten, and each sees its stream end.
+    pub fn close_executor_streams(&mut self) {
+        let ids: Vec<(String, u64)> = self
+            .registry
+            .iter()
+            .map(|e| (e.location.executor_id.clone(), e.generation))
+            .collect();
+        for (id, generation) in ids {
+            self.registry.remove(&id, generation);
+        }
+        self.executors_watch.send_replace(ClusterSize::default());
+    }
+
+    /// True when no query is queued or running and every succeeded query's result was
+    /// fetched or freed.
+    pub fn is_idle(&self) -> bool {
+        self.queries.values().all(|q| match q.state() {
+            QueryState::Queued | QueryState::Running => false,
+            QueryState::Succeeded => q.results_released.is_some(),
+            _ => true,
+        })
+    }
+
+    /// An executor is leaving (it got SIGTERM): it takes no new task and is told to stop
+    /// once it holds no task and no shuffle output a query still needs.
+    pub fn executor_draining(&mut self, executor_id: &str) {
+        let Some(executor) = self.registry.get_mut(executor_id) else {
+            return;
+        };
+        executor.draining = true;
+        info!(executor = %executor_id, running = executor.running.len(), "executor draining");
+        self.executors_watch.send_replace(ClusterSize {
+            executors: self.registry.len(),
+            slots: self.registry.slots().0,
+        });
+        self.stop_drained();
+    }
+
+    /// Tells each draining executor that holds no task and no needed output to stop.
+    fn stop_drained(&mut self) {
+        let done: Vec<String> = self
+            .registry
+            .iter()
+            .filter(|e| e.draining && !e.stopped && e.running.is_empty())
+            .map(|e| e.location.executor_id.clone())
+            .filter(|id| !self.queries.values().any(|q| q.needs_output_on(id)))
+            .collect();
+        for id in done {
+            if let Some(executor) = self.registry.get_mut(&id) {
+                info!(executor = %id, "executor drained; telling it to stop");
+                executor.stopped = true;
+                executor.send(SchedulerMessage {
+                    message: Some(scheduler_message::Message::Shutdown(Shutdown {})),
+                });
+            }
+        }
+    }
+
     /// An executor's stream ended: `closed` by the executor (it stopped), or broken.
     /// Either way its running tasks and the shuffle output it held are gone.
     pub fn executor_lost(&mut self, executor_id: &str, generation: u64, closed: bool) {
@@ -583,6 +644,7 @@ impl SchedulerState {
         }
         self.resume_suspended(executor_id);
         self.dispatch();
+        self.stop_drained();
     }
 
     fn cancel_tasks(&self, query_id: &str, attempts: Vec<RunningAttempt>) {
