@@ -511,6 +511,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_deployment_catalogs_are_valid() {
+        let compose = parse_catalog(
+            include_str!("../deploy/catalog-s3.toml"),
+            Path::new("deploy/catalog-s3.toml"),
+        )
+        .unwrap();
+        assert_eq!(compose.tables.len(), 8);
+        assert!(compose.tables.iter().all(|t| is_url(&t.path)));
+        assert_eq!(compose.s3.endpoint.as_deref(), Some("http://minio:9000"));
+        // The catalog.toml block of the Kubernetes ConfigMap.
+        let manifest = include_str!("../deploy/kubernetes/config.yaml");
+        let block: String = manifest
+            .lines()
+            .skip_while(|line| !line.trim_start().starts_with("catalog.toml: |"))
+            .skip(1)
+            .take_while(|line| line.starts_with("    ") || line.is_empty())
+            .map(|line| format!("{}\n", line.trim_start()))
+            .collect();
+        let kubernetes = parse_catalog(&block, Path::new("config.yaml")).unwrap();
+        assert_eq!(kubernetes.tables.len(), 2);
+    }
+
+    #[test]
     fn rejects_bad_toml_and_bad_definitions() {
         let p = Path::new("c.toml");
         assert!(matches!(
