@@ -194,36 +194,87 @@ pub fn parse_catalog(text: &str, path: &Path) -> Result<Catalog, CatalogError> {
     })
 }
 
-/// Reads `path` and registers its tables in `ctx`, and the object stores of those that
-/// live in one; returns their names and the object store settings.
+/// Where a catalog's relative table paths start: its directory, or the URL prefix of a
+/// catalog read from an object store.
+#[derive(Debug, Clone)]
+enum Base {
+    Dir(PathBuf),
+    Url(Url),
+}
+
+/// Where a table's data is, its path resolved against the catalog's [`Base`].
+#[derive(Debug, Clone)]
+enum Resolved {
+    Local(PathBuf),
+    Remote(Url),
+}
+
+fn resolve(table_path: &str, base: &Base) -> Result<Resolved, DataFusionError> {
+    let bad_url = |e: url::ParseError| {
+        DataFusionError::Configuration(format!("table path {table_path:?}: {e}"))
+    };
+    if is_url(table_path) {
+        return Ok(Resolved::Remote(Url::parse(table_path).map_err(bad_url)?));
+    }
+    Ok(match base {
+        Base::Dir(dir) => Resolved::Local(dir.join(table_path)),
+        Base::Url(prefix) => Resolved::Remote(prefix.join(table_path).map_err(bad_url)?),
+    })
+}
+
+/// The text of the catalog at `path`, a file or an object store URL (read with the
+/// store settings of the environment), and the base of its relative table paths.
+async fn read_catalog(path: &Path) -> Result<(String, Base), CatalogError> {
+    let failed = |source: std::io::Error| CatalogError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let text_path = path.to_string_lossy();
+    if is_url(&text_path) {
+        let url = Url::parse(&text_path).map_err(|e| failed(std::io::Error::other(e)))?;
+        let store = build_store(&url, &S3Settings::default())
+            .map_err(|e| failed(std::io::Error::other(e)))?;
+        let object = object_store::path::Path::from_url_path(url.path())
+            .map_err(|e| failed(std::io::Error::other(e)))?;
+        let bytes = async { store.get(&object).await?.bytes().await }
+            .await
+            .map_err(|e| failed(std::io::Error::other(e)))?;
+        let text = String::from_utf8(bytes.to_vec())
+            .map_err(|e| failed(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+        let base = url
+            .join(".")
+            .map_err(|e| failed(std::io::Error::other(e)))?;
+        return Ok((text, Base::Url(base)));
+    }
+    let text = std::fs::read_to_string(path).map_err(failed)?;
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let dir = std::fs::canonicalize(if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        &dir
+    })
+    .map_err(failed)?;
+    Ok((text, Base::Dir(dir)))
+}
+
+/// Reads the catalog at `path` (a file, or an `s3://…` or other object store URL) and
+/// registers its tables in `ctx`, and the object stores of those that live in one;
+/// returns their names and the object store settings. Relative table paths are relative
+/// to the catalog's directory or URL prefix.
 pub async fn register_catalog(
     ctx: &SessionContext,
     path: &Path,
 ) -> Result<RegisteredCatalog, CatalogError> {
-    let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let (text, base) = read_catalog(path).await?;
     let Catalog { tables, s3 } = parse_catalog(&text, path)?;
-    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let base = std::fs::canonicalize(if base.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        &base
-    })
-    .map_err(|source| CatalogError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
     let mut names = Vec::new();
     for table in &tables {
         let registered = async {
-            if is_url(&table.path) {
-                let url = Url::parse(&table.path)
-                    .map_err(|e| DataFusionError::Configuration(e.to_string()))?;
-                ctx.register_object_store(&url, build_store(&url, &s3)?);
+            let resolved = resolve(&table.path, &base)?;
+            if let Resolved::Remote(url) = &resolved {
+                ctx.register_object_store(url, build_store(url, &s3)?);
             }
-            register_table(ctx, table, &base).await
+            register_table(ctx, table, resolved).await
         };
         registered.await.map_err(|source| CatalogError::Register {
             path: path.to_path_buf(),
@@ -373,11 +424,8 @@ impl TableProvider for CheckedTable {
     }
 }
 
-fn location(table: &TableDef, base: &Path) -> String {
-    if is_url(&table.path) {
-        return table.path.clone();
-    }
-    let path = base.join(&table.path);
+/// The location DataFusion's DDL gets for data at `path`: a directory ends in `/`.
+fn location(path: &Path) -> String {
     let mut text = path.to_string_lossy().into_owned();
     if path.is_dir() && !text.ends_with('/') {
         text.push('/');
@@ -396,17 +444,16 @@ fn column_list(columns: &[(String, String)]) -> String {
 async fn register_table(
     ctx: &SessionContext,
     table: &TableDef,
-    base: &Path,
+    resolved: Resolved,
 ) -> datafusion::error::Result<()> {
-    let data = if is_url(&table.path) {
-        let url =
-            Url::parse(&table.path).map_err(|e| DataFusionError::Configuration(e.to_string()))?;
-        let store = ctx.runtime_env().object_store_registry.get_store(&url)?;
-        DataPath::Remote { url, store }
-    } else {
-        DataPath::Local(base.join(&table.path))
+    let (location, data) = match resolved {
+        Resolved::Local(path) => (location(&path), DataPath::Local(path)),
+        Resolved::Remote(url) => {
+            let store = ctx.runtime_env().object_store_registry.get_store(&url)?;
+            (url.to_string(), DataPath::Remote { url, store })
+        }
     };
-    declare_table(ctx, table, &location(table, base), &data).await
+    declare_table(ctx, table, &location, &data).await
 }
 
 /// Wraps the registered file table `name` in a [`CheckedTable`] (not for globs).

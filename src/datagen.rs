@@ -49,6 +49,14 @@ pub enum DatagenError {
         /// The cause.
         message: String,
     },
+    /// The object store could not be reached or written.
+    #[error("writing to {url}: {message}")]
+    Store {
+        /// Where.
+        url: String,
+        /// The cause.
+        message: String,
+    },
     /// The scale factor is not positive.
     #[error("scale factor must be positive, got {0}")]
     Scale(f64),
@@ -207,6 +215,80 @@ pub fn generate_tpch(scale: f64, out: &Path, format: TableFormat) -> Result<Path
     let catalog_path = out.join("catalog.toml");
     std::fs::write(&catalog_path, catalog).map_err(io_error(&catalog_path))?;
     Ok(catalog_path)
+}
+
+/// TPC-H at `scale` into the object store prefix `url` (`s3://bucket/prefix`, with the
+/// store's settings from the environment): generated into a local staging directory,
+/// then each file, `catalog.toml` last, uploaded in parts. The catalog's paths are
+/// relative, so `--catalog URL/catalog.toml` reads the tables from the store. Returns the
+/// catalog's URL.
+pub async fn upload_tpch(
+    scale: f64,
+    url: &str,
+    format: TableFormat,
+) -> Result<String, DatagenError> {
+    use object_store::ObjectStoreExt;
+    use tokio::io::AsyncWriteExt;
+    let failed = |message: String| DatagenError::Store {
+        url: url.to_string(),
+        message,
+    };
+    let prefix = url::Url::parse(&format!("{}/", url.trim_end_matches('/')))
+        .map_err(|e| failed(e.to_string()))?;
+    let store = crate::object_stores::build_store(&prefix, &Default::default())
+        .map_err(|e| failed(e.to_string()))?;
+    let staging = std::env::temp_dir().join(format!(
+        "baton-datagen-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    let generated = {
+        let staging = staging.clone();
+        tokio::task::spawn_blocking(move || generate_tpch(scale, &staging, format))
+            .await
+            .map_err(|e| failed(e.to_string()))
+    };
+    let uploaded = async {
+        generated??;
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&staging)
+            .map_err(io_error(&staging))?
+            .filter_map(|entry| Some(entry.ok()?.path()))
+            .collect();
+        // The catalog last: once it is there, every table it names is too.
+        files.sort_by_key(|f| f.file_name().is_some_and(|n| n == "catalog.toml"));
+        for file in files {
+            let name = file
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let target = prefix.join(&name).map_err(|e| failed(e.to_string()))?;
+            let path = object_store::path::Path::from_url_path(target.path())
+                .map_err(|e| failed(e.to_string()))?;
+            let mut writer = object_store::buffered::BufWriter::new(store.clone(), path);
+            let mut source = tokio::fs::File::open(&file)
+                .await
+                .map_err(io_error(&file))?;
+            tokio::io::copy(&mut source, &mut writer)
+                .await
+                .map_err(|e| failed(format!("{name}: {e}")))?;
+            writer
+                .shutdown()
+                .await
+                .map_err(|e| failed(format!("{name}: {e}")))?;
+        }
+        let catalog = prefix
+            .join("catalog.toml")
+            .map_err(|e| failed(e.to_string()))?;
+        // Read back: the store has it.
+        let path = object_store::path::Path::from_url_path(catalog.path())
+            .map_err(|e| failed(e.to_string()))?;
+        store.head(&path).await.map_err(|e| failed(e.to_string()))?;
+        Ok(catalog.to_string())
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&staging);
+    uploaded
 }
 
 /// The TPC-H catalog at `scale` in the cache under `cache_dir`, generated on first use.

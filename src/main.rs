@@ -171,7 +171,8 @@ enum Datagen {
         /// Scale factor (1 = about 1 GB of text).
         #[arg(long, default_value_t = 0.1)]
         scale: f64,
-        /// Output directory.
+        /// Output directory, or an object store prefix (s3://bucket/prefix; the store's
+        /// settings from AWS_* variables).
         #[arg(long)]
         out: PathBuf,
         /// File format.
@@ -270,7 +271,7 @@ async fn run(command: Command) -> Result<(), CliError> {
         },
         Command::Datagen {
             data: Datagen::Tpch { scale, out, format },
-        } => cli::run_datagen(scale, out, format.into()),
+        } => cli::run_datagen(scale, out, format.into()).await,
         Command::Status {
             query_id,
             scheduler,

@@ -164,4 +164,60 @@ async fn tpch_over_s3_matches_single_node_datafusion_reading_the_same_objects() 
     let frame = ghost.sql("select * from ghost").await.unwrap();
     let error = frame.collect().await.expect_err("a missing object");
     assert!(error.to_string().contains("does not exist"), "{error}");
+
+    // `baton datagen --out s3://…` writes the data and a catalog there, and a cluster
+    // reads both from the store (settings from the environment, as a deployment sets them).
+    let baton = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(args)
+            .env("AWS_ENDPOINT", &moto.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ALLOW_HTTP", "true")
+            .output()
+            .unwrap()
+    };
+    let out = baton(&[
+        "datagen",
+        "tpch",
+        "--scale",
+        "0.01",
+        "--out",
+        "s3://tpch/gen",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sql = "select count(*) as n, sum(l_quantity) as q from lineitem";
+    let out = baton(&[
+        "sql",
+        "--catalog",
+        "s3://tpch/gen/catalog.toml",
+        "--format",
+        "csv",
+        "-c",
+        sql,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let want = common::rows(&common::expected(&reference, sql).await);
+    let cells: Vec<String> = want[0]
+        .iter()
+        .map(|cell| match cell {
+            common::Cell::Text(text) => text.clone(),
+            common::Cell::Float(f) => f.to_string(),
+        })
+        .collect();
+    assert_eq!(
+        printed.lines().nth(1),
+        Some(cells.join(",").as_str()),
+        "{printed}"
+    );
 }

@@ -17,7 +17,7 @@ pub const TABLE_ROW_LIMIT: usize = 10_000;
 /// How `baton sql` prints results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum OutputFormat {
-    /// An aligned text table (at most [`TABLE_ROW_LIMIT`] rows).
+    /// An aligned text table (at most 10,000 rows; `TABLE_ROW_LIMIT`).
     #[default]
     Table,
     /// CSV with a header line.
