@@ -10,6 +10,7 @@ use baton::cluster::{ClusterConfig, LocalCluster};
 async fn limited_cluster(memory_limit: u64) -> LocalCluster {
     let mut config = ClusterConfig::with_catalog(2, 2, common::tpch_catalog());
     config.executor.memory_limit = Some(memory_limit);
+    config.scheduler.target_partitions = Some(4);
     config.scheduler.partition_data_bytes = 0;
     LocalCluster::start(config).await.unwrap()
 }
@@ -72,6 +73,9 @@ async fn a_memory_limited_cluster_sorts_and_aggregates_more_than_its_memory_by_s
     let catalog = big_table(dir.path(), 2_000_000).await;
     let mut config = ClusterConfig::with_catalog(2, 2, catalog.clone());
     config.executor.memory_limit = Some(64 << 20);
+    // One task per slot: each task's share of the groups (a quarter) outgrows its
+    // share of the memory (the default, four per slot, would make them fit).
+    config.scheduler.target_partitions = Some(4);
     config.scheduler.partition_data_bytes = 0;
     let cluster = LocalCluster::start(config).await.unwrap();
     let mut client = cluster.client().await.unwrap();
