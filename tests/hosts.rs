@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -131,24 +130,6 @@ impl Drop for Network {
     }
 }
 
-/// The Prometheus text at `address` (host:port); empty while nothing answers there.
-fn scrape(address: &str) -> String {
-    let Ok(mut socket) =
-        std::net::TcpStream::connect_timeout(&address.parse().unwrap(), Duration::from_secs(1))
-    else {
-        return String::new();
-    };
-    let _ = socket.set_read_timeout(Some(Duration::from_secs(2)));
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    let mut response = String::new();
-    if socket.write_all(request.as_bytes()).is_err()
-        || socket.read_to_string(&mut response).is_err()
-    {
-        return String::new();
-    }
-    response
-}
-
 /// The sum of the samples of `name` (any labels) in Prometheus text.
 fn total(text: &str, name: &str) -> f64 {
     text.lines()
@@ -162,7 +143,10 @@ fn total(text: &str, name: &str) -> f64 {
 
 async fn connected(metrics: &str, n: usize) -> bool {
     common::eventually(Duration::from_secs(60), async || {
-        total(&scrape(metrics), "baton_executors_connected") == n as f64
+        total(
+            &common::scrape_metrics(metrics),
+            "baton_executors_connected",
+        ) == n as f64
     })
     .await
 }
@@ -233,18 +217,10 @@ async fn a_cluster_across_network_namespaces_survives_a_cut_link() {
     // All 22 queries from this host, right, with shuffle data crossing between hosts.
     let reference = common::single_node(&catalog).await;
     let mut client = BatonClient::connect(&scheduler).await.unwrap();
-    for query in baton::tpch::QUERIES {
-        let result = client.sql(query.sql).await.unwrap();
-        let expected = common::expected(&reference, query.sql).await;
-        if let Err(diff) =
-            common::compare(&expected, &result.batches, common::is_ordered(query.sql))
-        {
-            panic!("Q{}: {diff}", query.number);
-        }
-    }
+    common::check_all_tpch(&mut client, &reference).await;
     for address in [&steady_ip, &cut_ip] {
         let fetched = total(
-            &scrape(&format!("{address}:9464")),
+            &common::scrape_metrics(&format!("{address}:9464")),
             "baton_shuffle_bytes_read_total{source=\"remote\"}",
         );
         assert!(fetched > 0.0, "executor {address} fetched from its peer");
@@ -255,18 +231,9 @@ async fn a_cluster_across_network_namespaces_survives_a_cut_link() {
     let steady_pid = network.processes[1].id() as i32;
     // SAFETY: kill(2) on a child this test spawned and has not reaped.
     assert_eq!(unsafe { libc::kill(steady_pid, libc::SIGSTOP) }, 0);
-    let sql = "select l_returnflag, l_linestatus, sum(l_quantity) as qty, count(*) as n \
-               from lineitem group by l_returnflag, l_linestatus \
-               order by l_returnflag, l_linestatus";
+    let sql = common::GROUPED_LINEITEM;
     let id = client.submit_sql(sql).await.unwrap();
-    let held_by_cut = common::eventually(Duration::from_secs(10), async || {
-        let status = client.status(&id).await.unwrap();
-        let first = &status.stages[0];
-        first.tasks_done >= 1
-            && first.tasks_done + first.tasks_running == first.tasks_total
-            && first.running.iter().all(|r| r.executor_id == "steady")
-    })
-    .await;
+    let held_by_cut = common::first_stage_waits_on(&mut client, &id, "steady").await;
     network.set_link(3, false);
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(steady_pid, libc::SIGCONT) }, 0);

@@ -139,15 +139,7 @@ async fn tpch_over_s3_matches_single_node_datafusion_reading_the_same_objects() 
     let cluster = LocalCluster::start(config).await.unwrap();
     let reference = common::single_node(&catalog_path).await;
     let mut client = cluster.client().await.unwrap();
-    for query in baton::tpch::QUERIES {
-        let result = client.sql(query.sql).await.unwrap();
-        let expected = common::expected(&reference, query.sql).await;
-        if let Err(diff) =
-            common::compare(&expected, &result.batches, common::is_ordered(query.sql))
-        {
-            panic!("Q{}: {diff}", query.number);
-        }
-    }
+    common::check_all_tpch(&mut client, &reference).await;
 
     // An object that is not there is a clear error, not an empty table.
     std::fs::write(

@@ -414,23 +414,6 @@ async fn status_prints_json() {
     assert!(one["label"].as_str().unwrap().contains("nation"), "{one}");
 }
 
-/// The scheduler's Prometheus text, from its metrics endpoint at `addr`; empty while
-/// nothing answers there.
-fn scrape_metrics(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut socket) = std::net::TcpStream::connect(addr) else {
-        return String::new();
-    };
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    let mut response = String::new();
-    if socket.write_all(request.as_bytes()).is_err()
-        || socket.read_to_string(&mut response).is_err()
-    {
-        return String::new();
-    }
-    response
-}
-
 /// Sends `signal` to a child process.
 fn signal(process: &Process, signal: i32) {
     // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
@@ -438,19 +421,24 @@ fn signal(process: &Process, signal: i32) {
     assert_eq!(sent, 0, "signal {signal} to executor");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_query_survives_losing_the_executor_that_holds_part_of_its_shuffle_output() {
-    use baton::client::BatonClient;
-    use baton::proto::QueryState;
+/// A scheduler process that gives every query four tasks per stage even on the test
+/// data, and two executor processes, "steady" and `other`; both registered.
+struct TwoExecutors {
+    scheduler: Process,
+    address: String,
+    metrics: String,
+    steady: Process,
+    other: Process,
+    _work: tempfile::TempDir,
+}
 
-    let catalog = common::tpch_catalog();
+async fn two_executors(catalog: &Path, other: &str) -> TwoExecutors {
     let work = tempfile::tempdir().unwrap();
-    let scheduler = format!("127.0.0.1:{}", free_port());
+    let address = format!("127.0.0.1:{}", free_port());
     let metrics = format!("127.0.0.1:{}", free_port());
-    // Four tasks per stage even on the small test data.
-    let _scheduler = spawn_scheduler(
-        &scheduler,
-        &catalog,
+    let scheduler = spawn_scheduler(
+        &address,
+        catalog,
         &[
             "--partitions",
             "4",
@@ -461,29 +449,44 @@ async fn a_query_survives_losing_the_executor_that_holds_part_of_its_shuffle_out
         ],
     );
     let work_dir = work.path().to_str().unwrap();
-    let steady = spawn_executor(&scheduler, work_dir, &["--id", "steady"]);
-    let mut doomed = spawn_executor(&scheduler, work_dir, &["--id", "doomed"]);
+    let steady = spawn_executor(&address, work_dir, &["--id", "steady"]);
+    let other = spawn_executor(&address, work_dir, &["--id", other]);
     assert!(
         wait_for_executors(&metrics, 2).await,
         "both executors register"
     );
+    TwoExecutors {
+        scheduler,
+        address,
+        metrics,
+        steady,
+        other,
+        _work: work,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_survives_losing_the_executor_that_holds_part_of_its_shuffle_output() {
+    use baton::client::BatonClient;
+    use baton::proto::QueryState;
+
+    let catalog = common::tpch_catalog();
+    let TwoExecutors {
+        scheduler,
+        steady,
+        other: mut doomed,
+        address: scheduler_address,
+        ..
+    } = two_executors(&catalog, "doomed").await;
+    let _scheduler = scheduler;
 
     // "steady" is frozen: the tasks pushed to it wait, so the query cannot get past its
     // first stage while "doomed" finishes its share of that stage.
     signal(&steady, libc::SIGSTOP);
-    let sql = "select l_returnflag, l_linestatus, sum(l_quantity) as qty, count(*) as n \
-               from lineitem group by l_returnflag, l_linestatus \
-               order by l_returnflag, l_linestatus";
-    let mut client = BatonClient::connect(&scheduler).await.unwrap();
+    let sql = common::GROUPED_LINEITEM;
+    let mut client = BatonClient::connect(&scheduler_address).await.unwrap();
     let id = client.submit_sql(sql).await.unwrap();
-    let held_by_doomed = common::eventually(Duration::from_secs(10), async || {
-        let status = client.status(&id).await.unwrap();
-        let first = &status.stages[0];
-        first.tasks_done >= 1
-            && first.tasks_done + first.tasks_running == first.tasks_total
-            && first.running.iter().all(|r| r.executor_id == "steady")
-    })
-    .await;
+    let held_by_doomed = common::first_stage_waits_on(&mut client, &id, "steady").await;
     assert!(
         held_by_doomed,
         "\"doomed\" finished part of the first stage"
@@ -553,7 +556,9 @@ async fn a_small_result_outlives_the_executor_that_computed_it() {
 async fn wait_for_executors(addr: &str, n: usize) -> bool {
     let line = format!("baton_executors_connected {n}");
     common::eventually(Duration::from_secs(15), async || {
-        scrape_metrics(addr).lines().any(|l| l.trim() == line)
+        common::scrape_metrics(addr)
+            .lines()
+            .any(|l| l.trim() == line)
     })
     .await
 }
@@ -599,45 +604,22 @@ async fn sigterm_drains_an_executor_mid_query_and_a_scheduler_after_its_queries(
     use baton::client::BatonClient;
 
     let catalog = common::tpch_catalog();
-    let work = tempfile::tempdir().unwrap();
-    let scheduler = format!("127.0.0.1:{}", free_port());
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let mut scheduler_process = spawn_scheduler(
-        &scheduler,
-        &catalog,
-        &[
-            "--partitions",
-            "4",
-            "--partition-data-mib",
-            "0",
-            "--metrics",
-            &metrics,
-        ],
-    );
-    let work_dir = work.path().to_str().unwrap();
-    let steady = spawn_executor(&scheduler, work_dir, &["--id", "steady"]);
-    let mut leaving = spawn_executor(&scheduler, work_dir, &["--id", "leaving"]);
-    assert!(
-        wait_for_executors(&metrics, 2).await,
-        "both executors register"
-    );
+    let TwoExecutors {
+        scheduler: mut scheduler_process,
+        address: scheduler_address,
+        metrics,
+        steady,
+        other: mut leaving,
+        ..
+    } = two_executors(&catalog, "leaving").await;
 
     // "steady" is frozen while "leaving" finishes its share of the first stage, so the
     // rest of the query needs the output "leaving" holds.
     signal(&steady, libc::SIGSTOP);
-    let sql = "select l_returnflag, l_linestatus, sum(l_quantity) as qty, count(*) as n \
-               from lineitem group by l_returnflag, l_linestatus \
-               order by l_returnflag, l_linestatus";
-    let mut client = BatonClient::connect(&scheduler).await.unwrap();
+    let sql = common::GROUPED_LINEITEM;
+    let mut client = BatonClient::connect(&scheduler_address).await.unwrap();
     let id = client.submit_sql(sql).await.unwrap();
-    let held_by_leaving = common::eventually(Duration::from_secs(10), async || {
-        let status = client.status(&id).await.unwrap();
-        let first = &status.stages[0];
-        first.tasks_done >= 1
-            && first.tasks_done + first.tasks_running == first.tasks_total
-            && first.running.iter().all(|r| r.executor_id == "steady")
-    })
-    .await;
+    let held_by_leaving = common::first_stage_waits_on(&mut client, &id, "steady").await;
     assert!(
         held_by_leaving,
         "\"leaving\" finished part of the first stage"
@@ -661,7 +643,7 @@ async fn sigterm_drains_an_executor_mid_query_and_a_scheduler_after_its_queries(
     .await;
     assert!(exited, "the drained executor stops: {}", leaving.log());
     assert!(leaving.0.wait().unwrap().success(), "{}", leaving.log());
-    let text = scrape_metrics(&metrics);
+    let text = common::scrape_metrics(&metrics);
     assert_eq!(
         sample(&text, "baton_tasks_completed_total{result=\"failed\"}"),
         0.0,

@@ -141,3 +141,61 @@ pub fn compare(
     }
     Ok(())
 }
+
+/// Runs all 22 TPC-H queries through `client` and checks each against `reference`.
+pub async fn check_all_tpch(client: &mut baton::client::BatonClient, reference: &SessionContext) {
+    for query in baton::tpch::QUERIES {
+        let result = client.sql(query.sql).await.unwrap();
+        let want = expected(reference, query.sql).await;
+        if let Err(diff) = compare(&want, &result.batches, is_ordered(query.sql)) {
+            panic!("Q{}: {diff}", query.number);
+        }
+    }
+}
+
+/// Waits until the first stage of query `id` has finished some of its tasks and every
+/// other one of them runs on `frozen` (an executor the test stopped), so that the rest
+/// of the query needs the output the other executors hold.
+pub async fn first_stage_waits_on(
+    client: &mut baton::client::BatonClient,
+    id: &str,
+    frozen: &str,
+) -> bool {
+    eventually(Duration::from_secs(10), async || {
+        let status = client.status(id).await.unwrap();
+        let first = &status.stages[0];
+        first.tasks_done >= 1
+            && first.tasks_done + first.tasks_running == first.tasks_total
+            && first.running.iter().all(|r| r.executor_id == frozen)
+    })
+    .await
+}
+
+/// A query whose first stage scans `lineitem` and whose later stages read that stage's
+/// shuffle output: the fault tests freeze or cut executors between the two.
+pub const GROUPED_LINEITEM: &str = "select l_returnflag, l_linestatus, sum(l_quantity) as qty, \
+     count(*) as n from lineitem group by l_returnflag, l_linestatus \
+     order by l_returnflag, l_linestatus";
+
+/// The Prometheus text of the metrics endpoint at `address` (host:port); empty while
+/// nothing answers there.
+pub fn scrape_metrics(address: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(socket_address) = address.parse() else {
+        return String::new();
+    };
+    let Ok(mut socket) =
+        std::net::TcpStream::connect_timeout(&socket_address, Duration::from_secs(1))
+    else {
+        return String::new();
+    };
+    let _ = socket.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    let mut response = String::new();
+    if socket.write_all(request.as_bytes()).is_err()
+        || socket.read_to_string(&mut response).is_err()
+    {
+        return String::new();
+    }
+    response
+}
