@@ -139,6 +139,8 @@ pub struct RegisteredCatalog {
     pub tables: Vec<String>,
     /// Its `[object_store]` settings, for executors to read its `s3://` tables with.
     pub s3: S3Settings,
+    /// Where its tables' data is: absolute paths of files or directories, and URLs.
+    pub locations: Vec<String>,
 }
 
 fn is_identifier(s: &str) -> bool {
@@ -268,11 +270,16 @@ pub async fn register_catalog(
     let (text, base) = read_catalog(path).await?;
     let Catalog { tables, s3 } = parse_catalog(&text, path)?;
     let mut names = Vec::new();
+    let mut locations = Vec::new();
     for table in &tables {
         let registered = async {
             let resolved = resolve(&table.path, &base)?;
-            if let Resolved::Remote(url) = &resolved {
-                ctx.register_object_store(url, build_store(url, &s3)?);
+            match &resolved {
+                Resolved::Remote(url) => {
+                    ctx.register_object_store(url, build_store(url, &s3)?);
+                    locations.push(url.to_string());
+                }
+                Resolved::Local(path) => locations.push(path.to_string_lossy().into_owned()),
             }
             register_table(ctx, table, resolved).await
         };
@@ -283,7 +290,11 @@ pub async fn register_catalog(
         })?;
         names.push(table.name.clone());
     }
-    Ok(RegisteredCatalog { tables: names, s3 })
+    Ok(RegisteredCatalog {
+        tables: names,
+        s3,
+        locations,
+    })
 }
 
 /// A file-backed table that checks, at every scan, that its data path still exists:

@@ -230,6 +230,56 @@ async fn bad_input_fails_the_query_with_its_cause_and_the_cluster_keeps_serving(
     )
     .await;
 
+    // Only queries run: nothing reads or writes files the catalog does not name.
+    let secret = dir.path().join("secret.csv");
+    std::fs::write(&secret, "s\nhunter2\n").unwrap();
+    let written = dir.path().join("written.csv");
+    for (sql, cause) in [
+        (
+            format!(
+                "create external table s (s varchar) stored as csv location '{}'",
+                secret.display()
+            ),
+            "DDL",
+        ),
+        (
+            format!("copy (select 1) to '{}'", written.display()),
+            "COPY",
+        ),
+        ("insert into words values ('gamma')".to_string(), "DML"),
+        ("drop table words".to_string(), "DDL"),
+        (
+            "set datafusion.execution.batch_size = 1".to_string(),
+            "settings",
+        ),
+    ] {
+        expect_failure(&mut client, &sql, "refused").await;
+        expect_failure(&mut client, &sql, cause).await;
+    }
+    assert!(!written.exists(), "COPY wrote a file");
+    // A plan the client made may read only the catalog's files.
+    let outsider = datafusion::prelude::SessionContext::new();
+    outsider
+        .sql(&format!(
+            "create external table s (s varchar) stored as csv location '{}'",
+            secret.display()
+        ))
+        .await
+        .unwrap();
+    let plan = outsider
+        .sql("select * from s")
+        .await
+        .unwrap()
+        .create_physical_plan()
+        .await
+        .unwrap();
+    let id = client
+        .submit_plan(baton::planner::encode_plan(plan).unwrap(), "outside")
+        .await
+        .unwrap();
+    let error = client.fetch(&id).await.unwrap_err().to_string();
+    assert!(error.contains("no file of a table"), "{error}");
+
     let result = client.sql("select count(*) as n from words").await.unwrap();
     assert_eq!(
         common::rows(&result.batches),

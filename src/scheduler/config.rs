@@ -43,6 +43,14 @@ pub struct SchedulerConfig {
     /// Seconds an unfetched result is kept before its partitions are freed.
     #[arg(long = "result-ttl", value_name = "SECONDS", value_parser = parse_seconds, default_value = "600")]
     pub result_ttl: Duration,
+    /// Run DDL, DML and COPY for clients (by default only queries run), with their
+    /// file locations under a --data-prefix.
+    #[arg(long)]
+    pub allow_ddl: bool,
+    /// A directory or URL prefix (repeatable) that DDL and COPY may point into, and
+    /// that client-planned queries may read, with --allow-ddl.
+    #[arg(long = "data-prefix", value_name = "PATH_OR_URL")]
+    pub data_prefixes: Vec<String>,
     /// Seconds a scheduler that got SIGTERM waits for its queries to end and their
     /// results to be fetched before it stops anyway.
     #[arg(long = "drain-timeout", value_name = "SECONDS", value_parser = parse_seconds, default_value = "60")]

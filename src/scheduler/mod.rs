@@ -3,6 +3,7 @@
 
 mod config;
 mod flight;
+mod guard;
 mod planning;
 pub mod policy;
 mod query;
@@ -175,20 +176,28 @@ impl Scheduler {
             config.target_partitions.unwrap_or_else(host_cores),
         ));
         let mut stores = S3Settings::default();
+        let mut tables = Vec::new();
         if let Some(path) = &config.catalog {
-            stores = catalog::register_catalog(&session, path).await?.s3;
+            let registered = catalog::register_catalog(&session, path).await?;
+            stores = registered.s3;
+            tables = registered.locations;
         }
-        Ok(Self::build(session, config, stores))
+        Ok(Self::build(session, config, stores, tables))
     }
 
     /// A scheduler that plans SQL in `session` (its catalog ignored) as `config` says.
     pub fn with_session(session: SessionContext, config: &SchedulerConfig) -> Self {
-        Self::build(session, config, S3Settings::default())
+        Self::build(session, config, S3Settings::default(), Vec::new())
     }
 
-    /// A scheduler that plans SQL in `session` and tells executors to read `s3://`
-    /// tables with `stores`.
-    fn build(session: SessionContext, config: &SchedulerConfig, stores: S3Settings) -> Self {
+    /// A scheduler that plans SQL in `session`, tells executors to read `s3://` tables
+    /// with `stores`, and runs client plans that read only the data of `tables`.
+    fn build(
+        session: SessionContext,
+        config: &SchedulerConfig,
+        stores: S3Settings,
+        tables: Vec<String>,
+    ) -> Self {
         crate::telemetry::recorder();
         let (tx, rx) = watch::channel(ClusterSize::default());
         let mut state = SchedulerState::new(tx, config.policy.build(config.aging_half_life));
@@ -204,6 +213,11 @@ impl Scheduler {
                     pool: PlanningPool::per_core(),
                     partition_data_bytes: config.partition_data_bytes,
                     partitions: config.target_partitions,
+                    guard: guard::Guard {
+                        allow_ddl: config.allow_ddl,
+                        prefixes: config.data_prefixes.clone(),
+                        tables,
+                    },
                     cluster: rx.clone(),
                 },
                 executors: rx,

@@ -15,6 +15,7 @@ use datafusion::prelude::SessionContext;
 
 use tokio::sync::watch;
 
+use super::guard::Guard;
 use super::{ClusterSize, StageSpec, Submission};
 use crate::catalog::plan_data_bytes;
 use crate::planner::{self, PlannerError};
@@ -107,6 +108,8 @@ pub struct Planner {
     pub partitions: Option<usize>,
     /// The connected executors, whose slots are the target when none is configured.
     pub cluster: watch::Receiver<ClusterSize>,
+    /// What SQL and which client plans are run.
+    pub guard: Guard,
 }
 
 /// A planned submission.
@@ -154,7 +157,7 @@ impl Planner {
     async fn plan_here(&self, submission: Submission) -> Result<Planned, PlannerError> {
         let plan = match submission {
             Submission::Sql(sql) => {
-                let frame = self.session.sql(&sql).await?;
+                let frame = self.guard.plan_sql(&self.session, &sql).await?;
                 let bytes = plan_data_bytes(frame.logical_plan());
                 let (mut state, plan) = frame.into_parts();
                 let execution = &mut state.config_mut().options_mut().execution;
@@ -173,7 +176,9 @@ impl Planner {
             }
             Submission::Plan(bytes) => {
                 let ctx: Arc<TaskContext> = self.session.task_ctx();
-                planner::decode_plan(&bytes, &ctx)?
+                let plan = planner::decode_plan(&bytes, &ctx)?;
+                self.guard.check_plan(&plan)?;
+                plan
             }
         };
         let dag = planner::plan_stages(plan)?;
@@ -297,6 +302,7 @@ mod tests {
             partition_data_bytes: 32 << 20,
             partitions: None,
             cluster: watched,
+            guard: Guard::default(),
         };
         let most_tasks = |planned: &Planned| planned.stages.iter().map(|s| s.tasks).max();
         {
