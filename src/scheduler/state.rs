@@ -588,6 +588,12 @@ impl SchedulerState {
             .is_some_and(|held| held.attempt == id.attempt)
         {
             executor.running.remove(&key);
+        } else {
+            // Only the executor an attempt was pushed to reports on it: a report for an
+            // attempt it does not hold (another executor's, or one never pushed) changes
+            // nothing.
+            warn!(executor = %executor_id, query_id = %query_id, stage = task.stage, partition = task.partition, attempt = id.attempt, "report for a task attempt this executor does not hold; ignored");
+            return;
         }
         if let Some(query) = self.queries.get_mut(&query_id) {
             match status.result {
@@ -873,6 +879,35 @@ mod tests {
         let query = state.query("q").unwrap();
         assert_eq!(query.state(), QueryState::Failed);
         assert_eq!(query.inline_result_bytes(), 0);
+    }
+
+    #[test]
+    fn only_the_executor_holding_an_attempt_may_report_on_it() {
+        let (mut state, mut stream) = with_executor(PolicyKind::Fifo.build(0.0), 2, 0);
+        let (other, _other_stream) = tokio::sync::mpsc::unbounded_channel();
+        let impostor = MapLocation {
+            executor_id: "f".into(),
+            flight_address: "f:1".into(),
+        };
+        state.register_executor(impostor, 0, 0, other);
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::empty());
+        let query = Query::new(
+            "q".into(),
+            String::new(),
+            vec![stage(Vec::new(), 1)],
+            schema,
+        );
+        state.add_query(query);
+        assert!(matches!(
+            next_message(&mut stream),
+            scheduler_message::Message::RunTask(_)
+        ));
+        // "f" reports the task "e" runs, and an attempt nobody was given: nothing changes.
+        state.task_status("f", status(0, 0, 0, succeeded()));
+        state.task_status("e", status(0, 0, 5, succeeded()));
+        assert_eq!(state.query("q").unwrap().state(), QueryState::Running);
+        state.task_status("e", status(0, 0, 0, succeeded()));
+        assert_eq!(state.query("q").unwrap().state(), QueryState::Succeeded);
     }
 
     #[test]
