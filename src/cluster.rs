@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -84,10 +83,7 @@ pub struct LocalCluster {
     executors: Vec<Executor>,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), SchedulerError>>,
-    work_dir: PathBuf,
 }
-
-static CLUSTERS: AtomicU64 = AtomicU64::new(0);
 
 impl LocalCluster {
     /// Starts the scheduler, then the executors, and waits until all are registered.
@@ -111,11 +107,13 @@ impl LocalCluster {
         let server = tokio::spawn(scheduler.serve(listener, async move {
             let _ = stopped.await;
         }));
-        let work_dir = std::env::temp_dir().join(format!(
-            "baton-cluster-{}-{}",
-            std::process::id(),
-            CLUSTERS.fetch_add(1, Ordering::Relaxed)
-        ));
+        // One work dir for every embedded cluster of this host: each executor claims its
+        // own directory in it and removes those that crashed processes left behind.
+        let work_dir = config
+            .executor
+            .work_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("baton-cluster"));
         let mut executors = Vec::with_capacity(config.executors);
         // Executors of one host share its memory: by default each gets its share of
         // what one executor alone would.
@@ -139,7 +137,6 @@ impl LocalCluster {
             executors,
             stop: Some(stop),
             server,
-            work_dir,
         })
     }
 
@@ -180,6 +177,7 @@ impl Drop for LocalCluster {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let _ = std::fs::remove_dir_all(&self.work_dir);
+        // Each executor removes its own directory of the shared work dir.
+        self.executors.clear();
     }
 }

@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 /// Name of the lock file in each executor's directory.
 const LOCK_FILE: &str = ".lock";
 
+/// Claims made by this process, for unique staging names.
+static CLAIMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Errors of claiming a work directory.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkDirError {
@@ -43,11 +46,24 @@ impl WorkDir {
         std::fs::create_dir_all(parent).map_err(io(parent))?;
         remove_stale(parent);
         let path = parent.join(executor_id);
-        std::fs::create_dir_all(&path).map_err(io(&path))?;
-        let lock_path = path.join(LOCK_FILE);
+        // Made and locked under a private name, then renamed into place: another
+        // executor's stale-directory sweep never sees it unlocked.
+        let staging = parent.join(format!(
+            ".claim-{executor_id}-{}-{}",
+            std::process::id(),
+            CLAIMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+        let lock_path = staging.join(LOCK_FILE);
         let lock = File::create(&lock_path).map_err(io(&lock_path))?;
-        if lock.try_lock().is_err() {
-            return Err(WorkDirError::Held(path));
+        let _ = lock.try_lock();
+        if let Err(e) = std::fs::rename(&staging, &path) {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(if path.exists() {
+                WorkDirError::Held(path)
+            } else {
+                io(&path)(e)
+            });
         }
         Ok(Self { path, _lock: lock })
     }
