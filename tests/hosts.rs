@@ -15,7 +15,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use baton::client::BatonClient;
-use baton::proto::QueryState;
 
 const BATON: &str = env!("CARGO_BIN_EXE_baton");
 
@@ -238,16 +237,7 @@ async fn a_cluster_across_network_namespaces_survives_a_cut_link() {
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(steady_pid, libc::SIGCONT) }, 0);
     assert!(held_by_cut, "\"cut\" finished part of the first stage");
-    let result = client.fetch(&id).await;
-    let status = client.status(&id).await.unwrap();
-    assert_eq!(
-        status.state,
-        QueryState::Succeeded as i32,
-        "{}",
-        status.error
-    );
-    let want = common::expected(&reference, sql).await;
-    common::compare(&want, &result.unwrap().batches, true).unwrap();
+    common::expect_fetched(&mut client, &id, &reference, sql).await;
     assert!(
         connected(&scheduler_metrics, 1).await,
         "the cut executor is taken as lost"
@@ -259,6 +249,6 @@ async fn a_cluster_across_network_namespaces_survives_a_cut_link() {
         connected(&scheduler_metrics, 2).await,
         "the executor is back after its link returns"
     );
-    let again = client.sql(sql).await.unwrap();
-    common::compare(&want, &again.batches, true).unwrap();
+    let again = client.submit_sql(sql).await.unwrap();
+    common::expect_fetched(&mut client, &again, &reference, sql).await;
 }

@@ -468,7 +468,6 @@ async fn two_executors(catalog: &Path, other: &str) -> TwoExecutors {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_survives_losing_the_executor_that_holds_part_of_its_shuffle_output() {
     use baton::client::BatonClient;
-    use baton::proto::QueryState;
 
     let catalog = common::tpch_catalog();
     let TwoExecutors {
@@ -496,18 +495,8 @@ async fn a_query_survives_losing_the_executor_that_holds_part_of_its_shuffle_out
     doomed.0.kill().unwrap();
     doomed.0.wait().unwrap();
     signal(&steady, libc::SIGCONT);
-    let result = client.fetch(&id).await;
-    let status = client.status(&id).await.unwrap();
-    assert_eq!(
-        status.state,
-        QueryState::Succeeded as i32,
-        "{}",
-        status.error
-    );
-    let result = result.unwrap();
     let reference = common::single_node(&catalog).await;
-    let want = common::expected(&reference, sql).await;
-    common::compare(&want, &result.batches, true).unwrap();
+    common::expect_fetched(&mut client, &id, &reference, sql).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

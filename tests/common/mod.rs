@@ -199,3 +199,23 @@ pub fn scrape_metrics(address: &str) -> String {
     }
     response
 }
+
+/// Fetches query `id` and checks that it succeeded (its error shown otherwise) with the
+/// rows `reference` answers to `sql`, in order.
+pub async fn expect_fetched(
+    client: &mut baton::client::BatonClient,
+    id: &str,
+    reference: &SessionContext,
+    sql: &str,
+) {
+    let result = client.fetch(id).await;
+    let status = client.status(id).await.unwrap();
+    assert_eq!(
+        status.state,
+        baton::proto::QueryState::Succeeded as i32,
+        "{}",
+        status.error
+    );
+    let want = expected(reference, sql).await;
+    compare(&want, &result.unwrap().batches, true).unwrap();
+}
