@@ -92,6 +92,8 @@ struct Task {
     running_on: Option<String>,
     /// Suspended on its executor for a far cheaper query's task.
     suspended: bool,
+    /// Where its last attempt failed transiently: the next runs elsewhere if it can.
+    failed_on: Option<String>,
     started_at: Option<Instant>,
     output: Option<MapLocation>,
     /// The output itself (Arrow IPC), when the executor sent it back with its status
@@ -358,6 +360,13 @@ impl Query {
         self.stages[id as usize].home.as_deref()
     }
 
+    /// The executor where `task`'s last attempt failed transiently, if it did.
+    pub fn failed_on(&self, task: TaskRef) -> Option<&str> {
+        self.stages[task.stage as usize].tasks[task.partition as usize]
+            .failed_on
+            .as_deref()
+    }
+
     /// The current attempt of a task.
     pub fn attempt(&self, task: TaskRef) -> u32 {
         self.stages[task.stage as usize].tasks[task.partition as usize].attempt
@@ -587,9 +596,10 @@ impl Query {
             return None;
         }
         let t = &mut self.stages[task.stage as usize].tasks[task.partition as usize];
-        t.running_on = None;
+        let failed_on = t.running_on.take();
         if transient && t.attempt + 1 < MAX_TASK_ATTEMPTS {
             t.attempt += 1;
+            t.failed_on = failed_on;
             warn!(query_id = %self.id, stage = task.stage, partition = task.partition, error, "transient task failure; running it again");
             let progress = Progress {
                 ready: vec![task],
@@ -1085,6 +1095,7 @@ mod tests {
             assert_eq!(p.ready, vec![task(0, 0)]);
             assert!(!p.finished && cancel.is_empty());
             assert_eq!(q.state(), QueryState::Running);
+            assert_eq!(q.failed_on(task(0, 0)), Some("a"));
         }
         q.task_started(task(0, 0), "a");
         let (p, cancel) = q

@@ -220,6 +220,15 @@ impl Registry {
             .max_by_key(|e| (e.free_slots(), std::cmp::Reverse(e.generation)))
     }
 
+    /// The executor with the most free slots other than `avoid`, if one has any.
+    pub fn most_free_except(&self, avoid: &str) -> Option<&str> {
+        self.executors
+            .values()
+            .filter(|e| e.free_slots() > 0 && e.location.executor_id != avoid)
+            .max_by_key(|e| (e.free_slots(), std::cmp::Reverse(e.generation)))
+            .map(|e| e.location.executor_id.as_str())
+    }
+
     /// True when some executor has a free slot.
     pub fn has_free_slot(&self) -> bool {
         self.executors.values().any(|e| e.free_slots() > 0)

@@ -317,12 +317,23 @@ impl SchedulerState {
             let Some(head) = self.queue.head() else {
                 break;
             };
-            let home = self
-                .queries
-                .get(&head.query_id)
-                .and_then(|query| query.home_executor(head.task.stage));
+            let query = self.queries.get(&head.query_id);
+            // A task that failed transiently runs elsewhere when another executor has
+            // room; otherwise where most of its input lies.
+            let home: Option<String> = match query.and_then(|q| q.failed_on(head.task)) {
+                Some(failed_on) => self
+                    .registry
+                    .most_free_except(failed_on)
+                    .map(str::to_string),
+                None => None,
+            }
+            .or_else(|| {
+                query
+                    .and_then(|q| q.home_executor(head.task.stage))
+                    .map(str::to_string)
+            });
             let preempt = head.urgency.map(|u| (&*head.query_id, u));
-            let Some((executor, victim)) = self.registry.pick(preempt, home, now) else {
+            let Some((executor, victim)) = self.registry.pick(preempt, home.as_deref(), now) else {
                 break;
             };
             let Some(queued) = self.queue.pop() else {
@@ -879,6 +890,43 @@ mod tests {
         let query = state.query("q").unwrap();
         assert_eq!(query.state(), QueryState::Failed);
         assert_eq!(query.inline_result_bytes(), 0);
+    }
+
+    #[test]
+    fn a_task_that_failed_transiently_runs_again_on_another_executor() {
+        let (mut state, mut first) = with_executor(PolicyKind::Fifo.build(0.0), 1, 0);
+        let (sender, mut second) = tokio::sync::mpsc::unbounded_channel();
+        let location = MapLocation {
+            executor_id: "f".into(),
+            flight_address: "f:1".into(),
+        };
+        state.register_executor(location, 1, 0, sender);
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::empty());
+        let query = Query::new(
+            "q".into(),
+            String::new(),
+            vec![stage(Vec::new(), 1)],
+            schema,
+        );
+        state.add_query(query);
+        assert!(matches!(
+            next_message(&mut first),
+            scheduler_message::Message::RunTask(_)
+        ));
+        let transient = task_status::Result::Failed(crate::proto::TaskFailed {
+            error: "connection reset".into(),
+            unreadable_executor: String::new(),
+            transient: true,
+        });
+        state.task_status("e", status(0, 0, 0, transient));
+        match next_message(&mut second) {
+            scheduler_message::Message::RunTask(run) => {
+                assert_eq!(run.task.unwrap().attempt, 1);
+            }
+            other => panic!("expected the retry on \"f\", got {other:?}"),
+        }
+        state.task_status("f", status(0, 0, 1, succeeded()));
+        assert_eq!(state.query("q").unwrap().state(), QueryState::Succeeded);
     }
 
     #[test]
