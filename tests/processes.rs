@@ -642,17 +642,24 @@ async fn sigterm_drains_an_executor_mid_query_and_a_scheduler_after_its_queries(
 
     // SIGTERM to the scheduler while a query runs: it takes no new query, lets the
     // running one finish and be fetched, then stops.
+    // "steady" is frozen until the signal is sent, so the query is still running then.
     signal(&steady, libc::SIGSTOP);
     let running = client.submit_sql(sql).await.unwrap();
     signal(&scheduler_process, libc::SIGTERM);
+    signal(&steady, libc::SIGCONT);
     let refusing = common::eventually(Duration::from_secs(10), async || {
-        client
-            .submit_sql("select 1")
-            .await
-            .is_err_and(|e| e.to_string().contains("shutting down"))
+        match client.submit_sql("select 1").await {
+            Err(e) => e.to_string().contains("shutting down"),
+            // Taken before the signal arrived: it runs, and its result must be fetched
+            // for the drain to end.
+            Ok(id) => {
+                let fetched = tokio::time::timeout(Duration::from_secs(10), client.fetch(&id));
+                assert!(matches!(fetched.await, Ok(Ok(_))), "an accepted query runs");
+                false
+            }
+        }
     })
     .await;
-    signal(&steady, libc::SIGCONT);
     assert!(refusing, "a draining scheduler refuses new queries");
     let result = client.fetch(&running).await.unwrap();
     common::compare(
