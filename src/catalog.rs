@@ -333,9 +333,7 @@ impl DataPath {
             }
         }
     }
-}
 
-impl DataPath {
     /// True when data is there.
     async fn exists(&self) -> bool {
         match self {

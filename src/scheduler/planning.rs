@@ -104,7 +104,7 @@ pub struct Planner {
     /// up to the session's target partitions; 0: every query gets the target. Queries
     /// reading a table of unknown size get the target too.
     pub partition_data_bytes: u64,
-    /// The target partitions as configured; None: the cluster's slots.
+    /// The target partitions as configured; None: [`PARTITIONS_PER_SLOT`] per cluster slot.
     pub partitions: Option<usize>,
     /// The connected executors, whose slots are the target when none is configured.
     pub cluster: watch::Receiver<ClusterSize>,
@@ -139,11 +139,10 @@ impl Planner {
     }
 
     /// Partitions a query over enough data is planned with: as configured, or
-    /// [`PARTITIONS_PER_SLOT`] per task slot of the executors connected now (the
-    /// session's when none is), so a stage of a big query keeps every slot busy however
-    /// large the cluster, with tasks small enough that a join's build side fits.
-    fn target_partitions(&self) -> usize {
-        let slots = self.cluster.borrow().slots as usize;
+    /// [`PARTITIONS_PER_SLOT`] per task slot of the executors connected now (`slots`; the
+    /// session's target when none is), so a stage of a big query keeps every slot busy
+    /// however large the cluster, with tasks small enough that a join's build side fits.
+    fn target_partitions(&self, slots: usize) -> usize {
         self.partitions
             .unwrap_or(if slots > 0 {
                 slots * PARTITIONS_PER_SLOT
@@ -160,12 +159,13 @@ impl Planner {
                 let frame = self.guard.plan_sql(&self.session, &sql).await?;
                 let bytes = plan_data_bytes(frame.logical_plan());
                 let (mut state, plan) = frame.into_parts();
+                let slots = self.cluster.borrow().slots as usize;
                 let execution = &mut state.config_mut().options_mut().execution;
                 execution.target_partitions = partitions_for(
                     bytes,
                     self.partition_data_bytes,
-                    self.target_partitions(),
-                    self.cluster.borrow().slots as usize,
+                    self.target_partitions(slots),
+                    slots,
                 );
                 tracing::debug!(
                     partitions = execution.target_partitions,

@@ -892,27 +892,27 @@ mod tests {
         assert_eq!(query.inline_result_bytes(), 0);
     }
 
-    #[test]
-    fn a_task_that_failed_transiently_runs_again_on_another_executor() {
+    /// Executor "e" (one slot) and "f" (`f_slots`), and query "q" of one task, which
+    /// went to "e"; returns the state and "f"'s stream.
+    fn one_task_on_e_beside_f(f_slots: u32) -> (SchedulerState, ExecutorStream) {
         let (mut state, mut first) = with_executor(PolicyKind::Fifo.build(0.0), 1, 0);
-        let (sender, mut second) = tokio::sync::mpsc::unbounded_channel();
+        let (sender, second) = tokio::sync::mpsc::unbounded_channel();
         let location = MapLocation {
             executor_id: "f".into(),
             flight_address: "f:1".into(),
         };
-        state.register_executor(location, 1, 0, sender);
-        let schema = Arc::new(datafusion::arrow::datatypes::Schema::empty());
-        let query = Query::new(
-            "q".into(),
-            String::new(),
-            vec![stage(Vec::new(), 1)],
-            schema,
-        );
-        state.add_query(query);
+        state.register_executor(location, f_slots, 0, sender);
+        state.add_query(one_task_query("q", 1.0));
         assert!(matches!(
             next_message(&mut first),
             scheduler_message::Message::RunTask(_)
         ));
+        (state, second)
+    }
+
+    #[test]
+    fn a_task_that_failed_transiently_runs_again_on_another_executor() {
+        let (mut state, mut second) = one_task_on_e_beside_f(1);
         let transient = task_status::Result::Failed(crate::proto::TaskFailed {
             error: "connection reset".into(),
             unreadable_executor: String::new(),
@@ -931,25 +931,7 @@ mod tests {
 
     #[test]
     fn only_the_executor_holding_an_attempt_may_report_on_it() {
-        let (mut state, mut stream) = with_executor(PolicyKind::Fifo.build(0.0), 2, 0);
-        let (other, _other_stream) = tokio::sync::mpsc::unbounded_channel();
-        let impostor = MapLocation {
-            executor_id: "f".into(),
-            flight_address: "f:1".into(),
-        };
-        state.register_executor(impostor, 0, 0, other);
-        let schema = Arc::new(datafusion::arrow::datatypes::Schema::empty());
-        let query = Query::new(
-            "q".into(),
-            String::new(),
-            vec![stage(Vec::new(), 1)],
-            schema,
-        );
-        state.add_query(query);
-        assert!(matches!(
-            next_message(&mut stream),
-            scheduler_message::Message::RunTask(_)
-        ));
+        let (mut state, _second) = one_task_on_e_beside_f(0);
         // "f" reports the task "e" runs, and an attempt nobody was given: nothing changes.
         state.task_status("f", status(0, 0, 0, succeeded()));
         state.task_status("e", status(0, 0, 5, succeeded()));
