@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::client::{BatonClient, ClientError};
+use crate::client::{BatonClient, ClientError, Credential, Login};
 use crate::executor::{Executor, ExecutorConfig, ExecutorError};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerError};
 
@@ -80,6 +80,8 @@ impl ClusterConfig {
 pub struct LocalCluster {
     scheduler: Scheduler,
     address: String,
+    /// How its own clients log in: as the cluster, with its secret.
+    login: Login,
     executors: Vec<Executor>,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), SchedulerError>>,
@@ -87,7 +89,17 @@ pub struct LocalCluster {
 
 impl LocalCluster {
     /// Starts the scheduler, then the executors, and waits until all are registered.
-    pub async fn start(config: ClusterConfig) -> Result<Self, ClusterError> {
+    pub async fn start(mut config: ClusterConfig) -> Result<Self, ClusterError> {
+        // With users, the in-process executors need a secret: a fresh one unless given.
+        let secret = match config
+            .scheduler
+            .resolved_secret()
+            .map_err(SchedulerError::from)?
+        {
+            None if config.scheduler.users.is_some() => Some(crate::security::random_secret()),
+            secret => secret,
+        };
+        config.scheduler.cluster_secret = secret.clone();
         let scheduler = Scheduler::new(&config.scheduler).await?;
         let listener =
             TcpListener::bind(config.bind)
@@ -106,7 +118,7 @@ impl LocalCluster {
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(scheduler.serve(listener, async move {
             let _ = stopped.await;
-        }));
+        })?);
         // One work dir for every embedded cluster of this host: each executor claims its
         // own directory in it and removes those that crashed processes left behind.
         let work_dir = config
@@ -126,14 +138,25 @@ impl LocalCluster {
                 scheduler: address.clone(),
                 work_dir: Some(work_dir.clone()),
                 memory_limit: Some(memory_limit),
+                cluster_secret: secret.clone(),
+                tls: config.scheduler.tls.clone(),
                 ..config.executor.clone()
             };
             executors.push(Executor::start(executor).await?);
         }
         scheduler.wait_for_executors(config.executors).await;
+        let login = Login {
+            tls: config
+                .scheduler
+                .tls
+                .client()
+                .map_err(SchedulerError::from)?,
+            credential: secret.map_or(Credential::Anonymous, Credential::Token),
+        };
         Ok(Self {
             scheduler,
             address,
+            login,
             executors,
             stop: Some(stop),
             server,
@@ -155,9 +178,23 @@ impl LocalCluster {
         &self.executors
     }
 
-    /// A client of this cluster.
+    /// A client of this cluster, logged in as the cluster itself when authentication
+    /// is on (it sees every query).
     pub async fn client(&self) -> Result<BatonClient, ClusterError> {
-        Ok(BatonClient::connect(&self.address).await?)
+        Ok(BatonClient::connect_as(&self.address, &self.login).await?)
+    }
+
+    /// A client of this cluster that logs in as `user` with `password` (over TLS when
+    /// the cluster uses it).
+    pub async fn client_as(&self, user: &str, password: &str) -> Result<BatonClient, ClusterError> {
+        let login = Login {
+            tls: self.login.tls.clone(),
+            credential: Credential::Password {
+                user: user.to_string(),
+                password: password.to_string(),
+            },
+        };
+        Ok(BatonClient::connect_as(&self.address, &login).await?)
     }
 
     /// Waits until the scheduler stops (it runs until the cluster is dropped).

@@ -34,6 +34,7 @@ pub mod object_stores;
 pub mod planner;
 pub mod proto;
 pub mod scheduler;
+pub mod security;
 pub mod shuffle;
 pub mod telemetry;
 pub mod tpch;

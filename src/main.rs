@@ -75,6 +75,10 @@ enum Command {
         /// Keep going after a failed statement in a file.
         #[arg(long)]
         continue_on_error: bool,
+        /// Log in to --scheduler as this user (password from BATON_PASSWORD or a
+        /// prompt); TLS with --tls-ca.
+        #[arg(long, requires = "scheduler")]
+        user: Option<String>,
         #[command(flatten)]
         cluster: ClusterArgs,
     },
@@ -98,6 +102,8 @@ enum Command {
         /// Print JSON (the same documents as the scheduler's /api/queries).
         #[arg(long, value_enum, default_value_t = StatusFormat::Table)]
         format: StatusFormat,
+        #[command(flatten)]
+        login: LoginArgs,
     },
     /// Cancel a query.
     Cancel {
@@ -106,7 +112,44 @@ enum Command {
         /// Scheduler address.
         #[arg(long, default_value = "127.0.0.1:50050")]
         scheduler: String,
+        #[command(flatten)]
+        login: LoginArgs,
     },
+    /// Manage the users file.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Print a users file entry (append it to the file the scheduler's --users names);
+    /// the password comes from BATON_PASSWORD or is typed twice.
+    Add {
+        /// The user name.
+        name: String,
+        /// The user administers the cluster: sees and cancels every query.
+        #[arg(long)]
+        admin: bool,
+    },
+}
+
+/// Who a client logs in as, and over what.
+#[derive(Debug, Args)]
+struct LoginArgs {
+    /// Log in as this user (password from BATON_PASSWORD or a prompt).
+    #[arg(long)]
+    user: Option<String>,
+    /// Connect over TLS, trusting this PEM CA certificate.
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
+}
+
+impl LoginArgs {
+    fn login(&self) -> Result<baton::client::Login, CliError> {
+        cli::login(self.user.as_deref(), self.tls_ca.as_deref())
+    }
 }
 
 /// An in-process cluster: the scheduler's flags, and how many executors of how many
@@ -248,6 +291,7 @@ async fn run(command: Command) -> Result<(), CliError> {
             file,
             format,
             continue_on_error,
+            user,
             cluster,
         } => {
             let source = match (command, file) {
@@ -257,6 +301,7 @@ async fn run(command: Command) -> Result<(), CliError> {
             };
             let target = match scheduler {
                 Some(address) => SqlTarget::Remote {
+                    login: cli::login(user.as_deref(), cluster.scheduler.tls.tls_ca.as_deref())?,
                     address,
                     catalog: cluster.scheduler.catalog,
                 },
@@ -276,11 +321,19 @@ async fn run(command: Command) -> Result<(), CliError> {
             query_id,
             scheduler,
             format,
-        } => cli::run_status(&scheduler, query_id, matches!(format, StatusFormat::Json)).await,
+            login,
+        } => {
+            let json = matches!(format, StatusFormat::Json);
+            cli::run_status(&scheduler, &login.login()?, query_id, json).await
+        }
         Command::Cancel {
             query_id,
             scheduler,
-        } => cli::run_cancel(&scheduler, &query_id).await,
+            login,
+        } => cli::run_cancel(&scheduler, &login.login()?, &query_id).await,
+        Command::User {
+            command: UserCommand::Add { name, admin },
+        } => cli::run_user_add(&name, admin),
     }
 }
 

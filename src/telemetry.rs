@@ -49,8 +49,36 @@ pub fn render() -> String {
     }
 }
 
-/// A JSON route: given the path (after the route prefix), the body or None for 404.
-pub type JsonRoute = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+/// What a JSON route answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonAnswer {
+    /// The HTTP status, e.g. "200 OK"; a "401 …" asks for HTTP Basic credentials.
+    pub status: &'static str,
+    /// The JSON body.
+    pub body: String,
+}
+
+impl JsonAnswer {
+    /// 200 with `body`.
+    pub fn ok(body: String) -> Self {
+        Self {
+            status: "200 OK",
+            body,
+        }
+    }
+
+    /// An error status with `{"error": message}`.
+    pub fn error(status: &'static str, message: &str) -> Self {
+        Self {
+            status,
+            body: serde_json::json!({ "error": message }).to_string(),
+        }
+    }
+}
+
+/// A JSON route: given the path (after the route prefix) and the request's
+/// `Authorization` header, its answer.
+pub type JsonRoute = Arc<dyn Fn(&str, Option<&str>) -> JsonAnswer + Send + Sync>;
 
 /// Whether a process takes work now (`/readyz`): false while it starts, reconnects or
 /// drains.
@@ -116,6 +144,12 @@ async fn answer(
         head.extend_from_slice(&chunk[..n]);
     }
     let head = String::from_utf8_lossy(&head);
+    let authorization = head.lines().skip(1).find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("authorization")
+            .then(|| value.trim())
+    });
     let mut parts = head.lines().next().unwrap_or("").split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, content_type, body) = match (method, path) {
@@ -128,20 +162,21 @@ async fn answer(
             "not ready\n".into(),
         ),
         ("GET", p) => match &json {
-            Some((prefix, route)) if p.starts_with(prefix) => match route(&p[prefix.len()..]) {
-                Some(body) => ("200 OK", "application/json", body),
-                None => (
-                    "404 Not Found",
-                    "application/json",
-                    "{\"error\":\"not found\"}".into(),
-                ),
-            },
+            Some((prefix, route)) if p.starts_with(prefix) => {
+                let answer = route(&p[prefix.len()..], authorization);
+                (answer.status, "application/json", answer.body)
+            }
             _ => ("404 Not Found", "text/plain", "not found\n".into()),
         },
         _ => ("405 Method Not Allowed", "text/plain", "only GET\n".into()),
     };
+    let challenge = if status.starts_with("401") {
+        "WWW-Authenticate: Basic realm=\"baton\"\r\n"
+    } else {
+        ""
+    };
     let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{challenge}Connection: close\r\n\r\n{body}",
         body.len()
     );
     socket.write_all(response.as_bytes()).await?;

@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use baton::cluster::{ClusterConfig, LocalCluster};
-use baton::telemetry::{self, JsonRoute};
+use baton::telemetry;
 use prometheus_parse::{Scrape, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -69,8 +69,7 @@ async fn metrics_move_with_a_query_and_cover_the_dashboard() {
     // Shuffles even for the small test data, so shuffle metrics move too.
     config.scheduler.partition_data_bytes = 0;
     let cluster = LocalCluster::start(config).await.unwrap();
-    let scheduler = cluster.scheduler().clone();
-    let route: JsonRoute = Arc::new(move |path: &str| scheduler.status_json(path));
+    let route = cluster.scheduler().queries_api();
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let readiness = ready.clone();
     let addr = telemetry::serve_http(

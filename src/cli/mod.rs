@@ -3,6 +3,7 @@
 //! `shell`), query status and cancel (`status`), and benchmarks and data (`bench`).
 
 mod bench;
+mod login;
 mod serve;
 mod shell;
 mod sql;
@@ -11,6 +12,7 @@ mod status;
 use std::path::PathBuf;
 
 pub use bench::{run_datagen, run_fairness_bench, run_scheduler_bench, run_tpch_bench};
+pub use login::{PASSWORD_VARIABLE, login, run_user_add};
 pub use serve::{run_executor, run_scheduler, run_standalone};
 pub use sql::{SqlSource, SqlTarget, run_sql, split_statements};
 pub use status::{run_cancel, run_status};
@@ -82,6 +84,9 @@ pub enum CliError {
     /// The interactive shell's terminal failed.
     #[error("shell: {0}")]
     Shell(String),
+    /// Authentication or TLS settings are unusable.
+    #[error(transparent)]
+    Security(#[from] crate::security::SecurityError),
     /// Some statements failed (with --continue-on-error).
     #[error("{0} statement(s) failed")]
     Failures(usize),

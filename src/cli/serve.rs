@@ -15,7 +15,7 @@ use super::{CliError, start_cluster};
 use crate::cluster::ClusterConfig;
 use crate::executor::{Executor, ExecutorConfig};
 use crate::scheduler::{Scheduler, SchedulerConfig};
-use crate::telemetry::{self, JsonRoute, Readiness};
+use crate::telemetry::{self, Readiness};
 
 /// Starts an executor tries, after its scheduler went away, before it gives up; each
 /// start waits up to 30 s for the scheduler to answer.
@@ -63,11 +63,7 @@ async fn serve_metrics(
     scheduler: Option<&Scheduler>,
     ready: Readiness,
 ) -> Result<(), CliError> {
-    let json = scheduler.map(|scheduler| {
-        let scheduler = scheduler.clone();
-        let route: JsonRoute = Arc::new(move |path: &str| scheduler.status_json(path));
-        ("/api/queries", route)
-    });
+    let json = scheduler.map(|scheduler| ("/api/queries", scheduler.queries_api()));
     let bound = telemetry::serve_http(addr, json, ready).await?;
     tracing::info!(address = %bound, "metrics endpoint listening");
     Ok(())
@@ -81,6 +77,8 @@ pub async fn run_scheduler(
 ) -> Result<(), CliError> {
     let scheduler = Scheduler::new(&config).await?;
     if let Some(addr) = metrics {
+        // Its /api/queries shows queries' SQL.
+        crate::security::check_exposure(addr, scheduler.authenticator().is_on())?;
         let serving = scheduler.clone();
         let ready: Readiness = Arc::new(move || !serving.is_draining());
         serve_metrics(addr, Some(&scheduler), ready).await?;
@@ -111,7 +109,7 @@ pub async fn run_scheduler(
             }
         }
     };
-    scheduler.serve(listener, stopped).await?;
+    scheduler.serve(listener, stopped)?.await?;
     Ok(())
 }
 

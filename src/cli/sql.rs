@@ -8,7 +8,7 @@ use datafusion::prelude::SessionContext;
 
 use super::{CliError, shell, shorten, start_cluster};
 use crate::catalog;
-use crate::client::{BatonClient, OutputFormat, ResultWriter, TABLE_ROW_LIMIT, Written};
+use crate::client::{BatonClient, Login, OutputFormat, ResultWriter, TABLE_ROW_LIMIT, Written};
 use crate::cluster::{ClusterConfig, LocalCluster};
 use crate::config::distributed_session_config;
 use crate::planner::{self, PlannerError};
@@ -33,6 +33,8 @@ pub enum SqlTarget {
         address: String,
         /// Catalog to plan against locally.
         catalog: Option<PathBuf>,
+        /// Who logs in, and over what.
+        login: Login,
     },
     /// An embedded cluster (TPC-H SF 0.1 when it names no catalog).
     Embedded(Box<ClusterConfig>),
@@ -88,7 +90,11 @@ pub(super) struct Session {
 impl Session {
     async fn open(target: SqlTarget) -> Result<Self, CliError> {
         match target {
-            SqlTarget::Remote { address, catalog } => {
+            SqlTarget::Remote {
+                address,
+                catalog,
+                login,
+            } => {
                 let planner = match catalog {
                     Some(path) => {
                         let ctx = SessionContext::new_with_config(distributed_session_config(
@@ -100,7 +106,7 @@ impl Session {
                     None => None,
                 };
                 Ok(Self {
-                    client: BatonClient::connect(&address).await?,
+                    client: BatonClient::connect_as(&address, &login).await?,
                     planner,
                     _cluster: None,
                 })

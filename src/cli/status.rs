@@ -1,7 +1,7 @@
 //! `baton status` and `baton cancel`.
 
 use super::{CliError, shorten};
-use crate::client::BatonClient;
+use crate::client::{BatonClient, Login};
 use crate::proto::{QueryState, QueryStatus, StageState};
 use crate::scheduler::{query_state_name, stage_state_name, status_to_json};
 
@@ -70,10 +70,11 @@ fn print_status(status: &QueryStatus, detailed: bool) {
 /// `baton status`.
 pub async fn run_status(
     scheduler: &str,
+    login: &Login,
     query_id: Option<String>,
     json: bool,
 ) -> Result<(), CliError> {
-    let mut client = BatonClient::connect(scheduler).await?;
+    let mut client = BatonClient::connect_as(scheduler, login).await?;
     if json {
         let value = match query_id {
             Some(id) => status_to_json(&client.status(&id).await?),
@@ -96,8 +97,8 @@ pub async fn run_status(
 }
 
 /// `baton cancel`.
-pub async fn run_cancel(scheduler: &str, query_id: &str) -> Result<(), CliError> {
-    let mut client = BatonClient::connect(scheduler).await?;
+pub async fn run_cancel(scheduler: &str, login: &Login, query_id: &str) -> Result<(), CliError> {
+    let mut client = BatonClient::connect_as(scheduler, login).await?;
     if client.cancel(query_id).await? {
         println!("cancelled {query_id}");
     } else {

@@ -6,6 +6,7 @@ mod format;
 
 pub use format::{OutputFormat, ResultWriter, TABLE_ROW_LIMIT, Written};
 
+use arrow_flight::HandshakeRequest;
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_client::FlightServiceClient;
@@ -17,7 +18,7 @@ use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::ipc::convert::try_schema_from_ipc_buffer;
 use futures::TryStreamExt;
 use std::sync::Arc;
-use tonic::transport::Channel;
+use tonic::transport::ClientTlsConfig;
 
 use crate::config::MAX_MESSAGE_BYTES;
 use crate::proto::scheduler_service_client::SchedulerServiceClient;
@@ -25,7 +26,8 @@ use crate::proto::{
     CancelQueryRequest, GetQueryStatusRequest, ListQueriesRequest, QueryStatus, SubmitQueryRequest,
     submit_query_request,
 };
-use crate::shuffle::fetch::{connect_channel, flight_client};
+use crate::security::{Connection, Dialer, SecurityError, client_trusting, strip_scheme};
+use crate::shuffle::fetch::flight_client;
 
 /// Errors a client sees.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +46,64 @@ pub enum ClientError {
     /// The query failed or was cancelled; the text is the cause.
     #[error("{0}")]
     Query(String),
+    /// The login or TLS settings are unusable.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+}
+
+impl ClientError {
+    /// The gRPC code of a refused call (`Unauthenticated`, `PermissionDenied`, …).
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            Self::Rpc(status) => Some(status.code()),
+            _ => None,
+        }
+    }
+}
+
+/// The credential a client logs in with.
+#[derive(Debug, Clone, Default)]
+pub enum Credential {
+    /// None (a scheduler without authentication).
+    #[default]
+    Anonymous,
+    /// A user's name and password: the client logs in with a Flight SQL handshake and
+    /// sends the token it answers with every call.
+    Password {
+        /// The user name.
+        user: String,
+        /// The password.
+        password: String,
+    },
+    /// A bearer token sent with every call (the cluster secret of in-process tools).
+    Token(String),
+}
+
+/// How a client reaches a scheduler and who it logs in as.
+#[derive(Debug, Clone, Default)]
+pub struct Login {
+    /// TLS as this says (trusting the cluster's CA), when Some.
+    pub tls: Option<ClientTlsConfig>,
+    /// Who it is.
+    pub credential: Credential,
+}
+
+impl Login {
+    /// `user` with `password`, over TLS trusting the CA certificate at `tls_ca` when
+    /// given.
+    pub fn password(
+        user: &str,
+        password: &str,
+        tls_ca: Option<&std::path::Path>,
+    ) -> Result<Self, SecurityError> {
+        Ok(Self {
+            tls: tls_ca.map(client_trusting).transpose()?,
+            credential: Credential::Password {
+                user: user.to_string(),
+                password: password.to_string(),
+            },
+        })
+    }
 }
 
 /// A finished query's result.
@@ -67,20 +127,48 @@ impl QueryResult {
 /// A connection to a Baton scheduler (gRPC API and Flight results on one address).
 #[derive(Debug, Clone)]
 pub struct BatonClient {
-    scheduler: SchedulerServiceClient<Channel>,
-    flight: FlightServiceClient<Channel>,
+    scheduler: SchedulerServiceClient<Connection>,
+    flight: FlightServiceClient<Connection>,
 }
 
 impl BatonClient {
-    /// Connects to the scheduler at `address` (host:port).
+    /// Connects to the scheduler at `address` (host:port) without credentials or TLS.
     pub async fn connect(address: &str) -> Result<Self, ClientError> {
-        let address = address.trim_start_matches("http://");
-        let channel = connect_channel(address)
-            .await
-            .map_err(|source| ClientError::Connect {
-                addr: address.to_string(),
-                source,
-            })?;
+        Self::connect_as(address, &Login::default()).await
+    }
+
+    /// Connects to the scheduler at `address` (host:port) and logs in as `login` says.
+    pub async fn connect_as(address: &str, login: &Login) -> Result<Self, ClientError> {
+        let address = strip_scheme(address);
+        let connect_error = |source| ClientError::Connect {
+            addr: address.to_string(),
+            source,
+        };
+        let dialer = Dialer::plain().with_tls(login.tls.clone());
+        let dialer = match &login.credential {
+            Credential::Anonymous => dialer,
+            Credential::Token(token) => dialer.with_bearer(token)?,
+            Credential::Password { user, password } => {
+                let basic = dialer.clone().with_basic(user, password)?;
+                let mut flight =
+                    flight_client(basic.connect(address).await.map_err(connect_error)?);
+                let response = flight
+                    .handshake(futures::stream::iter([HandshakeRequest::default()]))
+                    .await?;
+                let token = response
+                    .metadata()
+                    .get("authorization")
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| value.strip_prefix("Bearer "))
+                    .map(str::to_string);
+                match token {
+                    Some(token) => dialer.with_bearer(&token)?,
+                    // A scheduler without authentication answers no token.
+                    None => dialer,
+                }
+            }
+        };
+        let channel = dialer.connect(address).await.map_err(connect_error)?;
         Ok(Self {
             scheduler: SchedulerServiceClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -260,6 +348,11 @@ fn flight_error(e: FlightError) -> ClientError {
     }
 }
 
+/// A failed result fetch: refusals keep their code, anything else is the query's
+/// failure.
 fn query_error(status: tonic::Status) -> ClientError {
-    ClientError::Query(status.message().to_string())
+    match status.code() {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => ClientError::Rpc(status),
+        _ => ClientError::Query(status.message().to_string()),
+    }
 }

@@ -40,9 +40,11 @@ use crate::proto::{
     Drain, ExecutorMessage, Heartbeat, RegisterExecutor, SchedulerMessage, executor_message,
     scheduler_message,
 };
-use crate::shuffle::fetch::{FlightClients, connect_channel};
+use crate::security::{Authenticate, Authenticator, ClientCertificates, Dialer, SecurityError};
+use crate::shuffle::fetch::FlightClients;
 use crate::shuffle::{ShuffleStore, StoreError};
 use runner::TaskRunner;
+use tonic::service::interceptor::InterceptedService;
 use work_dir::WorkDir;
 
 /// How long an executor keeps trying to reach its scheduler at start.
@@ -85,6 +87,12 @@ pub enum ExecutorError {
     /// The task runtime environment (memory pool, spill directory) could not be built.
     #[error("executor task environment: {0}")]
     Environment(datafusion::error::DataFusionError),
+    /// Authentication or TLS could not be set up.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+    /// The Flight endpoint's TLS could not be set up.
+    #[error("executor Flight endpoint TLS: {0}")]
+    Tls(tonic::transport::Error),
 }
 
 /// A running executor.
@@ -154,12 +162,33 @@ impl Executor {
         let shuffle_cap = memory_limit / 100 * config.shuffle_memory_percent as usize;
         let store =
             ShuffleStore::in_pool(&work_dir.shuffle(), &environment.memory_pool, shuffle_cap)?;
+        let secret = config.resolved_secret()?;
+        let mut dialer = Dialer::plain().with_tls(config.tls.client()?);
+        if let Some(secret) = &secret {
+            dialer = dialer.with_bearer(secret)?;
+        }
+        let flight_security = FlightSecurity {
+            tls: config.tls.server(ClientCertificates::Required)?,
+            auth: Arc::new(Authenticator::new(None, secret)),
+        };
         let (listener, flight_address) = bind(config.bind, config.advertise.as_deref()).await?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| ExecutorError::Bind {
+                addr: config.bind.to_string(),
+                source,
+            })?;
+        crate::security::check_exposure(bound, flight_security.auth.is_on())?;
         let slots = config.slots.max(1);
         let task_runtime = TaskRuntime::start(&id, slots + config.preempt_slots())
             .map_err(ExecutorError::Runtime)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        spawn_flight_server(listener, store.clone(), shutdown_rx.clone());
+        spawn_flight_server(
+            listener,
+            store.clone(),
+            flight_security,
+            shutdown_rx.clone(),
+        )?;
 
         let register = RegisterExecutor {
             executor_id: id.clone(),
@@ -167,11 +196,13 @@ impl Executor {
             slots,
             preempt_slots: config.preempt_slots(),
         };
-        let (outbound, inbound) = open_stream(config.scheduler_address(), register).await?;
+        let (outbound, inbound) =
+            open_stream(&dialer, config.scheduler_address(), register).await?;
         // Shuffle connections run on this runtime, not on the task threads that happen
         // to open them first.
         let clients = FlightClients::on_runtime(tokio::runtime::Handle::current())
-            .with_fetch_timeout(config.fetch_timeout);
+            .with_fetch_timeout(config.fetch_timeout)
+            .with_dialer(dialer);
         let mut session_config = distributed_session_config(1);
         // What a sort sets aside to merge its spill files comes out of the pool: at most
         // an even share of it per task the executor may hold (DataFusion's default of
@@ -320,13 +351,14 @@ type OpenStream = (
 /// before its scheduler does, or while one goes down (it can be registered and killed
 /// before it answers). A scheduler that answers with an error refuses for good.
 async fn open_stream(
+    dialer: &Dialer,
     address: &str,
     register: RegisterExecutor,
 ) -> Result<OpenStream, ExecutorError> {
     let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
     let mut backoff = Duration::from_millis(50);
     loop {
-        let failure = match try_open_stream(address, register.clone()).await {
+        let failure = match try_open_stream(dialer, address, register.clone()).await {
             Ok(opened) => return Ok(opened),
             Err(ExecutorError::Register(status)) if !is_transport_failure(&status) => {
                 return Err(ExecutorError::Register(status));
@@ -344,10 +376,12 @@ async fn open_stream(
 
 /// One attempt of [`open_stream`].
 async fn try_open_stream(
+    dialer: &Dialer,
     address: &str,
     register: RegisterExecutor,
 ) -> Result<OpenStream, ExecutorError> {
-    let channel = connect_channel(address)
+    let channel = dialer
+        .connect(address)
         .await
         .map_err(|source| ExecutorError::Connect {
             addr: address.to_string(),
@@ -392,29 +426,44 @@ async fn bind(
     Ok((listener, advertised))
 }
 
+/// Who may fetch from an executor's Flight endpoint, and over what.
+struct FlightSecurity {
+    /// TLS, when on (peers must show a certificate).
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Only holders of the cluster secret, when there is one.
+    auth: Arc<Authenticator>,
+}
+
 /// Serves the shuffle store over Flight on `listener`.
 fn spawn_flight_server(
     listener: TcpListener,
     store: ShuffleStore,
+    security: FlightSecurity,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> Result<(), ExecutorError> {
     let service = arrow_flight::flight_service_server::FlightServiceServer::new(
         flight::ShuffleFlight::new(store),
     )
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let service = InterceptedService::new(service, Authenticate(security.auth));
+    let mut builder = crate::config::server_builder();
+    if let Some(tls) = security.tls {
+        builder = builder.tls_config(tls).map_err(ExecutorError::Tls)?;
+    }
+    let router = builder.add_service(service);
     tokio::spawn(async move {
         let stopped = async move {
             let _ = shutdown.wait_for(|stopped| *stopped).await;
         };
-        if let Err(e) = crate::config::server_builder()
-            .add_service(service)
+        if let Err(e) = router
             .serve_with_incoming_shutdown(crate::net::incoming(listener), stopped)
             .await
         {
             warn!(error = %e, "executor Flight endpoint failed");
         }
     });
+    Ok(())
 }
 
 fn spawn_heartbeat(

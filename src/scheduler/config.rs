@@ -8,6 +8,9 @@ use clap::Args;
 
 use super::policy::PolicyKind;
 use crate::config::{parse_kib, parse_mib, parse_seconds};
+use crate::security::{
+    self, Authenticator, ClientCertificates, Dialer, SecurityError, TlsFlags, Users,
+};
 
 /// How a scheduler is set up.
 #[derive(Debug, Clone, Args)]
@@ -59,6 +62,21 @@ pub struct SchedulerConfig {
     /// remaining work of the task it suspends.
     #[arg(long, default_value = "10")]
     pub preempt_cost_ratio: f64,
+    /// TOML file of the users who may log in (argon2 password hashes, roles; see `baton
+    /// user add`). Without it and a cluster secret, authentication is off and the
+    /// scheduler listens only on loopback.
+    #[arg(long, value_name = "FILE")]
+    pub users: Option<PathBuf>,
+    /// File holding the secret the cluster's processes share (the BATON_CLUSTER_SECRET
+    /// variable wins): executors without it cannot register, fetch shuffle data or
+    /// read results.
+    #[arg(long, value_name = "FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// The cluster secret itself, for an in-process cluster (no flag).
+    #[arg(skip)]
+    pub cluster_secret: Option<String>,
+    #[command(flatten)]
+    pub tls: TlsFlags,
     /// KiB of Arrow IPC each task of a query's final stage sends back with its status,
     /// so the scheduler serves small results itself; 0: results stay on the executors
     /// until fetched.
@@ -68,6 +86,48 @@ pub struct SchedulerConfig {
     /// output on the executors until fetched.
     #[arg(long = "max-held-results-mib", value_name = "MIB", value_parser = parse_mib, default_value = "256")]
     pub held_results_cap: u64,
+}
+
+/// What the scheduler's flags say about who may call it, and how it dials executors.
+pub(super) struct SchedulerSecurity {
+    /// Checks every call.
+    pub auth: Authenticator,
+    /// TLS of its listener.
+    pub server_tls: Option<tonic::transport::ServerTlsConfig>,
+    /// How it dials executors (for results).
+    pub dialer: Dialer,
+}
+
+impl SchedulerConfig {
+    /// The cluster secret: set in-process, else from the environment or the file.
+    pub fn resolved_secret(&self) -> Result<Option<String>, SecurityError> {
+        match &self.cluster_secret {
+            Some(secret) => Ok(Some(secret.clone())),
+            None => security::cluster_secret(self.cluster_secret_file.as_deref()),
+        }
+    }
+
+    /// Loads the users file, the secret and the certificates the flags name.
+    pub(super) fn security(&self) -> Result<SchedulerSecurity, SecurityError> {
+        let users = self.users.as_deref().map(Users::load).transpose()?;
+        let secret = self.resolved_secret()?;
+        if users.is_some() && secret.is_none() {
+            return Err(SecurityError::Secret(
+                "--users needs a cluster secret (BATON_CLUSTER_SECRET or --cluster-secret-file) \
+                 for the executors"
+                    .into(),
+            ));
+        }
+        let mut dialer = Dialer::plain().with_tls(self.tls.client()?);
+        if let Some(secret) = &secret {
+            dialer = dialer.with_bearer(secret)?;
+        }
+        Ok(SchedulerSecurity {
+            auth: Authenticator::new(users, secret),
+            server_tls: self.tls.server(ClientCertificates::Optional)?,
+            dialer,
+        })
+    }
 }
 
 impl Default for SchedulerConfig {

@@ -45,6 +45,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::warn;
 
 use super::{ResultPart, Scheduler, SchedulerError, Submission};
+use crate::security::caller_of;
 use crate::shuffle::ShuffleKey;
 use crate::shuffle::fetch::shuffle_ticket;
 
@@ -97,6 +98,7 @@ fn to_status(e: SchedulerError) -> Status {
         SchedulerError::UnknownQuery(_) => Status::not_found(e.to_string()),
         SchedulerError::NoResult { .. } => Status::failed_precondition(e.to_string()),
         SchedulerError::ShuttingDown => Status::unavailable(e.to_string()),
+        SchedulerError::NotYours(_) => Status::permission_denied(e.to_string()),
         other => Status::internal(other.to_string()),
     }
 }
@@ -317,19 +319,35 @@ impl FlightSqlService for ResultFlight {
 
     async fn do_handshake(
         &self,
-        _request: Request<Streaming<HandshakeRequest>>,
+        request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<
         Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
         Status,
     > {
-        // No authentication: answer with an empty token.
-        let response = HandshakeResponse {
-            protocol_version: 0,
-            payload: Default::default(),
+        // The call got here with valid credentials (HTTP Basic, as ADBC and JDBC log
+        // in): answer a bearer token for the calls that follow, in the payload and in
+        // the `authorization` header. Without authentication the token is empty.
+        let caller = caller_of(&request)?;
+        let auth = self.scheduler.authenticator();
+        let token = if auth.is_on() {
+            auth.issue_token(&caller)
+        } else {
+            String::new()
         };
-        Ok(Response::new(Box::pin(futures::stream::once(async {
-            Ok(response)
-        }))))
+        let handshake = HandshakeResponse {
+            protocol_version: 0,
+            payload: token.clone().into(),
+        };
+        let mut response: Response<
+            Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>,
+        > = Response::new(Box::pin(futures::stream::once(async { Ok(handshake) })));
+        if !token.is_empty() {
+            let header = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| Status::internal("token is no header value"))?;
+            response.metadata_mut().insert("authorization", header);
+        }
+        Ok(response)
     }
 
     async fn get_flight_info_statement(
@@ -337,9 +355,14 @@ impl FlightSqlService for ResultFlight {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        let caller = caller_of(&request)?;
         let id = self
             .scheduler
-            .submit(Submission::Sql(query.query.clone()), query.query)
+            .submit(
+                Submission::Sql(query.query.clone()),
+                query.query,
+                caller.name,
+            )
             .await
             .map_err(to_status)?;
         let (schema, _, _) = self
@@ -359,10 +382,14 @@ impl FlightSqlService for ResultFlight {
     async fn do_get_statement(
         &self,
         ticket: TicketStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let caller = caller_of(&request)?;
         let query_id = String::from_utf8(ticket.statement_handle.to_vec())
             .map_err(|_| Status::invalid_argument("statement handle is not a Baton query id"))?;
+        self.scheduler
+            .check_access(&caller, &query_id)
+            .map_err(to_status)?;
         Ok(Response::new(self.stream_result(query_id).await?))
     }
 

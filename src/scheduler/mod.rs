@@ -21,9 +21,11 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::prelude::SessionContext;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
 use tracing::info_span;
 
 pub use config::SchedulerConfig;
+use config::SchedulerSecurity;
 pub use flight::result_ticket;
 use planning::{Planner, PlanningPool};
 pub use policy::{Policy, PolicyKind};
@@ -35,7 +37,9 @@ use crate::config::{MAX_MESSAGE_BYTES, distributed_session_config, host_cores};
 use crate::object_stores::S3Settings;
 use crate::proto::scheduler_service_server::SchedulerServiceServer;
 use crate::proto::{QueryState, QueryStatus};
+use crate::security::{Authenticate, Authenticator, Caller, Dialer, SecurityError};
 use crate::shuffle::fetch::FlightClients;
+use crate::telemetry::{JsonAnswer, JsonRoute};
 
 /// Errors of the scheduler.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +66,12 @@ pub enum SchedulerError {
     /// The scheduler is shutting down and takes no new query.
     #[error("the scheduler is shutting down and takes no new query")]
     ShuttingDown,
+    /// The query belongs to another user.
+    #[error("query {0} belongs to another user")]
+    NotYours(String),
+    /// Authentication or TLS could not be set up.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
 }
 
 /// A query state's name in status output and metric labels: "queued", "running", ….
@@ -155,6 +165,10 @@ struct Inner {
     draining: std::sync::atomic::AtomicBool,
     /// The catalog's settings for `s3://` tables, sent to every executor that registers.
     object_stores: S3Settings,
+    /// Checks who calls every endpoint.
+    auth: Arc<Authenticator>,
+    /// TLS of the listener, when on.
+    server_tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 /// A handle to the scheduler; cheap to clone.
@@ -172,6 +186,7 @@ impl std::fmt::Debug for Scheduler {
 impl Scheduler {
     /// A scheduler with the tables of `config.catalog`.
     pub async fn new(config: &SchedulerConfig) -> Result<Self, SchedulerError> {
+        let security = config.security()?;
         let session = SessionContext::new_with_config(distributed_session_config(
             config.target_partitions.unwrap_or_else(host_cores),
         ));
@@ -182,12 +197,18 @@ impl Scheduler {
             stores = registered.s3;
             tables = registered.locations;
         }
-        Ok(Self::build(session, config, stores, tables))
+        Ok(Self::build(session, config, stores, tables, security))
     }
 
-    /// A scheduler that plans SQL in `session` (its catalog ignored) as `config` says.
+    /// A scheduler that plans SQL in `session` (its catalog ignored) as `config` says,
+    /// with authentication and TLS off.
     pub fn with_session(session: SessionContext, config: &SchedulerConfig) -> Self {
-        Self::build(session, config, S3Settings::default(), Vec::new())
+        let open = SchedulerSecurity {
+            auth: Authenticator::open(),
+            server_tls: None,
+            dialer: Dialer::plain(),
+        };
+        Self::build(session, config, S3Settings::default(), Vec::new(), open)
     }
 
     /// A scheduler that plans SQL in `session`, tells executors to read `s3://` tables
@@ -197,6 +218,7 @@ impl Scheduler {
         config: &SchedulerConfig,
         stores: S3Settings,
         tables: Vec<String>,
+        security: SchedulerSecurity,
     ) -> Self {
         crate::telemetry::recorder();
         let (tx, rx) = watch::channel(ClusterSize::default());
@@ -221,7 +243,9 @@ impl Scheduler {
                     cluster: rx.clone(),
                 },
                 executors: rx,
-                clients: FlightClients::default(),
+                clients: FlightClients::default().with_dialer(security.dialer),
+                auth: Arc::new(security.auth),
+                server_tls: security.server_tls,
                 result_ttl: config.result_ttl,
                 object_stores: stores,
                 draining: std::sync::atomic::AtomicBool::new(false),
@@ -265,12 +289,19 @@ impl Scheduler {
         self.inner.state.lock().expect("scheduler state lock")
     }
 
-    /// Plans and starts a query; returns its id once it is planned. A query that cannot
-    /// be planned is recorded as Failed with the cause. A draining scheduler takes none.
+    /// Who may call this scheduler.
+    pub fn authenticator(&self) -> &Arc<Authenticator> {
+        &self.inner.auth
+    }
+
+    /// Plans and starts a query that `owner` submitted; returns its id once it is
+    /// planned. A query that cannot be planned is recorded as Failed with the cause. A
+    /// draining scheduler takes none.
     pub async fn submit(
         &self,
         submission: Submission,
         label: String,
+        owner: Arc<str>,
     ) -> Result<Arc<str>, SchedulerError> {
         if self.is_draining() {
             return Err(SchedulerError::ShuttingDown);
@@ -290,6 +321,8 @@ impl Scheduler {
                 Query::failed(id.clone(), label, e.to_string())
             }
         };
+        let mut query = query;
+        query.owner = owner;
         self.add(query);
         Ok(id)
     }
@@ -323,6 +356,29 @@ impl Scheduler {
     /// Every query's status, newest first.
     pub fn list(&self) -> Vec<QueryStatus> {
         self.state().queries().map(Query::status).collect()
+    }
+
+    /// The status of every query `caller` may see, newest first.
+    pub fn list_for(&self, caller: &Caller) -> Vec<QueryStatus> {
+        self.state()
+            .queries()
+            .filter(|q| caller.may_access(&q.owner))
+            .map(Query::status)
+            .collect()
+    }
+
+    /// Refuses `caller` a query they did not submit (unless they administer the
+    /// cluster), and a query that does not exist.
+    pub fn check_access(&self, caller: &Caller, query_id: &str) -> Result<(), SchedulerError> {
+        let state = self.state();
+        let query = state
+            .query(query_id)
+            .ok_or_else(|| SchedulerError::UnknownQuery(query_id.to_string()))?;
+        if caller.may_access(&query.owner) {
+            Ok(())
+        } else {
+            Err(SchedulerError::NotYours(query_id.to_string()))
+        }
     }
 
     /// Cancels a query; false when it had already ended.
@@ -423,16 +479,33 @@ impl Scheduler {
         let _ = rx.wait_for(|size| size.executors >= n).await;
     }
 
-    /// The JSON answer of the HTTP API below `/api/queries`: `""` lists every query,
-    /// `"/ID"` shows one; None when there is no such query.
-    pub fn status_json(&self, path: &str) -> Option<String> {
+    /// The JSON answer of the HTTP API below `/api/queries` for `caller`: `""` lists
+    /// the queries they may see, `"/ID"` shows one; None when there is no such query or
+    /// it is not theirs.
+    pub fn status_json(&self, path: &str, caller: &Caller) -> Option<String> {
         let id = path.trim_matches('/');
         let value = if id.is_empty() {
-            serde_json::Value::Array(self.list().iter().map(status_to_json).collect())
+            serde_json::Value::Array(self.list_for(caller).iter().map(status_to_json).collect())
         } else {
+            self.check_access(caller, id).ok()?;
             status_to_json(&self.status(id)?)
         };
         Some(value.to_string())
+    }
+
+    /// The HTTP JSON API below `/api/queries`, for the caller the request's
+    /// `Authorization` header names (401 without valid credentials).
+    pub fn queries_api(&self) -> JsonRoute {
+        let scheduler = self.clone();
+        Arc::new(move |path: &str, authorization: Option<&str>| {
+            match scheduler.inner.auth.authenticate(authorization) {
+                Ok(caller) => match scheduler.status_json(path, &caller) {
+                    Some(body) => JsonAnswer::ok(body),
+                    None => JsonAnswer::error("404 Not Found", "not found"),
+                },
+                Err(e) => JsonAnswer::error("401 Unauthorized", &e.to_string()),
+            }
+        })
     }
 
     /// Finished tasks that started at or after `since` (for timelines).
@@ -458,13 +531,23 @@ impl Scheduler {
         (state.registry().len(), state.registry().slots())
     }
 
-    /// Serves the scheduler gRPC service and the Flight result endpoint on `listener`
-    /// until `shutdown` completes.
+    /// The server of the scheduler gRPC service and the Flight result endpoint on
+    /// `listener`, which runs until `shutdown` completes. Without authentication, a
+    /// listener on a non-loopback address is refused.
     pub fn serve(
         &self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> impl Future<Output = Result<(), SchedulerError>> + Send + 'static {
+    ) -> Result<impl Future<Output = Result<(), SchedulerError>> + Send + 'static, SchedulerError>
+    {
+        let address = listener.local_addr().map_err(|e| {
+            SchedulerError::Security(SecurityError::Tls(format!("listener address: {e}")))
+        })?;
+        crate::security::check_exposure(address, self.inner.auth.is_on())?;
+        if !self.inner.auth.is_on() {
+            tracing::warn!(address = %address, "authentication is off: any local process may submit, read and cancel queries");
+        }
+        let authenticate = Authenticate(self.inner.auth.clone());
         let limit = self.inner.max_request_bytes;
         let grpc = SchedulerServiceServer::new(service::SchedulerGrpc::new(self.clone()))
             .max_decoding_message_size(limit)
@@ -472,9 +555,13 @@ impl Scheduler {
         let flight = FlightServiceServer::new(flight::ResultFlight::new(self.clone()))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let router = crate::config::server_builder()
-            .add_service(grpc)
-            .add_service(flight);
+        let mut builder = crate::config::server_builder();
+        if let Some(tls) = &self.inner.server_tls {
+            builder = builder.tls_config(tls.clone())?;
+        }
+        let router = builder
+            .add_service(InterceptedService::new(grpc, authenticate.clone()))
+            .add_service(InterceptedService::new(flight, authenticate));
         let scheduler = self.clone();
         // The executors' streams never end by themselves: once the shutdown signal came,
         // they are closed, so the server's graceful stop does not wait on them forever
@@ -483,11 +570,11 @@ impl Scheduler {
             shutdown.await;
             scheduler.state().close_executor_streams();
         };
-        async move {
+        Ok(async move {
             router
                 .serve_with_incoming_shutdown(crate::net::incoming(listener), shutdown)
                 .await?;
             Ok(())
-        }
+        })
     }
 }

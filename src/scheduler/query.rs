@@ -147,6 +147,8 @@ pub struct Query {
     pub id: Arc<str>,
     /// Free text (SQL) shown in status.
     pub label: String,
+    /// The user who submitted it: only they (and admins) see, fetch and cancel it.
+    pub owner: Arc<str>,
     state: QueryState,
     error: Option<String>,
     submitted_at: SystemTime,
@@ -228,6 +230,7 @@ impl Query {
         Self {
             id,
             label,
+            owner: "local".into(),
             state: QueryState::Queued,
             error: None,
             submitted_at: SystemTime::now(),
@@ -248,6 +251,7 @@ impl Query {
         Self {
             id,
             label,
+            owner: "local".into(),
             state: QueryState::Failed,
             error: Some(error),
             submitted_at: now,
@@ -862,6 +866,7 @@ impl Query {
             query_id: self.id.to_string(),
             state: self.state as i32,
             label: self.label.clone(),
+            owner: self.owner.to_string(),
             error: self.error.clone().unwrap_or_default(),
             submitted_at_ms: millis(Some(self.submitted_at)),
             started_at_ms: millis(self.started_at),

@@ -8,7 +8,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::warn;
 
-use super::{Scheduler, Submission};
+use super::{Scheduler, SchedulerError, Submission};
 use crate::config::EXECUTOR_TIMEOUT;
 use crate::proto::scheduler_service_server::SchedulerService;
 use crate::proto::{
@@ -17,7 +17,16 @@ use crate::proto::{
     SubmitQueryRequest, SubmitQueryResponse, executor_message, scheduler_message,
     submit_query_request,
 };
+use crate::security::caller_of;
 use crate::shuffle::MapLocation;
+
+/// The status that answers a refused [`Scheduler::check_access`].
+pub(super) fn access_status(e: SchedulerError) -> Status {
+    match e {
+        SchedulerError::NotYours(_) => Status::permission_denied(e.to_string()),
+        other => Status::not_found(other.to_string()),
+    }
+}
 
 /// The tonic service over a [`Scheduler`].
 #[derive(Debug)]
@@ -42,6 +51,11 @@ impl SchedulerService for SchedulerGrpc {
         &self,
         request: Request<Streaming<ExecutorMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
+        if !caller_of(&request)?.is_cluster() {
+            return Err(Status::permission_denied(
+                "only processes holding the cluster secret may register as executors",
+            ));
+        }
         let mut inbound = request.into_inner();
         let register = match inbound.message().await? {
             Some(ExecutorMessage {
@@ -119,6 +133,7 @@ impl SchedulerService for SchedulerGrpc {
         &self,
         request: Request<SubmitQueryRequest>,
     ) -> Result<Response<SubmitQueryResponse>, Status> {
+        let caller = caller_of(&request)?;
         let request = request.into_inner();
         let (submission, label) = match request.query {
             Some(submit_query_request::Query::Sql(sql)) => {
@@ -136,7 +151,7 @@ impl SchedulerService for SchedulerGrpc {
         };
         let query_id = self
             .scheduler
-            .submit(submission, label)
+            .submit(submission, label, caller.name)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(SubmitQueryResponse {
@@ -148,7 +163,11 @@ impl SchedulerService for SchedulerGrpc {
         &self,
         request: Request<GetQueryStatusRequest>,
     ) -> Result<Response<QueryStatus>, Status> {
+        let caller = caller_of(&request)?;
         let id = request.into_inner().query_id;
+        self.scheduler
+            .check_access(&caller, &id)
+            .map_err(access_status)?;
         self.scheduler
             .status(&id)
             .map(Response::new)
@@ -157,10 +176,11 @@ impl SchedulerService for SchedulerGrpc {
 
     async fn list_queries(
         &self,
-        _request: Request<ListQueriesRequest>,
+        request: Request<ListQueriesRequest>,
     ) -> Result<Response<ListQueriesResponse>, Status> {
+        let caller = caller_of(&request)?;
         Ok(Response::new(ListQueriesResponse {
-            queries: self.scheduler.list(),
+            queries: self.scheduler.list_for(&caller),
         }))
     }
 
@@ -168,7 +188,11 @@ impl SchedulerService for SchedulerGrpc {
         &self,
         request: Request<CancelQueryRequest>,
     ) -> Result<Response<CancelQueryResponse>, Status> {
+        let caller = caller_of(&request)?;
         let id = request.into_inner().query_id;
+        self.scheduler
+            .check_access(&caller, &id)
+            .map_err(access_status)?;
         let cancelled = self
             .scheduler
             .cancel(&id)

@@ -1,7 +1,6 @@
 //! Reading shuffle partitions that live on other executors, over Arrow Flight `do_get`.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,65 +16,16 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::{StreamExt, TryStreamExt};
 use prost::Message;
 use tokio::runtime::Handle;
-use tonic::transport::{Channel, Endpoint};
 
 use super::deadline::ProgressDeadline;
 use super::store::ShuffleKey;
 use crate::config::MAX_MESSAGE_BYTES;
 use crate::proto::ShuffleTicket;
-
-/// HTTP/2 flow-control window of each stream a channel receives: how much of a fetch
-/// may arrive ahead of its reader.
-const STREAM_WINDOW: u32 = 2 << 20;
-
-/// HTTP/2 flow-control window of a whole channel. Streams of one channel share it, and
-/// data a reader has not taken yet holds it: a suspended task's fetches must not use it
-/// all up, or the fetches of the task that preempted it would stall behind them. So it
-/// is far larger than the sum of the stream windows it is shared by.
-const CONNECTION_WINDOW: u32 = 1 << 30;
-
-/// Opens a gRPC channel to `address` (host:port) with Baton's transport settings; its
-/// connection runs on the runtime this is called on.
-pub async fn connect_channel(address: &str) -> Result<Channel, tonic::transport::Error> {
-    endpoint(address)?.connect().await
-}
-
-/// Opens a channel like [`connect_channel`], whose connection runs on `runtime` whatever
-/// runtime the caller is on.
-pub async fn connect_channel_on(
-    address: &str,
-    runtime: Handle,
-) -> Result<Channel, tonic::transport::Error> {
-    endpoint(address)?
-        .executor(OnRuntime(runtime))
-        .connect()
-        .await
-}
-
-fn endpoint(address: &str) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{address}"))?
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(crate::config::KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(crate::config::KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW))
-}
-
-/// Spawns a channel's background work (its request buffer, its HTTP/2 connection) on one
-/// runtime.
-#[derive(Clone)]
-struct OnRuntime(Handle);
-
-impl<F: Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for OnRuntime {
-    fn execute(&self, future: F) {
-        self.0.spawn(future);
-    }
-}
+use crate::security::{Connection, Dialer};
 
 /// A Flight client with Baton's message-size limits.
-pub fn flight_client(channel: Channel) -> FlightServiceClient<Channel> {
-    FlightServiceClient::new(channel)
+pub fn flight_client(connection: Connection) -> FlightServiceClient<Connection> {
+    FlightServiceClient::new(connection)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
@@ -99,7 +49,8 @@ pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 /// on first use. Counts the bytes it fetched.
 #[derive(Debug, Clone, Default)]
 pub struct FlightClients {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Arc<Mutex<HashMap<String, Connection>>>,
+    dialer: Dialer,
     bytes_fetched: Arc<AtomicU64>,
     runtime: Option<Handle>,
     fetch_timeout: Option<Duration>,
@@ -123,23 +74,29 @@ impl FlightClients {
         self
     }
 
+    /// The same clients, dialing as `dialer` says (TLS, the cluster secret).
+    pub fn with_dialer(mut self, dialer: Dialer) -> Self {
+        self.dialer = dialer;
+        self
+    }
+
     /// Bytes of Flight data fetched from other executors since start.
     pub fn bytes_fetched(&self) -> u64 {
         self.bytes_fetched.load(Ordering::Relaxed)
     }
 
     /// A Flight client for the executor at `address`, over a shared channel.
-    pub async fn client(&self, address: &str) -> Result<FlightServiceClient<Channel>> {
+    pub async fn client(&self, address: &str) -> Result<FlightServiceClient<Connection>> {
         Ok(flight_client(self.channel(address).await?))
     }
 
-    async fn channel(&self, address: &str) -> Result<Channel> {
+    async fn channel(&self, address: &str) -> Result<Connection> {
         if let Some(channel) = self.channels.lock().expect("clients lock").get(address) {
             return Ok(channel.clone());
         }
         let channel = match &self.runtime {
-            Some(runtime) => connect_channel_on(address, runtime.clone()).await,
-            None => connect_channel(address).await,
+            Some(runtime) => self.dialer.connect_on(address, runtime.clone()).await,
+            None => self.dialer.connect(address).await,
         };
         let channel = channel.map_err(|e| {
             DataFusionError::Execution(format!("connecting to executor at {address}: {e}"))

@@ -28,7 +28,6 @@ use crate::proto::{
     scheduler_message, task_status,
 };
 use crate::scheduler::{PolicyKind, Scheduler, StageSpec};
-use crate::shuffle::fetch::connect_channel;
 
 /// What to run (the flags of `baton bench scheduler`).
 #[derive(Debug, Clone, clap::Args)]
@@ -94,7 +93,8 @@ async fn simulated_executor(
     slots: u32,
     samples: Samples,
 ) -> Result<(), BenchError> {
-    let channel = connect_channel(address)
+    let channel = crate::security::Dialer::plain()
+        .connect(address)
         .await
         .map_err(|e| BenchError::Simulated(e.to_string()))?;
     let mut client = SchedulerServiceClient::new(channel)
@@ -197,9 +197,13 @@ pub async fn run_scheduler_bench(bench: &SchedulerBench) -> Result<SchedulerRepo
         .map_err(|e| BenchError::Simulated(e.to_string()))?
         .to_string();
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(scheduler.serve(listener, async move {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(
+        scheduler
+            .serve(listener, async move {
+                let _ = stopped.await;
+            })
+            .map_err(|e| BenchError::Simulated(e.to_string()))?,
+    );
     let samples: Samples = Arc::default();
     for i in 0..bench.executors.max(1) {
         simulated_executor(
