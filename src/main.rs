@@ -301,7 +301,10 @@ async fn run(command: Command) -> Result<(), CliError> {
             };
             let target = match scheduler {
                 Some(address) => SqlTarget::Remote {
-                    login: cli::login(user.as_deref(), cluster.scheduler.tls.tls_ca.as_deref())?,
+                    login: Box::new(cli::login(
+                        user.as_deref(),
+                        cluster.scheduler.tls.tls_ca.as_deref(),
+                    )?),
                     address,
                     catalog: cluster.scheduler.catalog,
                 },

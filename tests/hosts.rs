@@ -14,7 +14,10 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use baton::client::BatonClient;
+use baton::client::{BatonClient, Credential, Login};
+
+/// The secret the test's processes share.
+const SECRET: &str = "the-secret-of-the-test-hosts-cluster";
 
 const BATON: &str = env!("CARGO_BIN_EXE_baton");
 
@@ -100,6 +103,7 @@ impl Network {
         let child = Command::new("ip")
             .args(["netns", "exec", namespace, BATON])
             .args(args)
+            .env("BATON_CLUSTER_SECRET", SECRET)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -215,7 +219,17 @@ async fn a_cluster_across_network_namespaces_survives_a_cut_link() {
 
     // All 22 queries from this host, right, with shuffle data crossing between hosts.
     let reference = common::single_node(&catalog).await;
-    let mut client = BatonClient::connect(&scheduler).await.unwrap();
+    // Listening beyond loopback, the cluster asks for its secret.
+    let anonymous = BatonClient::connect(&scheduler).await.unwrap().list().await;
+    assert_eq!(
+        anonymous.unwrap_err().code(),
+        Some(tonic::Code::Unauthenticated)
+    );
+    let login = Login {
+        tls: None,
+        credential: Credential::Token(SECRET.into()),
+    };
+    let mut client = BatonClient::connect_as(&scheduler, &login).await.unwrap();
     common::check_all_tpch(&mut client, &reference).await;
     for address in [&steady_ip, &cut_ip] {
         let fetched = total(

@@ -10,26 +10,11 @@ use std::sync::Arc;
 use baton::cluster::{ClusterConfig, LocalCluster};
 use baton::telemetry;
 use prometheus_parse::{Scrape, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> String {
-    let (status, body) = request(addr, path).await;
+    let (status, body) = common::http_get(addr, path, None).await;
     assert_eq!(status, 200, "GET {path}");
     body
-}
-
-/// The status code and body of `GET path`.
-async fn request(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
-    socket
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut response = String::new();
-    socket.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, body.to_string())
 }
 
 /// Sample values by metric name and sorted labels.
@@ -80,11 +65,11 @@ async fn metrics_move_with_a_query_and_cover_the_dashboard() {
     .await
     .unwrap();
     // Health and readiness for an orchestrator's probes.
-    assert_eq!(request(addr, "/healthz").await.0, 200);
-    assert_eq!(request(addr, "/readyz").await.0, 200);
+    assert_eq!(common::http_get(addr, "/healthz", None).await.0, 200);
+    assert_eq!(common::http_get(addr, "/readyz", None).await.0, 200);
     ready.store(false, std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(request(addr, "/readyz").await.0, 503);
-    assert_eq!(request(addr, "/healthz").await.0, 200);
+    assert_eq!(common::http_get(addr, "/readyz", None).await.0, 503);
+    assert_eq!(common::http_get(addr, "/healthz", None).await.0, 200);
 
     let before = scrape(&get(addr, "/metrics").await);
     let mut client = cluster.client().await.unwrap();

@@ -69,6 +69,16 @@ async fn serve_metrics(
     Ok(())
 }
 
+/// Says at start that anyone on this host may use a scheduler without authentication.
+fn warn_if_open(scheduler: &Scheduler) {
+    if !scheduler.authenticator().is_on() {
+        tracing::warn!(
+            "authentication is off (no --users, no cluster secret): any process on this host \
+             may submit, read and cancel queries; listening on loopback only"
+        );
+    }
+}
+
 /// `baton scheduler`.
 pub async fn run_scheduler(
     bind: SocketAddr,
@@ -76,6 +86,7 @@ pub async fn run_scheduler(
     metrics: Option<SocketAddr>,
 ) -> Result<(), CliError> {
     let scheduler = Scheduler::new(&config).await?;
+    warn_if_open(&scheduler);
     if let Some(addr) = metrics {
         // Its /api/queries shows queries' SQL.
         crate::security::check_exposure(addr, scheduler.authenticator().is_on())?;
@@ -178,7 +189,9 @@ pub async fn run_standalone(
 ) -> Result<(), CliError> {
     let executors = config.executors;
     let cluster = start_cluster(config).await?;
+    warn_if_open(cluster.scheduler());
     if let Some(addr) = metrics {
+        crate::security::check_exposure(addr, cluster.scheduler().authenticator().is_on())?;
         serve_metrics(addr, Some(cluster.scheduler()), Arc::new(|| true)).await?;
     }
     eprintln!(

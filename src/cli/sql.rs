@@ -34,7 +34,7 @@ pub enum SqlTarget {
         /// Catalog to plan against locally.
         catalog: Option<PathBuf>,
         /// Who logs in, and over what.
-        login: Login,
+        login: Box<Login>,
     },
     /// An embedded cluster (TPC-H SF 0.1 when it names no catalog).
     Embedded(Box<ClusterConfig>),

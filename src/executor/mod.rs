@@ -349,7 +349,8 @@ type OpenStream = (
 /// Retries with backoff for up to [`CONNECT_PATIENCE`] while the scheduler cannot be
 /// reached or the connection breaks before the stream is open: an executor may start
 /// before its scheduler does, or while one goes down (it can be registered and killed
-/// before it answers). A scheduler that answers with an error refuses for good.
+/// before it answers), or while its previous connection under the same id is still
+/// registered. A scheduler that answers with another error refuses for good.
 async fn open_stream(
     dialer: &Dialer,
     address: &str,
@@ -360,7 +361,12 @@ async fn open_stream(
     loop {
         let failure = match try_open_stream(dialer, address, register.clone()).await {
             Ok(opened) => return Ok(opened),
-            Err(ExecutorError::Register(status)) if !is_transport_failure(&status) => {
+            // Its own previous connection may still be registered, until the scheduler
+            // notices that it broke: that one clears; any other refusal is final.
+            Err(ExecutorError::Register(status))
+                if !is_transport_failure(&status)
+                    && status.code() != tonic::Code::AlreadyExists =>
+            {
                 return Err(ExecutorError::Register(status));
             }
             Err(failure) => failure,

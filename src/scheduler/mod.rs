@@ -129,6 +129,7 @@ pub fn status_to_json(status: &QueryStatus) -> serde_json::Value {
         "query_id": status.query_id,
         "state": query_state_name(state),
         "label": status.label,
+        "owner": status.owner,
         "error": status.error,
         "submitted_at_ms": status.submitted_at_ms,
         "started_at_ms": status.started_at_ms,
@@ -544,9 +545,6 @@ impl Scheduler {
             SchedulerError::Security(SecurityError::Tls(format!("listener address: {e}")))
         })?;
         crate::security::check_exposure(address, self.inner.auth.is_on())?;
-        if !self.inner.auth.is_on() {
-            tracing::warn!(address = %address, "authentication is off: any local process may submit, read and cancel queries");
-        }
         let authenticate = Authenticate(self.inner.auth.clone());
         let limit = self.inner.max_request_bytes;
         let grpc = SchedulerServiceServer::new(service::SchedulerGrpc::new(self.clone()))

@@ -167,14 +167,18 @@ impl Registry {
         self.preempt_margin = ratio.max(1.0).ln();
     }
 
-    /// Adds (or replaces) an executor; returns the replaced entry and the new generation.
+    /// Adds an executor; returns its connection generation, or None when an executor of
+    /// that id is registered already.
     pub fn register(
         &mut self,
         location: MapLocation,
         slots: u32,
         preempt_slots: u32,
         sender: ExecutorSender,
-    ) -> (Option<ExecutorEntry>, u64) {
+    ) -> Option<u64> {
+        if self.executors.contains_key(&location.executor_id) {
+            return None;
+        }
         self.next_generation += 1;
         let generation = self.next_generation;
         let entry = ExecutorEntry {
@@ -187,10 +191,8 @@ impl Registry {
             draining: false,
             stopped: false,
         };
-        (
-            self.executors.insert(location.executor_id, entry),
-            generation,
-        )
+        self.executors.insert(location.executor_id, entry);
+        Some(generation)
     }
 
     /// Removes an executor if `generation` is its current connection.

@@ -84,12 +84,18 @@ impl SchedulerService for SchedulerGrpc {
             executor_id: executor_id.clone(),
             flight_address: register.flight_address,
         };
-        let generation = self.scheduler.state().register_executor(
+        let Some(generation) = self.scheduler.state().register_executor(
             location,
             register.slots.max(1),
             register.preempt_slots,
             tx,
-        );
+        ) else {
+            return Err(Status::already_exists(format!(
+                "an executor named {executor_id} is connected already: give this one another \
+                 --id (or, if it is the same executor reconnecting, the scheduler lets the old \
+                 connection go within {EXECUTOR_TIMEOUT:?})"
+            )));
+        };
         let scheduler = self.scheduler.clone();
         tokio::spawn(async move {
             // True once the executor closed its stream itself (it stopped): it is gone

@@ -452,24 +452,23 @@ impl SchedulerState {
         self.held_results_cap = bytes;
     }
 
-    /// A new executor stream; returns the connection generation.
+    /// A new executor stream; returns the connection generation, or None when an
+    /// executor of that id is connected already (its stream has not ended).
     pub fn register_executor(
         &mut self,
         location: MapLocation,
         slots: u32,
         preempt_slots: u32,
         sender: ExecutorSender,
-    ) -> u64 {
+    ) -> Option<u64> {
         let id = location.executor_id.clone();
-        let (replaced, generation) = self
+        let Some(generation) = self
             .registry
-            .register(location, slots, preempt_slots, sender);
-        if replaced.is_some() {
-            // A new process under the same name has none of the old one's shuffle output;
-            // the old stream's tasks and output are lost either way.
-            warn!(executor = %id, "executor reconnected; its previous connection is lost");
-            self.requeue_lost(&id);
-        }
+            .register(location, slots, preempt_slots, sender)
+        else {
+            warn!(executor = %id, "a second executor tried to register under a connected executor's id; refused");
+            return None;
+        };
         info!(executor = %id, slots, preempt_slots, "executor registered");
         self.executors_watch.send_replace(ClusterSize {
             executors: self.registry.len(),
@@ -477,7 +476,7 @@ impl SchedulerState {
         });
         metrics::gauge!("baton_executors_connected").set(self.registry.len() as f64);
         self.dispatch();
-        generation
+        Some(generation)
     }
 
     /// Closes every executor's stream (the scheduler stops): the executors are
@@ -938,6 +937,25 @@ mod tests {
         assert_eq!(state.query("q").unwrap().state(), QueryState::Running);
         state.task_status("e", status(0, 0, 0, succeeded()));
         assert_eq!(state.query("q").unwrap().state(), QueryState::Succeeded);
+    }
+
+    #[test]
+    fn a_second_executor_under_a_connected_ones_id_is_refused() {
+        let (mut state, mut stream) = with_executor(PolicyKind::Fifo.build(0.0), 1, 0);
+        let (impostor, mut impostor_stream) = tokio::sync::mpsc::unbounded_channel();
+        let location = MapLocation {
+            executor_id: "e".into(),
+            flight_address: "elsewhere:1".into(),
+        };
+        assert_eq!(state.register_executor(location, 8, 0, impostor), None);
+        // The connected executor keeps its slot and gets the work.
+        state.add_query(one_task_query("q", 1.0));
+        assert!(matches!(
+            next_message(&mut stream),
+            scheduler_message::Message::RunTask(_)
+        ));
+        assert!(impostor_stream.try_recv().is_err());
+        assert_eq!(state.registry().len(), 1);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
@@ -16,6 +17,13 @@ const TOKEN_TTL: Duration = Duration::from_secs(12 * 3600);
 /// Verified `Basic` headers remembered, so a client sending its password with every
 /// call does not pay an argon2 hash each time; the memo is cleared when full.
 const MAX_REMEMBERED_LOGINS: usize = 1024;
+
+/// Base64 of `Basic` credentials, with or without padding (Go's Flight client, under
+/// ADBC, sends them unpadded).
+const PADDING_OPTIONAL: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
 
 /// Why a call was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -95,7 +103,7 @@ impl Authenticator {
         if let Some(caller) = self.logins.lock().expect("logins lock").get(encoded) {
             return Ok(caller.clone());
         }
-        let decoded = base64::engine::general_purpose::STANDARD
+        let decoded = PADDING_OPTIONAL
             .decode(encoded)
             .ok()
             .and_then(|bytes| String::from_utf8(bytes).ok())
@@ -197,6 +205,12 @@ mod tests {
             .authenticate(Some(&basic("alice", "wonderland")))
             .unwrap();
         assert_eq!((&*alice.name, alice.role), ("alice", Role::User));
+        // Unpadded base64 (Go's Flight client sends it so).
+        let unpadded = basic("alice", "wonderland")
+            .trim_end_matches('=')
+            .to_string();
+        assert_ne!(unpadded, basic("alice", "wonderland"));
+        assert_eq!(auth.authenticate(Some(&unpadded)), Ok(alice.clone()));
         // The memo answers the same header the same way.
         assert_eq!(
             auth.authenticate(Some(&basic("alice", "wonderland"))),

@@ -219,3 +219,24 @@ pub async fn expect_fetched(
     let want = expected(reference, sql).await;
     compare(&want, &result.unwrap().batches, true).unwrap();
 }
+
+/// A GET of `path` on the HTTP endpoint at `addr`, with an `Authorization` header when
+/// given; the status code and the body.
+pub async fn http_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    authorization: Option<&str>,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let header = authorization.map_or(String::new(), |value| format!("Authorization: {value}\r\n"));
+    socket
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n{header}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}

@@ -1,17 +1,48 @@
-"""A standard Flight SQL client (ADBC + pyarrow) against a running Baton scheduler.
+"""A standard Flight SQL client (ADBC + pyarrow) against a running Baton scheduler that
+serves TLS and asks for a login.
 
-Usage: python adbc_flight_sql.py HOST:PORT
-Lists tables, reads a table schema, runs queries and checks their answers; exits
-non-zero with the cause on the first failure.
+Usage: BATON_USER=… BATON_PASSWORD=… python adbc_flight_sql.py HOST:PORT CA.pem
+Logs in over grpc+tls (trusting CA.pem), lists tables, reads a table schema, runs
+queries and checks their answers; checks that no login and a wrong password are
+refused. Exits non-zero with the cause on the first failure.
 """
 
+import os
 import sys
 
 import adbc_driver_flightsql.dbapi as flightsql
+from adbc_driver_flightsql import DatabaseOptions
 
 
-def main(address: str) -> None:
-    with flightsql.connect(f"grpc://{address}") as conn:
+def connect(address: str, ca: str, user: str | None, password: str | None):
+    options = {DatabaseOptions.TLS_ROOT_CERTS.value: ca}
+    if user is not None:
+        options["username"] = user
+        options["password"] = password
+    return flightsql.connect(f"grpc+tls://{address}", db_kwargs=options)
+
+
+def refused(address: str, ca: str, user: str | None, password: str | None) -> None:
+    """A connection with these credentials must not run a query."""
+    try:
+        with connect(address, ca, user, password) as conn, conn.cursor() as cur:
+            cur.execute("select 1")
+            cur.fetchall()
+    except Exception as error:  # the driver raises its own error types
+        text = str(error).lower()
+        assert "unauthenticated" in text or "credentials" in text, error
+    else:
+        raise AssertionError(f"a query ran with user={user!r}")
+
+
+def main(address: str, ca_path: str) -> None:
+    with open(ca_path) as f:
+        ca = f.read()
+    user, password = os.environ["BATON_USER"], os.environ["BATON_PASSWORD"]
+    refused(address, ca, None, None)
+    refused(address, ca, user, password + "-wrong")
+
+    with connect(address, ca, user, password) as conn:
         objects = conn.adbc_get_objects(depth="tables").read_all().to_pylist()
         tables = sorted(
             table["table_name"]
@@ -44,8 +75,11 @@ def main(address: str) -> None:
                 assert "nowhere" in str(error), error
             else:
                 raise AssertionError("a query of an unknown table succeeded")
-    print(f"ADBC Flight SQL: {len(tables)} tables listed, queries answered correctly")
+    print(
+        f"ADBC Flight SQL over TLS as {user}: {len(tables)} tables listed, queries "
+        "answered correctly, missing and wrong logins refused"
+    )
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])

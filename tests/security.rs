@@ -1,0 +1,339 @@
+//! Authentication, ownership and TLS on a real cluster: every endpoint asks who calls,
+//! a query belongs to the user who submitted it, and TLS carries it all.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_flight::Ticket;
+use baton::client::{BatonClient, ClientError, Credential, Login};
+use baton::cluster::{ClusterConfig, LocalCluster};
+use baton::proto::scheduler_service_client::SchedulerServiceClient;
+use baton::proto::{ExecutorMessage, RegisterExecutor, executor_message};
+use baton::security::{Dialer, user_entry};
+use baton::shuffle::fetch::flight_client;
+use baton::telemetry;
+use tonic::Code;
+
+const SECRET: &str = "a-cluster-secret-for-the-tests-0123456789";
+const COUNT_NATION: &str = "select count(*) as n from nation";
+
+/// A users file with alice and bob (users) and root (admin); each password is the
+/// name followed by "-password".
+fn users_file(dir: &Path) -> PathBuf {
+    let path = dir.join("users.toml");
+    let text: String = [("alice", false), ("bob", false), ("root", true)]
+        .iter()
+        .map(|(name, admin)| user_entry(name, &format!("{name}-password"), *admin).unwrap())
+        .collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A cluster with the test users and the test secret, over TLS with `tls` (cert, key,
+/// CA) when given.
+async fn secured_cluster(dir: &Path, tls: Option<&Certificates>) -> LocalCluster {
+    let mut config = ClusterConfig::with_catalog(2, 2, common::tpch_catalog());
+    config.scheduler.users = Some(users_file(dir));
+    config.scheduler.cluster_secret = Some(SECRET.into());
+    if let Some(tls) = tls {
+        // Many partitions even for the small test data, so shuffles cross executors.
+        config.scheduler.partition_data_bytes = 0;
+        config.scheduler.tls.tls_cert = Some(tls.cert.clone());
+        config.scheduler.tls.tls_key = Some(tls.key.clone());
+        config.scheduler.tls.tls_ca = Some(tls.ca.clone());
+    }
+    LocalCluster::start(config).await.unwrap()
+}
+
+async fn login(cluster: &LocalCluster, user: &str) -> BatonClient {
+    cluster
+        .client_as(user, &format!("{user}-password"))
+        .await
+        .unwrap()
+}
+
+/// The code of a call that must have been refused.
+fn refused<T: std::fmt::Debug>(result: Result<T, ClientError>) -> Code {
+    let error = result.expect_err("the call was refused");
+    error
+        .code()
+        .unwrap_or_else(|| panic!("no refusal: {error}"))
+}
+
+/// The single count a `select count(*)` answered.
+async fn count(client: &mut BatonClient, sql: &str) -> i64 {
+    let result = client.sql(sql).await.unwrap();
+    let column = result.batches[0].column(0);
+    datafusion::arrow::array::cast::as_primitive_array::<datafusion::arrow::datatypes::Int64Type>(
+        column,
+    )
+    .value(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_endpoint_refuses_callers_without_valid_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = secured_cluster(dir.path(), None).await;
+    let address = cluster.scheduler_address().to_string();
+    let mut alice = login(&cluster, "alice").await;
+    let id = alice.submit_sql(COUNT_NATION).await.unwrap();
+
+    // The client API and the result endpoint, with no credentials and with a made-up
+    // token; a wrong password does not log in.
+    for credential in [Credential::Anonymous, Credential::Token("made-up".into())] {
+        let login = Login {
+            tls: None,
+            credential,
+        };
+        let mut client = BatonClient::connect_as(&address, &login).await.unwrap();
+        assert_eq!(
+            refused(client.submit_sql(COUNT_NATION).await),
+            Code::Unauthenticated
+        );
+        assert_eq!(refused(client.status(&id).await), Code::Unauthenticated);
+        assert_eq!(refused(client.list().await), Code::Unauthenticated);
+        assert_eq!(refused(client.cancel(&id).await), Code::Unauthenticated);
+        assert_eq!(refused(client.tables(None).await), Code::Unauthenticated);
+        assert_eq!(refused(client.fetch(&id).await), Code::Unauthenticated);
+    }
+    let wrong = cluster.client_as("alice", "bob-password").await;
+    assert!(
+        matches!(&wrong, Err(baton::cluster::ClusterError::Client(e)) if e.code() == Some(Code::Unauthenticated)),
+        "{wrong:?}"
+    );
+
+    // The executor stream: a wrong secret is refused, and so is a user.
+    let register = || ExecutorMessage {
+        message: Some(executor_message::Message::Register(RegisterExecutor {
+            executor_id: "impostor".into(),
+            flight_address: "127.0.0.1:9".into(),
+            slots: 4,
+            preempt_slots: 0,
+        })),
+    };
+    let wrong_secret = Dialer::plain()
+        .with_bearer("not-the-cluster-secret-at-all")
+        .unwrap();
+    let as_alice = Dialer::plain()
+        .with_basic("alice", "alice-password")
+        .unwrap();
+    for (dialer, code) in [
+        (wrong_secret, Code::Unauthenticated),
+        (as_alice.clone(), Code::PermissionDenied),
+    ] {
+        let mut client = SchedulerServiceClient::new(dialer.connect(&address).await.unwrap());
+        let status = client
+            .connect(futures::stream::iter([register()]))
+            .await
+            .expect_err("a stream without the cluster secret is refused");
+        assert_eq!(status.code(), code, "{status}");
+    }
+    // With the secret, a second executor under a connected one's id is refused too.
+    let secret = Dialer::plain().with_bearer(SECRET).unwrap();
+    let mut client = SchedulerServiceClient::new(secret.connect(&address).await.unwrap());
+    let twin = ExecutorMessage {
+        message: Some(executor_message::Message::Register(RegisterExecutor {
+            executor_id: cluster.executors()[0].id().to_string(),
+            flight_address: "127.0.0.1:9".into(),
+            slots: 4,
+            preempt_slots: 0,
+        })),
+    };
+    let status = client
+        .connect(futures::stream::iter([twin]))
+        .await
+        .expect_err("a second registration under a connected executor's id is refused");
+    assert_eq!(status.code(), Code::AlreadyExists, "{status}");
+    assert_eq!(cluster.scheduler().executors().0, 2);
+
+    // An executor's Flight endpoint serves only holders of the secret.
+    let executor = cluster.executors()[0].flight_address().to_string();
+    for dialer in [Dialer::plain(), as_alice] {
+        let mut flight = flight_client(dialer.connect(&executor).await.unwrap());
+        let status = flight
+            .do_get(Ticket::new("anything"))
+            .await
+            .expect_err("a fetch without the secret is refused");
+        assert_eq!(status.code(), Code::Unauthenticated, "{status}");
+    }
+
+    // The HTTP query API: 401 without credentials, a user's own queries with them.
+    let http = telemetry::serve_http(
+        "127.0.0.1:0".parse().unwrap(),
+        Some(("/api/queries", cluster.scheduler().queries_api())),
+        Arc::new(|| true),
+    )
+    .await
+    .unwrap();
+    let basic = |user: &str| {
+        use base64::Engine;
+        let pair = format!("{user}:{user}-password");
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        )
+    };
+    assert_eq!(common::http_get(http, "/api/queries", None).await.0, 401);
+    assert_eq!(
+        common::http_get(http, "/api/queries", Some("Bearer made-up"))
+            .await
+            .0,
+        401
+    );
+    let (status, mine) = common::http_get(http, "/api/queries", Some(&basic("alice"))).await;
+    assert_eq!(status, 200);
+    assert!(
+        mine.contains(&id) && mine.contains("\"owner\":\"alice\""),
+        "{mine}"
+    );
+    let (status, theirs) = common::http_get(http, "/api/queries", Some(&basic("bob"))).await;
+    assert_eq!((status, theirs.as_str()), (200, "[]"));
+    let path = format!("/api/queries/{id}");
+    assert_eq!(
+        common::http_get(http, &path, Some(&basic("bob"))).await.0,
+        404
+    );
+
+    // /metrics stays open and shows no SQL.
+    let (status, metrics) = common::http_get(http, "/metrics", None).await;
+    assert_eq!(status, 200);
+    assert!(!metrics.contains("nation"), "metrics carry SQL text");
+
+    // After all that, alice's query answers right and the cluster takes the next one.
+    let result = alice.fetch(&id).await.unwrap();
+    assert_eq!(result.rows(), 1);
+    assert_eq!(count(&mut alice, COUNT_NATION).await, 25);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_query_belongs_to_the_user_who_submitted_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = secured_cluster(dir.path(), None).await;
+    let mut alice = login(&cluster, "alice").await;
+    let mut bob = login(&cluster, "bob").await;
+    let mut root = login(&cluster, "root").await;
+    let id = alice.submit_sql(COUNT_NATION).await.unwrap();
+
+    assert_eq!(refused(bob.status(&id).await), Code::PermissionDenied);
+    assert_eq!(refused(bob.cancel(&id).await), Code::PermissionDenied);
+    assert_eq!(refused(bob.fetch(&id).await), Code::PermissionDenied);
+    assert!(bob.list().await.unwrap().iter().all(|q| q.query_id != id));
+
+    // An admin sees every query; alice sees hers, owned by her.
+    let status = root.status(&id).await.unwrap();
+    assert_eq!(status.owner, "alice");
+    assert!(root.list().await.unwrap().iter().any(|q| q.query_id == id));
+    assert_eq!(alice.list().await.unwrap().len(), 1);
+
+    // Bob's attempts took nothing from alice: her result is whole.
+    let result = alice.fetch(&id).await.unwrap();
+    let reference = common::single_node(&common::tpch_catalog()).await;
+    let want = common::expected(&reference, COUNT_NATION).await;
+    common::compare(&want, &result.batches, false).unwrap();
+
+    // An admin may cancel another user's query.
+    let long = alice
+        .submit_sql("select count(*) from lineitem a, lineitem b where a.l_orderkey = b.l_orderkey")
+        .await
+        .unwrap();
+    root.cancel(&long).await.unwrap();
+    assert!(alice.fetch(&long).await.is_err());
+}
+
+/// A CA and a certificate it signed for localhost and 127.0.0.1, as PEM files.
+struct Certificates {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+}
+
+impl Certificates {
+    fn generate(dir: &Path) -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        };
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let write = |name: &str, pem: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        Self {
+            cert: write("cert.pem", cert.pem()),
+            key: write("key.pem", key.serialize_pem()),
+            ca: write("ca.pem", ca_cert.pem()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_carries_logins_tasks_shuffles_and_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let certificates = Certificates::generate(dir.path());
+    let cluster = secured_cluster(dir.path(), Some(&certificates)).await;
+    let address = cluster.scheduler_address().to_string();
+
+    // A user over TLS: a query whose stages shuffle between the two executors.
+    let login = Login::password("alice", "alice-password", Some(&certificates.ca)).unwrap();
+    let mut alice = BatonClient::connect_as(&address, &login).await.unwrap();
+    let reference = common::single_node(&common::tpch_catalog()).await;
+    let sql = common::GROUPED_LINEITEM;
+    let result = alice.sql(sql).await.unwrap();
+    let want = common::expected(&reference, sql).await;
+    common::compare(&want, &result.batches, false).unwrap();
+    let fetched: u64 = cluster.executors().iter().map(|e| e.bytes_fetched()).sum();
+    assert!(fetched > 0, "no shuffle crossed executors");
+
+    // Plain text is not spoken, and TLS without credentials is still refused.
+    let plain = BatonClient::connect_as(
+        &address,
+        &Login {
+            tls: None,
+            credential: Credential::Password {
+                user: "alice".into(),
+                password: "alice-password".into(),
+            },
+        },
+    )
+    .await;
+    assert!(plain.is_err(), "a plain-text client was served");
+    let anonymous = Login {
+        tls: login.tls.clone(),
+        credential: Credential::Anonymous,
+    };
+    let mut anonymous = BatonClient::connect_as(&address, &anonymous).await.unwrap();
+    assert_eq!(refused(anonymous.list().await), Code::Unauthenticated);
+
+    // An executor's Flight endpoint wants a client certificate from the CA: a peer
+    // that has the secret but no certificate is turned away.
+    let executor = cluster.executors()[0].flight_address().to_string();
+    let trusting = baton::security::client_trusting(&certificates.ca).unwrap();
+    let no_certificate = Dialer::plain()
+        .with_tls(Some(trusting))
+        .with_bearer(SECRET)
+        .unwrap();
+    let fetched = async {
+        let mut flight = flight_client(no_certificate.connect(&executor).await?);
+        flight
+            .do_get(Ticket::new("anything"))
+            .await
+            .map_err(|status| status.to_string())?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    }
+    .await;
+    assert!(fetched.is_err(), "a peer without a certificate fetched");
+}
