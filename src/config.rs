@@ -42,6 +42,16 @@ pub fn host_cores() -> usize {
 /// --scheduler --catalog`); the scheduler's own comes from its `--partitions`.
 pub const DEFAULT_TARGET_PARTITIONS: usize = 4;
 
+/// Settings [`distributed_session_config`] fixes, which a session's `SET` may not change.
+pub const PINNED_SETTINGS: [&str; 6] = [
+    "datafusion.optimizer.enable_round_robin_repartition",
+    "datafusion.execution.enable_file_stream_work_stealing",
+    "datafusion.optimizer.enable_dynamic_filter_pushdown",
+    "datafusion.optimizer.enable_topk_dynamic_filter_pushdown",
+    "datafusion.optimizer.enable_join_dynamic_filter_pushdown",
+    "datafusion.optimizer.enable_aggregate_dynamic_filter_pushdown",
+];
+
 /// The DataFusion session configuration for plans that Baton distributes.
 ///
 /// * Round-robin repartitioning is off: a round-robin `RepartitionExec` inside a stage

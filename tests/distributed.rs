@@ -249,8 +249,8 @@ async fn bad_input_fails_the_query_with_its_cause_and_the_cluster_keeps_serving(
         ("insert into words values ('gamma')".to_string(), "DML"),
         ("drop table words".to_string(), "DDL"),
         (
-            "set datafusion.execution.batch_size = 1".to_string(),
-            "settings",
+            "set datafusion.optimizer.enable_round_robin_repartition = true".to_string(),
+            "fixed by the scheduler",
         ),
     ] {
         expect_failure(&mut client, &sql, "refused").await;

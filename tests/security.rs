@@ -337,3 +337,46 @@ async fn tls_carries_logins_tasks_shuffles_and_results() {
     .await;
     assert!(fetched.is_err(), "a peer without a certificate fetched");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sessions_settings_and_views_are_its_own() {
+    let mut config = ClusterConfig::with_catalog(2, 2, common::tpch_catalog());
+    config.scheduler.allow_ddl = true;
+    let cluster = LocalCluster::start(config).await.unwrap();
+    let mut first = cluster.client().await.unwrap();
+    let mut second = cluster.client().await.unwrap();
+    let column = async |client: &mut BatonClient| {
+        let result = client.sql("select 1 as MixedCase").await.unwrap();
+        result.schema.field(0).name().clone()
+    };
+
+    // A SET changes the session it ran in, and no other.
+    first
+        .sql("set datafusion.sql_parser.enable_ident_normalization = false")
+        .await
+        .unwrap();
+    assert_eq!(column(&mut first).await, "MixedCase");
+    assert_eq!(column(&mut second).await, "mixedcase");
+
+    // A view is seen in its session only; the catalog's tables cannot be dropped.
+    first
+        .sql("create view asian as select * from nation where n_regionkey = 2")
+        .await
+        .unwrap();
+    assert_eq!(count(&mut first, "select count(*) from asian").await, 5);
+    let unseen = second.sql("select count(*) from asian").await.unwrap_err();
+    assert!(unseen.to_string().contains("asian"), "{unseen}");
+    let dropped = second.sql("drop table nation").await.unwrap_err();
+    assert!(dropped.to_string().contains("cannot change"), "{dropped}");
+    assert_eq!(count(&mut second, COUNT_NATION).await, 25);
+
+    // A setting distributed plans depend on stays as it is.
+    let pinned = first
+        .sql("set datafusion.optimizer.enable_join_dynamic_filter_pushdown = true")
+        .await
+        .unwrap_err();
+    assert!(
+        pinned.to_string().contains("fixed by the scheduler"),
+        "{pinned}"
+    );
+}

@@ -129,6 +129,8 @@ impl QueryResult {
 pub struct BatonClient {
     scheduler: SchedulerServiceClient<Connection>,
     flight: FlightServiceClient<Connection>,
+    /// The session this client's SQL runs in (its `SET`s, its views).
+    session: String,
 }
 
 impl BatonClient {
@@ -174,6 +176,7 @@ impl BatonClient {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
             flight: flight_client(channel),
+            session: uuid::Uuid::new_v4().simple().to_string(),
         })
     }
 
@@ -205,6 +208,7 @@ impl BatonClient {
             .submit_query(SubmitQueryRequest {
                 query: Some(query),
                 label,
+                session_id: self.session.clone(),
             })
             .await?;
         Ok(response.into_inner().query_id)

@@ -44,7 +44,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::warn;
 
-use super::{ResultPart, Scheduler, SchedulerError, Submission};
+use super::{Origin, ResultPart, Scheduler, SchedulerError, Submission};
 use crate::security::caller_of;
 use crate::shuffle::ShuffleKey;
 use crate::shuffle::fetch::shuffle_ticket;
@@ -101,6 +101,32 @@ fn to_status(e: SchedulerError) -> Status {
         SchedulerError::NotYours(_) => Status::permission_denied(e.to_string()),
         other => Status::internal(other.to_string()),
     }
+}
+
+/// The header a Flight SQL client may name its session with (ADBC:
+/// `adbc.flight.sql.rpc.call_header.x-baton-session`).
+const SESSION_HEADER: &str = "x-baton-session";
+
+/// Who calls, and in which session: the one `x-baton-session` names, else the one of
+/// their login token (a Flight SQL connection's), else none.
+fn origin_of<T>(request: &Request<T>) -> Result<Origin, Status> {
+    let caller = caller_of(request)?;
+    let header = |name: &str| {
+        request
+            .metadata()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string)
+    };
+    let session = header(SESSION_HEADER).or_else(|| {
+        header("authorization")
+            .filter(|_| !caller.is_cluster())
+            .and_then(|value| value.strip_prefix("Bearer ").map(str::to_string))
+    });
+    Ok(Origin {
+        owner: caller.name,
+        session,
+    })
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {
@@ -355,14 +381,10 @@ impl FlightSqlService for ResultFlight {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let caller = caller_of(&request)?;
+        let origin = origin_of(&request)?;
         let id = self
             .scheduler
-            .submit(
-                Submission::Sql(query.query.clone()),
-                query.query,
-                caller.name,
-            )
+            .submit(Submission::Sql(query.query.clone()), query.query, origin)
             .await
             .map_err(to_status)?;
         let (schema, _, _) = self

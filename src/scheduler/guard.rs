@@ -1,9 +1,10 @@
 //! What a scheduler runs for its clients. By default only queries: `SELECT`, `WITH`,
 //! `VALUES`, `EXPLAIN`, `SHOW`, `DESCRIBE`. DDL (`CREATE EXTERNAL TABLE … LOCATION
 //! '/etc/passwd'`), DML and `COPY … TO` would read or write files on the cluster's hosts,
-//! and `SET` would change the settings of every client's later queries (the scheduler has
-//! one session), so they are refused before anything runs. `--allow-ddl` lets DDL, DML
-//! and `COPY` through, their file locations under the `--data-prefix` the operator lists.
+//! so they are refused before anything runs. `--allow-ddl` lets DDL, DML and `COPY`
+//! through, their file locations under the `--data-prefix` the operator lists. `SET` and
+//! `RESET` change only the client's session, and not the settings distributed plans
+//! depend on.
 //!
 //! A client may also submit a physical plan it planned itself; it may scan only the files
 //! of the tables the scheduler knows (its catalog's, and under `--data-prefix`), and may
@@ -12,14 +13,16 @@
 use std::sync::Arc;
 
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
-use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::logical_expr::{DdlStatement, LogicalPlan, ResetVariable, SetVariable, Statement};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{DataFrame, SessionContext};
 
+use crate::config::PINNED_SETTINGS;
 use crate::shuffle::{ShuffleReaderExec, ShuffleWriterExec};
 
 /// Why a submission was refused.
@@ -31,9 +34,12 @@ pub enum Refused {
          --allow-ddl)"
     )]
     NotAQuery(String),
-    /// `SET` and other session statements.
-    #[error("{0}: settings would change for every client's queries, so they cannot be set")]
+    /// Transactions and SQL-level prepared statements.
+    #[error("{0} statements are not supported; `SET` and `RESET` are (per session)")]
     Statement(String),
+    /// A setting distributed plans depend on.
+    #[error("{0} is fixed by the scheduler: its distributed plans depend on it")]
+    Pinned(&'static str),
     /// A file location outside the operator's prefixes.
     #[error("location {location:?} is outside the data prefixes this scheduler allows ({allowed})")]
     Location {
@@ -70,15 +76,34 @@ impl Guard {
         &self,
         session: &SessionContext,
         sql: &str,
+        params: Option<Vec<ScalarValue>>,
     ) -> Result<DataFrame, DataFusionError> {
         let plan = session.state().create_logical_plan(sql).await?;
         self.check_sql(&plan).map_err(refused)?;
+        super::sessions::refuse_catalog_drop(session, &plan)?;
+        let plan = match params {
+            Some(values) => plan.with_param_values(ParamValues::from(values))?,
+            None => plan,
+        };
         session.execute_logical_plan(plan).await
     }
 
     fn check_sql(&self, plan: &LogicalPlan) -> Result<(), Refused> {
-        if let LogicalPlan::Statement(statement) = plan {
-            return Err(Refused::Statement(statement.name().to_string()));
+        match plan {
+            LogicalPlan::Statement(Statement::SetVariable(SetVariable { variable, .. }))
+            | LogicalPlan::Statement(Statement::ResetVariable(ResetVariable { variable })) => {
+                return match PINNED_SETTINGS
+                    .iter()
+                    .find(|pinned| variable.eq_ignore_ascii_case(pinned))
+                {
+                    Some(pinned) => Err(Refused::Pinned(pinned)),
+                    None => Ok(()),
+                };
+            }
+            LogicalPlan::Statement(statement) => {
+                return Err(Refused::Statement(statement.name().to_string()));
+            }
+            _ => {}
         }
         let options = SQLOptions::new()
             .with_allow_ddl(self.allow_ddl)
@@ -204,7 +229,7 @@ mod tests {
             .collect()
             .await
             .unwrap();
-        match guard.plan_sql(&session, sql).await {
+        match guard.plan_sql(&session, sql, None).await {
             Ok(_) => String::new(),
             Err(e) => e.to_string(),
         }
@@ -219,6 +244,8 @@ mod tests {
             "values (1), (2)",
             "explain select 1",
             "describe t",
+            "set datafusion.execution.batch_size = 1",
+            "reset datafusion.execution.batch_size",
         ] {
             assert_eq!(refusal(&guard, sql).await, "", "{sql}");
         }
@@ -230,7 +257,11 @@ mod tests {
             ("copy (select 1) to '/tmp/x.csv'", "COPY"),
             ("insert into t values (2)", "DML"),
             ("drop table t", "DDL"),
-            ("set datafusion.execution.batch_size = 1", "settings"),
+            (
+                "set datafusion.optimizer.enable_dynamic_filter_pushdown = true",
+                "fixed by the scheduler",
+            ),
+            ("start transaction", "not supported"),
         ] {
             let error = refusal(&guard, sql).await;
             assert!(

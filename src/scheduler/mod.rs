@@ -10,6 +10,7 @@ mod query;
 mod queue;
 mod registry;
 mod service;
+mod sessions;
 mod state;
 
 use std::future::Future;
@@ -30,6 +31,8 @@ pub use flight::result_ticket;
 use planning::{Planner, PlanningPool};
 pub use policy::{Policy, PolicyKind};
 pub use query::{MAX_TASK_ATTEMPTS, Query, ResultPart, StageSpec, TaskRef};
+pub use sessions::Origin;
+use sessions::Sessions;
 pub use state::{ClusterSize, SchedulerState, TaskSpan};
 
 use crate::catalog::{self, CatalogError};
@@ -151,6 +154,14 @@ fn is_final(state: QueryState) -> bool {
 pub enum Submission {
     /// SQL that the scheduler plans against its catalog.
     Sql(String),
+    /// SQL with `$1`, `$2`, … placeholders and the values bound to them (a Flight SQL
+    /// prepared statement).
+    Bound {
+        /// The SQL.
+        sql: String,
+        /// The values, for `$1` on.
+        params: Vec<datafusion::common::ScalarValue>,
+    },
     /// A datafusion-proto physical plan that the client planned.
     Plan(Vec<u8>),
 }
@@ -170,6 +181,8 @@ struct Inner {
     auth: Arc<Authenticator>,
     /// TLS of the listener, when on.
     server_tls: Option<tonic::transport::ServerTlsConfig>,
+    /// The clients' sessions.
+    sessions: Sessions,
 }
 
 /// A handle to the scheduler; cheap to clone.
@@ -231,6 +244,7 @@ impl Scheduler {
         Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(state),
+                sessions: Sessions::new(session.clone()),
                 planner: Planner {
                     session,
                     pool: PlanningPool::per_core(),
@@ -281,7 +295,12 @@ impl Scheduler {
         &self.inner.object_stores
     }
 
-    /// The session SQL is planned in.
+    /// The clients' sessions.
+    pub fn sessions(&self) -> &Sessions {
+        &self.inner.sessions
+    }
+
+    /// The session of the scheduler's catalog (sessions layer their own over it).
     pub fn session(&self) -> &SessionContext {
         &self.inner.planner.session
     }
@@ -295,14 +314,14 @@ impl Scheduler {
         &self.inner.auth
     }
 
-    /// Plans and starts a query that `owner` submitted; returns its id once it is
-    /// planned. A query that cannot be planned is recorded as Failed with the cause. A
-    /// draining scheduler takes none.
+    /// Plans (SQL in the session `origin` names) and starts a query; returns its id once
+    /// it is planned. A query that cannot be planned is recorded as Failed with the
+    /// cause. A draining scheduler takes none.
     pub async fn submit(
         &self,
         submission: Submission,
         label: String,
-        owner: Arc<str>,
+        origin: Origin,
     ) -> Result<Arc<str>, SchedulerError> {
         if self.is_draining() {
             return Err(SchedulerError::ShuttingDown);
@@ -310,7 +329,8 @@ impl Scheduler {
         let id: Arc<str> = uuid::Uuid::new_v4().simple().to_string()[..16].into();
         let span = info_span!("plan", query_id = %id);
         let started = std::time::Instant::now();
-        let query = match self.inner.planner.plan(submission).await {
+        let session = self.inner.sessions.context(&origin);
+        let query = match self.inner.planner.plan(submission, session).await {
             Ok(planned) => {
                 let micros = started.elapsed().as_micros() as u64;
                 tracing::debug!(query_id = %id, micros, "query planned");
@@ -323,7 +343,7 @@ impl Scheduler {
             }
         };
         let mut query = query;
-        query.owner = owner;
+        query.owner = origin.owner;
         self.add(query);
         Ok(id)
     }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::TaskContext;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 
 use tokio::sync::watch;
@@ -125,13 +126,17 @@ impl Planner {
     /// and object store I/O) are polled on that thread too, so planning never occupies
     /// a worker of the scheduler's runtime; the runtime's I/O driver serves them (an
     /// object store's HTTP connections live there).
-    pub async fn plan(&self, submission: Submission) -> Result<Planned, PlannerError> {
+    pub async fn plan(
+        &self,
+        submission: Submission,
+        session: SessionContext,
+    ) -> Result<Planned, PlannerError> {
         let (done, result) = tokio::sync::oneshot::channel();
         let planner = self.clone();
         let runtime = tokio::runtime::Handle::current();
         self.pool
             .run(Box::new(move || {
-                let planned = runtime.block_on(planner.plan_here(submission));
+                let planned = runtime.block_on(planner.plan_here(submission, &session));
                 let _ = done.send(planned);
             }))
             .await?;
@@ -152,35 +157,44 @@ impl Planner {
             .max(1)
     }
 
-    /// Plans `submission` on the calling thread.
-    async fn plan_here(&self, submission: Submission) -> Result<Planned, PlannerError> {
-        let plan = match submission {
-            Submission::Sql(sql) => {
-                let frame = self.guard.plan_sql(&self.session, &sql).await?;
-                let bytes = plan_data_bytes(frame.logical_plan());
-                let (mut state, plan) = frame.into_parts();
-                let slots = self.cluster.borrow().slots as usize;
-                let execution = &mut state.config_mut().options_mut().execution;
-                execution.target_partitions = partitions_for(
-                    bytes,
-                    self.partition_data_bytes,
-                    self.target_partitions(slots),
-                    slots,
-                );
-                tracing::debug!(
-                    partitions = execution.target_partitions,
-                    bytes,
-                    "planning with partitions for its data"
-                );
-                state.create_physical_plan(&plan).await?
-            }
+    /// Plans `submission` on the calling thread, its SQL in `session`.
+    async fn plan_here(
+        &self,
+        submission: Submission,
+        session: &SessionContext,
+    ) -> Result<Planned, PlannerError> {
+        let (sql, params) = match submission {
+            Submission::Sql(sql) => (sql, None),
+            Submission::Bound { sql, params } => (sql, Some(params)),
             Submission::Plan(bytes) => {
                 let ctx: Arc<TaskContext> = self.session.task_ctx();
                 let plan = planner::decode_plan(&bytes, &ctx)?;
                 self.guard.check_plan(&plan)?;
-                plan
+                return self.cut(plan);
             }
         };
+        let frame = self.guard.plan_sql(session, &sql, params).await?;
+        let bytes = plan_data_bytes(frame.logical_plan());
+        let (mut state, plan) = frame.into_parts();
+        let slots = self.cluster.borrow().slots as usize;
+        let execution = &mut state.config_mut().options_mut().execution;
+        execution.target_partitions = partitions_for(
+            bytes,
+            self.partition_data_bytes,
+            self.target_partitions(slots),
+            slots,
+        );
+        tracing::debug!(
+            partitions = execution.target_partitions,
+            bytes,
+            "planning with partitions for its data"
+        );
+        let plan = state.create_physical_plan(&plan).await?;
+        self.cut(plan)
+    }
+
+    /// Cuts a physical plan into stages and estimates their costs.
+    fn cut(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Planned, PlannerError> {
         let dag = planner::plan_stages(plan)?;
         let estimates = planner::estimate_stages(&dag);
         let stages = dag
@@ -306,7 +320,12 @@ mod tests {
         };
         let most_tasks = |planned: &Planned| planned.stages.iter().map(|s| s.tasks).max();
         {
-            let plan = async |sql: &str| planner.plan(Submission::Sql(sql.into())).await.unwrap();
+            let plan = async |sql: &str| {
+                planner
+                    .plan(Submission::Sql(sql.into()), planner.session.clone())
+                    .await
+                    .unwrap()
+            };
             // With no executor connected, data of unknown size (a glob) gets the
             // session's 4 partitions; with some, four per slot.
             let globbed = "select x, count(*) from globbed group by x";
@@ -327,7 +346,12 @@ mod tests {
         }
         // Configured partitions win over the cluster's slots.
         planner.partitions = Some(4);
-        let plan = async |sql: &str| planner.plan(Submission::Sql(sql.into())).await.unwrap();
+        let plan = async |sql: &str| {
+            planner
+                .plan(Submission::Sql(sql.into()), planner.session.clone())
+                .await
+                .unwrap()
+        };
 
         // A few bytes of data: one task in every stage.
         let planned = plan("select x, count(*) from small group by x").await;

@@ -8,7 +8,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::warn;
 
-use super::{Scheduler, SchedulerError, Submission};
+use super::{Origin, Scheduler, SchedulerError, Submission};
 use crate::config::EXECUTOR_TIMEOUT;
 use crate::proto::scheduler_service_server::SchedulerService;
 use crate::proto::{
@@ -141,6 +141,10 @@ impl SchedulerService for SchedulerGrpc {
     ) -> Result<Response<SubmitQueryResponse>, Status> {
         let caller = caller_of(&request)?;
         let request = request.into_inner();
+        let origin = Origin {
+            owner: caller.name,
+            session: Some(request.session_id.clone()).filter(|id| !id.is_empty()),
+        };
         let (submission, label) = match request.query {
             Some(submit_query_request::Query::Sql(sql)) => {
                 let label = if request.label.is_empty() {
@@ -157,7 +161,7 @@ impl SchedulerService for SchedulerGrpc {
         };
         let query_id = self
             .scheduler
-            .submit(submission, label, caller.name)
+            .submit(submission, label, origin)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(Response::new(SubmitQueryResponse {
