@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_flight::Ticket;
+use arrow_flight::sql::ProstMessageExt;
 use baton::client::{BatonClient, ClientError, Credential, Login};
 use baton::cluster::{ClusterConfig, LocalCluster};
 use baton::proto::scheduler_service_client::SchedulerServiceClient;
@@ -14,6 +15,7 @@ use baton::proto::{ExecutorMessage, RegisterExecutor, executor_message};
 use baton::security::{Dialer, user_entry};
 use baton::shuffle::fetch::flight_client;
 use baton::telemetry;
+use prost::Message;
 use tonic::Code;
 
 const SECRET: &str = "a-cluster-secret-for-the-tests-0123456789";
@@ -379,4 +381,200 @@ async fn a_sessions_settings_and_views_are_its_own() {
         pinned.to_string().contains("fixed by the scheduler"),
         "{pinned}"
     );
+}
+
+/// A Flight SQL client logged in as `user` (the way ADBC logs in: a handshake with
+/// HTTP Basic, then the token it answers).
+async fn flight_sql(
+    cluster: &LocalCluster,
+    user: &str,
+) -> arrow_flight::sql::client::FlightSqlServiceClient<baton::security::Connection> {
+    let connection = Dialer::plain()
+        .connect(cluster.scheduler_address())
+        .await
+        .unwrap();
+    let mut client = arrow_flight::sql::client::FlightSqlServiceClient::new_from_inner(
+        flight_client(connection),
+    );
+    client
+        .handshake(user, &format!("{user}-password"))
+        .await
+        .unwrap();
+    client
+}
+
+/// The rows of the result a FlightInfo describes.
+async fn rows_of(
+    client: &mut arrow_flight::sql::client::FlightSqlServiceClient<baton::security::Connection>,
+    info: arrow_flight::FlightInfo,
+) -> Vec<datafusion::arrow::array::RecordBatch> {
+    use futures::TryStreamExt;
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    client
+        .do_get(ticket)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prepared_statements_answer_as_their_literal_queries_do() {
+    use datafusion::arrow::array::{Int64Array, RecordBatch};
+
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = secured_cluster(dir.path(), None).await;
+    let reference = common::single_node(&common::tpch_catalog()).await;
+    let mut alice = flight_sql(&cluster, "alice").await;
+    let mut statement = alice
+        .prepare(
+            "select n_name from nation where n_regionkey = $1 and n_nationkey > $2".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let parameters: Vec<_> = statement
+        .parameter_schema()
+        .unwrap()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(parameters, ["$1", "$2"]);
+    assert_eq!(
+        statement.dataset_schema().unwrap().field(0).name(),
+        "n_name"
+    );
+
+    // Bound twice with other values: each run answers as its literal query does.
+    for (region, above) in [(1, 0), (3, 10)] {
+        let values = RecordBatch::try_from_iter([
+            (
+                "$1",
+                std::sync::Arc::new(Int64Array::from(vec![region])) as _,
+            ),
+            (
+                "$2",
+                std::sync::Arc::new(Int64Array::from(vec![above])) as _,
+            ),
+        ])
+        .unwrap();
+        statement.set_parameters(values).unwrap();
+        let info = statement.execute().await.unwrap();
+        let got = rows_of(&mut alice, info).await;
+        let literal = format!(
+            "select n_name from nation where n_regionkey = {region} and n_nationkey > {above}"
+        );
+        let want = common::expected(&reference, &literal).await;
+        common::compare(&want, &got, false).unwrap();
+    }
+
+    // Bob cannot run alice's statement; once closed, alice cannot either.
+    let handle = create_prepared(&mut alice, "select 1").await;
+    let bob = flight_sql(&cluster, "bob").await;
+    let as_bob = run_prepared(&cluster, bob.token().unwrap(), &handle).await;
+    assert_eq!(as_bob.unwrap_err().code(), Code::PermissionDenied);
+    let token = alice.token().unwrap().clone();
+    assert!(run_prepared(&cluster, &token, &handle).await.is_ok());
+    statement.close().await.unwrap();
+    let close = arrow_flight::sql::ActionClosePreparedStatementRequest {
+        prepared_statement_handle: handle.clone(),
+    };
+    alice
+        .do_action(arrow_flight::Action::new(
+            "ClosePreparedStatement",
+            close.as_any().encode_to_vec(),
+        ))
+        .await
+        .unwrap();
+    let closed = run_prepared(&cluster, &token, &handle).await;
+    assert_eq!(closed.unwrap_err().code(), Code::NotFound);
+}
+
+/// The handle of a prepared statement of `sql` that `client` creates.
+async fn create_prepared(
+    client: &mut arrow_flight::sql::client::FlightSqlServiceClient<baton::security::Connection>,
+    sql: &str,
+) -> bytes::Bytes {
+    use futures::TryStreamExt;
+    let create = arrow_flight::sql::ActionCreatePreparedStatementRequest {
+        query: sql.into(),
+        transaction_id: None,
+    };
+    let answers: Vec<arrow_flight::Result> = client
+        .do_action(arrow_flight::Action::new(
+            "CreatePreparedStatement",
+            create.as_any().encode_to_vec(),
+        ))
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let any = arrow_flight::sql::Any::decode(answers[0].body.clone()).unwrap();
+    any.unpack::<arrow_flight::sql::ActionCreatePreparedStatementResult>()
+        .unwrap()
+        .unwrap()
+        .prepared_statement_handle
+}
+
+/// Runs the prepared statement `handle` with the login `token`.
+async fn run_prepared(
+    cluster: &LocalCluster,
+    token: &str,
+    handle: &bytes::Bytes,
+) -> Result<tonic::Response<arrow_flight::FlightInfo>, tonic::Status> {
+    let connection = Dialer::plain()
+        .with_bearer(token)
+        .unwrap()
+        .connect(cluster.scheduler_address())
+        .await
+        .unwrap();
+    let command = arrow_flight::sql::CommandPreparedStatementQuery {
+        prepared_statement_handle: handle.clone(),
+    };
+    let descriptor = arrow_flight::FlightDescriptor::new_cmd(command.as_any().encode_to_vec());
+    flight_client(connection).get_flight_info(descriptor).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancel_flight_info_gives_up_a_query_and_its_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = secured_cluster(dir.path(), None).await;
+    let mut alice = flight_sql(&cluster, "alice").await;
+    let info = alice.execute(COUNT_NATION.into(), None).await.unwrap();
+    let cancel =
+        |info: arrow_flight::FlightInfo| arrow_flight::CancelFlightInfoRequest { info: Some(info) };
+    let mut bob = flight_sql(&cluster, "bob").await;
+    let as_bob = bob
+        .do_action(arrow_flight::Action::new(
+            "CancelFlightInfo",
+            cancel(info.clone()).encode_to_vec(),
+        ))
+        .await;
+    assert!(as_bob.unwrap_err().to_string().contains("another user"));
+    let answer = {
+        use futures::TryStreamExt;
+        let answers: Vec<arrow_flight::Result> = alice
+            .do_action(arrow_flight::Action::new(
+                "CancelFlightInfo",
+                cancel(info.clone()).encode_to_vec(),
+            ))
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        arrow_flight::CancelFlightInfoResult::decode(answers[0].body.clone()).unwrap()
+    };
+    assert_eq!(answer.status, arrow_flight::CancelStatus::Cancelled as i32);
+    // Its result was freed: fetching it now says so.
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let fetched = async {
+        use futures::TryStreamExt;
+        alice.do_get(ticket).await?.try_collect::<Vec<_>>().await
+    }
+    .await;
+    assert!(fetched.unwrap_err().to_string().contains("cancelled"));
 }

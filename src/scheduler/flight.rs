@@ -18,17 +18,22 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
-use arrow_flight::sql::server::FlightSqlService;
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
-    CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes,
-    CommandGetTables, CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, CommandGetCatalogs, CommandGetDbSchemas,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
+    CommandStatementQuery, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
+    TicketStatementQuery,
 };
 use arrow_flight::{
-    FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse,
+    Action, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus, FlightData,
+    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
     SchemaAsIpc, Ticket,
 };
 use datafusion::arrow::array::RecordBatch;
@@ -44,6 +49,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::warn;
 
+use super::prepared::{Prepared, PreparedError, PreparedStatements};
 use super::{Origin, ResultPart, Scheduler, SchedulerError, Submission};
 use crate::security::caller_of;
 use crate::shuffle::ShuffleKey;
@@ -58,6 +64,7 @@ type DataStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send +
 pub struct ResultFlight {
     scheduler: Scheduler,
     sql_info: SqlInfoData,
+    prepared: PreparedStatements,
 }
 
 impl std::fmt::Debug for ResultFlight {
@@ -81,6 +88,7 @@ impl ResultFlight {
         Self {
             scheduler,
             sql_info,
+            prepared: PreparedStatements::default(),
         }
     }
 }
@@ -99,6 +107,7 @@ fn to_status(e: SchedulerError) -> Status {
         SchedulerError::NoResult { .. } => Status::failed_precondition(e.to_string()),
         SchedulerError::ShuttingDown => Status::unavailable(e.to_string()),
         SchedulerError::NotYours(_) => Status::permission_denied(e.to_string()),
+        SchedulerError::Invalid(_) => Status::invalid_argument(e.to_string()),
         other => Status::internal(other.to_string()),
     }
 }
@@ -127,6 +136,44 @@ fn origin_of<T>(request: &Request<T>) -> Result<Origin, Status> {
         owner: caller.name,
         session,
     })
+}
+
+/// The Flight action that gives up a query a FlightInfo describes.
+const CANCEL_FLIGHT_INFO: &str = "CancelFlightInfo";
+
+/// The status of a refused prepared statement call.
+fn prepared_status(e: PreparedError) -> Status {
+    match e {
+        PreparedError::Unknown => Status::not_found(e.to_string()),
+        PreparedError::NotYours => Status::permission_denied(e.to_string()),
+        PreparedError::Full => Status::resource_exhausted(e.to_string()),
+        PreparedError::Parameters(_) => Status::invalid_argument(e.to_string()),
+    }
+}
+
+/// A prepared statement handle as text.
+fn handle_of(handle: &[u8]) -> Result<String, Status> {
+    String::from_utf8(handle.to_vec())
+        .map_err(|_| Status::invalid_argument("no prepared statement handle of Baton's"))
+}
+
+/// The query id of a result ticket.
+fn query_of_ticket(ticket: &Ticket) -> Result<String, Status> {
+    let not_ours = || Status::invalid_argument("the ticket is no Baton query result");
+    let any = arrow_flight::sql::Any::decode(ticket.ticket.clone()).map_err(|_| not_ours())?;
+    let statement = any
+        .unpack::<TicketStatementQuery>()
+        .map_err(|_| not_ours())?
+        .ok_or_else(not_ours)?;
+    String::from_utf8(statement.statement_handle.to_vec()).map_err(|_| not_ours())
+}
+
+/// `schema` as the IPC message Flight SQL describes schemas with.
+fn schema_bytes(schema: &SchemaRef) -> Result<bytes::Bytes, Status> {
+    let message: IpcMessage = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
+        .try_into()
+        .map_err(internal)?;
+    Ok(message.0)
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {
@@ -212,6 +259,34 @@ fn released_once_taken(
 }
 
 impl ResultFlight {
+    /// Runs `submission` for `origin`, waits for it to end, and describes its result:
+    /// the schema and the ticket that streams it.
+    async fn run(
+        &self,
+        submission: Submission,
+        label: String,
+        origin: Origin,
+        descriptor: FlightDescriptor,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let id = self
+            .scheduler
+            .submit(submission, label, origin)
+            .await
+            .map_err(to_status)?;
+        let (schema, _, _) = self
+            .scheduler
+            .wait_for_result_attended(&id)
+            .await
+            .map_err(to_status)?;
+        let info = FlightInfo::new()
+            .try_with_schema(&schema)
+            .map_err(internal)?
+            .with_descriptor(descriptor)
+            .with_endpoint(FlightEndpoint::new().with_ticket(result_ticket(&id)))
+            .with_ordered(true);
+        Ok(Response::new(info))
+    }
+
     /// Streams a finished query's result: partitions the scheduler holds itself, and
     /// the others from the executors holding them.
     async fn stream_result(&self, query_id: String) -> Result<DataStream, Status> {
@@ -382,23 +457,125 @@ impl FlightSqlService for ResultFlight {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let origin = origin_of(&request)?;
-        let id = self
+        let submission = Submission::Sql(query.query.clone());
+        self.run(submission, query.query, origin, request.into_inner())
+            .await
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        request: Request<Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let origin = origin_of(&request)?;
+        let (dataset, parameters) = self
             .scheduler
-            .submit(Submission::Sql(query.query.clone()), query.query, origin)
+            .describe(&query.query, &origin)
             .await
             .map_err(to_status)?;
-        let (schema, _, _) = self
-            .scheduler
-            .wait_for_result_attended(&id)
+        let handle = self
+            .prepared
+            .create(Prepared {
+                sql: query.query,
+                origin,
+                params: Vec::new(),
+            })
+            .map_err(prepared_status)?;
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: handle.into_bytes().into(),
+            dataset_schema: schema_bytes(&dataset)?,
+            parameter_schema: schema_bytes(&parameters)?,
+        })
+    }
+
+    async fn do_put_prepared_statement_query(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let caller = caller_of(&request)?;
+        let handle = handle_of(&query.prepared_statement_handle)?;
+        let data = request.into_inner().map_err(FlightError::from);
+        let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(data)
+            .try_collect()
             .await
-            .map_err(to_status)?;
-        let info = FlightInfo::new()
-            .try_with_schema(&schema)
-            .map_err(internal)?
-            .with_descriptor(request.into_inner())
-            .with_endpoint(FlightEndpoint::new().with_ticket(result_ticket(&id)))
-            .with_ordered(true);
-        Ok(Response::new(info))
+            .map_err(|e| Status::invalid_argument(format!("parameters: {e}")))?;
+        self.prepared
+            .bind(&handle, &caller, &batches)
+            .map_err(prepared_status)?;
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(query.prepared_statement_handle),
+        })
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let caller = caller_of(&request)?;
+        let handle = handle_of(&query.prepared_statement_handle)?;
+        let statement = self
+            .prepared
+            .get(&handle, &caller)
+            .map_err(prepared_status)?;
+        let label = statement.sql.clone();
+        let submission = Submission::Bound {
+            sql: statement.sql,
+            params: statement.params,
+        };
+        self.run(submission, label, statement.origin, request.into_inner())
+            .await
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        query: ActionClosePreparedStatementRequest,
+        request: Request<Action>,
+    ) -> Result<(), Status> {
+        let caller = caller_of(&request)?;
+        let handle = handle_of(&query.prepared_statement_handle)?;
+        self.prepared
+            .close(&handle, &caller)
+            .map_err(prepared_status)
+    }
+
+    async fn do_action_fallback(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
+        if request.get_ref().r#type != CANCEL_FLIGHT_INFO {
+            return Err(Status::invalid_argument(format!(
+                "unknown action {:?}",
+                request.get_ref().r#type
+            )));
+        }
+        let caller = caller_of(&request)?;
+        let cancel = CancelFlightInfoRequest::decode(request.get_ref().body.clone())
+            .map_err(|e| Status::invalid_argument(format!("CancelFlightInfo: {e}")))?;
+        let info = cancel
+            .info
+            .ok_or_else(|| Status::invalid_argument("CancelFlightInfo names no FlightInfo"))?;
+        let mut status = CancelStatus::NotCancellable;
+        for ticket in info.endpoint.iter().filter_map(|e| e.ticket.as_ref()) {
+            let query_id = query_of_ticket(ticket)?;
+            self.scheduler
+                .check_access(&caller, &query_id)
+                .map_err(to_status)?;
+            if self.scheduler.abandon(&query_id).map_err(to_status)? {
+                status = CancelStatus::Cancelled;
+            }
+        }
+        let result = arrow_flight::Result {
+            body: CancelFlightInfoResult {
+                status: status as i32,
+            }
+            .encode_to_vec()
+            .into(),
+        };
+        Ok(Response::new(Box::pin(futures::stream::once(async {
+            Ok(result)
+        }))))
     }
 
     async fn do_get_statement(

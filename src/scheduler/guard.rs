@@ -88,7 +88,8 @@ impl Guard {
         session.execute_logical_plan(plan).await
     }
 
-    fn check_sql(&self, plan: &LogicalPlan) -> Result<(), Refused> {
+    /// Refuses `plan` when it is nothing this scheduler runs.
+    pub fn check_sql(&self, plan: &LogicalPlan) -> Result<(), Refused> {
         match plan {
             LogicalPlan::Statement(Statement::SetVariable(SetVariable { variable, .. }))
             | LogicalPlan::Statement(Statement::ResetVariable(ResetVariable { variable })) => {

@@ -6,6 +6,7 @@ mod flight;
 mod guard;
 mod planning;
 pub mod policy;
+mod prepared;
 mod query;
 mod queue;
 mod registry;
@@ -72,6 +73,9 @@ pub enum SchedulerError {
     /// The query belongs to another user.
     #[error("query {0} belongs to another user")]
     NotYours(String),
+    /// SQL that cannot be prepared.
+    #[error("{0}")]
+    Invalid(String),
     /// Authentication or TLS could not be set up.
     #[error(transparent)]
     Security(#[from] SecurityError),
@@ -369,6 +373,29 @@ impl Scheduler {
         });
     }
 
+    /// The result schema and the parameter schema (`$1`, `$2`, …) of `sql`, planned in
+    /// `origin`'s session but not run (a prepared statement's description).
+    pub async fn describe(
+        &self,
+        sql: &str,
+        origin: &Origin,
+    ) -> Result<(SchemaRef, SchemaRef), SchedulerError> {
+        let session = self.inner.sessions.context(origin);
+        let invalid = |e: &dyn std::fmt::Display| SchedulerError::Invalid(e.to_string());
+        let plan = session
+            .state()
+            .create_logical_plan(sql)
+            .await
+            .map_err(|e| invalid(&e))?;
+        self.inner
+            .planner
+            .guard
+            .check_sql(&plan)
+            .map_err(|e| invalid(&e))?;
+        let parameters = prepared::parameter_schema(&plan).map_err(|e| invalid(&e))?;
+        Ok((Arc::new(plan.schema().as_arrow().clone()), parameters))
+    }
+
     /// A query's status.
     pub fn status(&self, query_id: &str) -> Option<QueryStatus> {
         self.state().query(query_id).map(Query::status)
@@ -407,6 +434,22 @@ impl Scheduler {
         self.state()
             .cancel(query_id)
             .ok_or_else(|| SchedulerError::UnknownQuery(query_id.to_string()))
+    }
+
+    /// Gives a query up for its client: cancels it while it runs, frees its result once
+    /// it succeeded; false when there was nothing left to do.
+    pub fn abandon(&self, query_id: &str) -> Result<bool, SchedulerError> {
+        if self.cancel(query_id)? {
+            return Ok(true);
+        }
+        let mut state = self.state();
+        let held = state
+            .query(query_id)
+            .is_some_and(|q| q.state() == QueryState::Succeeded && q.results_released.is_none());
+        if held {
+            state.release_results(query_id, "cancelled");
+        }
+        Ok(held)
     }
 
     /// Waits until the query ends and returns how it ended.

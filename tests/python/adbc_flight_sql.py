@@ -3,8 +3,8 @@ serves TLS and asks for a login.
 
 Usage: BATON_USER=… BATON_PASSWORD=… python adbc_flight_sql.py HOST:PORT CA.pem
 Logs in over grpc+tls (trusting CA.pem), lists tables, reads a table schema, runs
-queries and checks their answers; checks that no login and a wrong password are
-refused. Exits non-zero with the cause on the first failure.
+queries (and prepared statements with bound parameters) and checks their answers;
+checks that no login and a wrong password are refused. Exits non-zero with the cause on the first failure.
 """
 
 import os
@@ -68,6 +68,19 @@ def main(address: str, ca_path: str) -> None:
             assert table.num_rows == 5, table
             assert table.column("nations").to_pylist() == [5, 5, 5, 5, 5], table
 
+            # A prepared statement with bound parameters answers as its literal query.
+            for region in (1, 2):
+                cur.execute(
+                    "select count(*) as n from nation where n_regionkey = $1 and n_nationkey > $2",
+                    parameters=(region, 10),
+                )
+                bound = cur.fetchone()[0]
+                cur.execute(
+                    "select count(*) as n from nation "
+                    f"where n_regionkey = {region} and n_nationkey > 10"
+                )
+                assert bound == cur.fetchone()[0], (region, bound)
+
             try:
                 cur.execute("select * from nowhere")
                 cur.fetchall()
@@ -76,8 +89,8 @@ def main(address: str, ca_path: str) -> None:
             else:
                 raise AssertionError("a query of an unknown table succeeded")
     print(
-        f"ADBC Flight SQL over TLS as {user}: {len(tables)} tables listed, queries "
-        "answered correctly, missing and wrong logins refused"
+        f"ADBC Flight SQL over TLS as {user}: {len(tables)} tables listed, queries and "
+        "prepared statements answered correctly, missing and wrong logins refused"
     )
 
 
