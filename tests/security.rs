@@ -12,7 +12,7 @@ use baton::client::{BatonClient, ClientError, Credential, Login};
 use baton::cluster::{ClusterConfig, LocalCluster};
 use baton::proto::scheduler_service_client::SchedulerServiceClient;
 use baton::proto::{ExecutorMessage, RegisterExecutor, executor_message};
-use baton::security::{Dialer, user_entry};
+use baton::security::{Dialer, TlsFlags, user_entry};
 use baton::shuffle::fetch::flight_client;
 use baton::telemetry;
 use prost::Message;
@@ -35,16 +35,14 @@ fn users_file(dir: &Path) -> PathBuf {
 
 /// A cluster with the test users and the test secret, over TLS with `tls` (cert, key,
 /// CA) when given.
-async fn secured_cluster(dir: &Path, tls: Option<&Certificates>) -> LocalCluster {
+async fn secured_cluster(dir: &Path, tls: Option<&TlsFlags>) -> LocalCluster {
     let mut config = ClusterConfig::with_catalog(2, 2, common::tpch_catalog());
     config.scheduler.users = Some(users_file(dir));
     config.scheduler.cluster_secret = Some(SECRET.into());
     if let Some(tls) = tls {
         // Many partitions even for the small test data, so shuffles cross executors.
         config.scheduler.partition_data_bytes = 0;
-        config.scheduler.tls.tls_cert = Some(tls.cert.clone());
-        config.scheduler.tls.tls_key = Some(tls.key.clone());
-        config.scheduler.tls.tls_ca = Some(tls.ca.clone());
+        config.scheduler.tls = tls.clone();
     }
     LocalCluster::start(config).await.unwrap()
 }
@@ -244,53 +242,16 @@ async fn a_query_belongs_to_the_user_who_submitted_it() {
     assert!(alice.fetch(&long).await.is_err());
 }
 
-/// A CA and a certificate it signed for localhost and 127.0.0.1, as PEM files.
-struct Certificates {
-    cert: PathBuf,
-    key: PathBuf,
-    ca: PathBuf,
-}
-
-impl Certificates {
-    fn generate(dir: &Path) -> Self {
-        use rcgen::{
-            BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-        };
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca_params, ca_key);
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        let write = |name: &str, pem: String| {
-            let path = dir.join(name);
-            std::fs::write(&path, pem).unwrap();
-            path
-        };
-        Self {
-            cert: write("cert.pem", cert.pem()),
-            key: write("key.pem", key.serialize_pem()),
-            ca: write("ca.pem", ca_cert.pem()),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tls_carries_logins_tasks_shuffles_and_results() {
     let dir = tempfile::tempdir().unwrap();
-    let certificates = Certificates::generate(dir.path());
+    let certificates = baton::security::throwaway(dir.path()).unwrap().tls;
+    let ca = certificates.tls_ca.clone().unwrap();
     let cluster = secured_cluster(dir.path(), Some(&certificates)).await;
     let address = cluster.scheduler_address().to_string();
 
     // A user over TLS: a query whose stages shuffle between the two executors.
-    let login = Login::password("alice", "alice-password", Some(&certificates.ca)).unwrap();
+    let login = Login::password("alice", "alice-password", Some(&ca)).unwrap();
     let mut alice = BatonClient::connect_as(&address, &login).await.unwrap();
     let reference = common::single_node(&common::tpch_catalog()).await;
     let sql = common::GROUPED_LINEITEM;
@@ -323,7 +284,7 @@ async fn tls_carries_logins_tasks_shuffles_and_results() {
     // An executor's Flight endpoint wants a client certificate from the CA: a peer
     // that has the secret but no certificate is turned away.
     let executor = cluster.executors()[0].flight_address().to_string();
-    let trusting = baton::security::client_trusting(&certificates.ca).unwrap();
+    let trusting = baton::security::client_trusting(&ca).unwrap();
     let no_certificate = Dialer::plain()
         .with_tls(Some(trusting))
         .with_bearer(SECRET)

@@ -13,6 +13,7 @@
 
 mod authenticator;
 mod dial;
+mod throwaway;
 mod tls;
 mod users;
 
@@ -21,6 +22,7 @@ use std::sync::Arc;
 
 pub use authenticator::{AuthError, Authenticate, Authenticator, caller_of};
 pub use dial::{Authorize, Connection, Dialer, strip_scheme};
+pub use throwaway::{Throwaway, throwaway};
 pub use tls::{ClientCertificates, TlsFlags, client_trusting};
 pub use users::{Users, hash_password, user_entry};
 

@@ -11,6 +11,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::BenchError;
+use crate::client::Login;
+use crate::security::{Throwaway, throwaway};
 
 /// How long the processes may take to start and register.
 const START_PATIENCE: Duration = Duration::from_secs(60);
@@ -22,16 +24,21 @@ pub struct ProcessCluster {
     children: Vec<(String, Child)>,
     address: String,
     work_dir: PathBuf,
+    /// The run's credentials when it is secure.
+    credentials: Option<Throwaway>,
 }
 
 impl ProcessCluster {
     /// Starts `baton scheduler` with `scheduler_args` (besides its address and metrics
     /// endpoint) and `executors` × `baton executor` with `executor_args`, and waits until
     /// every executor is registered.
+    /// With `secure`, the cluster runs with authentication and TLS on, with
+    /// credentials made for the run ([`ProcessCluster::login`] logs in).
     pub async fn start(
         scheduler_args: &[String],
         executors: usize,
         executor_args: &[String],
+        secure: bool,
     ) -> Result<Self, BenchError> {
         let binary = std::env::current_exe()
             .map_err(|e| BenchError::Processes(format!("finding the baton binary: {e}")))?;
@@ -46,7 +53,26 @@ impl ProcessCluster {
             children: Vec::new(),
             address: address.clone(),
             work_dir,
+            credentials: None,
         };
+        let mut security_args = Vec::new();
+        if secure {
+            std::fs::create_dir_all(&cluster.work_dir).map_err(|e| {
+                BenchError::Processes(format!("creating {}: {e}", cluster.work_dir.display()))
+            })?;
+            let credentials = throwaway(&cluster.work_dir)
+                .map_err(|e| BenchError::Processes(e.to_string()))?;
+            for (flag, path) in [
+                ("--tls-cert", &credentials.tls.tls_cert),
+                ("--tls-key", &credentials.tls.tls_key),
+                ("--tls-ca", &credentials.tls.tls_ca),
+            ] {
+                if let Some(path) = path {
+                    security_args.extend([flag.to_string(), path.display().to_string()]);
+                }
+            }
+            cluster.credentials = Some(credentials);
+        }
         let mut args = vec![
             "scheduler".to_string(),
             "--bind".into(),
@@ -55,6 +81,10 @@ impl ProcessCluster {
             metrics.clone(),
         ];
         args.extend_from_slice(scheduler_args);
+        args.extend_from_slice(&security_args);
+        if let Some(credentials) = &cluster.credentials {
+            args.extend(["--users".into(), credentials.users.display().to_string()]);
+        }
         cluster.spawn("scheduler".into(), &binary, &args)?;
         for n in 1..=executors {
             let mut args = vec![
@@ -65,6 +95,7 @@ impl ProcessCluster {
                 cluster.work_dir.to_string_lossy().into_owned(),
             ];
             args.extend_from_slice(executor_args);
+            args.extend_from_slice(&security_args);
             cluster.spawn(format!("executor {n}"), &binary, &args)?;
         }
         let line = format!("baton_executors_connected {executors}");
@@ -88,6 +119,19 @@ impl ProcessCluster {
         &self.address
     }
 
+    /// How a client logs in: as the run's admin over TLS when the cluster is secure.
+    pub fn login(&self) -> Result<Login, BenchError> {
+        match &self.credentials {
+            None => Ok(Login::default()),
+            Some(credentials) => Login::password(
+                &credentials.user,
+                &credentials.password,
+                credentials.tls.tls_ca.as_deref(),
+            )
+            .map_err(|e| BenchError::Processes(e.to_string())),
+        }
+    }
+
     /// Each process with what it is ("scheduler", "executor 1", …) and its pid.
     pub fn processes(&self) -> impl Iterator<Item = (&str, u32)> {
         self.children
@@ -96,7 +140,11 @@ impl ProcessCluster {
     }
 
     fn spawn(&mut self, role: String, binary: &Path, args: &[String]) -> Result<(), BenchError> {
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        if let Some(credentials) = &self.credentials {
+            command.env("BATON_CLUSTER_SECRET", &credentials.secret);
+        }
+        let child = command
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -50,6 +50,10 @@ pub struct TpchBench {
     /// instead of as a scheduler process and executor processes.
     #[arg(long)]
     pub embedded: bool,
+    /// Run the cluster with authentication and TLS on (a users file, a cluster secret
+    /// and certificates made for the run), as across hosts; separate processes only.
+    #[arg(long, conflicts_with = "embedded")]
+    pub secure: bool,
     /// Runs of each query; the fastest counts.
     #[arg(long, default_value = "1", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub iterations: usize,
@@ -457,8 +461,10 @@ pub async fn run_tpch_bench(bench: &TpchBench) -> Result<BenchReport, BenchError
             if let Some(limit) = bench.memory_limit {
                 executor_args.extend(["--memory-limit".into(), (limit >> 20).to_string()]);
             }
-            let cluster = ProcessCluster::start(&scheduler_args, executors, &executor_args).await?;
-            let client = BatonClient::connect(cluster.address())
+            let cluster =
+                ProcessCluster::start(&scheduler_args, executors, &executor_args, bench.secure)
+                    .await?;
+            let client = BatonClient::connect_as(cluster.address(), &cluster.login()?)
                 .await
                 .map_err(|source| BenchError::Query { query: 0, source })?;
             for (_, pid) in cluster.processes() {
