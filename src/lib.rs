@@ -3,7 +3,9 @@
 //! # The path of a query
 //!
 //! 1. A client (`baton sql`, a program using [`client::BatonClient`]) submits SQL — or a
-//!    physical plan it planned itself — to the scheduler's gRPC `SchedulerService`.
+//!    physical plan it planned itself — to the scheduler's gRPC `SchedulerService`, as a
+//!    user the [`security`] checks know (or anyone on loopback when they are off), in a
+//!    session of its own.
 //! 2. The scheduler plans SQL against its [`catalog`] with DataFusion, then the
 //!    [`planner`] cuts the physical plan at exchange boundaries (hash repartition,
 //!    coalesce, sort-preserving merge) into a DAG of stages. Each stage ends in a

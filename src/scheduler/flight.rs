@@ -9,8 +9,16 @@
 //!   executors that hold them, message by message, without decoding or buffering them
 //!   (the schema is sent once; each executor stream's own schema message is dropped).
 //!   The result is released once the response has taken its last message.
+//! - Prepared statements: `CreatePreparedStatement` describes the SQL's result and its
+//!   `$1`, `$2`, … parameters, `DoPut` binds a row of values, `get_flight_info` on
+//!   `CommandPreparedStatementQuery` runs it as above, `ClosePreparedStatement` drops it.
+//! - `CancelFlightInfo` cancels the query a FlightInfo describes, or frees its result.
+//! - `Handshake` with HTTP Basic credentials answers a bearer token for later calls.
 //! - `CommandGetCatalogs`, `CommandGetDbSchemas`, `CommandGetTables` (with schemas),
 //!   `CommandGetTableTypes` and `CommandGetSqlInfo` describe the scheduler's catalog.
+//!
+//! Every call was authenticated before it got here; queries, results and prepared
+//! statements answer only their owner (and admins).
 //!
 //! Baton's own client submits over gRPC and `do_get`s a `TicketStatementQuery` directly.
 

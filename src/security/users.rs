@@ -148,6 +148,12 @@ mod tests {
     }
 
     #[test]
+    fn the_compose_clusters_users_file_logs_its_demo_admin_in() {
+        let users = Users::parse(include_str!("../../deploy/users.toml")).unwrap();
+        assert_eq!(users.verify("demo", "baton-demo"), Some(Role::Admin));
+    }
+
+    #[test]
     fn a_bad_users_file_says_what_is_wrong() {
         let plain = "[[user]]\nname = \"alice\"\npassword_hash = \"secret\"\n";
         assert!(Users::parse(plain).unwrap_err().contains("argon2"));
