@@ -539,3 +539,59 @@ async fn cancel_flight_info_gives_up_a_query_and_its_result() {
     .await;
     assert!(fetched.unwrap_err().to_string().contains("cancelled"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_command_line_logs_in_with_the_password_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = secured_cluster(dir.path(), None).await;
+    let address = cluster.scheduler_address().to_string();
+    let baton = |args: &[&str], password: &str| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_baton"));
+        command
+            .args(args)
+            .env("BATON_PASSWORD", password)
+            .stdin(std::process::Stdio::null());
+        command
+    };
+    let sql = [
+        "sql",
+        "--scheduler",
+        &address,
+        "--user",
+        "alice",
+        "--format",
+        "csv",
+        "-c",
+    ];
+    let run = |password: &str| {
+        let mut args = sql.to_vec();
+        args.push(COUNT_NATION);
+        let mut command = baton(&args, password);
+        async move {
+            tokio::task::spawn_blocking(move || command.output().unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    let out = run("alice-password").await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "n\n25\n");
+
+    let wrong = run("not-her-password").await;
+    assert!(!wrong.status.success());
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(stderr.contains("wrong password"), "{stderr}");
+
+    // Without a login, `baton status` is turned away with the reason.
+    let mut status = baton(&["status", "--scheduler", &address], "");
+    let out = tokio::task::spawn_blocking(move || status.output().unwrap())
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("credentials are required"), "{stderr}");
+}

@@ -79,10 +79,8 @@ impl Default for ExecutorConfig {
 impl ExecutorConfig {
     /// The cluster secret: set in-process, else from the environment or the file.
     pub fn resolved_secret(&self) -> Result<Option<String>, SecurityError> {
-        match &self.cluster_secret {
-            Some(secret) => Ok(Some(secret.clone())),
-            None => security::cluster_secret(self.cluster_secret_file.as_deref()),
-        }
+        let file = self.cluster_secret_file.as_deref();
+        security::cluster_secret(self.cluster_secret.as_deref(), file)
     }
 
     /// An executor of `slots` slots for the scheduler at `scheduler` (a leading

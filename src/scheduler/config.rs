@@ -101,10 +101,8 @@ pub(super) struct SchedulerSecurity {
 impl SchedulerConfig {
     /// The cluster secret: set in-process, else from the environment or the file.
     pub fn resolved_secret(&self) -> Result<Option<String>, SecurityError> {
-        match &self.cluster_secret {
-            Some(secret) => Ok(Some(secret.clone())),
-            None => security::cluster_secret(self.cluster_secret_file.as_deref()),
-        }
+        let file = self.cluster_secret_file.as_deref();
+        security::cluster_secret(self.cluster_secret.as_deref(), file)
     }
 
     /// Loads the users file, the secret and the certificates the flags name.

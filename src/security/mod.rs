@@ -117,19 +117,23 @@ impl Caller {
     }
 }
 
-/// Reads the cluster secret: the `BATON_CLUSTER_SECRET` variable, else the file `path`
-/// names; None when neither is given.
-pub fn cluster_secret(path: Option<&std::path::Path>) -> Result<Option<String>, SecurityError> {
-    let secret = match (std::env::var("BATON_CLUSTER_SECRET"), path) {
-        (Ok(secret), _) => secret,
-        (Err(_), Some(path)) => {
+/// The cluster secret: `inline` (an in-process cluster's), else the
+/// `BATON_CLUSTER_SECRET` variable, else the file `path` names; None when none is given.
+pub fn cluster_secret(
+    inline: Option<&str>,
+    path: Option<&std::path::Path>,
+) -> Result<Option<String>, SecurityError> {
+    let secret = match (inline, std::env::var("BATON_CLUSTER_SECRET"), path) {
+        (Some(secret), _, _) => secret.to_string(),
+        (None, Ok(secret), _) => secret,
+        (None, Err(_), Some(path)) => {
             std::fs::read_to_string(path).map_err(|source| SecurityError::Read {
                 what: "the cluster secret",
                 path: path.to_path_buf(),
                 source,
             })?
         }
-        (Err(_), None) => return Ok(None),
+        (None, Err(_), None) => return Ok(None),
     };
     let secret = secret.trim().to_string();
     if secret.len() < 16 {

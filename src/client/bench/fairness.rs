@@ -210,9 +210,13 @@ async fn run_policy(
     if let Some(preempt_slots) = bench.preempt_slots {
         executor_args.extend(["--preempt-slots".into(), preempt_slots.to_string()]);
     }
-    let cluster =
-        ProcessCluster::start(&scheduler_args, bench.executors.max(1), &executor_args, false)
-            .await?;
+    let cluster = ProcessCluster::start(
+        &scheduler_args,
+        bench.executors.max(1),
+        &executor_args,
+        false,
+    )
+    .await?;
     let client = BatonClient::connect(cluster.address())
         .await
         .map_err(|source| BenchError::Query { query: 0, source })?;

@@ -60,8 +60,8 @@ impl ProcessCluster {
             std::fs::create_dir_all(&cluster.work_dir).map_err(|e| {
                 BenchError::Processes(format!("creating {}: {e}", cluster.work_dir.display()))
             })?;
-            let credentials = throwaway(&cluster.work_dir)
-                .map_err(|e| BenchError::Processes(e.to_string()))?;
+            let credentials =
+                throwaway(&cluster.work_dir).map_err(|e| BenchError::Processes(e.to_string()))?;
             for (flag, path) in [
                 ("--tls-cert", &credentials.tls.tls_cert),
                 ("--tls-key", &credentials.tls.tls_key),
