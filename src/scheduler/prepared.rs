@@ -179,7 +179,7 @@ mod tests {
             fields,
             [
                 ("$1".to_string(), DataType::Int64),
-                ("$2".to_string(), DataType::Utf8)
+                ("$2".to_string(), DataType::Utf8View)
             ]
         );
     }
