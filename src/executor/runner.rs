@@ -12,7 +12,7 @@ use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{UInt32Type, UInt64Type};
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::{DataFusionError, Result};
-use datafusion::execution::TaskContext;
+use datafusion::execution::{SessionStateBuilder, TaskContext};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::prelude::SessionContext;
@@ -222,7 +222,7 @@ impl TaskRunner {
 
     async fn execute(&self, task: &RunTask, gate: Arc<TaskGate>) -> Result<Vec<PartitionStats>> {
         let id = task.task.as_ref().expect("checked in start");
-        let base = TaskContext::from(&self.session.state());
+        let base = self.query_context(&task.settings)?;
         let plan = self.plan(id, &task.stage_plan, &base)?;
         let env = TaskEnv {
             query_id: id.query_id.as_str().into(),
@@ -260,6 +260,24 @@ impl TaskRunner {
         let batches = datafusion::physical_plan::common::collect(stream).await;
         self.count_spills(id);
         stats_of(&batches?)
+    }
+
+    /// The context a query's plans decode and run in: the executor's session with the
+    /// settings the query's session changed, its functions rebuilt for them (a time
+    /// zone changes what `to_timestamp` returns, and the plan was made with it).
+    fn query_context(&self, settings: &HashMap<String, String>) -> Result<TaskContext> {
+        let state = self.session.state();
+        if settings.is_empty() {
+            return Ok(TaskContext::from(&state));
+        }
+        let mut config = state.config().clone();
+        for (key, value) in settings {
+            config.options_mut().set(key, value)?;
+        }
+        let state = SessionStateBuilder::new_from_existing(state)
+            .with_config(config)
+            .build();
+        Ok(TaskContext::from(&state))
     }
 
     /// Adds what the stage plan's operators spilled since last counted to the executor's

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::Schema;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
-use datafusion::physical_expr::Partitioning;
+use datafusion::physical_expr::{Partitioning, PhysicalExpr};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::physical_plan::from_proto::parse_physical_expr_with_converter;
 use datafusion_proto::physical_plan::to_proto::serialize_physical_expr_with_converter;
@@ -43,6 +43,42 @@ fn proto_error(what: &str, e: impl std::fmt::Display) -> DataFusionError {
     DataFusionError::Internal(format!("Baton plan extension {what}: {e}"))
 }
 
+impl BatonCodec {
+    /// Encodes expressions as datafusion-proto `PhysicalExprNode` bytes, one each.
+    fn encode_exprs(
+        &self,
+        exprs: &[Arc<dyn PhysicalExpr>],
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Vec<Vec<u8>>> {
+        exprs
+            .iter()
+            .map(|e| {
+                serialize_physical_expr_with_converter(e, self, proto_converter)
+                    .map(|p| p.encode_to_vec())
+            })
+            .collect()
+    }
+
+    /// Decodes what [`Self::encode_exprs`] wrote, over `schema`.
+    fn decode_exprs(
+        &self,
+        encoded: &[Vec<u8>],
+        schema: &Schema,
+        ctx: &TaskContext,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Vec<Arc<dyn PhysicalExpr>>> {
+        let decode_ctx = PhysicalPlanDecodeContext::new(ctx, self);
+        encoded
+            .iter()
+            .map(|bytes| {
+                let expr = PhysicalExprNode::decode(bytes.as_slice())
+                    .map_err(|e| proto_error("decode", e))?;
+                parse_physical_expr_with_converter(&expr, schema, &decode_ctx, proto_converter)
+            })
+            .collect()
+    }
+}
+
 impl PhysicalExtensionCodec for BatonCodec {
     fn try_decode(
         &self,
@@ -60,22 +96,8 @@ impl PhysicalExtensionCodec for BatonCodec {
                 let partitioning = if node.hash_partitions == 0 {
                     None
                 } else {
-                    let decode_ctx = PhysicalPlanDecodeContext::new(ctx, self);
-                    let schema = input.schema();
-                    let exprs = node
-                        .hash_exprs
-                        .iter()
-                        .map(|bytes| {
-                            let expr = PhysicalExprNode::decode(bytes.as_slice())
-                                .map_err(|e| proto_error("decode", e))?;
-                            parse_physical_expr_with_converter(
-                                &expr,
-                                &schema,
-                                &decode_ctx,
-                                proto_converter,
-                            )
-                        })
-                        .collect::<Result<Vec<_>>>()?;
+                    let exprs =
+                        self.decode_exprs(&node.hash_exprs, &input.schema(), ctx, proto_converter)?;
                     Some(Partitioning::Hash(exprs, node.hash_partitions as usize))
                 };
                 Ok(Arc::new(ShuffleWriterExec::try_new(
@@ -87,16 +109,22 @@ impl PhysicalExtensionCodec for BatonCodec {
                 let schema = datafusion_proto::protobuf::Schema::decode(node.schema.as_slice())
                     .map_err(|e| proto_error("decode", e))?;
                 let schema = Schema::try_from(&schema).map_err(|e| proto_error("schema", e))?;
-                let mode = if node.per_map {
-                    ReadMode::PerMap
-                } else {
-                    ReadMode::Hash
-                };
-                Ok(Arc::new(ShuffleReaderExec::new(
+                let schema = Arc::new(schema);
+                let partitions = node.partitions as usize;
+                if node.per_map {
+                    return Ok(Arc::new(ShuffleReaderExec::new(
+                        node.stage_id,
+                        schema,
+                        partitions,
+                        ReadMode::PerMap,
+                    )));
+                }
+                let keys = self.decode_exprs(&node.hash_exprs, &schema, ctx, proto_converter)?;
+                Ok(Arc::new(ShuffleReaderExec::hashed(
                     node.stage_id,
-                    Arc::new(schema),
-                    node.partitions as usize,
-                    mode,
+                    schema,
+                    partitions,
+                    keys,
                 )))
             }
             None => Err(proto_error("decode", "empty extension node")),
@@ -111,16 +139,9 @@ impl PhysicalExtensionCodec for BatonCodec {
     ) -> Result<()> {
         let extension = if let Some(writer) = node.downcast_ref::<ShuffleWriterExec>() {
             let (hash_exprs, hash_partitions) = match writer.partitioning() {
-                Some(Partitioning::Hash(exprs, n)) => (
-                    exprs
-                        .iter()
-                        .map(|e| {
-                            serialize_physical_expr_with_converter(e, self, proto_converter)
-                                .map(|p| p.encode_to_vec())
-                        })
-                        .collect::<Result<Vec<_>>>()?,
-                    *n as u32,
-                ),
+                Some(Partitioning::Hash(exprs, n)) => {
+                    (self.encode_exprs(exprs, proto_converter)?, *n as u32)
+                }
                 _ => (vec![], 0),
             };
             plan_extension::Node::ShuffleWriter(ShuffleWriterNode {
@@ -135,6 +156,7 @@ impl PhysicalExtensionCodec for BatonCodec {
                 schema: schema.encode_to_vec(),
                 partitions: reader.partitions() as u32,
                 per_map: reader.mode() == ReadMode::PerMap,
+                hash_exprs: self.encode_exprs(reader.hash_keys(), proto_converter)?,
             })
         } else {
             return Err(proto_error(

@@ -130,11 +130,11 @@ fn cut(
                     input.clone(),
                     Some(Partitioning::Hash(exprs.clone(), *n)),
                 )?;
-                let reader: Arc<dyn ExecutionPlan> = Arc::new(ShuffleReaderExec::new(
+                let reader: Arc<dyn ExecutionPlan> = Arc::new(ShuffleReaderExec::hashed(
                     id,
                     input.schema(),
                     *n,
-                    ReadMode::Hash,
+                    exprs.clone(),
                 ));
                 // A reader interleaves map outputs; restore an order the plan relies on.
                 let reader = match ordering {
@@ -424,6 +424,46 @@ mod tests {
                     })
                     .unwrap();
             }
+        }
+    }
+
+    /// A union of aggregations on the same key: DataFusion interleaves their
+    /// hash-partitioned outputs, which needs the cut plan's readers to say how they are
+    /// partitioned, also once decoded. (tests/sql.rs runs it, and unions of joins.)
+    #[tokio::test]
+    async fn unions_of_inputs_partitioned_alike_stay_interleaved_after_cutting() {
+        let ctx = SessionContext::new_with_config(distributed_session_config(4));
+        let by_key = "select k, sum(v) from (\
+             select l_orderkey as k, sum(l_quantity) as v from lineitem group by l_orderkey \
+             union all select o_orderkey, count(*) from orders group by o_orderkey \
+             union all select l_orderkey, max(l_extendedprice) from lineitem group by l_orderkey\
+             ) group by k";
+        {
+            let sql = by_key;
+            let dag = crate::planner::tpch_stages_of(sql).await;
+            let mut interleaved = 0;
+            for stage in &dag.stages {
+                stage
+                    .plan
+                    .apply(|n| {
+                        interleaved += usize::from(n.name() == "InterleaveExec");
+                        Ok(TreeNodeRecursion::Continue)
+                    })
+                    .unwrap();
+                // Decoding re-checks the interleave (datafusion-proto may fold a
+                // projection that only repeats a cast, so the text can differ there).
+                let bytes = encode_plan(stage.plan.clone()).unwrap();
+                let decoded = decode_plan(&bytes, &ctx.task_ctx()).unwrap();
+                let shown = |plan: &Arc<dyn ExecutionPlan>| {
+                    let text = displayable(plan.as_ref()).indent(true).to_string();
+                    (
+                        text.matches("InterleaveExec").count(),
+                        text.matches("keys=[").count(),
+                    )
+                };
+                assert_eq!(shown(&decoded), shown(&stage.plan), "{sql}");
+            }
+            assert!(interleaved > 0, "{sql}:\n{}", dag.display());
         }
     }
 

@@ -142,10 +142,19 @@ impl Guard {
     }
 
     /// True when `location` lies under one of the operator's prefixes (a location with
-    /// a `..` segment never does).
+    /// a `..` segment never does). A relative path is the scheduler's, as DataFusion
+    /// reads it: from the working directory.
     fn under_prefix(&self, location: &str) -> bool {
-        !location.split(['/', '\\']).any(|segment| segment == "..")
-            && self.prefixes.iter().any(|p| within(location, p))
+        if location.split(['/', '\\']).any(|segment| segment == "..") {
+            return false;
+        }
+        let absolute = match std::env::current_dir() {
+            Ok(cwd) if !location.contains("://") && !location.starts_with('/') => {
+                cwd.join(location).display().to_string()
+            }
+            _ => location.to_string(),
+        };
+        self.prefixes.iter().any(|p| within(&absolute, p))
     }
 
     /// Checks a client's decoded physical plan: only files of known tables, no Baton
@@ -295,6 +304,17 @@ mod tests {
                 "{outside}: {error}"
             );
         }
+        // A relative location is under the working directory.
+        let here = Guard {
+            allow_ddl: true,
+            prefixes: vec![std::env::current_dir().unwrap().display().to_string()],
+            tables: Vec::new(),
+        };
+        assert_eq!(refusal(&here, &create("data/x.csv")).await, "");
+        let error = refusal(&here, &create("../x.csv")).await;
+        assert!(error.contains("outside"), "{error}");
+        let error = refusal(&guard, &create("srv/data/x.csv")).await;
+        assert!(error.contains("outside"), "{error}");
         let error = refusal(&guard, "copy (select 1) to '/tmp/out.csv'").await;
         assert!(error.contains("outside"), "{error}");
         let none = Guard {

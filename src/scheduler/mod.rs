@@ -4,6 +4,7 @@
 mod config;
 mod flight;
 mod guard;
+mod local;
 mod planning;
 pub mod policy;
 mod prepared;
@@ -338,7 +339,17 @@ impl Scheduler {
             Ok(planned) => {
                 let micros = started.elapsed().as_micros() as u64;
                 tracing::debug!(query_id = %id, micros, "query planned");
-                Query::new(id.clone(), label, planned.stages, planned.schema)
+                match planned.answer {
+                    Some((ipc, operators)) => {
+                        Query::answered(id.clone(), label, planned.schema, ipc, operators)
+                    }
+                    None => {
+                        let mut query =
+                            Query::new(id.clone(), label, planned.stages, planned.schema);
+                        query.settings = planned.settings.into_iter().collect();
+                        query
+                    }
+                }
             }
             Err(e) => {
                 let _enter = span.enter();

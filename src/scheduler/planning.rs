@@ -9,14 +9,16 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::execution::TaskContext;
+use datafusion::execution::{SessionState, TaskContext};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 
 use tokio::sync::watch;
 
 use super::guard::Guard;
+use super::local;
 use super::{ClusterSize, StageSpec, Submission};
 use crate::catalog::plan_data_bytes;
 use crate::planner::{self, PlannerError};
@@ -115,10 +117,15 @@ pub struct Planner {
 
 /// A planned submission.
 pub struct Planned {
-    /// Its stages, inputs before consumers.
+    /// Its stages, inputs before consumers (none when `answer` is set).
     pub stages: Vec<StageSpec>,
     /// The result schema.
     pub schema: SchemaRef,
+    /// The result, when the scheduler ran the plan itself (see [`local`]): Arrow IPC,
+    /// and the plan's operators.
+    pub answer: Option<(Bytes, String)>,
+    /// The settings the session changed, which its tasks run with.
+    pub settings: Vec<(String, String)>,
 }
 
 impl Planner {
@@ -190,7 +197,21 @@ impl Planner {
             "planning with partitions for its data"
         );
         let plan = state.create_physical_plan(&plan).await?;
-        self.cut(plan)
+        if let Some(reason) = local::must_run_here(&plan) {
+            return answer(plan, &state, reason).await;
+        }
+        match self.cut(plan.clone()) {
+            Ok(mut planned) => {
+                planned.settings = changed_settings(&self.session, session);
+                Ok(planned)
+            }
+            // An operator with no wire form: the plan cannot leave the scheduler.
+            Err(e) if planner::encode_plan(plan.clone()).is_err() => {
+                tracing::info!(error = %e, "plan has an operator executors cannot decode; run on the scheduler");
+                answer(plan, &state, local::Reason::NoWireForm).await
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Cuts a physical plan into stages and estimates their costs.
@@ -216,8 +237,49 @@ impl Planner {
         Ok(Planned {
             stages,
             schema: dag.schema,
+            answer: None,
+            settings: Vec::new(),
         })
     }
+}
+
+/// Runs `plan` on the scheduler, in the session that planned it.
+async fn answer(
+    plan: Arc<dyn ExecutionPlan>,
+    state: &SessionState,
+    reason: local::Reason,
+) -> Result<Planned, PlannerError> {
+    let schema = plan.schema();
+    let operators = planner::operator_summary(&plan);
+    let ipc = local::run(plan, state.task_ctx(), reason).await?;
+    Ok(Planned {
+        stages: Vec::new(),
+        schema,
+        answer: Some((ipc, operators)),
+        settings: Vec::new(),
+    })
+}
+
+/// The settings `session` has that `base` (the scheduler's own) does not, as
+/// (key, value): what a client `SET`. The partition count is the planner's and is left
+/// out: the plan carries it.
+fn changed_settings(base: &SessionContext, session: &SessionContext) -> Vec<(String, String)> {
+    let defaults: std::collections::HashMap<String, Option<String>> = base
+        .state()
+        .config_options()
+        .entries()
+        .into_iter()
+        .map(|e| (e.key, e.value))
+        .collect();
+    session
+        .state()
+        .config_options()
+        .entries()
+        .into_iter()
+        .filter(|e| e.key != "datafusion.execution.target_partitions")
+        .filter(|e| defaults.get(&e.key) != Some(&e.value))
+        .filter_map(|e| Some((e.key, e.value?)))
+        .collect()
 }
 
 /// Partitions for a query reading `bytes` of table data: one per `per_partition` bytes

@@ -149,6 +149,8 @@ pub struct Query {
     pub label: String,
     /// The user who submitted it: only they (and admins) see, fetch and cancel it.
     pub owner: Arc<str>,
+    /// DataFusion settings its session changed, sent with each of its tasks.
+    pub settings: HashMap<String, String>,
     state: QueryState,
     error: Option<String>,
     submitted_at: SystemTime,
@@ -231,6 +233,7 @@ impl Query {
             id,
             label,
             owner: "local".into(),
+            settings: HashMap::new(),
             state: QueryState::Queued,
             error: None,
             submitted_at: SystemTime::now(),
@@ -252,6 +255,7 @@ impl Query {
             id,
             label,
             owner: "local".into(),
+            settings: HashMap::new(),
             state: QueryState::Failed,
             error: Some(error),
             submitted_at: now,
@@ -264,6 +268,38 @@ impl Query {
             remaining_cost: 0.0,
             results_released: None,
         }
+    }
+
+    /// A query the scheduler answered itself (see `scheduler::local`): one stage of one
+    /// task, done, its result `ipc` (Arrow IPC) held like a result sent back inline.
+    pub fn answered(
+        id: Arc<str>,
+        label: String,
+        schema: SchemaRef,
+        ipc: Bytes,
+        operators: String,
+    ) -> Self {
+        let spec = StageSpec {
+            plan: Bytes::new(),
+            inputs: Vec::new(),
+            tasks: 1,
+            cost: 0.0,
+            output_rows: 0.0,
+            cost_per_input_row: 0.0,
+            operators,
+        };
+        let mut query = Self::new(id, label, vec![spec], schema);
+        let now = SystemTime::now();
+        metrics::gauge!("baton_result_bytes_held").increment(ipc.len() as f64);
+        let stage = &mut query.stages[0];
+        stage.tasks[0].inline_result = Some(ipc);
+        stage.done = 1;
+        stage.state = StageState::Done;
+        stage.started_at = Some(now);
+        stage.ended_at = Some(now);
+        query.started_at = Some(now);
+        query.finish(QueryState::Succeeded, None);
+        query
     }
 
     /// Time from submission to the end (or to now while it runs).

@@ -132,6 +132,8 @@ impl SchedulerState {
         let (tx, rx) = watch::channel(query.state());
         info!(query_id = %id, stages = query.stage_count(), cost = query.remaining_cost(), "query submitted");
         let finished = query.is_finished();
+        // A query answered by the scheduler arrives holding its result.
+        self.held_result_bytes += query.inline_result_bytes();
         self.order.push(id.clone());
         self.queries.insert(id.clone(), query);
         self.watchers.insert(id.clone(), tx);
@@ -368,6 +370,7 @@ impl SchedulerState {
                 } else {
                     0
                 },
+                settings: query.settings.clone(),
             };
             // The victim stops before the new task starts, so they never share the slot.
             let suspended = victim.and_then(|victim| {

@@ -38,25 +38,63 @@ pub struct ShuffleReaderExec {
     schema: SchemaRef,
     partitions: usize,
     mode: ReadMode,
+    hash_keys: Vec<Arc<dyn PhysicalExpr>>,
     properties: Arc<PlanProperties>,
 }
 
 impl ShuffleReaderExec {
-    /// A reader of stage `stage_id`'s output as `partitions` partitions.
+    /// A reader of stage `stage_id`'s output as `partitions` partitions, of unknown
+    /// partitioning.
     pub fn new(stage_id: u32, schema: SchemaRef, partitions: usize, mode: ReadMode) -> Self {
-        let properties = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(schema.clone()),
-            Partitioning::UnknownPartitioning(partitions),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        ));
         Self {
+            properties: Self::properties_for(
+                &schema,
+                Partitioning::UnknownPartitioning(partitions),
+            ),
             stage_id,
             schema,
             partitions,
             mode,
-            properties,
+            hash_keys: Vec::new(),
         }
+    }
+
+    /// A [`ReadMode::Hash`] reader whose producer hashed its rows on `keys` (expressions
+    /// over this reader's schema): its partitioning is then `Hash(keys, partitions)`, as
+    /// the `RepartitionExec` it replaces said, so operators that need inputs partitioned
+    /// alike (a union turned `InterleaveExec`, a partitioned join) stay valid after the
+    /// plan is cut and when a stage is decoded.
+    pub fn hashed(
+        stage_id: u32,
+        schema: SchemaRef,
+        partitions: usize,
+        keys: Vec<Arc<dyn PhysicalExpr>>,
+    ) -> Self {
+        if keys.is_empty() {
+            return Self::new(stage_id, schema, partitions, ReadMode::Hash);
+        }
+        Self {
+            properties: Self::properties_for(&schema, Partitioning::Hash(keys.clone(), partitions)),
+            stage_id,
+            schema,
+            partitions,
+            mode: ReadMode::Hash,
+            hash_keys: keys,
+        }
+    }
+
+    fn properties_for(schema: &SchemaRef, partitioning: Partitioning) -> Arc<PlanProperties> {
+        Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            partitioning,
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ))
+    }
+
+    /// The expressions the producer hashed rows on (empty: partitioning unknown).
+    pub fn hash_keys(&self) -> &[Arc<dyn PhysicalExpr>] {
+        &self.hash_keys
     }
 
     /// The stage this reads.
@@ -108,7 +146,12 @@ impl DisplayAs for ShuffleReaderExec {
             f,
             "ShuffleReaderExec: stage={}, partitions={}, mode={:?}",
             self.stage_id, self.partitions, self.mode
-        )
+        )?;
+        if !self.hash_keys.is_empty() {
+            let keys: Vec<String> = self.hash_keys.iter().map(|k| k.to_string()).collect();
+            write!(f, ", keys=[{}]", keys.join(", "))?;
+        }
+        Ok(())
     }
 }
 
