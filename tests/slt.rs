@@ -118,16 +118,20 @@ impl AsyncDB for BatonDb {
     }
 }
 
-/// DataFusion's error text inside the cluster's framing ("stage 2 task 0: …").
+/// DataFusion's error text inside the cluster's framing: "query ID failed: " from the
+/// scheduler, "stage 2 task 0: " for a task's failure.
 fn cause(error: &ClientError) -> String {
     let text = error.to_string();
     let mut rest = text.as_str();
+    if let Some(after) = rest.strip_prefix("query ")
+        && let Some((id, tail)) = after.split_once(" failed: ")
+        && id.chars().all(|c| c.is_ascii_hexdigit())
+    {
+        rest = tail;
+    }
     if let Some(after) = rest.strip_prefix("stage ")
-        && let Some((_, tail)) = after.split_once(": ")
-        && after
-            .split(": ")
-            .next()
-            .is_some_and(|h| h.contains(" task "))
+        && let Some((task, tail)) = after.split_once(": ")
+        && task.split(" task ").all(|n| n.parse::<u32>().is_ok())
     {
         rest = tail;
     }
@@ -396,12 +400,15 @@ fn main() {
 
     let suite = suite_dir();
     let work = tempfile::tempdir().unwrap();
-    // The files read data and write scratch output relative to the working directory
-    // (the crate's own layout); a copy keeps the registry untouched.
-    copy_tree(&suite.join("test_files"), &work.path().join("test_files"));
-    copy_tree(&suite.join("data"), &work.path().join("data"));
-    std::env::set_current_dir(work.path()).unwrap();
-    let root = work.path().join("test_files");
+    // The files read data and write scratch output relative to the working directory,
+    // as in DataFusion's repository (datafusion/sqllogictest, with `../../testing` and
+    // `../core/tests/data` beside it, which the crate does not ship: tables there read
+    // nothing on either engine). A copy keeps the registry untouched.
+    let here = work.path().join("datafusion").join("sqllogictest");
+    copy_tree(&suite.join("test_files"), &here.join("test_files"));
+    copy_tree(&suite.join("data"), &here.join("data"));
+    std::env::set_current_dir(&here).unwrap();
+    let root = here.join("test_files");
 
     let mut files = BTreeSet::new();
     slt_files(&root, &root, &mut files);

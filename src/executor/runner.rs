@@ -16,6 +16,7 @@ use datafusion::execution::{SessionStateBuilder, TaskContext};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::prelude::SessionContext;
+use futures::FutureExt;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::AbortHandle;
@@ -182,7 +183,12 @@ impl TaskRunner {
                     since_push_micros = (micros_since(task.pushed_at_micros) * 1e6) as u64,
                     "task started"
                 );
-                let result = runner.execute(&task, task_gate).await;
+                // A panicking operator fails its task (with the panic's message) instead
+                // of leaving the scheduler waiting for a status that never comes.
+                let result = std::panic::AssertUnwindSafe(runner.execute(&task, task_gate))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|panic| Err(panicked(panic)));
                 let inline = match &result {
                     Ok(partitions) if task.inline_result_limit > 0 && partitions.len() == 1 => {
                         runner.take_inline(&id, task.inline_result_limit)
@@ -499,4 +505,14 @@ fn stats_of(batches: &[RecordBatch]) -> Result<Vec<PartitionStats>> {
         }
     }
     Ok(stats)
+}
+
+/// The error a task that panicked fails with.
+fn panicked(panic: Box<dyn std::any::Any + Send>) -> DataFusionError {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    DataFusionError::Execution(format!("the task panicked: {message}"))
 }

@@ -141,20 +141,32 @@ impl Guard {
         }
     }
 
-    /// True when `location` lies under one of the operator's prefixes (a location with
-    /// a `..` segment never does). A relative path is the scheduler's, as DataFusion
-    /// reads it: from the working directory.
+    /// True when `location` lies under one of the operator's prefixes. A local path is
+    /// taken as DataFusion reads it: a relative one from the working directory, and
+    /// `..` segments resolved; a URL with a `..` segment never is.
     fn under_prefix(&self, location: &str) -> bool {
-        if location.split(['/', '\\']).any(|segment| segment == "..") {
-            return false;
-        }
-        let absolute = match std::env::current_dir() {
-            Ok(cwd) if !location.contains("://") && !location.starts_with('/') => {
-                cwd.join(location).display().to_string()
+        let resolved = if location.contains("://") {
+            if location.split('/').any(|segment| segment == "..") {
+                return false;
             }
-            _ => location.to_string(),
+            location.to_string()
+        } else {
+            let Ok(cwd) = std::env::current_dir() else {
+                return false;
+            };
+            let mut path = std::path::PathBuf::new();
+            for part in cwd.join(location).components() {
+                match part {
+                    std::path::Component::ParentDir => {
+                        path.pop();
+                    }
+                    std::path::Component::CurDir => {}
+                    other => path.push(other),
+                }
+            }
+            path.display().to_string()
         };
-        self.prefixes.iter().any(|p| within(&absolute, p))
+        self.prefixes.iter().any(|p| within(&resolved, p))
     }
 
     /// Checks a client's decoded physical plan: only files of known tables, no Baton
@@ -293,10 +305,13 @@ mod tests {
         };
         assert_eq!(refusal(&guard, &create("/srv/data/x.csv")).await, "");
         assert_eq!(refusal(&guard, &create("s3://lake/raw/x/")).await, "");
+        assert_eq!(refusal(&guard, &create("/srv/data/a/../x.csv")).await, "");
         for outside in [
             "/etc/passwd",
             "/srv/database.csv",
             "/srv/data/../../etc/passwd",
+            "/srv/data/../secrets/x.csv",
+            "s3://lake/raw/../private/x",
         ] {
             let error = refusal(&guard, &create(outside)).await;
             assert!(

@@ -504,7 +504,7 @@ impl Scheduler {
             }
             _ => Err(SchedulerError::NoResult {
                 id: query_id.to_string(),
-                state: query.state().as_str_name(),
+                state: query_state_name(query.state()),
                 error: query.error().unwrap_or("no result").to_string(),
             }),
         }

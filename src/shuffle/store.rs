@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
 use datafusion::arrow::compute::BatchCoalescer;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::error::ArrowError;
@@ -244,7 +244,7 @@ impl PartitionWriter {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        self.coalescer.push_batch(batch)?;
+        self.coalescer.push_batch(conform(batch, &self.schema)?)?;
         self.drain_completed()
     }
 
@@ -509,6 +509,39 @@ impl ShuffleStore {
     }
 }
 
+/// `batch` with the column types `schema` declares. An operator may emit another type
+/// than its plan says (a `CASE` declared `LargeList` that emits `List`, say); readers
+/// decode with the declared schema and would misread it.
+fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+    let declared = schema.fields();
+    let same = batch.schema_ref().fields().len() == declared.len()
+        && batch
+            .columns()
+            .iter()
+            .zip(declared)
+            .all(|(column, field)| column.data_type() == field.data_type());
+    if same {
+        return Ok(batch);
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(declared)
+        .map(|(column, field)| {
+            if column.data_type() == field.data_type() {
+                Ok(column.clone())
+            } else {
+                datafusion::arrow::compute::cast(column, field.data_type())
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -543,6 +576,25 @@ mod tests {
             .try_collect()
             .await
             .unwrap()
+    }
+
+    #[tokio::test]
+    async fn batches_are_stored_with_the_types_their_plan_declares() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ShuffleStore::new(dir.path(), 1 << 30).unwrap();
+        let declared = Arc::new(Schema::new(vec![Field::new("v", DataType::Int32, true)]));
+        let mut w = store.writer(key(7), declared.clone());
+        w.push(batch(3)).unwrap();
+        store.commit(vec![w.finish().unwrap()]);
+        let stored: Vec<RecordBatch> = store
+            .get(&key(7))
+            .unwrap()
+            .stream()
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(stored[0].schema(), declared);
+        assert_eq!(stored[0].num_rows(), 3);
     }
 
     #[tokio::test]
