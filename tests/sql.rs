@@ -163,6 +163,10 @@ async fn session_tables_and_settings_reach_the_executors() {
         "select c_mktsegment, count(*) as n, sum(o_totalprice) as total from big_orders \
          join customer on o_custkey = c_custkey group by c_mktsegment order by c_mktsegment",
         "select count(*) as n from big_orders",
+        // Dictionary-encoded columns, shuffled by and returned as dictionaries.
+        "select arrow_cast(c_mktsegment, 'Dictionary(Int32, Utf8)') as segment, count(*) as n \
+         from customer group by segment order by segment",
+        "select arrow_cast(n_name, 'Dictionary(Int16, Utf8)') as name from nation order by name",
     ] {
         let expected = common::expected(&reference, sql).await;
         let actual = client

@@ -2,7 +2,7 @@
 //! shuffle partition.
 
 use arrow_flight::Ticket;
-use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
 use arrow_flight::error::FlightError;
 use futures::{StreamExt, TryStreamExt};
 use prost::Message;
@@ -45,6 +45,8 @@ impl FlightHandler for ShuffleFlight {
         let batches = stream.map_err(|e| FlightError::ExternalError(Box::new(e)));
         let encoded = FlightDataEncoderBuilder::new()
             .with_schema(schema)
+            // Dictionaries stay dictionaries: the schema the reader was told says so.
+            .with_dictionary_handling(DictionaryHandling::Resend)
             .build(batches)
             .map_ok(|data| {
                 metrics::counter!("baton_flight_bytes_served_total", "endpoint" => "shuffle")

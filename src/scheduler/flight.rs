@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arrow_flight::decode::FlightRecordBatchStream;
-use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
@@ -227,6 +227,8 @@ async fn inline_messages(schema: &SchemaRef, ipc: &[u8]) -> Result<Vec<FlightDat
         .map_err(unreadable)?;
     let messages: Vec<FlightData> = FlightDataEncoderBuilder::new()
         .with_schema(schema.clone())
+        // Dictionaries stay dictionaries: the schema the reader was told says so.
+        .with_dictionary_handling(DictionaryHandling::Resend)
         .build(futures::stream::iter(batches.into_iter().map(Ok)))
         .try_collect()
         .await

@@ -16,7 +16,9 @@ use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::sink::DataSinkExec;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
+use datafusion::physical_plan::WindowExpr;
 use datafusion::physical_plan::streaming::StreamingTableExec;
+use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion_datasource::memory::MemSink;
 use futures::TryStreamExt;
@@ -57,6 +59,15 @@ pub fn must_run_here(plan: &Arc<dyn ExecutionPlan>) -> Option<Reason> {
             && (sink.sink() as &dyn std::any::Any).is::<MemSink>()
         {
             reason = Some(Reason::SessionTable);
+        } else if window_exprs(node.as_ref()).is_some_and(|exprs| {
+            exprs.iter().any(|e| {
+                let name = e.name();
+                name.contains(" IGNORE NULLS") || name.contains("FILTER (WHERE")
+            })
+        }) {
+            // datafusion-proto drops a window function's IGNORE NULLS and FILTER: an
+            // executor would compute another answer.
+            reason = Some(Reason::NoWireForm);
         }
         Ok(if reason.is_some() {
             TreeNodeRecursion::Stop
@@ -65,6 +76,16 @@ pub fn must_run_here(plan: &Arc<dyn ExecutionPlan>) -> Option<Reason> {
         })
     });
     reason
+}
+
+/// The window expressions of a window operator.
+fn window_exprs(node: &dyn ExecutionPlan) -> Option<&[Arc<dyn WindowExpr>]> {
+    if let Some(window) = node.downcast_ref::<BoundedWindowAggExec>() {
+        Some(window.window_expr())
+    } else {
+        node.downcast_ref::<WindowAggExec>()
+            .map(|window| window.window_expr())
+    }
 }
 
 /// Runs `plan` in `ctx` and returns its result as Arrow IPC (a stream of all its
