@@ -432,8 +432,10 @@ fn main() {
         .build()
         .unwrap();
     let reports = runtime.block_on(async {
-        let mut config = ClusterConfig::default();
-        config.executors = 3;
+        let mut config = ClusterConfig {
+            executors: 3,
+            ..ClusterConfig::default()
+        };
         config.executor.slots = 2;
         config.scheduler.target_partitions = Some(4);
         config.scheduler.partition_data_bytes = 0;
