@@ -19,7 +19,7 @@ async fn cluster(prefix: &std::path::Path) -> LocalCluster {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn unions_of_aggregations_and_of_joins_on_the_same_key_match_single_node_datafusion() {
+async fn unions_on_one_key_and_windows_on_a_constant_key_match_single_node_datafusion() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path()).await;
     let reference = common::single_node(&common::tpch_catalog()).await;
@@ -39,6 +39,10 @@ async fn unions_of_aggregations_and_of_joins_on_the_same_key_match_single_node_d
            union all select l_orderkey from lineitem join orders on l_orderkey = o_orderkey \
            where o_totalprice > 300000\
          ) group by k order by n desc, k limit 50",
+        // A window partitioned by a key a filter made constant: no sort is planned for
+        // it, which holds only while the stage reading the shuffle knows the constant.
+        "select n_regionkey, n_name, count(*) over (partition by n_regionkey order by n_regionkey) as n \
+         from nation where n_regionkey = 1 order by n_name",
         // The issue's shape: a union of aggregations by the same key, rolled up.
         "select channel, id, sum(sales) as sales from (\
            select 'store' as channel, l_suppkey as id, sum(l_extendedprice) as sales \

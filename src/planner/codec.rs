@@ -6,6 +6,7 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::Schema;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
+use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_expr::{Partitioning, PhysicalExpr};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::physical_plan::from_proto::parse_physical_expr_with_converter;
@@ -111,21 +112,23 @@ impl PhysicalExtensionCodec for BatonCodec {
                 let schema = Schema::try_from(&schema).map_err(|e| proto_error("schema", e))?;
                 let schema = Arc::new(schema);
                 let partitions = node.partitions as usize;
-                if node.per_map {
-                    return Ok(Arc::new(ShuffleReaderExec::new(
-                        node.stage_id,
-                        schema,
-                        partitions,
-                        ReadMode::PerMap,
-                    )));
-                }
-                let keys = self.decode_exprs(&node.hash_exprs, &schema, ctx, proto_converter)?;
-                Ok(Arc::new(ShuffleReaderExec::hashed(
-                    node.stage_id,
-                    schema,
-                    partitions,
-                    keys,
-                )))
+                let constants = self
+                    .decode_exprs(&node.constant_exprs, &schema, ctx, proto_converter)?
+                    .into_iter()
+                    .zip(self.decode_exprs(&node.constant_values, &schema, ctx, proto_converter)?)
+                    .map(|(expr, value)| match value.downcast_ref::<Literal>() {
+                        Some(literal) => Ok((expr, literal.value().clone())),
+                        None => Err(proto_error("decode", "a constant's value is no literal")),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let reader = if node.per_map {
+                    ShuffleReaderExec::new(node.stage_id, schema, partitions, ReadMode::PerMap)
+                } else {
+                    let keys =
+                        self.decode_exprs(&node.hash_exprs, &schema, ctx, proto_converter)?;
+                    ShuffleReaderExec::hashed(node.stage_id, schema, partitions, keys)
+                };
+                Ok(Arc::new(reader.with_constants(constants)))
             }
             None => Err(proto_error("decode", "empty extension node")),
         }
@@ -157,6 +160,24 @@ impl PhysicalExtensionCodec for BatonCodec {
                 partitions: reader.partitions() as u32,
                 per_map: reader.mode() == ReadMode::PerMap,
                 hash_exprs: self.encode_exprs(reader.hash_keys(), proto_converter)?,
+                constant_exprs: self.encode_exprs(
+                    &reader
+                        .constants()
+                        .iter()
+                        .map(|(expr, _)| expr.clone())
+                        .collect::<Vec<_>>(),
+                    proto_converter,
+                )?,
+                constant_values: self.encode_exprs(
+                    &reader
+                        .constants()
+                        .iter()
+                        .map(|(_, value)| {
+                            Arc::new(Literal::new(value.clone())) as Arc<dyn PhysicalExpr>
+                        })
+                        .collect::<Vec<_>>(),
+                    proto_converter,
+                )?,
             })
         } else {
             return Err(proto_error(

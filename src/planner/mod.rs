@@ -5,6 +5,7 @@ mod codec;
 mod cost;
 mod joins;
 mod stages;
+mod wire;
 
 pub use codec::{BatonCodec, decode_plan, encode_plan};
 pub use cost::{ROWS_PER_UNIT, StageEstimate, estimate_stages};

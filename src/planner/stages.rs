@@ -30,11 +30,12 @@
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::error::Result;
 use datafusion::logical_expr::physical_planning_context::ScalarSubqueryResults;
-use datafusion::physical_expr::Partitioning;
 use datafusion::physical_expr::scalar_subquery::ScalarSubqueryExpr;
+use datafusion::physical_expr::{AcrossPartitions, Partitioning};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::repartition::RepartitionExec;
@@ -106,6 +107,7 @@ impl StageDag {
 pub fn plan_stages(plan: Arc<dyn ExecutionPlan>) -> Result<StageDag, PlannerError> {
     let schema = plan.schema();
     let plan = super::distribute_joins(plan)?;
+    let plan = super::wire::unproject_lazy_scans(plan)?;
     let mut stages = Vec::new();
     let rewritten = plan.transform_up(|node| cut(node, &mut stages))?.data;
     add_stage(&mut stages, rewritten, None)?;
@@ -130,12 +132,10 @@ fn cut(
                     input.clone(),
                     Some(Partitioning::Hash(exprs.clone(), *n)),
                 )?;
-                let reader: Arc<dyn ExecutionPlan> = Arc::new(ShuffleReaderExec::hashed(
-                    id,
-                    input.schema(),
-                    *n,
-                    exprs.clone(),
-                ));
+                let reader: Arc<dyn ExecutionPlan> = Arc::new(
+                    ShuffleReaderExec::hashed(id, input.schema(), *n, exprs.clone())
+                        .with_constants(uniform_constants(&input)),
+                );
                 // A reader interleaves map outputs; restore an order the plan relies on.
                 let reader = match ordering {
                     Some(ordering) => {
@@ -158,12 +158,10 @@ fn cut(
         let maps = child.output_partitioning().partition_count();
         if maps > 1 {
             let id = add_stage(stages, child.clone(), None)?;
-            let reader = Arc::new(ShuffleReaderExec::new(
-                id,
-                child.schema(),
-                maps,
-                ReadMode::PerMap,
-            ));
+            let reader = Arc::new(
+                ShuffleReaderExec::new(id, child.schema(), maps, ReadMode::PerMap)
+                    .with_constants(uniform_constants(&child)),
+            );
             return Ok(Transformed::yes(replace_children_if_necessary(
                 node,
                 vec![reader],
@@ -171,6 +169,23 @@ fn cut(
         }
     }
     Ok(Transformed::no(node))
+}
+
+/// The expressions `plan`'s output holds at one known value in every partition.
+fn uniform_constants(
+    plan: &Arc<dyn ExecutionPlan>,
+) -> Vec<(
+    Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+    ScalarValue,
+)> {
+    plan.equivalence_properties()
+        .constants()
+        .into_iter()
+        .filter_map(|c| match c.across_partitions {
+            AcrossPartitions::Uniform(Some(value)) => Some((c.expr, value)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Gives every stage that evaluates one of `exec`'s scalar subquery expressions its own

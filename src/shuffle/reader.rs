@@ -5,10 +5,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
+use datafusion::physical_expr::{
+    AcrossPartitions, ConstExpr, EquivalenceProperties, Partitioning, PhysicalExpr,
+};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
@@ -39,6 +42,7 @@ pub struct ShuffleReaderExec {
     partitions: usize,
     mode: ReadMode,
     hash_keys: Vec<Arc<dyn PhysicalExpr>>,
+    constants: Vec<(Arc<dyn PhysicalExpr>, ScalarValue)>,
     properties: Arc<PlanProperties>,
 }
 
@@ -56,6 +60,7 @@ impl ShuffleReaderExec {
             partitions,
             mode,
             hash_keys: Vec::new(),
+            constants: Vec::new(),
         }
     }
 
@@ -80,6 +85,7 @@ impl ShuffleReaderExec {
             partitions,
             mode: ReadMode::Hash,
             hash_keys: keys,
+            constants: Vec::new(),
         }
     }
 
@@ -90,6 +96,30 @@ impl ShuffleReaderExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         ))
+    }
+
+    /// This reader with `constants`: expressions that have one value in every row of the
+    /// producer's output, whichever partition (a filter `a = 1` upstream), which a
+    /// shuffle keeps. Operators that rely on them (a window partitioned by a constant
+    /// needs no sort) stay valid after cutting and decoding.
+    pub fn with_constants(mut self, constants: Vec<(Arc<dyn PhysicalExpr>, ScalarValue)>) -> Self {
+        let mut properties = self.properties.as_ref().clone();
+        let mut equivalences = properties.equivalence_properties().clone();
+        let known = constants.iter().map(|(expr, value)| {
+            ConstExpr::new(expr.clone(), AcrossPartitions::Uniform(Some(value.clone())))
+        });
+        // Constants over this reader's own schema cannot conflict with anything.
+        if equivalences.add_constants(known).is_ok() {
+            properties = properties.with_eq_properties(equivalences);
+            self.properties = Arc::new(properties);
+            self.constants = constants;
+        }
+        self
+    }
+
+    /// The constants this reader knows of (see [`Self::with_constants`]).
+    pub fn constants(&self) -> &[(Arc<dyn PhysicalExpr>, ScalarValue)] {
+        &self.constants
     }
 
     /// The expressions the producer hashed rows on (empty: partitioning unknown).
