@@ -63,69 +63,59 @@ async fn unions_on_one_key_and_windows_on_a_constant_key_match_single_node_dataf
     }
 }
 
+/// What `sql` answers in `client`'s session, as a printed table.
+async fn answer(client: &mut baton::client::BatonClient, sql: &str) -> String {
+    let result = client
+        .sql(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    datafusion::arrow::util::pretty::pretty_format_batches(&result.batches)
+        .unwrap()
+        .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn show_and_information_schema_answer_from_the_session() {
+async fn show_information_schema_and_prepared_statements_answer_from_the_session() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path()).await;
     let mut client = cluster.client().await.unwrap();
-    let text = |batches: &[datafusion::arrow::array::RecordBatch]| {
-        datafusion::arrow::util::pretty::pretty_format_batches(batches)
-            .unwrap()
-            .to_string()
-    };
-
-    let shown = client
-        .sql("show datafusion.execution.batch_size")
-        .await
-        .unwrap();
-    assert!(
-        text(&shown.batches).contains("8192"),
-        "{}",
-        text(&shown.batches)
-    );
+    let batch_size = "show datafusion.execution.batch_size";
+    let shown = answer(&mut client, batch_size).await;
+    assert!(shown.contains("8192"), "{shown}");
     // The session's own setting, and its own table, are what its metadata shows.
-    client
-        .sql("set datafusion.execution.batch_size = 1234")
-        .await
-        .unwrap();
-    client
-        .sql("create table mine as values (1, 'a')")
-        .await
-        .unwrap();
-    let shown = client
-        .sql("show datafusion.execution.batch_size")
-        .await
-        .unwrap();
-    assert!(
-        text(&shown.batches).contains("1234"),
-        "{}",
-        text(&shown.batches)
-    );
-    let tables = client
-        .sql("select table_name from information_schema.tables where table_schema = 'public' order by table_name")
-        .await
-        .unwrap();
-    let listed = text(&tables.batches);
+    answer(&mut client, "set datafusion.execution.batch_size = 1234").await;
+    answer(&mut client, "create table mine as values (1, 'a')").await;
+    let shown = answer(&mut client, batch_size).await;
+    assert!(shown.contains("1234"), "{shown}");
+    let listed = answer(
+        &mut client,
+        "select table_name from information_schema.tables where table_schema = 'public' order by table_name",
+    )
+    .await;
     assert!(
         listed.contains("lineitem") && listed.contains("mine"),
         "{listed}"
     );
-    let columns = client
-        .sql("select count(*) from information_schema.columns where table_name = 'nation'")
-        .await
-        .unwrap();
-    assert!(
-        text(&columns.batches).contains("| 4 "),
-        "{}",
-        text(&columns.batches)
-    );
+    let columns = answer(
+        &mut client,
+        "select count(*) from information_schema.columns where table_name = 'nation'",
+    )
+    .await;
+    assert!(columns.contains("| 4 "), "{columns}");
+    // SQL prepared statements are the session's too.
+    answer(
+        &mut client,
+        "prepare by_region(bigint) as select count(*) as n from nation where n_regionkey = $1",
+    )
+    .await;
+    let executed = answer(&mut client, "execute by_region(1)").await;
+    assert!(executed.contains("| 5 "), "{executed}");
+    answer(&mut client, "deallocate by_region").await;
+    assert!(client.sql("execute by_region(1)").await.is_err());
     // Another session sees neither.
     let mut other = cluster.client().await.unwrap();
-    let shown = other
-        .sql("show datafusion.execution.batch_size")
-        .await
-        .unwrap();
-    assert!(text(&shown.batches).contains("8192"));
+    let shown = answer(&mut other, batch_size).await;
+    assert!(shown.contains("8192"), "{shown}");
     let tables = other
         .sql("select table_name from information_schema.tables where table_name = 'mine'")
         .await

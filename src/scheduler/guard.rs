@@ -4,7 +4,8 @@
 //! so they are refused before anything runs. `--allow-ddl` lets DDL, DML and `COPY`
 //! through, their file locations under the `--data-prefix` the operator lists. `SET` and
 //! `RESET` change only the client's session, and not the settings distributed plans
-//! depend on.
+//! depend on; `PREPARE` (checked as what it prepares), `EXECUTE` and `DEALLOCATE` keep
+//! statements in the session.
 //!
 //! A client may also submit a physical plan it planned itself; it may scan only the files
 //! of the tables the scheduler knows (its catalog's, and under `--data-prefix`), and may
@@ -34,8 +35,11 @@ pub enum Refused {
          --allow-ddl)"
     )]
     NotAQuery(String),
-    /// Transactions and SQL-level prepared statements.
-    #[error("{0} statements are not supported; `SET` and `RESET` are (per session)")]
+    /// Transactions.
+    #[error(
+        "{0} statements are not supported; `SET`, `RESET`, `PREPARE`, `EXECUTE` and \
+         `DEALLOCATE` are (per session)"
+    )]
     Statement(String),
     /// A setting distributed plans depend on.
     #[error("{0} is fixed by the scheduler: its distributed plans depend on it")]
@@ -100,6 +104,14 @@ impl Guard {
                     Some(pinned) => Err(Refused::Pinned(pinned)),
                     None => Ok(()),
                 };
+            }
+            // SQL prepared statements live in the session; what one runs is checked
+            // when it is prepared.
+            LogicalPlan::Statement(Statement::Prepare(prepare)) => {
+                return self.check_sql(&prepare.input);
+            }
+            LogicalPlan::Statement(Statement::Execute(_) | Statement::Deallocate(_)) => {
+                return Ok(());
             }
             LogicalPlan::Statement(statement) => {
                 return Err(Refused::Statement(statement.name().to_string()));
@@ -268,6 +280,7 @@ mod tests {
             "describe t",
             "set datafusion.execution.batch_size = 1",
             "reset datafusion.execution.batch_size",
+            "prepare q(int) as select * from t where column1 = $1",
         ] {
             assert_eq!(refusal(&guard, sql).await, "", "{sql}");
         }
@@ -284,6 +297,7 @@ mod tests {
                 "fixed by the scheduler",
             ),
             ("start transaction", "not supported"),
+            ("prepare w as insert into t values (3)", "DML"),
         ] {
             let error = refusal(&guard, sql).await;
             assert!(
