@@ -84,6 +84,19 @@ impl Guard {
     ) -> Result<DataFrame, DataFusionError> {
         let plan = session.state().create_logical_plan(sql).await?;
         self.check_sql(&plan).map_err(refused)?;
+        // DataFusion would reset a pinned setting to its own default; Baton's is the
+        // pinned value.
+        let plan = match plan {
+            LogicalPlan::Statement(Statement::ResetVariable(ResetVariable { variable }))
+                if pinned(&variable).is_some() =>
+            {
+                LogicalPlan::Statement(Statement::SetVariable(SetVariable {
+                    variable,
+                    value: PINNED_VALUE.into(),
+                }))
+            }
+            plan => plan,
+        };
         super::sessions::refuse_catalog_drop(session, &plan)?;
         let plan = match params {
             Some(values) => plan.with_param_values(ParamValues::from(values))?,
@@ -95,16 +108,16 @@ impl Guard {
     /// Refuses `plan` when it is nothing this scheduler runs.
     pub fn check_sql(&self, plan: &LogicalPlan) -> Result<(), Refused> {
         match plan {
-            LogicalPlan::Statement(Statement::SetVariable(SetVariable { variable, .. }))
-            | LogicalPlan::Statement(Statement::ResetVariable(ResetVariable { variable })) => {
-                return match PINNED_SETTINGS
-                    .iter()
-                    .find(|pinned| variable.eq_ignore_ascii_case(pinned))
-                {
-                    Some(pinned) => Err(Refused::Pinned(pinned)),
-                    None => Ok(()),
+            // A pinned setting may be set to the value it is pinned at, and reset to it.
+            LogicalPlan::Statement(Statement::SetVariable(SetVariable { variable, value })) => {
+                return match pinned(variable) {
+                    Some(pinned) if !value.trim().eq_ignore_ascii_case(PINNED_VALUE) => {
+                        Err(Refused::Pinned(pinned))
+                    }
+                    _ => Ok(()),
                 };
             }
+            LogicalPlan::Statement(Statement::ResetVariable(_)) => return Ok(()),
             // SQL prepared statements live in the session; what one runs is checked
             // when it is prepared.
             LogicalPlan::Statement(Statement::Prepare(prepare)) => {
@@ -227,6 +240,17 @@ impl Guard {
     }
 }
 
+/// The value every pinned setting has (each turns a feature off).
+const PINNED_VALUE: &str = "false";
+
+/// The pinned setting `variable` names, if it names one.
+fn pinned(variable: &str) -> Option<&'static str> {
+    PINNED_SETTINGS
+        .iter()
+        .find(|pinned| variable.eq_ignore_ascii_case(pinned))
+        .copied()
+}
+
 /// `location` (a path or URL) as a URL: a local absolute path becomes `file:///…`.
 fn as_url(location: &str) -> String {
     if location.starts_with('/') {
@@ -281,6 +305,8 @@ mod tests {
             "set datafusion.execution.batch_size = 1",
             "reset datafusion.execution.batch_size",
             "prepare q(int) as select * from t where column1 = $1",
+            "set datafusion.optimizer.enable_dynamic_filter_pushdown = false",
+            "reset datafusion.optimizer.enable_dynamic_filter_pushdown",
         ] {
             assert_eq!(refusal(&guard, sql).await, "", "{sql}");
         }
@@ -296,6 +322,10 @@ mod tests {
                 "set datafusion.optimizer.enable_dynamic_filter_pushdown = true",
                 "fixed by the scheduler",
             ),
+            (
+                "set datafusion.optimizer.enable_round_robin_repartition = true",
+                "fixed by the scheduler",
+            ),
             ("start transaction", "not supported"),
             ("prepare w as insert into t values (3)", "DML"),
         ] {
@@ -305,6 +335,19 @@ mod tests {
                 "{sql}: {error}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_pinned_setting_resets_to_its_pinned_value() {
+        let session = SessionContext::new_with_config(crate::config::distributed_session_config(2));
+        let guard = Guard::default();
+        let key = "datafusion.optimizer.enable_join_dynamic_filter_pushdown";
+        guard
+            .plan_sql(&session, &format!("reset {key}"), None)
+            .await
+            .unwrap();
+        let options = session.state().config_options().clone();
+        assert!(!options.optimizer.enable_join_dynamic_filter_pushdown);
     }
 
     #[tokio::test]
