@@ -12,10 +12,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use datafusion::arrow::ipc::writer::StreamWriter;
+use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::sink::DataSinkExec;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
+use datafusion::physical_expr::expressions::Literal;
 use datafusion::physical_plan::WindowExpr;
 use datafusion::physical_plan::streaming::StreamingTableExec;
 use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
@@ -68,6 +70,10 @@ pub fn must_run_here(plan: &Arc<dyn ExecutionPlan>) -> Option<Reason> {
             // datafusion-proto drops a window function's IGNORE NULLS and FILTER: an
             // executor would compute another answer.
             reason = Some(Reason::NoWireForm);
+        } else if has_float16_literal(node.as_ref()) {
+            // datafusion-proto sends a Float16 literal as a Float32 one: an executor
+            // would compute with another type (and panic on it).
+            reason = Some(Reason::NoWireForm);
         }
         Ok(if reason.is_some() {
             TreeNodeRecursion::Stop
@@ -86,6 +92,23 @@ fn window_exprs(node: &dyn ExecutionPlan) -> Option<&[Arc<dyn WindowExpr>]> {
         node.downcast_ref::<WindowAggExec>()
             .map(|window| window.window_expr())
     }
+}
+
+/// True when one of `node`'s expressions holds a Float16 literal of some value.
+fn has_float16_literal(node: &dyn ExecutionPlan) -> bool {
+    let mut found = false;
+    let _ = node.apply_expressions(&mut |root| {
+        root.apply(|expr| {
+            if let Some(literal) = expr.downcast_ref::<Literal>()
+                && matches!(literal.value(), ScalarValue::Float16(Some(_)))
+            {
+                found = true;
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+    });
+    found
 }
 
 /// Runs `plan` in `ctx` and returns its result as Arrow IPC (a stream of all its
