@@ -18,6 +18,24 @@ async fn cluster(prefix: &std::path::Path) -> LocalCluster {
     LocalCluster::start(config).await.expect("start cluster")
 }
 
+/// Runs `sql` on the cluster, checks its rows (in order) against `reference`'s, and
+/// returns them.
+async fn same_as_single_node(
+    client: &mut baton::client::BatonClient,
+    reference: &datafusion::prelude::SessionContext,
+    sql: &str,
+) -> baton::client::QueryResult {
+    let expected = common::expected(reference, sql).await;
+    let actual = client
+        .sql(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    if let Err(diff) = common::compare(&expected, &actual.batches, true) {
+        panic!("{sql}: {diff}");
+    }
+    actual
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unions_on_one_key_and_windows_on_a_constant_key_match_single_node_datafusion() {
     let dir = tempfile::tempdir().unwrap();
@@ -52,14 +70,7 @@ async fn unions_on_one_key_and_windows_on_a_constant_key_match_single_node_dataf
            union all select 'web', s_suppkey, sum(s_acctbal) from supplier group by s_suppkey\
          ) group by rollup(channel, id) order by channel, id limit 100",
     ] {
-        let expected = common::expected(&reference, sql).await;
-        let actual = client
-            .sql(sql)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        if let Err(diff) = common::compare(&expected, &actual.batches, true) {
-            panic!("{sql}: {diff}");
-        }
+        same_as_single_node(&mut client, &reference, sql).await;
     }
 }
 
@@ -162,14 +173,7 @@ async fn session_tables_and_settings_reach_the_executors() {
          from customer group by segment order by segment",
         "select arrow_cast(n_name, 'Dictionary(Int16, Utf8)') as name from nation order by name",
     ] {
-        let expected = common::expected(&reference, sql).await;
-        let actual = client
-            .sql(sql)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        if let Err(diff) = common::compare(&expected, &actual.batches, true) {
-            panic!("{sql}: {diff}");
-        }
+        same_as_single_node(&mut client, &reference, sql).await;
     }
     assert!(
         cluster
@@ -188,11 +192,7 @@ async fn session_tables_and_settings_reach_the_executors() {
     let set = "set datafusion.execution.time_zone = '+05:00'";
     client.sql(set).await.unwrap();
     reference.sql(set).await.unwrap().collect().await.unwrap();
-    let expected = common::expected(&reference, sql).await;
-    let actual = client.sql(sql).await.unwrap();
-    if let Err(diff) = common::compare(&expected, &actual.batches, true) {
-        panic!("{sql}: {diff}");
-    }
+    let actual = same_as_single_node(&mut client, &reference, sql).await;
     assert!(
         common::compare(&in_utc.batches, &actual.batches, true).is_err(),
         "the time zone changed the answer"
