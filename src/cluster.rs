@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use crate::client::{BatonClient, ClientError, Credential, Login};
 use crate::executor::{Executor, ExecutorConfig, ExecutorError};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerError};
+use crate::security::ClusterFlags;
 
 /// Errors of starting a cluster.
 #[derive(Debug, thiserror::Error)]
@@ -93,13 +94,14 @@ impl LocalCluster {
         // With users, the in-process executors need a secret: a fresh one unless given.
         let secret = match config
             .scheduler
-            .resolved_secret()
+            .cluster
+            .secret()
             .map_err(SchedulerError::from)?
         {
             None if config.scheduler.users.is_some() => Some(crate::security::random_secret()),
             secret => secret,
         };
-        config.scheduler.cluster_secret = secret.clone();
+        config.scheduler.cluster.cluster_secret = secret.clone();
         let scheduler = Scheduler::new(&config.scheduler).await?;
         let listener =
             TcpListener::bind(config.bind)
@@ -138,8 +140,10 @@ impl LocalCluster {
                 scheduler: address.clone(),
                 work_dir: Some(work_dir.clone()),
                 memory_limit: Some(memory_limit),
-                cluster_secret: secret.clone(),
-                tls: config.scheduler.tls.clone(),
+                cluster: ClusterFlags {
+                    cluster_secret: secret.clone(),
+                    ..config.scheduler.cluster.clone()
+                },
                 ..config.executor.clone()
             };
             executors.push(Executor::start(executor).await?);
@@ -148,6 +152,7 @@ impl LocalCluster {
         let login = Login {
             tls: config
                 .scheduler
+                .cluster
                 .tls
                 .client()
                 .map_err(SchedulerError::from)?,

@@ -303,7 +303,7 @@ async fn run(command: Command) -> Result<(), CliError> {
                 Some(address) => SqlTarget::Remote {
                     login: Box::new(cli::login(
                         user.as_deref(),
-                        cluster.scheduler.tls.tls_ca.as_deref(),
+                        cluster.scheduler.cluster.tls.tls_ca.as_deref(),
                     )?),
                     address,
                     catalog: cluster.scheduler.catalog,

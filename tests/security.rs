@@ -38,11 +38,11 @@ fn users_file(dir: &Path) -> PathBuf {
 async fn secured_cluster(dir: &Path, tls: Option<&TlsFlags>) -> LocalCluster {
     let mut config = ClusterConfig::with_catalog(2, 2, common::tpch_catalog());
     config.scheduler.users = Some(users_file(dir));
-    config.scheduler.cluster_secret = Some(SECRET.into());
+    config.scheduler.cluster.cluster_secret = Some(SECRET.into());
     if let Some(tls) = tls {
         // Many partitions even for the small test data, so shuffles cross executors.
         config.scheduler.partition_data_bytes = 0;
-        config.scheduler.tls = tls.clone();
+        config.scheduler.cluster.tls = tls.clone();
     }
     LocalCluster::start(config).await.unwrap()
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::config::{parse_mib, parse_seconds};
-use crate::security::{self, SecurityError, TlsFlags};
+use crate::security::ClusterFlags;
 
 /// How an executor is set up.
 #[derive(Debug, Clone, Args)]
@@ -56,17 +56,9 @@ pub struct ExecutorConfig {
     /// nothing to need its shuffle output before it stops anyway.
     #[arg(long = "drain-timeout", value_name = "SECONDS", value_parser = parse_seconds, default_value = "60")]
     pub drain_timeout: std::time::Duration,
-    /// File holding the secret the cluster's processes share (the BATON_CLUSTER_SECRET
-    /// variable wins): it is sent to the scheduler to register and to other executors
-    /// to fetch, and required of whoever fetches from this executor. Without one, the
-    /// executor binds only to loopback.
-    #[arg(long, value_name = "FILE")]
-    pub cluster_secret_file: Option<PathBuf>,
-    /// The cluster secret itself, for an in-process cluster (no flag).
-    #[arg(skip)]
-    pub cluster_secret: Option<String>,
+    /// The cluster secret and TLS.
     #[command(flatten)]
-    pub tls: TlsFlags,
+    pub cluster: ClusterFlags,
 }
 
 impl Default for ExecutorConfig {
@@ -77,12 +69,6 @@ impl Default for ExecutorConfig {
 }
 
 impl ExecutorConfig {
-    /// The cluster secret: set in-process, else from the environment or the file.
-    pub fn resolved_secret(&self) -> Result<Option<String>, SecurityError> {
-        let file = self.cluster_secret_file.as_deref();
-        security::cluster_secret(self.cluster_secret.as_deref(), file)
-    }
-
     /// An executor of `slots` slots for the scheduler at `scheduler` (a leading
     /// `http://` is dropped), on loopback, that may hold as many suspended tasks again;
     /// it spills to `work_dir`, the system's temporary directory when None.

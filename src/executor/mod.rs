@@ -162,13 +162,10 @@ impl Executor {
         let shuffle_cap = memory_limit / 100 * config.shuffle_memory_percent as usize;
         let store =
             ShuffleStore::in_pool(&work_dir.shuffle(), &environment.memory_pool, shuffle_cap)?;
-        let secret = config.resolved_secret()?;
-        let mut dialer = Dialer::plain().with_tls(config.tls.client()?);
-        if let Some(secret) = &secret {
-            dialer = dialer.with_bearer(secret)?;
-        }
+        let secret = config.cluster.secret()?;
+        let dialer = config.cluster.dialer(secret.as_deref())?;
         let flight_security = FlightSecurity {
-            tls: config.tls.server(ClientCertificates::Required)?,
+            tls: config.cluster.tls.server(ClientCertificates::Required)?,
             auth: Arc::new(Authenticator::new(None, secret)),
         };
         let (listener, flight_address) = bind(config.bind, config.advertise.as_deref()).await?;

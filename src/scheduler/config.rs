@@ -9,7 +9,7 @@ use clap::Args;
 use super::policy::PolicyKind;
 use crate::config::{parse_kib, parse_mib, parse_seconds};
 use crate::security::{
-    self, Authenticator, ClientCertificates, Dialer, SecurityError, TlsFlags, Users,
+    Authenticator, ClientCertificates, ClusterFlags, Dialer, SecurityError, Users,
 };
 
 /// How a scheduler is set up.
@@ -67,16 +67,10 @@ pub struct SchedulerConfig {
     /// scheduler listens only on loopback.
     #[arg(long, value_name = "FILE")]
     pub users: Option<PathBuf>,
-    /// File holding the secret the cluster's processes share (the BATON_CLUSTER_SECRET
-    /// variable wins): executors without it cannot register, fetch shuffle data or
-    /// read results.
-    #[arg(long, value_name = "FILE")]
-    pub cluster_secret_file: Option<PathBuf>,
-    /// The cluster secret itself, for an in-process cluster (no flag).
-    #[arg(skip)]
-    pub cluster_secret: Option<String>,
+    /// The cluster secret (executors without it cannot register, fetch shuffle data or
+    /// read results) and TLS.
     #[command(flatten)]
-    pub tls: TlsFlags,
+    pub cluster: ClusterFlags,
     /// KiB of Arrow IPC each task of a query's final stage sends back with its status,
     /// so the scheduler serves small results itself; 0: results stay on the executors
     /// until fetched.
@@ -99,16 +93,10 @@ pub(super) struct SchedulerSecurity {
 }
 
 impl SchedulerConfig {
-    /// The cluster secret: set in-process, else from the environment or the file.
-    pub fn resolved_secret(&self) -> Result<Option<String>, SecurityError> {
-        let file = self.cluster_secret_file.as_deref();
-        security::cluster_secret(self.cluster_secret.as_deref(), file)
-    }
-
     /// Loads the users file, the secret and the certificates the flags name.
     pub(super) fn security(&self) -> Result<SchedulerSecurity, SecurityError> {
         let users = self.users.as_deref().map(Users::load).transpose()?;
-        let secret = self.resolved_secret()?;
+        let secret = self.cluster.secret()?;
         if users.is_some() && secret.is_none() {
             return Err(SecurityError::Secret(
                 "--users needs a cluster secret (BATON_CLUSTER_SECRET or --cluster-secret-file) \
@@ -116,14 +104,10 @@ impl SchedulerConfig {
                     .into(),
             ));
         }
-        let mut dialer = Dialer::plain().with_tls(self.tls.client()?);
-        if let Some(secret) = &secret {
-            dialer = dialer.with_bearer(secret)?;
-        }
         Ok(SchedulerSecurity {
+            dialer: self.cluster.dialer(secret.as_deref())?,
+            server_tls: self.cluster.tls.server(ClientCertificates::Optional)?,
             auth: Authenticator::new(users, secret),
-            server_tls: self.tls.server(ClientCertificates::Optional)?,
-            dialer,
         })
     }
 }

@@ -24,6 +24,7 @@ pub use authenticator::{AuthError, Authenticate, Authenticator, caller_of};
 pub use dial::{Authorize, Connection, Dialer, strip_scheme};
 pub use throwaway::{Throwaway, throwaway};
 pub use tls::{ClientCertificates, TlsFlags, client_trusting};
+
 pub use users::{Users, hash_password, user_entry};
 
 /// Errors of setting up authentication or TLS.
@@ -117,9 +118,46 @@ impl Caller {
     }
 }
 
+/// How a process of the cluster proves itself to the others: the secret they share and
+/// TLS. The scheduler requires the secret of executors; an executor sends it to the
+/// scheduler and to peers it fetches from, and requires it of whoever fetches from it.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ClusterFlags {
+    /// File holding the secret the cluster's processes share (the BATON_CLUSTER_SECRET
+    /// variable wins). Without one (and without users at a scheduler), a process
+    /// listens only on loopback.
+    #[arg(long, value_name = "FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// The cluster secret itself, for an in-process cluster (no flag).
+    #[arg(skip)]
+    pub cluster_secret: Option<String>,
+    /// TLS of the process's listeners and of the connections it opens.
+    #[command(flatten)]
+    pub tls: TlsFlags,
+}
+
+impl ClusterFlags {
+    /// The cluster secret: set in-process, else from the environment or the file.
+    pub fn secret(&self) -> Result<Option<String>, SecurityError> {
+        cluster_secret(
+            self.cluster_secret.as_deref(),
+            self.cluster_secret_file.as_deref(),
+        )
+    }
+
+    /// How this process dials its peers: with its TLS, and `secret` as bearer token.
+    pub fn dialer(&self, secret: Option<&str>) -> Result<Dialer, SecurityError> {
+        let dialer = Dialer::plain().with_tls(self.tls.client()?);
+        match secret {
+            Some(secret) => dialer.with_bearer(secret),
+            None => Ok(dialer),
+        }
+    }
+}
+
 /// The cluster secret: `inline` (an in-process cluster's), else the
 /// `BATON_CLUSTER_SECRET` variable, else the file `path` names; None when none is given.
-pub fn cluster_secret(
+fn cluster_secret(
     inline: Option<&str>,
     path: Option<&std::path::Path>,
 ) -> Result<Option<String>, SecurityError> {
