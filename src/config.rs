@@ -74,6 +74,15 @@ pub fn distributed_session_config(target_partitions: usize) -> SessionConfig {
     config
 }
 
+/// A flag that turns a feature on or off (`on` / `off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    /// The feature runs.
+    On,
+    /// It does not.
+    Off,
+}
+
 /// A flag given in MiB, as bytes (saturating: any table fits a huge value).
 pub fn parse_mib(text: &str) -> Result<u64, String> {
     let mib: u64 = text

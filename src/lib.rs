@@ -31,6 +31,7 @@ pub mod config;
 pub mod datagen;
 pub mod executor;
 pub mod flight_service;
+pub mod join_filters;
 pub mod net;
 pub mod object_stores;
 pub mod planner;

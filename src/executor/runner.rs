@@ -24,9 +24,10 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::failure::is_transient;
 use super::gated::{GatedExec, TaskGate};
+use crate::join_filters::{FilterEffect, KeySummary, apply_filters, summaries_of};
 use crate::planner::decode_plan;
 use crate::proto::{
-    ExecutorMessage, PartitionStats, RunTask, TaskFailed, TaskId, TaskStatus, TaskSucceeded,
+    self, ExecutorMessage, PartitionStats, RunTask, TaskFailed, TaskId, TaskStatus, TaskSucceeded,
     executor_message, task_status,
 };
 use crate::shuffle::fetch::FlightClients;
@@ -50,6 +51,13 @@ fn task_key(id: &TaskId) -> TaskKey {
 struct CachedPlan {
     plan: Arc<dyn ExecutionPlan>,
     spilled_bytes: u64,
+}
+
+/// What a finished task reports besides its output.
+struct TaskOutput {
+    partitions: Vec<PartitionStats>,
+    key_summaries: Vec<proto::KeySummary>,
+    filter_effect: Option<proto::FilterEffect>,
 }
 
 /// A task the runner holds: how to stop it, and its gate (closed while suspended).
@@ -190,7 +198,7 @@ impl TaskRunner {
                     .await
                     .unwrap_or_else(|panic| Err(panicked(panic)));
                 let inline = match &result {
-                    Ok(partitions) if task.inline_result_limit > 0 && partitions.len() == 1 => {
+                    Ok(output) if task.inline_result_limit > 0 && output.partitions.len() == 1 => {
                         runner.take_inline(&id, task.inline_result_limit)
                     }
                     _ => None,
@@ -226,10 +234,10 @@ impl TaskRunner {
         }
     }
 
-    async fn execute(&self, task: &RunTask, gate: Arc<TaskGate>) -> Result<Vec<PartitionStats>> {
+    async fn execute(&self, task: &RunTask, gate: Arc<TaskGate>) -> Result<TaskOutput> {
         let id = task.task.as_ref().expect("checked in start");
         let base = self.query_context(&task.settings)?;
-        let plan = self.plan(id, &task.stage_plan, &base)?;
+        let plan = self.plan(id, &task.stage_plan, &task.filters, &base)?;
         let env = TaskEnv {
             query_id: id.query_id.as_str().into(),
             stage_id: id.stage_id,
@@ -262,10 +270,25 @@ impl TaskRunner {
             base.with_session_config(config)
                 .with_task_id(format!("{}/{}/{}", id.query_id, id.stage_id, id.partition)),
         );
-        let stream = plan.execute(id.partition as usize, ctx)?;
+        let partition = id.partition as usize;
+        let stream = plan.execute(partition, ctx)?;
         let batches = datafusion::physical_plan::common::collect(stream).await;
         self.count_spills(id);
-        stats_of(&batches?)
+        let partitions = stats_of(&batches?)?;
+        let key_summaries = summaries_of(&plan, partition)
+            .iter()
+            .map(KeySummary::to_proto)
+            .collect::<Result<_>>()?;
+        let effect = FilterEffect::of(&plan, partition);
+        Ok(TaskOutput {
+            partitions,
+            key_summaries,
+            filter_effect: (!task.filters.is_empty()).then_some(proto::FilterEffect {
+                rows_in: effect.rows_in,
+                rows_removed: effect.rows_removed,
+                row_groups_pruned: effect.row_groups_pruned,
+            }),
+        })
     }
 
     /// The context a query's plans decode and run in: the executor's session with the
@@ -302,12 +325,25 @@ impl TaskRunner {
         }
     }
 
-    fn plan(&self, id: &TaskId, bytes: &[u8], ctx: &TaskContext) -> Result<Arc<dyn ExecutionPlan>> {
+    /// The stage plan of a task, decoded once per stage, with the join filters the
+    /// scheduler shipped (every task of a stage is shipped the same ones).
+    fn plan(
+        &self,
+        id: &TaskId,
+        bytes: &[u8],
+        filters: &[proto::KeySummary],
+        ctx: &TaskContext,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         let key = (id.query_id.clone(), id.stage_id);
         if let Some(cached) = self.plans.lock().expect("plans lock").get(&key) {
             return Ok(cached.plan.clone());
         }
         let plan = decode_plan(bytes, ctx).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let filters = filters
+            .iter()
+            .map(KeySummary::from_proto)
+            .collect::<Result<Vec<_>>>()?;
+        let plan = apply_filters(plan, &filters, ctx.session_config().options())?;
         let plan = preemptible(plan)?;
         let cached = CachedPlan {
             plan: plan.clone(),
@@ -347,7 +383,7 @@ impl TaskRunner {
         &self,
         id: TaskId,
         started: Instant,
-        result: Result<Vec<PartitionStats>>,
+        result: Result<TaskOutput>,
         inline_result: Option<Bytes>,
     ) {
         self.running
@@ -371,13 +407,15 @@ impl TaskRunner {
             "task finished"
         );
         let result = match result {
-            Ok(partitions) => {
-                let bytes: u64 = partitions.iter().map(|p| p.bytes).sum();
+            Ok(output) => {
+                let bytes: u64 = output.partitions.iter().map(|p| p.bytes).sum();
                 metrics::counter!("baton_shuffle_bytes_written_total").increment(bytes);
                 task_status::Result::Succeeded(TaskSucceeded {
-                    partitions,
+                    partitions: output.partitions,
                     elapsed_micros: elapsed.as_micros() as u64,
                     inline_result,
+                    key_summaries: output.key_summaries,
+                    filter_effect: output.filter_effect,
                 })
             }
             Err(e) => task_status::Result::Failed(TaskFailed {

@@ -19,11 +19,15 @@ use datafusion_proto::protobuf::{PhysicalExprNode, PhysicalPlanNode};
 use prost::Message;
 
 use super::PlannerError;
-use crate::proto::{PlanExtension, ShuffleReaderNode, ShuffleWriterNode, plan_extension};
+use crate::join_filters::{KeySummaryExec, ProbeFilterExec};
+use crate::proto::{
+    KeySummaryNode, PlanExtension, ProbeFilterNode, ShuffleReaderNode, ShuffleWriterNode,
+    plan_extension,
+};
 use crate::shuffle::{ReadMode, ShuffleReaderExec, ShuffleWriterExec};
 
-/// Encodes and decodes [`ShuffleWriterExec`] and [`ShuffleReaderExec`] inside
-/// datafusion-proto plans.
+/// Encodes and decodes Baton's operators ([`ShuffleWriterExec`], [`ShuffleReaderExec`],
+/// [`KeySummaryExec`], [`ProbeFilterExec`]) inside datafusion-proto plans.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct BatonCodec;
 
@@ -130,6 +134,31 @@ impl PhysicalExtensionCodec for BatonCodec {
                 };
                 Ok(Arc::new(reader.with_constants(constants)))
             }
+            Some(plan_extension::Node::KeySummary(node)) => {
+                let [input] = inputs else {
+                    return Err(proto_error("decode", "key summary needs one input"));
+                };
+                let keys =
+                    self.decode_exprs(&node.key_exprs, &input.schema(), ctx, proto_converter)?;
+                Ok(Arc::new(KeySummaryExec::new(
+                    node.filter_id,
+                    keys,
+                    node.max_values as usize,
+                    input.clone(),
+                )))
+            }
+            Some(plan_extension::Node::ProbeFilter(node)) => {
+                let [input] = inputs else {
+                    return Err(proto_error("decode", "probe filter needs one input"));
+                };
+                let keys =
+                    self.decode_exprs(&node.key_exprs, &input.schema(), ctx, proto_converter)?;
+                Ok(Arc::new(ProbeFilterExec::new(
+                    node.filter_id,
+                    keys,
+                    input.clone(),
+                )))
+            }
             None => Err(proto_error("decode", "empty extension node")),
         }
     }
@@ -178,6 +207,17 @@ impl PhysicalExtensionCodec for BatonCodec {
                         .collect::<Vec<_>>(),
                     proto_converter,
                 )?,
+            })
+        } else if let Some(summary) = node.downcast_ref::<KeySummaryExec>() {
+            plan_extension::Node::KeySummary(KeySummaryNode {
+                filter_id: summary.filter_id(),
+                key_exprs: self.encode_exprs(summary.keys(), proto_converter)?,
+                max_values: u32::try_from(summary.max_values()).unwrap_or(u32::MAX),
+            })
+        } else if let Some(probe) = node.downcast_ref::<ProbeFilterExec>() {
+            plan_extension::Node::ProbeFilter(ProbeFilterNode {
+                filter_id: probe.filter_id(),
+                key_exprs: self.encode_exprs(probe.keys(), proto_converter)?,
             })
         } else {
             return Err(proto_error(

@@ -45,6 +45,7 @@ use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMerge
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, displayable};
 
 use super::PlannerError;
+use crate::join_filters::{self, rule::FilterLink};
 use crate::shuffle::{ReadMode, ShuffleReaderExec, ShuffleWriterExec};
 
 /// One stage: a plan fragment ending in a shuffle writer, run as one task per partition.
@@ -68,6 +69,8 @@ pub struct StageDag {
     pub stages: Vec<StagePlan>,
     /// The schema of the query result.
     pub schema: SchemaRef,
+    /// Where the halves of each join filter are (see [`crate::join_filters`]).
+    pub filters: Vec<FilterLink>,
 }
 
 impl StageDag {
@@ -108,10 +111,17 @@ pub fn plan_stages(plan: Arc<dyn ExecutionPlan>) -> Result<StageDag, PlannerErro
     let schema = plan.schema();
     let plan = super::distribute_joins(plan)?;
     let plan = super::wire::unproject_lazy_scans(plan)?;
+    let plan = join_filters::rule::insert(plan)?;
     let mut stages = Vec::new();
     let rewritten = plan.transform_up(|node| cut(node, &mut stages))?.data;
     add_stage(&mut stages, rewritten, None)?;
-    Ok(StageDag { stages, schema })
+    let plans: Vec<_> = stages.iter().map(|s| s.plan.clone()).collect();
+    let filters = join_filters::rule::links(&plans)?;
+    Ok(StageDag {
+        stages,
+        schema,
+        filters,
+    })
 }
 
 /// Rewrites one node when it is an exchange boundary.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::policy::PolicyKind;
-use crate::config::{parse_kib, parse_mib, parse_seconds};
+use crate::config::{Switch, parse_kib, parse_mib, parse_seconds};
 use crate::security::{
     Authenticator, ClientCertificates, ClusterFlags, Dialer, SecurityError, Users,
 };
@@ -26,6 +26,10 @@ pub struct SchedulerConfig {
     /// --partitions; 0: every query gets --partitions.
     #[arg(long = "partition-data-mib", value_name = "MIB", value_parser = parse_mib, default_value = "128")]
     pub partition_data_bytes: u64,
+    /// Join filters across stages: a hash join's finished build side filters the scans
+    /// of its probe side (which may wait for it where the estimates say that pays).
+    #[arg(long = "dynamic-filters", value_name = "on|off", default_value = "on")]
+    pub join_filters: Switch,
     /// How tasks of concurrent queries are ordered: priority (least remaining work
     /// first, with aging; cheap queries preempt), fair (round robin) or fifo.
     #[arg(long, default_value = "priority")]

@@ -24,6 +24,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{DataFrame, SessionContext};
 
 use crate::config::PINNED_SETTINGS;
+use crate::join_filters::{KeySummaryExec, ProbeFilterExec};
 use crate::shuffle::{ShuffleReaderExec, ShuffleWriterExec};
 
 /// Why a submission was refused.
@@ -195,7 +196,7 @@ impl Guard {
     }
 
     /// Checks a client's decoded physical plan: only files of known tables, no Baton
-    /// shuffle operators.
+    /// shuffle or join-filter operators.
     pub fn check_plan(&self, plan: &Arc<dyn ExecutionPlan>) -> Result<(), DataFusionError> {
         let mut problem = None;
         let _ = plan.apply(|node| {
@@ -203,6 +204,9 @@ impl Guard {
                 problem = Some(Refused::Internal("a shuffle reader"));
             } else if node.downcast_ref::<ShuffleWriterExec>().is_some() {
                 problem = Some(Refused::Internal("a shuffle writer"));
+            } else if node.is::<KeySummaryExec>() || node.is::<ProbeFilterExec>() {
+                // They name join filters of the scheduler's making.
+                problem = Some(Refused::Internal("a join filter"));
             } else if let Some(file) = self.unknown_file(node.as_ref()) {
                 problem = Some(Refused::File(file));
             }

@@ -25,6 +25,8 @@ use datafusion::prelude::SessionContext;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
+
+use crate::config::Switch;
 use tracing::info_span;
 
 pub use config::SchedulerConfig;
@@ -32,7 +34,7 @@ use config::SchedulerSecurity;
 pub use flight::result_ticket;
 use planning::{Planner, PlanningPool};
 pub use policy::{Policy, PolicyKind};
-pub use query::{MAX_TASK_ATTEMPTS, Query, ResultPart, StageSpec, TaskRef};
+pub use query::{MAX_TASK_ATTEMPTS, Query, ResultPart, StageFilter, StageSpec, TaskRef};
 pub use sessions::Origin;
 use sessions::Sessions;
 pub use state::{ClusterSize, SchedulerState, TaskSpan};
@@ -261,6 +263,7 @@ impl Scheduler {
                         tables,
                     },
                     cluster: rx.clone(),
+                    join_filters: config.join_filters == Switch::On,
                 },
                 executors: rx,
                 clients: FlightClients::default().with_dialer(security.dialer),

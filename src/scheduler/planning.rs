@@ -19,8 +19,9 @@ use tokio::sync::watch;
 
 use super::guard::Guard;
 use super::local;
-use super::{ClusterSize, StageSpec, Submission};
+use super::{ClusterSize, StageFilter, StageSpec, Submission};
 use crate::catalog::plan_data_bytes;
+use crate::join_filters::rule;
 use crate::planner::{self, PlannerError};
 
 /// Plannings that may wait for a planning thread; a submission beyond them waits to be
@@ -113,6 +114,8 @@ pub struct Planner {
     pub cluster: watch::Receiver<ClusterSize>,
     /// What SQL and which client plans are run.
     pub guard: Guard,
+    /// Join filters cross stages (see [`crate::join_filters`]).
+    pub join_filters: bool,
 }
 
 /// A planned submission.
@@ -214,23 +217,36 @@ impl Planner {
         }
     }
 
-    /// Cuts a physical plan into stages and estimates their costs.
+    /// Cuts a physical plan into stages, estimates their costs and keeps the join
+    /// filters that pay.
     fn cut(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Planned, PlannerError> {
         let dag = planner::plan_stages(plan)?;
         let estimates = planner::estimate_stages(&dag);
+        let inputs: Vec<Vec<u32>> = dag.stages.iter().map(|s| s.inputs.clone()).collect();
+        let costs: Vec<f64> = estimates.iter().map(|e| e.cost).collect();
+        let kept = rule::choose(&dag.filters, &inputs, &costs, self.join_filters);
         let stages = dag
             .stages
             .iter()
             .zip(estimates)
             .map(|(s, estimate)| {
+                let plan = rule::strip_unkept(s.plan.clone(), &kept)?;
                 Ok(StageSpec {
                     cost: estimate.cost,
                     output_rows: estimate.output_rows,
                     cost_per_input_row: estimate.cost_per_input_row,
-                    plan: planner::encode_plan(s.plan.clone())?.into(),
+                    plan: planner::encode_plan(plan.clone())?.into(),
                     inputs: s.inputs.clone(),
                     tasks: s.tasks,
-                    operators: planner::operator_summary(&s.plan),
+                    operators: planner::operator_summary(&plan),
+                    filters: kept
+                        .iter()
+                        .filter(|l| l.probe_stage == s.id)
+                        .map(|l| StageFilter {
+                            id: l.id,
+                            build_stage: l.build_stage,
+                        })
+                        .collect(),
                 })
             })
             .collect::<Result<Vec<_>, PlannerError>>()?;
@@ -379,6 +395,7 @@ mod tests {
             partitions: None,
             cluster: watched,
             guard: Guard::default(),
+            join_filters: true,
         };
         let most_tasks = |planned: &Planned| planned.stages.iter().map(|s| s.tasks).max();
         {

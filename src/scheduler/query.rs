@@ -13,9 +13,10 @@ use bytes::Bytes;
 use datafusion::arrow::datatypes::SchemaRef;
 use tracing::warn;
 
+use crate::join_filters::{KeySummary, MAX_FILTER_VALUES};
 use crate::proto::{
-    MapOutputLocation, QueryState, QueryStatus as QueryStatusProto, RunningTask, StageInput,
-    StageState, StageStatus,
+    FilterEffect, KeySummary as KeySummaryProto, MapOutputLocation, QueryState,
+    QueryStatus as QueryStatusProto, RunningTask, StageInput, StageState, StageStatus,
 };
 use crate::shuffle::MapLocation;
 
@@ -76,6 +77,19 @@ pub struct Stage {
     task_output_rows: f64,
     /// Cost units each row read from input stages adds.
     cost_per_input_row: f64,
+    /// Join filters its tasks get from build stages.
+    filters: Vec<StageFilter>,
+    /// Build stages of those filters that it does not read: it waits for them too.
+    waits_for: Vec<u32>,
+    /// Stages that wait for this one's key summaries without reading its output.
+    waiters: Vec<u32>,
+    /// The merged build-side keys of its filters, shipped with its tasks; worked out
+    /// once, when it first becomes ready.
+    shipped_filters: Option<Vec<KeySummaryProto>>,
+    /// Those filters, for status.
+    filters_text: String,
+    /// What its finished tasks' filters removed, summed.
+    filter_effect: FilterEffect,
 }
 
 impl Stage {
@@ -99,6 +113,8 @@ struct Task {
     /// The output itself (Arrow IPC), when the executor sent it back with its status
     /// instead of keeping it: a small result of the final stage.
     inline_result: Option<Bytes>,
+    /// The join keys its last successful attempt summarised, per filter.
+    key_summaries: Vec<KeySummaryProto>,
 }
 
 impl Task {
@@ -138,6 +154,18 @@ pub struct StageSpec {
     pub cost_per_input_row: f64,
     /// Its operators, top down, for status.
     pub operators: String,
+    /// Join filters its tasks apply, each with the build stage that summarises its keys.
+    pub filters: Vec<StageFilter>,
+}
+
+/// A join filter a stage's tasks apply, and the stage whose tasks summarise its
+/// build-side keys (see [`crate::join_filters`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageFilter {
+    /// The filter id its plan names.
+    pub id: u32,
+    /// The build stage.
+    pub build_stage: u32,
 }
 
 /// One query in the query table.
@@ -205,6 +233,25 @@ impl Query {
                 .map(|(i, _)| i as u32)
                 .collect::<Vec<_>>()
         };
+        let waits_of = |s: &StageSpec| {
+            let mut waits: Vec<u32> = s
+                .filters
+                .iter()
+                .map(|f| f.build_stage)
+                .filter(|b| !s.inputs.contains(b))
+                .collect();
+            waits.sort_unstable();
+            waits.dedup();
+            waits
+        };
+        let waiters_of = |sid: u32| {
+            stages
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| waits_of(s).contains(&sid))
+                .map(|(i, _)| i as u32)
+                .collect::<Vec<_>>()
+        };
         let tracked = stages
             .iter()
             .enumerate()
@@ -212,7 +259,13 @@ impl Query {
                 plan: s.plan.clone(),
                 inputs: s.inputs.clone(),
                 consumers: consumers_of(i as u32),
-                waiting_on: s.inputs.len(),
+                waiting_on: s.inputs.len() + waits_of(s).len(),
+                filters: s.filters.clone(),
+                waits_for: waits_of(s),
+                waiters: waiters_of(i as u32),
+                shipped_filters: None,
+                filters_text: String::new(),
+                filter_effect: FilterEffect::default(),
                 state: StageState::Waiting,
                 tasks: vec![Task::default(); s.tasks],
                 done: 0,
@@ -287,6 +340,7 @@ impl Query {
             output_rows: 0.0,
             cost_per_input_row: 0.0,
             operators,
+            filters: Vec::new(),
         };
         let mut query = Self::new(id, label, vec![spec], schema);
         let now = SystemTime::now();
@@ -393,6 +447,14 @@ impl Query {
         &self.stages[id as usize].resolved_inputs
     }
 
+    /// The merged build-side keys a ready stage's tasks are shipped for its join filters.
+    pub fn stage_filters(&self, id: u32) -> &[KeySummaryProto] {
+        self.stages[id as usize]
+            .shipped_filters
+            .as_deref()
+            .unwrap_or_default()
+    }
+
     /// The executor where a ready stage's tasks find most of their input: it holds more
     /// of the stage's map outputs than any other executor. A task placed there reads
     /// those from its own shuffle store instead of over Flight.
@@ -456,6 +518,13 @@ impl Query {
                     .collect(),
             })
             .collect();
+        if self.stages[sid as usize].shipped_filters.is_none() {
+            let (shipped, text) = self.merged_filters(sid);
+            metrics::counter!("baton_join_filters_shipped_total").increment(shipped.len() as u64);
+            let stage = &mut self.stages[sid as usize];
+            stage.shipped_filters = Some(shipped);
+            stage.filters_text = text;
+        }
         let stage = &mut self.stages[sid as usize];
         stage.home = home_of(&resolved);
         stage.resolved_inputs = resolved;
@@ -475,6 +544,43 @@ impl Query {
                 partition: p as u32,
             }));
         }
+    }
+
+    /// The build-side keys of stage `sid`'s filters, each merged over its build stage's
+    /// tasks, and a line for status. A filter some build task sent no summary for (or
+    /// an unreadable one) is left out: filtering nothing is always right.
+    fn merged_filters(&self, sid: u32) -> (Vec<KeySummaryProto>, String) {
+        let mut shipped = Vec::new();
+        let mut text = Vec::new();
+        for filter in &self.stages[sid as usize].filters {
+            let mut merged: Option<KeySummary> = None;
+            let mut whole = true;
+            for task in &self.stages[filter.build_stage as usize].tasks {
+                let summary = task
+                    .key_summaries
+                    .iter()
+                    .find(|k| k.filter_id == filter.id)
+                    .and_then(|k| KeySummary::from_proto(k).ok());
+                match (summary, merged.as_mut()) {
+                    (Some(summary), Some(merged)) => merged.merge(&summary, MAX_FILTER_VALUES),
+                    (Some(summary), None) => merged = Some(summary),
+                    (None, _) => whole = false,
+                }
+            }
+            let Some(encoded) = merged
+                .filter(|_| whole)
+                .and_then(|m| Some((m.to_proto().ok()?, m.describe())))
+            else {
+                warn!(query_id = %self.id, stage = sid, filter = filter.id, "join filter left out: its build side did not summarise every task");
+                continue;
+            };
+            text.push(format!(
+                "filter {} from stage {}: {}",
+                filter.id, filter.build_stage, encoded.1
+            ));
+            shipped.push(encoded.0);
+        }
+        (shipped, text.join("; "))
     }
 
     fn complete_stage(&mut self, sid: u32, progress: &mut Progress) {
@@ -499,7 +605,14 @@ impl Query {
                 progress.released.push(input);
             }
         }
-        for consumer in self.stages[sid as usize].consumers.clone() {
+        let stage = &self.stages[sid as usize];
+        let next: Vec<u32> = stage
+            .consumers
+            .iter()
+            .chain(&stage.waiters)
+            .copied()
+            .collect();
+        for consumer in next {
             let stage = &mut self.stages[consumer as usize];
             // A consumer that finished before this stage lost output and ran again
             // does not wait for it.
@@ -560,6 +673,33 @@ impl Query {
             .tasks
             .get(task.partition as usize)?
             .started_at
+    }
+
+    /// Records what a finished task's plan reported besides its output: the build-side
+    /// keys it summarised (for the join filters of later stages) and what its own join
+    /// filters removed. Stale attempts change nothing. Call before
+    /// [`Self::task_succeeded`], which may make the stages waiting for the keys ready.
+    pub fn task_reported(
+        &mut self,
+        task: TaskRef,
+        attempt: u32,
+        key_summaries: Vec<KeySummaryProto>,
+        effect: Option<FilterEffect>,
+    ) {
+        if !self.is_current(task, attempt) {
+            return;
+        }
+        let stage = &mut self.stages[task.stage as usize];
+        stage.tasks[task.partition as usize].key_summaries = key_summaries;
+        if let Some(effect) = effect {
+            stage.filter_effect.rows_in += effect.rows_in;
+            stage.filter_effect.rows_removed += effect.rows_removed;
+            stage.filter_effect.row_groups_pruned += effect.row_groups_pruned;
+            metrics::counter!("baton_join_filter_rows_removed_total")
+                .increment(effect.rows_removed);
+            metrics::counter!("baton_join_filter_row_groups_pruned_total")
+                .increment(effect.row_groups_pruned);
+        }
     }
 
     /// True when the result is for the attempt that is running now.
@@ -788,9 +928,16 @@ impl Query {
         let mut progress = Progress::default();
         let mut waiting = vec![false; self.stages.len()];
         for (sid, waits) in waiting.iter_mut().enumerate() {
-            let incomplete_inputs = self.stages[sid]
+            // A stage whose filters were worked out no longer waits for their build stages.
+            let stage = &self.stages[sid];
+            let filter_waits = match stage.shipped_filters {
+                None => &stage.waits_for[..],
+                Some(_) => &[],
+            };
+            let incomplete_inputs = stage
                 .inputs
                 .iter()
+                .chain(filter_waits)
                 .filter(|&&i| !self.stages[i as usize].is_complete())
                 .count();
             let stage = &mut self.stages[sid];
@@ -934,6 +1081,10 @@ impl Query {
                     ended_at_ms: millis(s.ended_at),
                     task_micros: s.task_micros,
                     operators: s.operators.clone(),
+                    filters: s.filters_text.clone(),
+                    filter_rows_in: s.filter_effect.rows_in,
+                    filter_rows_removed: s.filter_effect.rows_removed,
+                    filter_row_groups_pruned: s.filter_effect.row_groups_pruned,
                 })
                 .collect(),
         }
@@ -971,6 +1122,7 @@ mod tests {
             inputs: inputs.to_vec(),
             tasks,
             operators: String::new(),
+            filters: Vec::new(),
         }
     }
 

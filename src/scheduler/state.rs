@@ -371,6 +371,7 @@ impl SchedulerState {
                     0
                 },
                 settings: query.settings.clone(),
+                filters: query.stage_filters(task.stage).to_vec(),
             };
             // The victim stops before the new task starts, so they never share the slot.
             let suspended = victim.and_then(|victim| {
@@ -629,6 +630,7 @@ impl SchedulerState {
                         });
                     }
                     query.add_task_time(task.stage, ok.elapsed_micros);
+                    query.task_reported(task, id.attempt, ok.key_summaries, ok.filter_effect);
                     let rows = ok.partitions.iter().map(|p| p.rows).sum();
                     let held = query.inline_result_bytes();
                     let progress =
@@ -801,6 +803,7 @@ mod tests {
             inputs,
             tasks,
             operators: String::new(),
+            filters: Vec::new(),
         }
     }
 
@@ -848,6 +851,7 @@ mod tests {
             partitions: Vec::new(),
             elapsed_micros: 1,
             inline_result: None,
+            ..Default::default()
         })
     }
 
@@ -885,6 +889,7 @@ mod tests {
             partitions: Vec::new(),
             elapsed_micros: 1,
             inline_result: Some(bytes::Bytes::from_static(b"arrow ipc")),
+            ..Default::default()
         });
         state.task_status("e", status(1, 0, 0, inline));
         assert_eq!(state.query("q").unwrap().inline_result_bytes(), 9);
@@ -1126,6 +1131,7 @@ mod tests {
             partitions: Vec::new(),
             elapsed_micros: 1,
             inline_result: Some(bytes::Bytes::from_static(b"arrow ipc")),
+            ..Default::default()
         });
         state.task_status(
             "e",

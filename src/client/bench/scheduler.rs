@@ -148,6 +148,7 @@ async fn simulated_executor(
                         partitions: Vec::new(),
                         elapsed_micros: 0,
                         inline_result: None,
+                        ..Default::default()
                     })),
                 })),
             };
@@ -169,6 +170,7 @@ fn stages(map_tasks: usize) -> Vec<StageSpec> {
             output_rows: 0.0,
             cost_per_input_row: 0.0,
             operators: String::new(),
+            filters: Vec::new(),
         },
         StageSpec {
             plan: Bytes::from_static(b"final"),
@@ -178,6 +180,7 @@ fn stages(map_tasks: usize) -> Vec<StageSpec> {
             output_rows: 0.0,
             cost_per_input_row: 0.0,
             operators: String::new(),
+            filters: Vec::new(),
         },
     ]
 }

@@ -1,0 +1,469 @@
+//! The probe side of a join filter: the keys shipped with a task become a predicate
+//! that filters the probe rows and prunes the parquet row groups and pages of the scans
+//! beneath it.
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Schema};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{ScalarValue, config::ConfigOptions};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::Operator;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::{BinaryExpr, Column, in_list, lit};
+use datafusion::physical_plan::coop::CooperativeExec;
+use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
+use datafusion::physical_plan::filter::{FilterExec, batch_filter};
+use datafusion::physical_plan::metrics::{
+    Count, ExecutionPlanMetricsSet, MetricBuilder, MetricValue, MetricsSet,
+};
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use futures::StreamExt;
+
+use super::KeySummary;
+
+/// Filters its input by the build-side keys of filter `filter_id`, once the task was
+/// shipped them ([`Self::with_keys`]); until then it is not in the plan that runs
+/// ([`apply_filters`] takes it out).
+#[derive(Debug)]
+pub struct ProbeFilterExec {
+    filter_id: u32,
+    keys: Vec<Arc<dyn PhysicalExpr>>,
+    /// The filter the shipped keys make, with a short description for display.
+    predicate: Option<(Arc<dyn PhysicalExpr>, String)>,
+    input: Arc<dyn ExecutionPlan>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl ProbeFilterExec {
+    /// A probe filter for `filter_id` over the join keys `keys` (over `input`'s schema).
+    pub fn new(
+        filter_id: u32,
+        keys: Vec<Arc<dyn PhysicalExpr>>,
+        input: Arc<dyn ExecutionPlan>,
+    ) -> Self {
+        Self {
+            filter_id,
+            keys,
+            predicate: None,
+            input,
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
+    }
+
+    /// The filter it applies.
+    pub fn filter_id(&self) -> u32 {
+        self.filter_id
+    }
+
+    /// The probe-side join keys, over the input's schema.
+    pub fn keys(&self) -> &[Arc<dyn PhysicalExpr>] {
+        &self.keys
+    }
+
+    /// This filter with the build side's keys: rows whose keys lie outside them go.
+    pub fn with_keys(&self, summary: &KeySummary) -> Result<Self> {
+        let predicate = predicate_for(&self.keys, summary, &self.input.schema())?;
+        Ok(Self {
+            filter_id: self.filter_id,
+            keys: self.keys.clone(),
+            predicate: Some((predicate, summary.describe())),
+            input: self.input.clone(),
+            metrics: ExecutionPlanMetricsSet::new(),
+        })
+    }
+
+    /// The predicate it filters by, once it has keys.
+    pub fn predicate(&self) -> Option<&Arc<dyn PhysicalExpr>> {
+        self.predicate.as_ref().map(|(p, _)| p)
+    }
+}
+
+/// `key >= min AND key <= max AND key IN (values)` for every key the summary bounds;
+/// `false` when the build side had no key at all. A key whose values cannot be put in
+/// the probe key's type is left unfiltered.
+fn predicate_for(
+    keys: &[Arc<dyn PhysicalExpr>],
+    summary: &KeySummary,
+    schema: &Schema,
+) -> Result<Arc<dyn PhysicalExpr>> {
+    if summary.columns.len() != keys.len() {
+        return Err(DataFusionError::Internal(format!(
+            "join filter {} has {} keys, its summary {}",
+            summary.filter_id,
+            keys.len(),
+            summary.columns.len()
+        )));
+    }
+    if summary.is_empty() {
+        return Ok(lit(false));
+    }
+    let mut conjuncts: Vec<Arc<dyn PhysicalExpr>> = Vec::new();
+    for (key, column) in keys.iter().zip(&summary.columns) {
+        let data_type = key.data_type(schema)?;
+        let Some((min, max)) = &column.range else {
+            continue;
+        };
+        let (Some(min), Some(max)) = (cast(min, &data_type), cast(max, &data_type)) else {
+            continue;
+        };
+        let compare = |op, value: ScalarValue| -> Arc<dyn PhysicalExpr> {
+            Arc::new(BinaryExpr::new(key.clone(), op, lit(value)))
+        };
+        if min == max {
+            conjuncts.push(compare(Operator::Eq, min));
+            continue;
+        }
+        conjuncts.push(compare(Operator::GtEq, min));
+        conjuncts.push(compare(Operator::LtEq, max));
+        if let Some(values) = &column.values {
+            let list: Option<Vec<Arc<dyn PhysicalExpr>>> = values
+                .iter()
+                .map(|v| cast(v, &data_type).map(lit))
+                .collect();
+            if let Some(list) = list {
+                conjuncts.push(in_list(key.clone(), list, &false, schema)?);
+            }
+        }
+    }
+    Ok(conjuncts
+        .into_iter()
+        .reduce(|a, b| Arc::new(BinaryExpr::new(a, Operator::And, b)))
+        .unwrap_or_else(|| lit(true)))
+}
+
+/// `value` as `data_type`, if it can be.
+fn cast(value: &ScalarValue, data_type: &DataType) -> Option<ScalarValue> {
+    if &value.data_type() == data_type {
+        return Some(value.clone());
+    }
+    value.cast_to(data_type).ok().filter(|v| !v.is_null())
+}
+
+/// Puts the shipped `filters` into `plan`: each [`ProbeFilterExec`] with keys for its
+/// filter gets them, and hands its predicate to the parquet scans beneath it for
+/// row-group and page pruning; one without keys is taken out.
+pub fn apply_filters(
+    plan: Arc<dyn ExecutionPlan>,
+    filters: &[KeySummary],
+    config: &ConfigOptions,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    plan.transform_up(|node| {
+        let Some(probe) = node.downcast_ref::<ProbeFilterExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let Some(summary) = filters.iter().find(|f| f.filter_id == probe.filter_id) else {
+            return Ok(Transformed::yes(probe.input.clone()));
+        };
+        let filtered = probe.with_keys(summary)?;
+        let predicate = filtered.predicate().expect("with keys").clone();
+        let input = push_into_scans(filtered.input.clone(), predicate, config)?;
+        Ok(Transformed::yes(
+            Arc::new(ProbeFilterExec { input, ..filtered }) as Arc<dyn ExecutionPlan>,
+        ))
+    })
+    .map(|t| t.data)
+}
+
+/// Hands `predicate` (over `plan`'s schema) to the file scans `plan` reads through
+/// operators that keep every row's values (filters, repartitioning,
+/// projections, whose expressions replace the columns they make). Below anything else
+/// (a limit, an aggregate, a join) the rows are not the ones filtered, and it stops.
+fn push_into_scans(
+    plan: Arc<dyn ExecutionPlan>,
+    predicate: Arc<dyn PhysicalExpr>,
+    config: &ConfigOptions,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    if let Some(scan) = plan.downcast_ref::<DataSourceExec>() {
+        let pushed = scan
+            .data_source()
+            .try_pushdown_filters(vec![predicate], config)?;
+        return Ok(match pushed.updated_node {
+            Some(source) => Arc::new(scan.clone().with_data_source(source)),
+            None => plan,
+        });
+    }
+    let predicate = if let Some(projection) = plan.downcast_ref::<ProjectionExec>() {
+        let exprs: Vec<Arc<dyn PhysicalExpr>> =
+            projection.expr().iter().map(|e| e.expr.clone()).collect();
+        predicate
+            .transform(|e| match e.downcast_ref::<Column>() {
+                Some(column) => Ok(Transformed::yes(exprs[column.index()].clone())),
+                None => Ok(Transformed::no(e)),
+            })?
+            .data
+    } else {
+        let keeps_rows = plan.is::<RepartitionExec>()
+            || plan.is::<CooperativeExec>()
+            || plan
+                .downcast_ref::<FilterExec>()
+                .is_some_and(|f| f.projection().is_none());
+        if !keeps_rows {
+            return Ok(plan);
+        }
+        predicate
+    };
+    let [child] = plan.children()[..] else {
+        return Ok(plan);
+    };
+    let pushed = push_into_scans(child.clone(), predicate, config)?;
+    if Arc::ptr_eq(&pushed, child) {
+        return Ok(plan);
+    }
+    replace_children_if_necessary(plan, vec![pushed])
+}
+
+/// What the filters of one task removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FilterEffect {
+    /// Rows that reached a probe filter.
+    pub rows_in: u64,
+    /// Of those, rows it removed.
+    pub rows_removed: u64,
+    /// Parquet row groups the scans beneath it skipped (by any of their predicates).
+    pub row_groups_pruned: u64,
+}
+
+impl FilterEffect {
+    /// What the probe filters of `plan` and the scans beneath them did for `partition`.
+    pub fn of(plan: &Arc<dyn ExecutionPlan>, partition: usize) -> Self {
+        let mut effect = Self::default();
+        let _ = plan.apply(|node| {
+            if let Some(probe) = node.downcast_ref::<ProbeFilterExec>() {
+                let metrics = probe.metrics.clone_inner();
+                effect.rows_in += count(&metrics, "filter_rows_in", partition);
+                effect.rows_removed += count(&metrics, "filter_rows_removed", partition);
+                let _ = probe.input.apply(|below| {
+                    if let Some(metrics) = below
+                        .downcast_ref::<DataSourceExec>()
+                        .and_then(|scan| scan.metrics())
+                    {
+                        effect.row_groups_pruned +=
+                            pruned(&metrics, "row_groups_pruned_statistics", partition);
+                    }
+                    Ok(TreeNodeRecursion::Continue)
+                });
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        effect
+    }
+}
+
+fn count(metrics: &MetricsSet, name: &str, partition: usize) -> u64 {
+    metrics
+        .iter()
+        .filter(|m| m.partition() == Some(partition) && m.value().name() == name)
+        .map(|m| m.value().as_usize() as u64)
+        .sum()
+}
+
+fn pruned(metrics: &MetricsSet, name: &str, partition: usize) -> u64 {
+    metrics
+        .iter()
+        .filter(|m| m.partition() == Some(partition))
+        .filter_map(|m| match m.value() {
+            MetricValue::PruningMetrics {
+                name: n,
+                pruning_metrics,
+            } if n == name => Some(pruning_metrics.pruned() as u64),
+            _ => None,
+        })
+        .sum()
+}
+
+impl DisplayAs for ProbeFilterExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let keys: Vec<String> = self.keys.iter().map(|k| k.to_string()).collect();
+        write!(
+            f,
+            "ProbeFilterExec: filter={} keys=[{}]",
+            self.filter_id,
+            keys.join(", ")
+        )?;
+        if let Some((_, described)) = &self.predicate {
+            write!(f, " build={described}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for ProbeFilterExec {
+    fn name(&self) -> &str {
+        "ProbeFilterExec"
+    }
+
+    /// A filter keeps its input's partitioning, order and equivalences.
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        for key in &self.keys {
+            if f(key)? == TreeNodeRecursion::Stop {
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.len() != 1 {
+            return Err(DataFusionError::Internal(
+                "ProbeFilterExec takes exactly one child".into(),
+            ));
+        }
+        Ok(Arc::new(Self {
+            filter_id: self.filter_id,
+            keys: self.keys.clone(),
+            predicate: self.predicate.clone(),
+            input: children.swap_remove(0),
+            metrics: ExecutionPlanMetricsSet::new(),
+        }))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let Some((predicate, _)) = self.predicate.clone() else {
+            return Ok(input);
+        };
+        let rows_in: Count = MetricBuilder::new(&self.metrics).counter("filter_rows_in", partition);
+        let removed: Count =
+            MetricBuilder::new(&self.metrics).counter("filter_rows_removed", partition);
+        let schema = input.schema();
+        let filtered = input.map(move |batch| {
+            let batch = batch?;
+            let kept = batch_filter(&batch, &predicate)?;
+            rows_in.add(batch.num_rows());
+            removed.add(batch.num_rows() - kept.num_rows());
+            Ok(kept)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, filtered)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::join_filters::KeyColumn;
+    use datafusion::arrow::array::{Int32Array, RecordBatch};
+    use datafusion::arrow::datatypes::Field;
+    use datafusion::datasource::memory::MemorySourceConfig;
+    use datafusion::physical_expr::expressions::col;
+
+    fn probe_input() -> Arc<dyn ExecutionPlan> {
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int32, true)]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int32Array::from(vec![
+                Some(1),
+                Some(4),
+                None,
+                Some(6),
+                Some(9),
+            ]))],
+        )
+        .unwrap();
+        MemorySourceConfig::try_new_exec(&[vec![batch]], schema, None).unwrap()
+    }
+
+    async fn kept(summary: KeySummary) -> Vec<Option<i32>> {
+        let input = probe_input();
+        let keys = vec![col("k", &input.schema()).unwrap()];
+        let probe: Arc<dyn ExecutionPlan> = Arc::new(ProbeFilterExec::new(3, keys, input));
+        let plan = apply_filters(probe, &[summary], &ConfigOptions::default()).unwrap();
+        let stream = plan.execute(0, Arc::new(TaskContext::default())).unwrap();
+        let batches = datafusion::physical_plan::common::collect(stream)
+            .await
+            .unwrap();
+        let effect = FilterEffect::of(&plan, 0);
+        let rows: Vec<Option<i32>> = batches
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int32Array>()
+                    .unwrap()
+                    .iter()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(effect.rows_in, 5);
+        assert_eq!(effect.rows_removed, 5 - rows.len() as u64);
+        rows
+    }
+
+    fn build(range: Option<(i64, i64)>, values: Option<Vec<i64>>) -> KeySummary {
+        // The build key is Int64 here: values are cast to the probe key's type.
+        KeySummary {
+            filter_id: 3,
+            columns: vec![KeyColumn {
+                range: range
+                    .map(|(a, b)| (ScalarValue::Int64(Some(a)), ScalarValue::Int64(Some(b)))),
+                values: values
+                    .map(|v| v.into_iter().map(|x| ScalarValue::Int64(Some(x))).collect()),
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn probe_rows_outside_the_build_keys_and_null_keys_are_removed() {
+        assert_eq!(
+            kept(build(Some((2, 8)), None)).await,
+            vec![Some(4), Some(6)]
+        );
+        assert_eq!(
+            kept(build(Some((1, 9)), Some(vec![1, 6, 9]))).await,
+            vec![Some(1), Some(6), Some(9)]
+        );
+        assert_eq!(
+            kept(build(Some((4, 4)), Some(vec![4]))).await,
+            vec![Some(4)]
+        );
+        assert_eq!(
+            kept(build(None, Some(vec![]))).await,
+            Vec::<Option<i32>>::new()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_probe_filter_without_keys_leaves_the_plan() {
+        let input = probe_input();
+        let keys = vec![col("k", &input.schema()).unwrap()];
+        let probe: Arc<dyn ExecutionPlan> = Arc::new(ProbeFilterExec::new(3, keys, input));
+        let other = KeySummary {
+            filter_id: 4,
+            ..build(Some((2, 8)), None)
+        };
+        let plan = apply_filters(probe, &[other], &ConfigOptions::default()).unwrap();
+        assert!(plan.is::<DataSourceExec>(), "{}", plan.name());
+    }
+}
