@@ -466,4 +466,58 @@ mod tests {
         let plan = apply_filters(probe, &[other], &ConfigOptions::default()).unwrap();
         assert!(plan.is::<DataSourceExec>(), "{}", plan.name());
     }
+
+    #[tokio::test]
+    async fn a_shipped_filter_prunes_the_row_groups_of_the_parquet_scan_beneath() {
+        use datafusion::parquet::arrow::ArrowWriter;
+        use datafusion::parquet::file::properties::WriterProperties;
+        use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+
+        // Keys 0..400 in four row groups of 100.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int32, false)]));
+        let properties = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(100))
+            .build();
+        let file = std::fs::File::create(&path).unwrap();
+        let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(properties)).unwrap();
+        let batch =
+            RecordBatch::try_new(schema, vec![Arc::new(Int32Array::from_iter_values(0..400))])
+                .unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+        ctx.register_parquet("t", path.to_str().unwrap(), ParquetReadOptions::default())
+            .await
+            .unwrap();
+        let scan = ctx
+            .sql("select k from t")
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let keys = vec![col("k", &scan.schema()).unwrap()];
+        let probe: Arc<dyn ExecutionPlan> = Arc::new(ProbeFilterExec::new(3, keys, scan));
+        let plan = apply_filters(
+            probe,
+            &[build(Some((150, 180)), None)],
+            ctx.state().config_options(),
+        )
+        .unwrap();
+        let stream = plan.execute(0, ctx.task_ctx()).unwrap();
+        let rows: usize = datafusion::physical_plan::common::collect(stream)
+            .await
+            .unwrap()
+            .iter()
+            .map(|b| b.num_rows())
+            .sum();
+        assert_eq!(rows, 31);
+        let effect = FilterEffect::of(&plan, 0);
+        assert_eq!(effect.row_groups_pruned, 3, "{effect:?}");
+        // Only the one row group read reaches the filter.
+        assert_eq!((effect.rows_in, effect.rows_removed), (100, 69));
+    }
 }
