@@ -213,6 +213,8 @@ impl LocalCluster {
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
+        // The scheduler takes no more queries and expects its executors to go.
+        self.scheduler.drain();
         for executor in &self.executors {
             executor.stop();
         }

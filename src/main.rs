@@ -12,6 +12,7 @@ use baton::cli::{self, CliError, SqlSource, SqlTarget};
 use baton::client::OutputFormat;
 use baton::client::bench::TpchBench;
 use baton::client::bench::fairness::FairnessBench;
+use baton::client::bench::joins::JoinsBench;
 use baton::client::bench::scheduler::SchedulerBench;
 use baton::cluster::ClusterConfig;
 use baton::executor::ExecutorConfig;
@@ -197,6 +198,8 @@ enum Bench {
         #[arg(long, default_value = "bench-results")]
         out: PathBuf,
     },
+    /// Selective star joins: single-node DataFusion and Baton, filters on and off.
+    Joins(JoinsBench),
     /// The scheduler alone: simulated executors that finish tasks at once.
     Scheduler {
         #[command(flatten)]
@@ -316,6 +319,7 @@ async fn run(command: Command) -> Result<(), CliError> {
             Bench::Tpch(bench) => cli::run_tpch_bench(bench).await,
             Bench::Fairness { bench, out } => cli::run_fairness_bench(bench, out).await,
             Bench::Scheduler { bench, out } => cli::run_scheduler_bench(bench, out).await,
+            Bench::Joins(bench) => cli::run_joins_bench(bench).await,
         },
         Command::Datagen {
             data: Datagen::Tpch { scale, out, format },

@@ -8,6 +8,7 @@ use crate::catalog::TableFormat;
 use crate::client::bench::fairness::{
     FairnessBench, format_fairness_report, run_fairness_bench as run_fairness,
 };
+use crate::client::bench::joins::{JoinsBench, format_joins_report, run_joins_bench as run_joins};
 use crate::client::bench::scheduler::{
     SchedulerBench, format_scheduler_report, run_scheduler_bench as run_sched,
 };
@@ -72,6 +73,17 @@ pub async fn run_fairness_bench(bench: FairnessBench, out: PathBuf) -> Result<()
     println!("{}", format_fairness_report(&results));
     let path = bench::write_json(&out, "fairness.json", &results)?;
     eprintln!("results written to {}", path.display());
+    Ok(())
+}
+
+/// `baton bench joins`.
+pub async fn run_joins_bench(bench: JoinsBench) -> Result<(), CliError> {
+    let report = run_joins(&bench).await?;
+    println!("{}", format_joins_report(&report));
+    eprintln!(
+        "results written to {}",
+        bench.out.join("joins.json").display()
+    );
     Ok(())
 }
 

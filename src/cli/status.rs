@@ -63,6 +63,15 @@ fn print_status(status: &QueryStatus, detailed: bool) {
                     format!("  running {}", tasks.join(","))
                 }
             );
+            if !stage.filters.is_empty() {
+                println!(
+                    "    join filters: {}; removed {} of {} rows, {} row groups pruned",
+                    stage.filters,
+                    stage.filter_rows_removed,
+                    stage.filter_rows_in,
+                    stage.filter_row_groups_pruned
+                );
+            }
         }
     }
 }

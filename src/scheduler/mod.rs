@@ -127,6 +127,10 @@ pub fn status_to_json(status: &QueryStatus) -> serde_json::Value {
                 "ended_at_ms": s.ended_at_ms,
                 "task_seconds": s.task_micros as f64 / 1e6,
                 "operators": s.operators,
+                "join_filters": s.filters,
+                "filter_rows_in": s.filter_rows_in,
+                "filter_rows_removed": s.filter_rows_removed,
+                "filter_row_groups_pruned": s.filter_row_groups_pruned,
                 "running": s.running.iter().map(|t| serde_json::json!({
                     "partition": t.partition,
                     "executor": t.executor_id,

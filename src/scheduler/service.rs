@@ -6,7 +6,7 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::{Origin, Scheduler, SchedulerError, Submission};
 use crate::config::EXECUTOR_TIMEOUT;
@@ -122,6 +122,12 @@ impl SchedulerService for SchedulerGrpc {
                         }
                     },
                     Ok(None) => break true,
+                    // A stopping scheduler's executors go away with it (an embedded
+                    // cluster stops both at once): no failure to report then.
+                    Err(e) if scheduler.is_draining() => {
+                        info!(executor = %executor_id, error = %e, "executor stream ended while the scheduler stops");
+                        break true;
+                    }
                     Err(e) => {
                         warn!(executor = %executor_id, error = %e, "executor stream failed");
                         break false;

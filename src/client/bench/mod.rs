@@ -1,8 +1,10 @@
 //! Benchmarks: `baton bench tpch` (TPC-H on Baton against single-node DataFusion),
-//! `baton bench fairness` (short queries under a load of long ones, per policy) and
+//! `baton bench fairness` (short queries under a load of long ones, per policy),
+//! `baton bench joins` (selective star joins with join filters on and off) and
 //! `baton bench scheduler` (the scheduler's own throughput and dispatch latency).
 
 pub mod fairness;
+pub mod joins;
 pub mod memory;
 pub mod plots;
 pub mod processes;
