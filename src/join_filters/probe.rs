@@ -1,6 +1,6 @@
 //! The probe side of a join filter: the keys shipped with a task become a predicate
-//! that filters the probe rows and prunes the parquet row groups and pages of the scans
-//! beneath it.
+//! that prunes the parquet row groups and pages of the scans beneath it and, before a
+//! shuffle, filters the probe rows.
 
 use std::fmt;
 use std::sync::Arc;
@@ -37,6 +37,9 @@ pub struct ProbeFilterExec {
     keys: Vec<Arc<dyn PhysicalExpr>>,
     /// The filter the shipped keys make, with a short description for display.
     predicate: Option<(Arc<dyn PhysicalExpr>, String)>,
+    /// Only prune the scans beneath; pass every row that reaches it on (the join right
+    /// above drops the rows that do not match for the same price as a filter would).
+    prune_only: bool,
     input: Arc<dyn ExecutionPlan>,
     metrics: ExecutionPlanMetricsSet,
 }
@@ -52,9 +55,23 @@ impl ProbeFilterExec {
             filter_id,
             keys,
             predicate: None,
+            prune_only: false,
             input,
             metrics: ExecutionPlanMetricsSet::new(),
         }
+    }
+
+    /// This filter, pruning the scans beneath only: rows that reach it all pass.
+    pub fn pruning_only(self) -> Self {
+        Self {
+            prune_only: true,
+            ..self
+        }
+    }
+
+    /// True when it only prunes the scans beneath and filters no row.
+    pub fn is_pruning_only(&self) -> bool {
+        self.prune_only
     }
 
     /// The filter it applies.
@@ -74,6 +91,7 @@ impl ProbeFilterExec {
             filter_id: self.filter_id,
             keys: self.keys.clone(),
             predicate: Some((predicate, summary.describe())),
+            prune_only: self.prune_only,
             input: self.input.clone(),
             metrics: ExecutionPlanMetricsSet::new(),
         })
@@ -287,6 +305,9 @@ impl DisplayAs for ProbeFilterExec {
             self.filter_id,
             keys.join(", ")
         )?;
+        if self.prune_only {
+            write!(f, " prune_only")?;
+        }
         if let Some((_, described)) = &self.predicate {
             write!(f, " build={described}")?;
         }
@@ -341,6 +362,7 @@ impl ExecutionPlan for ProbeFilterExec {
             filter_id: self.filter_id,
             keys: self.keys.clone(),
             predicate: self.predicate.clone(),
+            prune_only: self.prune_only,
             input: children.swap_remove(0),
             metrics: ExecutionPlanMetricsSet::new(),
         }))
@@ -359,8 +381,13 @@ impl ExecutionPlan for ProbeFilterExec {
         let removed: Count =
             MetricBuilder::new(&self.metrics).counter("filter_rows_removed", partition);
         let schema = input.schema();
+        let prune_only = self.prune_only;
         let filtered = input.map(move |batch| {
             let batch = batch?;
+            if prune_only {
+                rows_in.add(batch.num_rows());
+                return Ok(batch);
+            }
             let kept = batch_filter(&batch, &predicate)?;
             rows_in.add(batch.num_rows());
             removed.add(batch.num_rows() - kept.num_rows());

@@ -110,7 +110,12 @@ pub fn insert(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
                     right.clone(),
                     vec![Arc::new(ProbeFilterExec::new(id, probe_keys, probe_input))],
                 )?,
-                None => Arc::new(ProbeFilterExec::new(id, probe_keys, right.clone())),
+                // Right under the join, which drops the rows a filter would: measured
+                // on TPC-H SF 1 star joins, filtering them there too cost 9-56 % more
+                // time, so here the filter only prunes the scans.
+                None => {
+                    Arc::new(ProbeFilterExec::new(id, probe_keys, right.clone()).pruning_only())
+                }
             };
             Ok(Transformed::yes(replace_children_if_necessary(
                 node,

@@ -153,11 +153,12 @@ impl PhysicalExtensionCodec for BatonCodec {
                 };
                 let keys =
                     self.decode_exprs(&node.key_exprs, &input.schema(), ctx, proto_converter)?;
-                Ok(Arc::new(ProbeFilterExec::new(
-                    node.filter_id,
-                    keys,
-                    input.clone(),
-                )))
+                let probe = ProbeFilterExec::new(node.filter_id, keys, input.clone());
+                Ok(Arc::new(if node.prune_only {
+                    probe.pruning_only()
+                } else {
+                    probe
+                }))
             }
             None => Err(proto_error("decode", "empty extension node")),
         }
@@ -218,6 +219,7 @@ impl PhysicalExtensionCodec for BatonCodec {
             plan_extension::Node::ProbeFilter(ProbeFilterNode {
                 filter_id: probe.filter_id(),
                 key_exprs: self.encode_exprs(probe.keys(), proto_converter)?,
+                prune_only: probe.is_pruning_only(),
             })
         } else {
             return Err(proto_error(

@@ -1166,6 +1166,87 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_stage_with_a_join_filter_waits_for_its_build_stage_and_gets_its_keys() {
+        use crate::join_filters::KeyColumn;
+        use datafusion::common::ScalarValue;
+        let summary = |min: i64, max: i64| {
+            KeySummary {
+                filter_id: 0,
+                columns: vec![KeyColumn {
+                    range: Some((ScalarValue::Int64(Some(min)), ScalarValue::Int64(Some(max)))),
+                    values: Some(vec![
+                        ScalarValue::Int64(Some(min)),
+                        ScalarValue::Int64(Some(max)),
+                    ]),
+                }],
+            }
+            .to_proto()
+            .unwrap()
+        };
+        // Stage 1 (the probe side) filters by stage 0's keys; stage 2 joins both.
+        let mut probe = spec(&[], 1);
+        probe.filters = vec![StageFilter {
+            id: 0,
+            build_stage: 0,
+        }];
+        let mut q = query_of(vec![spec(&[], 2), probe, spec(&[0, 1], 1)]);
+        assert_eq!(
+            q.start().ready,
+            vec![task(0, 0), task(0, 1)],
+            "the probe waits"
+        );
+        for (partition, (min, max)) in [(0, (5, 7)), (1, (2, 3))] {
+            let t = task(0, partition);
+            q.task_started(t, "a");
+            q.task_reported(t, q.attempt(t), vec![summary(min, max)], None);
+            let progress = q.task_succeeded(t, q.attempt(t), loc("a"), 1, None);
+            let expected = if partition == 0 {
+                vec![]
+            } else {
+                vec![task(1, 0)]
+            };
+            assert_eq!(progress.ready, expected);
+        }
+        let shipped = KeySummary::from_proto(&q.stage_filters(1)[0]).unwrap();
+        let column = &shipped.columns[0];
+        assert_eq!(
+            column.range,
+            Some((ScalarValue::Int64(Some(2)), ScalarValue::Int64(Some(7))))
+        );
+        assert_eq!(column.values.as_ref().unwrap().len(), 4);
+        assert!(
+            q.status().stages[1]
+                .filters
+                .contains("filter 0 from stage 0")
+        );
+        // The join stage still waits for the probe stage, and nothing else is shipped.
+        let t = task(1, 0);
+        q.task_started(t, "b");
+        q.task_reported(
+            t,
+            0,
+            Vec::new(),
+            Some(FilterEffect {
+                rows_in: 10,
+                rows_removed: 6,
+                row_groups_pruned: 1,
+            }),
+        );
+        assert_eq!(run_reported(&mut q, t).ready, vec![task(2, 0)]);
+        assert!(q.stage_filters(2).is_empty());
+        assert_eq!(q.status().stages[1].filter_rows_removed, 6);
+
+        // Without the filter both sides start at once.
+        let mut q = query_of(vec![spec(&[], 2), spec(&[], 1), spec(&[0, 1], 1)]);
+        assert_eq!(q.start().ready, vec![task(0, 0), task(0, 1), task(1, 0)]);
+    }
+
+    /// Finishes a task that was started and reported on already.
+    fn run_reported(q: &mut Query, t: TaskRef) -> Progress {
+        q.task_succeeded(t, q.attempt(t), loc("b"), 0, None)
+    }
+
+    #[test]
     fn a_stage_is_ready_only_when_all_its_inputs_are_done() {
         let mut q = join_query();
         let start = q.start();
