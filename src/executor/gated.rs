@@ -14,11 +14,13 @@ use std::task::{Context, Poll, Waker, ready};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::error::{DataFusionError, Result};
+use datafusion::error::Result;
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use futures::{Stream, StreamExt};
+
+use crate::planner::only_child;
 
 /// Whether one task may run; the operators of a closed task wait at their next batch.
 #[derive(Debug)]
@@ -116,14 +118,10 @@ impl ExecutionPlan for GatedExec {
 
     fn with_new_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        if children.len() != 1 {
-            return Err(DataFusionError::Internal(
-                "GatedExec has exactly one child".into(),
-            ));
-        }
-        Ok(Arc::new(Self::new(children.swap_remove(0))))
+        let input = only_child("GatedExec", children)?;
+        Ok(Arc::new(Self::new(input)))
     }
 
     fn execute(

@@ -27,6 +27,7 @@ use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Pla
 use futures::StreamExt;
 
 use super::KeySummary;
+use crate::planner::{only_child, visit_exprs};
 
 /// Filters its input by the build-side keys of filter `filter_id`, once the task was
 /// shipped them ([`Self::with_keys`]); until then it is not in the plan that runs
@@ -337,12 +338,7 @@ impl ExecutionPlan for ProbeFilterExec {
         &self,
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
-        for key in &self.keys {
-            if f(key)? == TreeNodeRecursion::Stop {
-                return Ok(TreeNodeRecursion::Stop);
-            }
-        }
-        Ok(TreeNodeRecursion::Continue)
+        visit_exprs(&self.keys, f)
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
@@ -351,19 +347,15 @@ impl ExecutionPlan for ProbeFilterExec {
 
     fn with_new_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        if children.len() != 1 {
-            return Err(DataFusionError::Internal(
-                "ProbeFilterExec takes exactly one child".into(),
-            ));
-        }
+        let input = only_child("ProbeFilterExec", children)?;
         Ok(Arc::new(Self {
             filter_id: self.filter_id,
             keys: self.keys.clone(),
             predicate: self.predicate.clone(),
             prune_only: self.prune_only,
-            input: children.swap_remove(0),
+            input,
             metrics: ExecutionPlanMetricsSet::new(),
         }))
     }

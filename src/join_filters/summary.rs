@@ -25,6 +25,7 @@ use datafusion::physical_plan::{
 use futures::{Stream, StreamExt};
 use prost::Message;
 
+use crate::planner::{only_child, visit_exprs};
 use crate::proto;
 
 /// Distinct values per key a summary keeps; past this only the range is shipped.
@@ -358,12 +359,7 @@ impl ExecutionPlan for KeySummaryExec {
         &self,
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
-        for key in &self.keys {
-            if f(key)? == TreeNodeRecursion::Stop {
-                return Ok(TreeNodeRecursion::Stop);
-            }
-        }
-        Ok(TreeNodeRecursion::Continue)
+        visit_exprs(&self.keys, f)
     }
 
     fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
@@ -380,18 +376,14 @@ impl ExecutionPlan for KeySummaryExec {
 
     fn with_new_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        if children.len() != 1 {
-            return Err(DataFusionError::Internal(
-                "KeySummaryExec takes exactly one child".into(),
-            ));
-        }
+        let input = only_child("KeySummaryExec", children)?;
         Ok(Arc::new(Self::new(
             self.filter_id,
             self.keys.clone(),
             self.max_values,
-            children.swap_remove(0),
+            input,
         )))
     }
 

@@ -12,6 +12,39 @@ pub use cost::{ROWS_PER_UNIT, StageEstimate, estimate_stages};
 pub use joins::distribute_joins;
 pub use stages::{StageDag, StagePlan, operator_summary, plan_stages};
 
+/// Calls `f` on each of an operator's own expressions in turn until it says stop: the
+/// body of `ExecutionPlan::apply_expressions` for Baton's operators.
+pub fn visit_exprs(
+    exprs: &[std::sync::Arc<dyn datafusion::physical_expr::PhysicalExpr>],
+    f: &mut dyn FnMut(
+        &std::sync::Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+    ) -> datafusion::error::Result<
+        datafusion::common::tree_node::TreeNodeRecursion,
+    >,
+) -> datafusion::error::Result<datafusion::common::tree_node::TreeNodeRecursion> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    for expr in exprs {
+        if f(expr)? == TreeNodeRecursion::Stop {
+            return Ok(TreeNodeRecursion::Stop);
+        }
+    }
+    Ok(TreeNodeRecursion::Continue)
+}
+
+/// The child a single-input operator named `name` is rebuilt over
+/// (`ExecutionPlan::with_new_children`), or an error when there is not exactly one.
+pub fn only_child(
+    name: &str,
+    mut children: Vec<std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>>,
+) -> datafusion::error::Result<std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+    match children.len() {
+        1 => Ok(children.swap_remove(0)),
+        n => Err(datafusion::error::DataFusionError::Internal(format!(
+            "{name} takes exactly one child, got {n}"
+        ))),
+    }
+}
+
 /// Errors of planning and plan serialization.
 #[derive(Debug, thiserror::Error)]
 pub enum PlannerError {

@@ -22,6 +22,7 @@ use futures::StreamExt;
 
 use super::env::TaskEnv;
 use super::store::ShuffleKey;
+use crate::planner::{only_child, visit_exprs};
 
 static STATS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
@@ -117,29 +118,18 @@ impl ExecutionPlan for ShuffleWriterExec {
         &self,
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
-        if let Some(Partitioning::Hash(exprs, _)) = &self.partitioning {
-            for expr in exprs {
-                if f(expr)? == TreeNodeRecursion::Stop {
-                    return Ok(TreeNodeRecursion::Stop);
-                }
-            }
+        match &self.partitioning {
+            Some(Partitioning::Hash(exprs, _)) => visit_exprs(exprs, f),
+            _ => Ok(TreeNodeRecursion::Continue),
         }
-        Ok(TreeNodeRecursion::Continue)
     }
 
     fn with_new_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        if children.len() != 1 {
-            return Err(DataFusionError::Internal(
-                "ShuffleWriterExec takes exactly one child".into(),
-            ));
-        }
-        Ok(Arc::new(Self::try_new(
-            children.swap_remove(0),
-            self.partitioning.clone(),
-        )?))
+        let input = only_child("ShuffleWriterExec", children)?;
+        Ok(Arc::new(Self::try_new(input, self.partitioning.clone())?))
     }
 
     fn execute(
