@@ -184,6 +184,8 @@ async fn a_cluster_across_network_namespaces_survives_a_cut_link() {
             "0",
             "--metrics",
             "0.0.0.0:9464",
+            "--state",
+            "memory",
         ],
     );
     let scheduler = format!("{scheduler_ip}:50050");

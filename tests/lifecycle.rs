@@ -319,6 +319,7 @@ async fn an_executor_that_misses_its_heartbeats_is_taken_as_lost() {
                 flight_address: "127.0.0.1:9".into(),
                 slots: 1,
                 preempt_slots: 0,
+                held: Vec::new(),
             })),
         })
         .unwrap();

@@ -111,6 +111,7 @@ async fn every_endpoint_refuses_callers_without_valid_credentials() {
             flight_address: "127.0.0.1:9".into(),
             slots: 4,
             preempt_slots: 0,
+            held: Vec::new(),
         })),
     };
     let wrong_secret = Dialer::plain()
@@ -139,6 +140,7 @@ async fn every_endpoint_refuses_callers_without_valid_credentials() {
             flight_address: "127.0.0.1:9".into(),
             slots: 4,
             preempt_slots: 0,
+            held: Vec::new(),
         })),
     };
     let status = client

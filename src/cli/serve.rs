@@ -85,6 +85,11 @@ pub async fn run_scheduler(
     config: SchedulerConfig,
     metrics: Option<SocketAddr>,
 ) -> Result<(), CliError> {
+    let mut config = config;
+    // A scheduler of its own keeps its queries across a restart unless told otherwise.
+    config
+        .state
+        .get_or_insert(crate::scheduler::durable::StateLocation::Embedded);
     let scheduler = Scheduler::new(&config).await?;
     warn_if_open(&scheduler);
     if let Some(addr) = metrics {

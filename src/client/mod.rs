@@ -18,6 +18,7 @@ use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::ipc::convert::try_schema_from_ipc_buffer;
 use futures::TryStreamExt;
 use std::sync::Arc;
+use std::time::Duration;
 use tonic::transport::ClientTlsConfig;
 
 use crate::config::MAX_MESSAGE_BYTES;
@@ -49,6 +50,10 @@ pub enum ClientError {
     /// The login or TLS settings are unusable.
     #[error(transparent)]
     Security(#[from] SecurityError),
+    /// The connection to the scheduler broke (it restarted, or a standby took over),
+    /// and no scheduler answered again in time.
+    #[error("lost the scheduler: {0}")]
+    Disconnected(String),
 }
 
 impl ClientError {
@@ -124,13 +129,28 @@ impl QueryResult {
     }
 }
 
+/// How long a client that lost its scheduler tries to reach one again (it restarts, or
+/// a standby takes over) before the call fails.
+const FAILOVER_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Times one call re-attaches to a query after losing the scheduler.
+const MAX_REATTACHES: u32 = 5;
+
 /// A connection to a Baton scheduler (gRPC API and Flight results on one address).
+///
+/// When the connection breaks while it waits for a query's result or status, it dials
+/// the scheduler addresses again until one answers (a restarted scheduler, or the
+/// standby that took over) and re-attaches to the query by its id; it never submits a
+/// query twice.
 #[derive(Debug, Clone)]
 pub struct BatonClient {
     scheduler: SchedulerServiceClient<Connection>,
     flight: FlightServiceClient<Connection>,
     /// The session this client's SQL runs in (its `SET`s, its views).
     session: String,
+    /// Every scheduler address it may dial, and how it logs in.
+    addresses: Vec<String>,
+    login: Login,
 }
 
 impl BatonClient {
@@ -139,45 +159,66 @@ impl BatonClient {
         Self::connect_as(address, &Login::default()).await
     }
 
-    /// Connects to the scheduler at `address` (host:port) and logs in as `login` says.
+    /// Connects to the scheduler at `address` (host:port, or several separated by
+    /// commas: a scheduler and its standbys) and logs in as `login` says.
     pub async fn connect_as(address: &str, login: &Login) -> Result<Self, ClientError> {
-        let address = strip_scheme(address);
-        let connect_error = |source| ClientError::Connect {
-            addr: address.to_string(),
-            source,
-        };
-        let dialer = Dialer::plain().with_tls(login.tls.clone());
-        let dialer = match &login.credential {
-            Credential::Anonymous => dialer,
-            Credential::Token(token) => dialer.with_bearer(token)?,
-            Credential::Password { user, password } => {
-                let basic = dialer.clone().with_basic(user, password)?;
-                let mut flight =
-                    flight_client(basic.connect(address).await.map_err(connect_error)?);
-                let response = flight
-                    .handshake(futures::stream::iter([HandshakeRequest::default()]))
-                    .await?;
-                let token = response
-                    .metadata()
-                    .get("authorization")
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|value| value.strip_prefix("Bearer "))
-                    .map(str::to_string);
-                match token {
-                    Some(token) => dialer.with_bearer(&token)?,
-                    // A scheduler without authentication answers no token.
-                    None => dialer,
-                }
-            }
-        };
-        let channel = dialer.connect(address).await.map_err(connect_error)?;
+        let addresses: Vec<String> = address
+            .split(',')
+            .map(|a| strip_scheme(a.trim()).to_string())
+            .filter(|a| !a.is_empty())
+            .collect();
+        let channel = dial_any(&addresses, login).await?;
         Ok(Self {
             scheduler: SchedulerServiceClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
             flight: flight_client(channel),
             session: uuid::Uuid::new_v4().simple().to_string(),
+            addresses,
+            login: login.clone(),
         })
+    }
+
+    /// Dials the scheduler addresses until one answers, for up to [`FAILOVER_PATIENCE`].
+    async fn reconnect(&mut self) -> Result<(), ClientError> {
+        let deadline = tokio::time::Instant::now() + FAILOVER_PATIENCE;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match dial_any(&self.addresses, &self.login).await {
+                Ok(channel) => {
+                    self.scheduler = SchedulerServiceClient::new(channel.clone())
+                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+                    self.flight = flight_client(channel);
+                    tracing::info!("connected to the scheduler again");
+                    return Ok(());
+                }
+                Err(e) if tokio::time::Instant::now() + backoff > deadline => {
+                    return Err(ClientError::Disconnected(e.to_string()));
+                }
+                Err(e) => tracing::debug!(error = %e, "no scheduler answers yet; retrying"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Whether a call that failed with `error` is to be made again: the connection
+    /// broke, fewer than [`MAX_REATTACHES`] re-attaches were made, and a scheduler
+    /// answers again; an error when none does.
+    async fn reattach(
+        &mut self,
+        error: ClientError,
+        reattached: &mut u32,
+    ) -> Result<(), ClientError> {
+        match error {
+            ClientError::Disconnected(cause) if *reattached < MAX_REATTACHES => {
+                tracing::warn!(%cause, "lost the scheduler; re-attaching");
+                *reattached += 1;
+                self.reconnect().await
+            }
+            other => Err(other),
+        }
     }
 
     /// Submits SQL; returns the query id.
@@ -214,7 +255,9 @@ impl BatonClient {
         Ok(response.into_inner().query_id)
     }
 
-    /// Waits for the query and streams its result batches.
+    /// Waits for the query and streams its result batches (a broken connection is
+    /// [`ClientError::Disconnected`]; [`Self::fetch`] and [`Self::fetch_each`]
+    /// re-attach).
     pub async fn result_stream(
         &mut self,
         query_id: &str,
@@ -226,15 +269,28 @@ impl BatonClient {
     }
 
     /// Waits for the query and hands each result batch to `each` as it arrives, so the
-    /// result is never held whole here; returns the result's schema.
+    /// result is never held whole here; returns the result's schema. When the scheduler
+    /// goes away before the first batch, it re-attaches to the query.
     pub async fn fetch_each<E: From<ClientError>>(
         &mut self,
         query_id: &str,
         mut each: impl FnMut(&RecordBatch) -> Result<(), E>,
     ) -> Result<SchemaRef, E> {
-        let mut stream = self.result_stream(query_id).await?;
-        while let Some(batch) = stream.try_next().await.map_err(flight_error)? {
+        let mut reattached = 0;
+        let mut stream = loop {
+            let failure = match self.result_stream(query_id).await {
+                Ok(mut stream) => match stream.try_next().await.map_err(flight_error) {
+                    Ok(first) => break (stream, first),
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            self.reattach(failure, &mut reattached).await?;
+        };
+        let (stream, mut next) = (&mut stream.0, stream.1);
+        while let Some(batch) = next {
             each(&batch)?;
+            next = stream.try_next().await.map_err(flight_error)?;
         }
         Ok(stream
             .schema()
@@ -242,15 +298,29 @@ impl BatonClient {
             .unwrap_or_else(|| Arc::new(Schema::empty())))
     }
 
-    /// Waits for the query and collects its result.
+    /// Waits for the query and collects its result; when the scheduler goes away, it
+    /// re-attaches to the query and fetches the result again.
     pub async fn fetch(&mut self, query_id: &str) -> Result<QueryResult, ClientError> {
+        let mut reattached = 0;
+        loop {
+            match self.fetch_once(query_id).await {
+                Err(e) => self.reattach(e, &mut reattached).await?,
+                done => return done,
+            }
+        }
+    }
+
+    /// One attempt of [`Self::fetch`].
+    async fn fetch_once(&mut self, query_id: &str) -> Result<QueryResult, ClientError> {
         let mut batches = Vec::new();
-        let schema = self
-            .fetch_each(query_id, |batch| {
-                batches.push(batch.clone());
-                Ok::<_, ClientError>(())
-            })
-            .await?;
+        let mut stream = self.result_stream(query_id).await?;
+        while let Some(batch) = stream.try_next().await.map_err(flight_error)? {
+            batches.push(batch);
+        }
+        let schema = stream
+            .schema()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Schema::empty()));
         Ok(QueryResult {
             query_id: query_id.to_string(),
             schema,
@@ -264,15 +334,22 @@ impl BatonClient {
         self.fetch(&id).await
     }
 
-    /// A query's status.
+    /// A query's status (re-attaching when the scheduler went away).
     pub async fn status(&mut self, query_id: &str) -> Result<QueryStatus, ClientError> {
-        Ok(self
-            .scheduler
-            .get_query_status(GetQueryStatusRequest {
+        let mut reattached = 0;
+        loop {
+            let request = GetQueryStatusRequest {
                 query_id: query_id.to_string(),
-            })
-            .await?
-            .into_inner())
+            };
+            let failure = match self.scheduler.get_query_status(request).await {
+                Ok(status) => return Ok(status.into_inner()),
+                Err(status) if is_disconnect(&status) => {
+                    ClientError::Disconnected(status.message().to_string())
+                }
+                Err(status) => status.into(),
+            };
+            self.reattach(failure, &mut reattached).await?;
+        }
     }
 
     /// Every query the scheduler knows, newest first.
@@ -352,11 +429,78 @@ fn flight_error(e: FlightError) -> ClientError {
     }
 }
 
-/// A failed result fetch: refusals keep their code, anything else is the query's
-/// failure.
+/// A failed result fetch: refusals keep their code, a broken connection is
+/// [`ClientError::Disconnected`], anything else is the query's failure.
 fn query_error(status: tonic::Status) -> ClientError {
     match status.code() {
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => ClientError::Rpc(status),
+        _ if is_disconnect(&status) => ClientError::Disconnected(status.message().to_string()),
         _ => ClientError::Query(status.message().to_string()),
     }
+}
+
+/// Whether a call failed because the connection to the scheduler broke or could not be
+/// made, rather than by the scheduler's answer.
+fn is_disconnect(status: &tonic::Status) -> bool {
+    use std::error::Error;
+    if status.code() == tonic::Code::Unavailable {
+        return true;
+    }
+    // A response stream cut mid-way: the cause is the HTTP/2 or transport error below.
+    let mut source = status.source();
+    while let Some(cause) = source {
+        if cause.downcast_ref::<tonic::transport::Error>().is_some()
+            || cause.downcast_ref::<hyper::Error>().is_some()
+            || cause.downcast_ref::<std::io::Error>().is_some()
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// A connection to the first of `addresses` that answers, logged in as `login` says.
+async fn dial_any(addresses: &[String], login: &Login) -> Result<Connection, ClientError> {
+    let mut last = None;
+    for address in addresses {
+        match dial(address, login).await {
+            Ok(connection) => return Ok(connection),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| ClientError::Query("no scheduler address given".into())))
+}
+
+/// A connection to the scheduler at `address`, logged in as `login` says (a password
+/// login trades the password for a token with a Flight handshake).
+async fn dial(address: &str, login: &Login) -> Result<Connection, ClientError> {
+    let connect_error = |source| ClientError::Connect {
+        addr: address.to_string(),
+        source,
+    };
+    let dialer = Dialer::plain().with_tls(login.tls.clone());
+    let dialer = match &login.credential {
+        Credential::Anonymous => dialer,
+        Credential::Token(token) => dialer.with_bearer(token)?,
+        Credential::Password { user, password } => {
+            let basic = dialer.clone().with_basic(user, password)?;
+            let mut flight = flight_client(basic.connect(address).await.map_err(connect_error)?);
+            let response = flight
+                .handshake(futures::stream::iter([HandshakeRequest::default()]))
+                .await?;
+            let token = response
+                .metadata()
+                .get("authorization")
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.strip_prefix("Bearer "))
+                .map(str::to_string);
+            match token {
+                Some(token) => dialer.with_bearer(&token)?,
+                // A scheduler without authentication answers no token.
+                None => dialer,
+            }
+        }
+    };
+    dialer.connect(address).await.map_err(connect_error)
 }

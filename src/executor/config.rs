@@ -12,7 +12,8 @@ use crate::security::ClusterFlags;
 /// How an executor is set up.
 #[derive(Debug, Clone, Args)]
 pub struct ExecutorConfig {
-    /// Scheduler address (host:port).
+    /// Scheduler address (host:port), or several separated by commas (a scheduler and
+    /// its standbys): the executor registers with whichever answers.
     #[arg(long, default_value = "127.0.0.1:50050")]
     pub scheduler: String,
     /// Address of this executor's Flight endpoint (port 0: any free port).
@@ -56,6 +57,11 @@ pub struct ExecutorConfig {
     /// nothing to need its shuffle output before it stops anyway.
     #[arg(long = "drain-timeout", value_name = "SECONDS", value_parser = parse_seconds, default_value = "60")]
     pub drain_timeout: std::time::Duration,
+    /// Seconds an executor that lost its scheduler stream keeps its shuffle output and
+    /// tries to register again (with the restarted scheduler, or a standby), reporting
+    /// what it holds; past them it starts over empty.
+    #[arg(long = "reconnect-grace", value_name = "SECONDS", value_parser = parse_seconds, default_value = "60")]
+    pub reconnect_grace: std::time::Duration,
     /// The cluster secret and TLS.
     #[command(flatten)]
     pub cluster: ClusterFlags,
@@ -86,9 +92,13 @@ impl ExecutorConfig {
         self.preempt_slots.unwrap_or(self.slots)
     }
 
-    /// The scheduler's host:port, without a leading `http://`.
-    pub fn scheduler_address(&self) -> &str {
-        self.scheduler.trim_start_matches("http://")
+    /// The schedulers' host:port, each without a leading `http://`.
+    pub fn scheduler_addresses(&self) -> Vec<String> {
+        self.scheduler
+            .split(',')
+            .map(|a| a.trim().trim_start_matches("http://").to_string())
+            .filter(|a| !a.is_empty())
+            .collect()
     }
 
     /// Bytes of memory its tasks and shuffle output may use together.

@@ -93,6 +93,9 @@ pub enum ExecutorError {
     /// The Flight endpoint's TLS could not be set up.
     #[error("executor Flight endpoint TLS: {0}")]
     Tls(tonic::transport::Error),
+    /// No scheduler address was given.
+    #[error("no scheduler address given (--scheduler)")]
+    NoScheduler,
 }
 
 /// A running executor.
@@ -192,9 +195,18 @@ impl Executor {
             flight_address: flight_address.clone(),
             slots,
             preempt_slots: config.preempt_slots(),
+            held: Vec::new(),
         };
-        let (outbound, inbound) =
-            open_stream(&dialer, config.scheduler_address(), register).await?;
+        let link = Link {
+            dialer: dialer.clone(),
+            addresses: config.scheduler_addresses(),
+            register,
+            store: store.clone(),
+            grace: config.reconnect_grace,
+        };
+        let (up, inbound) = link.open(CONNECT_PATIENCE).await?;
+        // What the runner and heartbeats send goes up whichever stream is open.
+        let (outbound, pending) = mpsc::unbounded_channel();
         // Shuffle connections run on this runtime, not on the task threads that happen
         // to open them first.
         let clients = FlightClients::on_runtime(tokio::runtime::Handle::current())
@@ -220,8 +232,9 @@ impl Executor {
             task_runtime.handle(),
         ));
         spawn_heartbeat(outbound.clone(), runner.clone(), shutdown_rx.clone());
-        let stream_task = tokio::spawn(serve_stream(
-            inbound,
+        let stream_task = tokio::spawn(link.run(
+            Stream { up, inbound },
+            pending,
             runner.clone(),
             stores,
             shutdown.clone(),
@@ -341,21 +354,23 @@ type OpenStream = (
     tonic::Streaming<SchedulerMessage>,
 );
 
-/// Dials the scheduler and opens the executor stream with `register` as its first
-/// message; returns the sender of what goes up the stream and the stream coming down.
-/// Retries with backoff for up to [`CONNECT_PATIENCE`] while the scheduler cannot be
+/// Dials the schedulers at `addresses` in turn and opens the executor stream with the
+/// first that takes it, with `register` as its first message; returns the sender of
+/// what goes up the stream and the stream coming down.
+/// Retries with backoff for up to `patience` while no scheduler can be
 /// reached or the connection breaks before the stream is open: an executor may start
 /// before its scheduler does, or while one goes down (it can be registered and killed
 /// before it answers), or while its previous connection under the same id is still
 /// registered. A scheduler that answers with another error refuses for good.
 async fn open_stream(
     dialer: &Dialer,
-    address: &str,
+    addresses: &[String],
     register: RegisterExecutor,
+    patience: Duration,
 ) -> Result<OpenStream, ExecutorError> {
-    let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
+    let deadline = tokio::time::Instant::now() + patience;
     let mut backoff = Duration::from_millis(50);
-    loop {
+    for address in addresses.iter().cycle() {
         let failure = match try_open_stream(dialer, address, register.clone()).await {
             Ok(opened) => return Ok(opened),
             // Its own previous connection may still be registered, until the scheduler
@@ -375,6 +390,7 @@ async fn open_stream(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
     }
+    Err(ExecutorError::NoScheduler)
 }
 
 /// One attempt of [`open_stream`].
@@ -495,15 +511,93 @@ fn spawn_heartbeat(
     });
 }
 
-/// Acts on what the scheduler pushes until the stream ends.
+/// One open executor stream: what goes up, and what comes down.
+struct Stream {
+    up: mpsc::UnboundedSender<ExecutorMessage>,
+    inbound: tonic::Streaming<SchedulerMessage>,
+}
+
+/// How a stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamEnd {
+    /// The scheduler said Shutdown: the executor stops.
+    Shutdown,
+    /// The stream broke or the scheduler closed it: the executor registers again.
+    Lost,
+}
+
+/// The executor's link to its schedulers: opens the stream, and opens it again when it
+/// is lost.
+struct Link {
+    dialer: Dialer,
+    addresses: Vec<String>,
+    /// What it registers with (the held output filled in at each registration).
+    register: RegisterExecutor,
+    store: ShuffleStore,
+    /// How long it tries to register again after losing the stream.
+    grace: Duration,
+}
+
+impl Link {
+    /// Registers with a scheduler, trying for up to `patience`, reporting the output
+    /// its store holds.
+    async fn open(&self, patience: Duration) -> Result<OpenStream, ExecutorError> {
+        let mut register = self.register.clone();
+        register.held = self.store.held_outputs();
+        open_stream(&self.dialer, &self.addresses, register, patience).await
+    }
+
+    /// Serves streams until the scheduler says Shutdown or none can be opened within
+    /// the grace period; then the executor stops. When a stream is lost, the running
+    /// tasks stop (the scheduler that takes the executor back runs them again) and the
+    /// shuffle store is kept for the next registration.
+    async fn run(
+        self,
+        mut stream: Stream,
+        mut pending: mpsc::UnboundedReceiver<ExecutorMessage>,
+        runner: Arc<TaskRunner>,
+        stores: Arc<StoreRegistry>,
+        shutdown: watch::Sender<bool>,
+    ) {
+        while serve_stream(&mut stream, &mut pending, &runner, &stores).await == StreamEnd::Lost {
+            runner.abort_all();
+            let held = self.store.held_outputs().len();
+            warn!(executor = %self.register.executor_id, held, grace = ?self.grace, "lost the scheduler stream; registering again");
+            match self.open(self.grace).await {
+                Ok((up, inbound)) => {
+                    // Reports of the stopped tasks and old heartbeats are for no one now.
+                    while pending.try_recv().is_ok() {}
+                    metrics::counter!("baton_executor_reconnects_total").increment(1);
+                    info!(executor = %self.register.executor_id, held, "registered again");
+                    stream = Stream { up, inbound };
+                }
+                Err(e) => {
+                    warn!(error = %e, "no scheduler took the executor back; it stops");
+                    break;
+                }
+            }
+        }
+        shutdown.send_replace(true);
+    }
+}
+
+/// Acts on what the scheduler pushes, and sends up what the executor reports, until
+/// the stream ends.
 async fn serve_stream(
-    mut inbound: tonic::Streaming<SchedulerMessage>,
-    runner: Arc<TaskRunner>,
-    stores: Arc<StoreRegistry>,
-    shutdown: watch::Sender<bool>,
-) {
+    stream: &mut Stream,
+    pending: &mut mpsc::UnboundedReceiver<ExecutorMessage>,
+    runner: &Arc<TaskRunner>,
+    stores: &StoreRegistry,
+) -> StreamEnd {
     loop {
-        match inbound.message().await {
+        let received = tokio::select! {
+            received = stream.inbound.message() => received,
+            Some(report) = pending.recv() => {
+                let _ = stream.up.send(report);
+                continue;
+            }
+        };
+        match received {
             Ok(Some(SchedulerMessage {
                 message: Some(message),
             })) => match message {
@@ -532,18 +626,17 @@ async fn serve_stream(
                         Err(e) => warn!(error = %e, "object store settings ignored"),
                     }
                 }
-                scheduler_message::Message::Shutdown(_) => break,
+                scheduler_message::Message::Shutdown(_) => return StreamEnd::Shutdown,
             },
             Ok(Some(SchedulerMessage { message: None })) => {}
             Ok(None) => {
                 info!("scheduler closed the executor stream");
-                break;
+                return StreamEnd::Lost;
             }
             Err(e) => {
                 warn!(error = %e, "executor stream failed");
-                break;
+                return StreamEnd::Lost;
             }
         }
     }
-    shutdown.send_replace(true);
 }

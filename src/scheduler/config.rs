@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::durable::StateLocation;
 use super::policy::PolicyKind;
 use crate::config::{Switch, parse_kib, parse_mib, parse_seconds};
 use crate::security::{
@@ -84,6 +85,18 @@ pub struct SchedulerConfig {
     /// output on the executors until fetched.
     #[arg(long = "max-held-results-mib", value_name = "MIB", value_parser = parse_mib, default_value = "256")]
     pub held_results_cap: u64,
+    /// Where the scheduler keeps its queries, so that a restart resumes them: embedded
+    /// (a file in --state-dir) or memory (a restart loses them); default: embedded for
+    /// `baton scheduler`, memory for an embedded cluster.
+    #[arg(long = "state", value_name = "embedded|memory")]
+    pub state: Option<StateLocation>,
+    /// Directory of the embedded state store; one scheduler at a time may use it.
+    #[arg(long = "state-dir", value_name = "DIR", default_value = "baton-state")]
+    pub state_dir: PathBuf,
+    /// Seconds a restarted scheduler waits for the executors holding its queries'
+    /// output to register again before it computes that output elsewhere.
+    #[arg(long = "recovery-grace", value_name = "SECONDS", value_parser = parse_seconds, default_value = "10")]
+    pub recovery_grace: Duration,
 }
 
 /// What the scheduler's flags say about who may call it, and how it dials executors.

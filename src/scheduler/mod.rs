@@ -2,6 +2,7 @@
 //! and Flight endpoints that clients and executors talk to.
 
 mod config;
+pub mod durable;
 mod flight;
 mod guard;
 mod local;
@@ -82,6 +83,9 @@ pub enum SchedulerError {
     /// Authentication or TLS could not be set up.
     #[error(transparent)]
     Security(#[from] SecurityError),
+    /// The durable state could not be read or written.
+    #[error(transparent)]
+    State(#[from] durable::StateError),
 }
 
 /// A query state's name in status output and metric labels: "queued", "running", ….
@@ -222,7 +226,88 @@ impl Scheduler {
             stores = registered.s3;
             tables = registered.locations;
         }
-        Ok(Self::build(session, config, stores, tables, security))
+        let scheduler = Self::build(session, config, stores, tables, security);
+        let location = config
+            .state
+            .clone()
+            .unwrap_or(durable::StateLocation::Memory);
+        if let Some(store) = durable::open(&location, &config.state_dir)? {
+            scheduler.resume(store, config.recovery_grace)?;
+        }
+        Ok(scheduler)
+    }
+
+    /// Takes back the queries `store` kept and records every change in it from now on:
+    /// ended queries answer status (and a succeeded one's result, while it is held),
+    /// unfinished ones run on from their finished tasks. After `grace`, executors that
+    /// held their output and did not register again are taken as lost.
+    fn resume(
+        &self,
+        mut store: Box<dyn durable::StateStore>,
+        grace: Duration,
+    ) -> Result<(), SchedulerError> {
+        let started = std::time::Instant::now();
+        let stored = store.load()?;
+        let mut tasks: std::collections::HashMap<String, Vec<crate::proto::StoredTask>> =
+            std::collections::HashMap::new();
+        for task in stored.tasks {
+            tasks.entry(task.query_id.clone()).or_default().push(task);
+        }
+        let (mut resumed, mut ended, mut reused) = (0u64, 0u64, 0usize);
+        let mut state = self.state();
+        state.set_journal(durable::Journal::start(store));
+        for record in stored.queries {
+            let was_ended = record.end_state != QueryState::Unspecified as i32;
+            let (id, label, owner, seq) = (
+                record.query_id.clone(),
+                record.label.clone(),
+                record.owner.clone(),
+                record.seq,
+            );
+            let finished = tasks.remove(&id).unwrap_or_default();
+            let count = finished.len();
+            let query = match Query::restore(record, finished) {
+                Ok(query) => query,
+                Err(error) => {
+                    tracing::warn!(query_id = %id, %error, "stored query could not be resumed; it fails");
+                    let mut failed = Query::failed(
+                        id.as_str().into(),
+                        label,
+                        format!("the restarted scheduler could not resume it: {error}"),
+                    );
+                    failed.owner = owner.as_str().into();
+                    failed.seq = seq;
+                    state.restore_query(failed, false);
+                    continue;
+                }
+            };
+            if was_ended {
+                ended += 1;
+            } else {
+                resumed += 1;
+                reused += count;
+            }
+            state.restore_query(query, was_ended);
+        }
+        state.start_recovery();
+        drop(state);
+        metrics::counter!("baton_queries_resumed_total").increment(resumed);
+        metrics::counter!("baton_recovered_tasks_total").increment(reused as u64);
+        tracing::info!(
+            resumed,
+            ended,
+            reused_tasks = reused,
+            seconds = started.elapsed().as_secs_f64(),
+            "scheduler state restored"
+        );
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            if let Some(inner) = weak.upgrade() {
+                Scheduler { inner }.state().forget_absent_executors();
+            }
+        });
+        Ok(())
     }
 
     /// A scheduler that plans SQL in `session` (its catalog ignored) as `config` says,
@@ -367,6 +452,16 @@ impl Scheduler {
         let mut query = query;
         query.owner = origin.owner;
         self.add(query);
+        // Answered only once the query is written: a scheduler that restarts after
+        // this runs it.
+        let flushed = self.state().journal().map(durable::Journal::flushed);
+        if let Some(flushed) = flushed {
+            let written = flushed.await.unwrap_or(Err(durable::StateError::Stopped));
+            if let Err(e) = written {
+                let _ = self.cancel(&id);
+                return Err(e.into());
+            }
+        }
         Ok(id)
     }
 

@@ -20,6 +20,8 @@ use crate::proto::{
 };
 use crate::shuffle::MapLocation;
 
+mod restore;
+
 /// Attempts a task gets when executors holding it are lost.
 pub const MAX_TASK_ATTEMPTS: u32 = 3;
 
@@ -115,6 +117,8 @@ struct Task {
     inline_result: Option<Bytes>,
     /// The join keys its last successful attempt summarised, per filter.
     key_summaries: Vec<KeySummaryProto>,
+    /// Rows its last successful attempt wrote.
+    rows_out: u64,
 }
 
 impl Task {
@@ -737,6 +741,7 @@ impl Query {
         let t = &mut stage.tasks[task.partition as usize];
         t.running_on = None;
         t.output = Some(location);
+        t.rows_out = rows_out;
         // Only a result is read from the scheduler; other stages' consumers fetch theirs.
         t.inline_result = inline_result.filter(|_| is_final);
         if let Some(ipc) = &t.inline_result {
@@ -870,7 +875,35 @@ impl Query {
             .into_iter()
             .map(|stopped| stopped.task)
             .collect();
-        self.recover(executor_id, reset)
+        self.recover(&|_, _, t| t.has_output_on(executor_id), reset)
+    }
+
+    /// `executor_id` registered again (after the scheduler restarted, say) and holds
+    /// the output of only the map tasks `held` names, as (stage, partition): what the
+    /// query had there besides is computed again where still needed. Returns the tasks
+    /// to queue and the tasks to cancel.
+    pub fn keep_held(
+        &mut self,
+        executor_id: &str,
+        held: &std::collections::HashSet<(u32, u32)>,
+    ) -> (Progress, Vec<RunningAttempt>) {
+        if self.state != QueryState::Running {
+            return (Progress::default(), Vec::new());
+        }
+        let missing = |stage: u32, partition: u32, t: &Task| {
+            t.has_output_on(executor_id) && !held.contains(&(stage, partition))
+        };
+        self.recover(&missing, Vec::new())
+    }
+
+    /// The executors the query's finished tasks left output on.
+    pub fn output_holders(&self) -> std::collections::HashSet<String> {
+        self.stages
+            .iter()
+            .flat_map(|s| &s.tasks)
+            .filter(|t| t.inline_result.is_none())
+            .filter_map(|t| t.output.as_ref().map(|o| o.executor_id.clone()))
+            .collect()
     }
 
     /// A task could not read shuffle output from `executor_id`: that output is taken
@@ -888,10 +921,11 @@ impl Query {
         let t = &mut self.stages[task.stage as usize].tasks[task.partition as usize];
         t.running_on = None;
         t.attempt += 1;
-        Some(self.recover(executor_id, vec![task]))
+        Some(self.recover(&|_, _, t| t.has_output_on(executor_id), vec![task]))
     }
 
-    /// Drops the output held on `executor_id` that is still needed, and sets every
+    /// Drops the lost output (the map tasks `lost` picks by stage, partition and task)
+    /// that is still needed, and sets every
     /// stage's readiness from what is left, so that lost output is computed again from
     /// its inputs (themselves again where they were lost too). `reset` are tasks that
     /// stopped running there and are to run again. A stage that loses an input stops
@@ -899,15 +933,15 @@ impl Query {
     /// it finished keep their output.
     fn recover(
         &mut self,
-        executor_id: &str,
+        lost_output: &dyn Fn(u32, u32, &Task) -> bool,
         mut reset: Vec<TaskRef>,
     ) -> (Progress, Vec<RunningAttempt>) {
         loop {
-            let lost = self.stages_losing_output(executor_id);
+            let lost = self.stages_losing(lost_output);
             for &sid in &lost {
                 let stage = &mut self.stages[sid as usize];
                 for (p, t) in stage.tasks.iter_mut().enumerate() {
-                    if t.has_output_on(executor_id) {
+                    if lost_output(sid, p as u32, t) {
                         t.output = None;
                         t.attempt += 1;
                         stage.done -= 1;
@@ -918,7 +952,7 @@ impl Query {
                         });
                     }
                 }
-                warn!(query_id = %self.id, stage = sid, executor = executor_id, "shuffle output lost; computing it again");
+                warn!(query_id = %self.id, stage = sid, "shuffle output lost; computing it again");
             }
             let revived = self.revive_released(&mut reset);
             if lost.is_empty() && revived == 0 {
@@ -976,7 +1010,9 @@ impl Query {
     /// on running, or as its result, not yet fetched.
     pub fn needs_output_on(&self, executor_id: &str) -> bool {
         match self.state {
-            QueryState::Running => !self.stages_losing_output(executor_id).is_empty(),
+            QueryState::Running => !self
+                .stages_losing(&|_, _, t| t.has_output_on(executor_id))
+                .is_empty(),
             QueryState::Succeeded => {
                 self.results_released.is_none()
                     && self
@@ -1018,10 +1054,17 @@ impl Query {
         revive.len()
     }
 
-    /// The stages whose output on `executor_id` is still needed: by a stage that has not
-    /// finished, by a stage that loses output itself, or as the query result.
-    fn stages_losing_output(&self, executor_id: &str) -> Vec<u32> {
-        let holds = |stage: &Stage| stage.tasks.iter().any(|t| t.has_output_on(executor_id));
+    /// The stages with lost output (the map tasks `lost_output` picks) that is still
+    /// needed: by a stage that has not finished, by a stage that loses output itself, or
+    /// as the query result.
+    fn stages_losing(&self, lost_output: &dyn Fn(u32, u32, &Task) -> bool) -> Vec<u32> {
+        let holds = |sid: usize, stage: &Stage| {
+            stage
+                .tasks
+                .iter()
+                .enumerate()
+                .any(|(p, t)| lost_output(sid as u32, p as u32, t))
+        };
         let mut lost = vec![false; self.stages.len()];
         let mut changed = true;
         while changed {
@@ -1032,7 +1075,7 @@ impl Query {
                         .consumers
                         .iter()
                         .any(|&c| lost[c as usize] || !self.stages[c as usize].is_complete());
-                if !lost[sid] && needed && holds(stage) {
+                if !lost[sid] && needed && holds(sid, stage) {
                     lost[sid] = true;
                     changed = true;
                 }

@@ -89,6 +89,7 @@ impl SchedulerService for SchedulerGrpc {
             register.slots.max(1),
             register.preempt_slots,
             tx,
+            &register.held,
         ) else {
             return Err(Status::already_exists(format!(
                 "an executor named {executor_id} is connected already: give this one another \

@@ -4,21 +4,22 @@
 //! All of it sits behind one mutex that is never held across an await; every change
 //! ends with [`SchedulerState::dispatch`], which pushes ready tasks to free slots at once.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::durable::{Change, Journal};
 use super::policy::Policy;
 use super::query::{Progress, Query, RunningAttempt, TaskRef};
 use super::query_state_name;
 use super::queue::{QueuedTask, WorkQueue};
 use super::registry::{ExecutorSender, Held, HeldKey, Registry, Urgency};
 use crate::proto::{
-    CancelTask, QueryState, ReleaseShuffle, ResumeTask, RunTask, SchedulerMessage, Shutdown,
-    SuspendTask, TaskId, TaskStatus, scheduler_message, task_status,
+    CancelTask, HeldOutput, QueryState, ReleaseShuffle, ResumeTask, RunTask, SchedulerMessage,
+    Shutdown, SuspendTask, TaskId, TaskStatus, scheduler_message, task_status,
 };
 use crate::shuffle::MapLocation;
 
@@ -97,6 +98,52 @@ pub struct SchedulerState {
     held_result_bytes: usize,
     /// While it holds this much, final tasks keep their output for a Flight fetch.
     held_results_cap: usize,
+    /// Where every change to the queries is recorded, when the state is durable.
+    journal: Option<Journal>,
+    /// After a restart: the executors expected back, and how long they took.
+    recovery: Option<Recovery>,
+}
+
+/// A restarted scheduler's wait for the executors that held its queries' output.
+#[derive(Debug)]
+struct Recovery {
+    started: Instant,
+    /// Executors not registered again yet.
+    expected: HashSet<String>,
+    /// The first task was pushed since.
+    pushed: bool,
+}
+
+impl Recovery {
+    fn new(expected: HashSet<String>) -> Self {
+        let started = Instant::now();
+        Self {
+            started,
+            expected,
+            pushed: false,
+        }
+    }
+
+    fn registered(&mut self, executor_id: &str) {
+        if self.expected.remove(executor_id) && self.expected.is_empty() {
+            let seconds = self.started.elapsed().as_secs_f64();
+            metrics::gauge!("baton_recovery_registered_seconds").set(seconds);
+            info!(
+                seconds,
+                "every executor of the restored queries registered again"
+            );
+        }
+    }
+
+    /// A task was pushed: the first one since the restart ends the recovery's clock.
+    fn task_pushed(&mut self) {
+        if !self.pushed {
+            self.pushed = true;
+            let seconds = self.started.elapsed().as_secs_f64();
+            metrics::gauge!("baton_recovery_seconds").set(seconds);
+            info!(seconds, "first task pushed since the restart");
+        }
+    }
 }
 
 impl SchedulerState {
@@ -120,23 +167,64 @@ impl SchedulerState {
             max_running: None,
             held_result_bytes: 0,
             held_results_cap: usize::MAX,
+            journal: None,
+            recovery: None,
+        }
+    }
+
+    /// Records every change to the queries in `journal` from now on.
+    pub fn set_journal(&mut self, journal: Journal) {
+        self.journal = Some(journal);
+    }
+
+    /// The journal changes are recorded in, when the state is durable.
+    pub fn journal(&self) -> Option<&Journal> {
+        self.journal.as_ref()
+    }
+
+    fn record(&self, change: impl FnOnce() -> Change) {
+        if let Some(journal) = &self.journal {
+            journal.record(change());
         }
     }
 
     /// Adds a query and starts it, or queues it while as many queries run as may;
-    /// returns a receiver that sees its state change.
+    /// returns a receiver that sees its state change. The query is recorded in the
+    /// journal; [`Journal::flushed`] tells when it is written.
     pub fn add_query(&mut self, mut query: Query) -> watch::Receiver<QueryState> {
-        let id = query.id.clone();
         query.seq = self.next_seq;
-        self.next_seq += 1;
-        let (tx, rx) = watch::channel(query.state());
-        info!(query_id = %id, stages = query.stage_count(), cost = query.remaining_cost(), "query submitted");
+        self.record(|| Change::PutQuery(query.to_stored()));
+        for task in query.stored_tasks() {
+            self.record(|| Change::PutTask(task));
+        }
+        info!(query_id = %query.id, stages = query.stage_count(), cost = query.remaining_cost(), "query submitted");
+        self.insert(query)
+    }
+
+    /// Takes back a query the state store kept (the scheduler restarted): one that had
+    /// `ended` as it ended, any other queued to resume (or ended now, when its stored
+    /// tasks finish it).
+    pub fn restore_query(&mut self, query: Query, ended: bool) -> watch::Receiver<QueryState> {
+        info!(query_id = %query.id, state = query_state_name(query.state()), "query restored");
+        if !ended {
+            return self.insert(query);
+        }
+        let id = query.id.clone();
+        let state = query_state_name(query.state());
+        self.ended.push_back(id.clone());
+        let rx = self.track(query);
+        metrics::gauge!("baton_queries", "state" => state).increment(1.0);
+        if self.ended.len() > self.ended_retained {
+            self.forget_oldest();
+        }
+        rx
+    }
+
+    /// Adds a query to the table and starts it (or queues it for admission).
+    fn insert(&mut self, query: Query) -> watch::Receiver<QueryState> {
         let finished = query.is_finished();
-        // A query answered by the scheduler arrives holding its result.
-        self.held_result_bytes += query.inline_result_bytes();
-        self.order.push(id.clone());
-        self.queries.insert(id.clone(), query);
-        self.watchers.insert(id.clone(), tx);
+        let id = query.id.clone();
+        let rx = self.track(query);
         if finished {
             metrics::gauge!("baton_queries", "state" => "running").increment(1.0);
             self.apply(&id, Progress::default());
@@ -146,6 +234,19 @@ impl SchedulerState {
             self.admit();
         }
         self.dispatch();
+        rx
+    }
+
+    /// Puts a query in the table, with a watch of its state.
+    fn track(&mut self, query: Query) -> watch::Receiver<QueryState> {
+        let id = query.id.clone();
+        self.next_seq = self.next_seq.max(query.seq + 1);
+        let (tx, rx) = watch::channel(query.state());
+        // A query answered by the scheduler arrives holding its result.
+        self.held_result_bytes += query.inline_result_bytes();
+        self.order.push(id.clone());
+        self.queries.insert(id.clone(), query);
+        self.watchers.insert(id, tx);
         rx
     }
 
@@ -222,6 +323,7 @@ impl SchedulerState {
             tx.send_replace(state);
         }
         info!(query_id = %query_id, ?state, error = query.error().unwrap_or(""), "query ended");
+        self.record(|| Change::PutQuery(query.to_stored()));
         let label = query_state_name(state);
         metrics::histogram!("baton_query_duration_seconds", "state" => label)
             .record(query.elapsed().as_secs_f64());
@@ -266,6 +368,9 @@ impl SchedulerState {
     fn forget_oldest(&mut self) {
         let count = (self.ended_retained / 10).max(1);
         for id in self.ended.drain(..count.min(self.ended.len())) {
+            if let Some(journal) = &self.journal {
+                journal.record(Change::Forget(id.to_string()));
+            }
             if let Some(mut query) = self.queries.remove(&id) {
                 metrics::gauge!("baton_queries", "state" => query_state_name(query.state()))
                     .decrement(1.0);
@@ -305,6 +410,12 @@ impl SchedulerState {
             .held_result_bytes
             .saturating_sub(query.drop_inline_results());
         let final_stage = query.final_stage();
+        let stored = query.to_stored();
+        self.record(|| Change::PutQuery(stored));
+        self.record(|| Change::DropTasks {
+            query_id: query_id.to_string(),
+            stage_id: final_stage,
+        });
         debug!(query_id, reason, "result partitions released");
         self.broadcast_release(query_id, vec![final_stage]);
         self.stop_drained();
@@ -403,6 +514,9 @@ impl SchedulerState {
             let executor_id = executor.location.executor_id.clone();
             query.task_started(task, &executor_id);
             record_dispatch(&queued);
+            if let Some(recovery) = &mut self.recovery {
+                recovery.task_pushed();
+            }
             debug!(query_id = %queued.query_id, stage = task.stage, partition = task.partition, executor = %executor_id, rank = urgency.rank, preempts = suspended.is_some(), "task pushed");
             if let Some(((victim_query, victim_task), attempt)) = suspended {
                 metrics::counter!("baton_task_suspensions_total").increment(1);
@@ -457,13 +571,17 @@ impl SchedulerState {
     }
 
     /// A new executor stream; returns the connection generation, or None when an
-    /// executor of that id is connected already (its stream has not ended).
+    /// executor of that id is connected already (its stream has not ended). `held` is
+    /// the map output it kept (it registers again after losing its stream): the queries
+    /// keep what it still holds, compute again what it lost, and it is told to drop
+    /// what no query needs.
     pub fn register_executor(
         &mut self,
         location: MapLocation,
         slots: u32,
         preempt_slots: u32,
         sender: ExecutorSender,
+        held: &[HeldOutput],
     ) -> Option<u64> {
         let id = location.executor_id.clone();
         let Some(generation) = self
@@ -473,14 +591,97 @@ impl SchedulerState {
             warn!(executor = %id, "a second executor tried to register under a connected executor's id; refused");
             return None;
         };
-        info!(executor = %id, slots, preempt_slots, "executor registered");
+        info!(executor = %id, slots, preempt_slots, held = held.len(), "executor registered");
         self.executors_watch.send_replace(ClusterSize {
             executors: self.registry.len(),
             slots: self.registry.slots().0,
         });
         metrics::gauge!("baton_executors_connected").set(self.registry.len() as f64);
+        self.reconcile_held(&id, held);
+        if let Some(recovery) = &mut self.recovery {
+            recovery.registered(&id);
+        }
         self.dispatch();
         Some(generation)
+    }
+
+    /// Matches what the queries think `executor_id` holds with what it says it holds.
+    fn reconcile_held(&mut self, executor_id: &str, held: &[HeldOutput]) {
+        let mut by_query: HashMap<&str, HashSet<(u32, u32)>> = HashMap::new();
+        for output in held {
+            let kept = by_query.entry(output.query_id.as_str()).or_default();
+            kept.extend(output.map_partitions.iter().map(|&p| (output.stage_id, p)));
+        }
+        let unneeded: Vec<&str> = by_query
+            .keys()
+            .copied()
+            .filter(|id| {
+                !self
+                    .queries
+                    .get(*id)
+                    .is_some_and(|q| q.needs_output_on(executor_id))
+            })
+            .collect();
+        if let Some(executor) = self.registry.get(executor_id) {
+            for query_id in unneeded {
+                executor.send(SchedulerMessage {
+                    message: Some(scheduler_message::Message::ReleaseShuffle(ReleaseShuffle {
+                        query_id: query_id.to_string(),
+                        stage_ids: Vec::new(),
+                    })),
+                });
+            }
+        }
+        let affected: Vec<Arc<str>> = self
+            .queries
+            .iter()
+            .filter(|(_, q)| !q.is_finished() && q.output_holders().contains(executor_id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let nothing = HashSet::new();
+        for query_id in affected {
+            let kept = by_query.get(&*query_id).unwrap_or(&nothing);
+            let Some(query) = self.queries.get_mut(&query_id) else {
+                continue;
+            };
+            let (progress, to_cancel) = query.keep_held(executor_id, kept);
+            self.cancel_tasks(&query_id, to_cancel);
+            self.apply(&query_id, progress);
+        }
+    }
+
+    /// Starts the wait for the executors that held restored queries' output, which a
+    /// restarted scheduler expects back (see [`Self::forget_absent_executors`]).
+    pub fn start_recovery(&mut self) {
+        let mut expected: HashSet<String> = self
+            .queries
+            .values()
+            .filter(|q| !q.is_finished())
+            .flat_map(Query::output_holders)
+            .collect();
+        expected.retain(|id| self.registry.get(id).is_none());
+        info!(
+            executors = expected.len(),
+            "waiting for the executors of restored queries"
+        );
+        self.recovery = Some(Recovery::new(expected));
+    }
+
+    /// The executors a restarted scheduler waited for and that did not register again
+    /// in time are taken as lost: what they held is computed again elsewhere.
+    pub fn forget_absent_executors(&mut self) {
+        let Some(recovery) = &self.recovery else {
+            return;
+        };
+        let absent: Vec<String> = recovery.expected.iter().cloned().collect();
+        for executor_id in absent {
+            warn!(executor = %executor_id, "executor did not register again after the restart; its output is computed again");
+            self.requeue_lost(&executor_id);
+        }
+        if let Some(recovery) = &mut self.recovery {
+            recovery.expected.clear();
+        }
+        self.dispatch();
     }
 
     /// Closes every executor's stream (the scheduler stops): the executors are
@@ -636,6 +837,10 @@ impl SchedulerState {
                     let progress =
                         query.task_succeeded(task, id.attempt, location, rows, ok.inline_result);
                     self.held_result_bytes += query.inline_result_bytes().saturating_sub(held);
+                    if let (Some(journal), Some(stored)) = (&self.journal, query.stored_task(task))
+                    {
+                        journal.record(Change::PutTask(stored));
+                    }
                     self.apply(&query_id, progress);
                 }
                 Some(task_status::Result::Failed(failed)) => {
@@ -824,7 +1029,7 @@ mod tests {
             executor_id: "e".into(),
             flight_address: "e:1".into(),
         };
-        state.register_executor(location, slots, preempt_slots, sender);
+        state.register_executor(location, slots, preempt_slots, sender, &[]);
         (state, stream)
     }
 
@@ -908,7 +1113,7 @@ mod tests {
             executor_id: "f".into(),
             flight_address: "f:1".into(),
         };
-        state.register_executor(location, f_slots, 0, sender);
+        state.register_executor(location, f_slots, 0, sender, &[]);
         state.add_query(one_task_query("q", 1.0));
         assert!(matches!(
             next_message(&mut first),
@@ -955,7 +1160,7 @@ mod tests {
             executor_id: "e".into(),
             flight_address: "elsewhere:1".into(),
         };
-        assert_eq!(state.register_executor(location, 8, 0, impostor), None);
+        assert_eq!(state.register_executor(location, 8, 0, impostor, &[]), None);
         // The connected executor keeps its slot and gets the work.
         state.add_query(one_task_query("q", 1.0));
         assert!(matches!(

@@ -471,6 +471,25 @@ impl ShuffleStore {
         before - partitions.len()
     }
 
+    /// The map tasks whose output it holds, by query and stage (what an executor
+    /// reports when it registers again).
+    pub fn held_outputs(&self) -> Vec<crate::proto::HeldOutput> {
+        let mut held: std::collections::BTreeMap<(Arc<str>, u32), std::collections::BTreeSet<u32>> =
+            std::collections::BTreeMap::new();
+        for key in self.partitions.lock().expect("store lock").keys() {
+            held.entry((key.query_id.clone(), key.stage_id))
+                .or_default()
+                .insert(key.map_partition);
+        }
+        held.into_iter()
+            .map(|((query_id, stage_id), maps)| crate::proto::HeldOutput {
+                query_id: query_id.to_string(),
+                stage_id,
+                map_partitions: maps.into_iter().collect(),
+            })
+            .collect()
+    }
+
     /// Number of stored partitions of one query.
     pub fn partitions_of(&self, query_id: &str) -> usize {
         self.partitions

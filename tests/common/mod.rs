@@ -2,6 +2,8 @@
 //! against single-node DataFusion, and waiting for a condition.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -80,6 +80,11 @@ impl ProcessCluster {
             "--metrics".into(),
             metrics.clone(),
         ];
+        // The scheduler keeps its state as deployed (embedded), in the run's work dir.
+        if !scheduler_args.iter().any(|a| a.starts_with("--state")) {
+            let state = cluster.work_dir.join("state");
+            args.extend(["--state-dir".into(), state.to_string_lossy().into_owned()]);
+        }
         args.extend_from_slice(scheduler_args);
         args.extend_from_slice(&security_args);
         if let Some(credentials) = &cluster.credentials {

@@ -108,6 +108,7 @@ async fn simulated_executor(
             slots,
             // Its tasks end at once; there is nothing to suspend.
             preempt_slots: 0,
+            held: Vec::new(),
         })),
     });
     let mut inbound = client
