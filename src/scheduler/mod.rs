@@ -227,14 +227,21 @@ impl Scheduler {
             tables = registered.locations;
         }
         let scheduler = Self::build(session, config, stores, tables, security);
+        scheduler.keep_state(config)?;
+        Ok(scheduler)
+    }
+
+    /// Opens the state store `config` names and resumes what it kept (nothing for the
+    /// in-memory default of an embedded cluster).
+    fn keep_state(&self, config: &SchedulerConfig) -> Result<(), SchedulerError> {
         let location = config
             .state
             .clone()
             .unwrap_or(durable::StateLocation::Memory);
         if let Some(store) = durable::open(&location, &config.state_dir)? {
-            scheduler.resume(store, config.recovery_grace)?;
+            self.resume(store, config.recovery_grace)?;
         }
-        Ok(scheduler)
+        Ok(())
     }
 
     /// Takes back the queries `store` kept and records every change in it from now on:
@@ -312,13 +319,18 @@ impl Scheduler {
 
     /// A scheduler that plans SQL in `session` (its catalog ignored) as `config` says,
     /// with authentication and TLS off.
-    pub fn with_session(session: SessionContext, config: &SchedulerConfig) -> Self {
+    pub fn with_session(
+        session: SessionContext,
+        config: &SchedulerConfig,
+    ) -> Result<Self, SchedulerError> {
         let open = SchedulerSecurity {
             auth: Authenticator::open(),
             server_tls: None,
             dialer: Dialer::plain(),
         };
-        Self::build(session, config, S3Settings::default(), Vec::new(), open)
+        let scheduler = Self::build(session, config, S3Settings::default(), Vec::new(), open);
+        scheduler.keep_state(config)?;
+        Ok(scheduler)
     }
 
     /// A scheduler that plans SQL in `session`, tells executors to read `s3://` tables
@@ -452,17 +464,23 @@ impl Scheduler {
         let mut query = query;
         query.owner = origin.owner;
         self.add(query);
-        // Answered only once the query is written: a scheduler that restarts after
-        // this runs it.
-        let flushed = self.state().journal().map(durable::Journal::flushed);
-        if let Some(flushed) = flushed {
-            let written = flushed.await.unwrap_or(Err(durable::StateError::Stopped));
-            if let Err(e) = written {
-                let _ = self.cancel(&id);
-                return Err(e.into());
-            }
-        }
+        self.written(&id).await?;
         Ok(id)
+    }
+
+    /// Waits until the journal wrote query `id` (at once without a durable state): a
+    /// scheduler that restarts after this runs it. A query that cannot be written is
+    /// cancelled, and the error is the submit's answer.
+    async fn written(&self, id: &str) -> Result<(), SchedulerError> {
+        let flushed = self.state().journal().map(durable::Journal::flushed);
+        let Some(flushed) = flushed else {
+            return Ok(());
+        };
+        if let Err(e) = flushed.await.unwrap_or(Err(durable::StateError::Stopped)) {
+            let _ = self.cancel(id);
+            return Err(e.into());
+        }
+        Ok(())
     }
 
     /// Starts a query and arranges for its result to expire after the time to live.
@@ -690,16 +708,18 @@ impl Scheduler {
         self.state().timeline(since)
     }
 
-    /// Submits a query already cut into stages (benchmarks of the scheduler itself).
-    pub fn submit_stages(
+    /// Submits a query already cut into stages (benchmarks of the scheduler itself);
+    /// returns its id once it is written, like [`Self::submit`].
+    pub async fn submit_stages(
         &self,
         label: String,
         stages: Vec<StageSpec>,
         schema: SchemaRef,
-    ) -> Arc<str> {
+    ) -> Result<Arc<str>, SchedulerError> {
         let id: Arc<str> = uuid::Uuid::new_v4().simple().to_string()[..16].into();
         self.add(Query::new(id.clone(), label, stages, schema));
-        id
+        self.written(&id).await?;
+        Ok(id)
     }
 
     /// Connected executors and their (total, busy) slots.

@@ -1454,6 +1454,110 @@ mod tests {
         assert_eq!(suspended(&q), vec![(0, false), (1, false)]);
     }
 
+    /// `q` as a restarted scheduler gets it back from its records.
+    fn restored(q: &Query) -> Query {
+        Query::restore(q.to_stored(), q.stored_tasks()).unwrap()
+    }
+
+    fn sorted(mut tasks: Vec<TaskRef>) -> Vec<TaskRef> {
+        tasks.sort_by_key(|t| (t.stage, t.partition));
+        tasks
+    }
+
+    #[test]
+    fn a_restored_query_runs_only_what_had_not_finished() {
+        let mut q = join_query();
+        q.owner = "alice".into();
+        q.settings
+            .insert("datafusion.execution.batch_size".into(), "100".into());
+        q.start();
+        run(&mut q, task(0, 0), "a");
+        run(&mut q, task(1, 0), "b");
+        q.task_started(task(0, 1), "a");
+
+        let mut back = restored(&q);
+        assert_eq!(back.state(), QueryState::Queued);
+        assert_eq!((&*back.owner, back.settings.len()), ("alice", 1));
+        // Stage 1 is done; stage 0 runs its unfinished task; stage 2 waits for it.
+        assert_eq!(back.start().ready, vec![task(0, 1)]);
+        let p = run(&mut back, task(0, 1), "c");
+        assert_eq!(sorted(p.ready), vec![task(2, 0), task(2, 1)]);
+        let inputs = back.stage_inputs(2);
+        let holders: Vec<&str> = inputs
+            .iter()
+            .flat_map(|i| &i.locations)
+            .map(|l| l.executor_id.as_str())
+            .collect();
+        assert_eq!(holders, vec!["a", "c", "b"]);
+    }
+
+    #[test]
+    fn a_restored_query_recomputes_what_its_executors_no_longer_hold() {
+        let mut q = join_query();
+        q.start();
+        run(&mut q, task(0, 0), "a");
+        run(&mut q, task(0, 1), "a");
+        run(&mut q, task(1, 0), "b");
+        let mut back = restored(&q);
+        assert_eq!(sorted(back.start().ready), vec![task(2, 0), task(2, 1)]);
+        assert_eq!(back.output_holders().len(), 2);
+        // "a" came back holding stage 0's first output only: the second runs again
+        // and stage 2 waits for it.
+        let held = std::collections::HashSet::from([(0, 0)]);
+        let (p, cancel) = back.keep_held("a", &held);
+        assert!(cancel.is_empty());
+        assert_eq!(p.ready, vec![task(0, 1)]);
+        assert_eq!(back.status().stages[2].state, StageState::Waiting as i32);
+        // "b" came back with all it had: nothing changes.
+        let held = std::collections::HashSet::from([(1, 0)]);
+        assert_eq!(back.keep_held("b", &held).0, Progress::default());
+    }
+
+    #[test]
+    fn a_query_restored_with_every_task_done_has_succeeded_and_keeps_its_result() {
+        let mut q = query_of(vec![spec(&[], 1), spec(&[0], 1)]);
+        q.start();
+        run(&mut q, task(0, 0), "a");
+        q.task_started(task(1, 0), "a");
+        let ipc = Bytes::from_static(b"result");
+        q.task_succeeded(task(1, 0), 0, loc("a"), 3, Some(ipc.clone()));
+        assert!(q.is_finished());
+        // Its end was written too: it comes back ended, its result held.
+        let back = restored(&q);
+        assert_eq!(back.state(), QueryState::Succeeded);
+        assert_eq!(back.result_parts(), vec![ResultPart::Inline(ipc.clone())]);
+        // Only its tasks were written: it ends as soon as it is taken back.
+        let mut stored = q.to_stored();
+        stored.end_state = QueryState::Unspecified as i32;
+        let back = Query::restore(stored, q.stored_tasks()).unwrap();
+        assert_eq!(back.state(), QueryState::Succeeded);
+        assert_eq!(back.result_parts(), vec![ResultPart::Inline(ipc)]);
+    }
+
+    #[test]
+    fn a_stored_query_that_does_not_hang_together_is_refused() {
+        let mut stored = join_query().to_stored();
+        stored.stages[0].inputs = vec![3];
+        assert!(Query::restore(stored, Vec::new()).is_err());
+        let mut stored = join_query().to_stored();
+        stored.schema = vec![1, 2, 3];
+        assert!(Query::restore(stored, Vec::new()).is_err());
+        // A task record beyond the stage's tasks is skipped.
+        let q = join_query();
+        let mut stray = crate::proto::StoredTask {
+            query_id: "q".into(),
+            stage_id: 9,
+            executor_id: "a".into(),
+            ..Default::default()
+        };
+        let back = Query::restore(q.to_stored(), vec![stray.clone()]).unwrap();
+        assert!(back.output_holders().is_empty());
+        stray.stage_id = 0;
+        stray.partition = 7;
+        let back = Query::restore(q.to_stored(), vec![stray]).unwrap();
+        assert!(back.output_holders().is_empty());
+    }
+
     #[test]
     fn a_stage_is_released_once_every_consumer_has_finished() {
         // Stage 0 feeds stages 1 and 2, which feed the final stage 3.

@@ -598,6 +598,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn it_reports_the_map_tasks_whose_output_it_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ShuffleStore::new(dir.path(), 1 << 20).unwrap();
+        for (stage, map, output) in [(1, 0, 0), (1, 0, 1), (1, 2, 0), (3, 1, 0)] {
+            let key = ShuffleKey {
+                query_id: "q".into(),
+                stage_id: stage,
+                map_partition: map,
+                output_partition: output,
+            };
+            let mut w = store.writer(key, batch(1).schema());
+            w.push(batch(1)).unwrap();
+            store.commit(vec![w.finish().unwrap()]);
+        }
+        let held: Vec<(u32, Vec<u32>)> = store
+            .held_outputs()
+            .into_iter()
+            .map(|h| (h.stage_id, h.map_partitions))
+            .collect();
+        assert_eq!(held, vec![(1, vec![0, 2]), (3, vec![1])]);
+        store.release("q", &[]);
+        assert!(store.held_outputs().is_empty());
+    }
+
+    #[tokio::test]
     async fn batches_are_stored_with_the_types_their_plan_declares() {
         let dir = tempfile::tempdir().unwrap();
         let store = ShuffleStore::new(dir.path(), 1 << 30).unwrap();

@@ -27,6 +27,7 @@ use crate::proto::{
     ExecutorMessage, Heartbeat, RegisterExecutor, TaskStatus, TaskSucceeded, executor_message,
     scheduler_message, task_status,
 };
+use crate::scheduler::durable::StateLocation;
 use crate::scheduler::{PolicyKind, Scheduler, StageSpec};
 
 /// What to run (the flags of `baton bench scheduler`).
@@ -50,6 +51,10 @@ pub struct SchedulerBench {
     /// Scheduling policy.
     #[arg(long, default_value = "priority")]
     pub policy: PolicyKind,
+    /// Where the scheduler keeps its state: memory, or embedded (a store in a
+    /// temporary directory, written as a deployed scheduler writes it).
+    #[arg(long, value_name = "memory|embedded", default_value = "memory")]
+    pub state: StateLocation,
 }
 
 impl Default for SchedulerBench {
@@ -188,11 +193,16 @@ fn stages(map_tasks: usize) -> Vec<StageSpec> {
 
 /// Runs both phases and returns what they measured.
 pub async fn run_scheduler_bench(bench: &SchedulerBench) -> Result<SchedulerReport, BenchError> {
+    let state_dir = tempfile::tempdir()
+        .map_err(|e| BenchError::Simulated(format!("a directory for the state store: {e}")))?;
     let config = crate::scheduler::SchedulerConfig {
         policy: bench.policy,
+        state: Some(bench.state.clone()),
+        state_dir: state_dir.path().to_path_buf(),
         ..Default::default()
     };
-    let scheduler = Scheduler::with_session(datafusion::prelude::SessionContext::new(), &config);
+    let scheduler = Scheduler::with_session(datafusion::prelude::SessionContext::new(), &config)
+        .map_err(|e| BenchError::Simulated(e.to_string()))?;
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| BenchError::Simulated(format!("binding the scheduler: {e}")))?;
@@ -223,9 +233,11 @@ pub async fn run_scheduler_bench(bench: &SchedulerBench) -> Result<SchedulerRepo
 
     // Throughput: everything at once.
     let started = Instant::now();
-    let ids: Vec<_> = (0..bench.queries)
-        .map(|i| scheduler.submit_stages(format!("bench {i}"), stages(bench.tasks), schema.clone()))
-        .collect();
+    // Submitted at once, as many clients would: their writes share transactions.
+    let submits = (0..bench.queries).map(|i| {
+        scheduler.submit_stages(format!("bench {i}"), stages(bench.tasks), schema.clone())
+    });
+    let ids = futures::future::try_join_all(submits).await?;
     for id in &ids {
         scheduler.wait(id).await?;
     }
@@ -236,7 +248,9 @@ pub async fn run_scheduler_bench(bench: &SchedulerBench) -> Result<SchedulerRepo
     samples.lock().expect("samples lock").clear();
     let slots = bench.executors.max(1) * bench.slots.max(1) as usize;
     for i in 0..bench.latency_queries {
-        let id = scheduler.submit_stages(format!("latency {i}"), stages(slots), schema.clone());
+        let id = scheduler
+            .submit_stages(format!("latency {i}"), stages(slots), schema.clone())
+            .await?;
         scheduler.wait(&id).await?;
     }
     let latency: Vec<(f64, f64)> = samples.lock().expect("samples lock").clone();
