@@ -111,7 +111,9 @@ async fn a_killed_scheduler_restarted_on_its_state_resumes_every_query_and_reuse
     for (number, waiting) in QUERIES.into_iter().zip(waiting) {
         let result = tokio::time::timeout(Duration::from_secs(120), waiting)
             .await
-            .expect("the result arrives")
+            .unwrap_or_else(|_| {
+                panic!("Q{number} never ended\n-- scheduler log:\n{}", second.log())
+            })
             .unwrap()
             .unwrap_or_else(|e| panic!("Q{number}: {e}\n-- scheduler log:\n{}", second.log()));
         let sql = baton::tpch::query(number).unwrap().sql;

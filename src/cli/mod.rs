@@ -67,6 +67,9 @@ pub enum CliError {
     /// A benchmark failed.
     #[error(transparent)]
     Bench(#[from] BenchError),
+    /// The scheduler lost its etcd lease, so another may lead now.
+    #[error("the scheduler lost its leadership (its etcd lease expired); it stops")]
+    LostLeadership,
     /// The metrics endpoint could not start.
     #[error(transparent)]
     Telemetry(#[from] TelemetryError),

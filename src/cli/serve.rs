@@ -79,7 +79,9 @@ fn warn_if_open(scheduler: &Scheduler) {
     }
 }
 
-/// `baton scheduler`.
+/// `baton scheduler`. With its state in etcd it may first stand by (its metrics
+/// endpoint up, not ready, `baton_scheduler_leader` 0) until elected; it stops with an
+/// error when it loses the leadership.
 pub async fn run_scheduler(
     bind: SocketAddr,
     config: SchedulerConfig,
@@ -90,15 +92,27 @@ pub async fn run_scheduler(
     config
         .state
         .get_or_insert(crate::scheduler::durable::StateLocation::Embedded);
-    let scheduler = Scheduler::new(&config).await?;
-    warn_if_open(&scheduler);
+    config.advertise.get_or_insert_with(|| bind.to_string());
+    // The metrics endpoint answers while the scheduler stands by; its query API and
+    // readiness follow once it leads.
+    let active: Arc<std::sync::OnceLock<Scheduler>> = Arc::default();
     if let Some(addr) = metrics {
         // Its /api/queries shows queries' SQL.
-        crate::security::check_exposure(addr, scheduler.authenticator().is_on())?;
-        let serving = scheduler.clone();
-        let ready: Readiness = Arc::new(move || !serving.is_draining());
-        serve_metrics(addr, Some(&scheduler), ready).await?;
+        let authenticated =
+            config.users.is_some() || config.cluster.secret().ok().flatten().is_some();
+        crate::security::check_exposure(addr, authenticated)?;
+        let (api, ready) = (active.clone(), active.clone());
+        let route: telemetry::JsonRoute = Arc::new(move |path, authorization| match api.get() {
+            Some(scheduler) => (scheduler.queries_api())(path, authorization),
+            None => telemetry::JsonAnswer::error("503 Service Unavailable", "standing by"),
+        });
+        let ready: Readiness = Arc::new(move || ready.get().is_some_and(|s| !s.is_draining()));
+        let bound = telemetry::serve_http(addr, Some(("/api/queries", route)), ready).await?;
+        tracing::info!(address = %bound, "metrics endpoint listening");
     }
+    let scheduler = Scheduler::new(&config).await?;
+    warn_if_open(&scheduler);
+    let _ = active.set(scheduler.clone());
     let listener = TcpListener::bind(bind)
         .await
         .map_err(|source| CliError::Io {
@@ -107,9 +121,19 @@ pub async fn run_scheduler(
         })?;
     tracing::info!(address = %bind, "scheduler listening");
     let draining = scheduler.clone();
+    let leading = scheduler.clone();
     let drain_timeout = config.drain_timeout;
+    let lost = Arc::new(AtomicBool::new(false));
+    let lost_flag = lost.clone();
     let stopped = async move {
-        if stop_signal().await == Stop::Terminate {
+        let stop = tokio::select! {
+            stop = stop_signal() => stop,
+            _ = leading.leadership_lost() => {
+                lost_flag.store(true, Ordering::Relaxed);
+                return;
+            }
+        };
+        if stop == Stop::Terminate {
             draining.drain();
             let drained = async {
                 while !draining.drained() {
@@ -126,6 +150,9 @@ pub async fn run_scheduler(
         }
     };
     scheduler.serve(listener, stopped)?.await?;
+    if lost.load(Ordering::Relaxed) {
+        return Err(CliError::LostLeadership);
+    }
     Ok(())
 }
 

@@ -343,23 +343,23 @@ impl BatonClient {
             };
             let failure = match self.scheduler.get_query_status(request).await {
                 Ok(status) => return Ok(status.into_inner()),
-                Err(status) if is_disconnect(&status) => {
-                    ClientError::Disconnected(status.message().to_string())
-                }
-                Err(status) => status.into(),
+                Err(status) => rpc_error(status),
             };
             self.reattach(failure, &mut reattached).await?;
         }
     }
 
-    /// Every query the scheduler knows, newest first.
+    /// Every query the scheduler knows, newest first (re-attaching when the scheduler
+    /// went away).
     pub async fn list(&mut self) -> Result<Vec<QueryStatus>, ClientError> {
-        Ok(self
-            .scheduler
-            .list_queries(ListQueriesRequest {})
-            .await?
-            .into_inner()
-            .queries)
+        let mut reattached = 0;
+        loop {
+            let failure = match self.scheduler.list_queries(ListQueriesRequest {}).await {
+                Ok(list) => return Ok(list.into_inner().queries),
+                Err(status) => rpc_error(status),
+            };
+            self.reattach(failure, &mut reattached).await?;
+        }
     }
 
     /// Tables of the scheduler's catalog and their schemas, over Flight SQL
@@ -436,6 +436,16 @@ fn query_error(status: tonic::Status) -> ClientError {
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => ClientError::Rpc(status),
         _ if is_disconnect(&status) => ClientError::Disconnected(status.message().to_string()),
         _ => ClientError::Query(status.message().to_string()),
+    }
+}
+
+/// A failed call to the scheduler service: a broken connection is
+/// [`ClientError::Disconnected`], anything else the scheduler's answer.
+fn rpc_error(status: tonic::Status) -> ClientError {
+    if is_disconnect(&status) {
+        ClientError::Disconnected(status.message().to_string())
+    } else {
+        ClientError::Rpc(status)
     }
 }
 

@@ -66,6 +66,16 @@ struct RunningTask {
     gate: Arc<TaskGate>,
 }
 
+impl RunningTask {
+    /// Stops the task. Its gate opens first: operators it shares with the stage's other
+    /// tasks on this executor (the build side of a join, built once) run on the context
+    /// of the task that started them, and would otherwise wait at a closed gate forever.
+    fn stop(&self) {
+        self.gate.set_open(true);
+        self.abort.abort();
+    }
+}
+
 /// Runs the tasks the scheduler pushes to this executor.
 pub struct TaskRunner {
     executor_id: String,
@@ -446,7 +456,7 @@ impl TaskRunner {
             .expect("running lock")
             .remove(&task_key(id));
         if let Some(task) = task {
-            task.abort.abort();
+            task.stop();
             self.report_suspended();
             let _ = self.outbound.send(ExecutorMessage {
                 message: Some(executor_message::Message::TaskStatus(TaskStatus {
@@ -461,11 +471,14 @@ impl TaskRunner {
         }
     }
 
-    /// Stops every running task (the executor is shutting down).
+    /// Stops every running task (the executor shuts down, or lost its scheduler, which
+    /// runs them again) and forgets the decoded plans they shared: state their stopped
+    /// tasks left half-built (a join's build side) must not hold up later tasks.
     pub fn abort_all(&self) {
         for (_, task) in self.running.lock().expect("running lock").drain() {
-            task.abort.abort();
+            task.stop();
         }
+        self.plans.lock().expect("plans lock").clear();
     }
 
     /// Drops a query's shuffle output (of some stages, or all) and its cached plans.

@@ -86,10 +86,20 @@ pub struct SchedulerConfig {
     #[arg(long = "max-held-results-mib", value_name = "MIB", value_parser = parse_mib, default_value = "256")]
     pub held_results_cap: u64,
     /// Where the scheduler keeps its queries, so that a restart resumes them: embedded
-    /// (a file in --state-dir) or memory (a restart loses them); default: embedded for
-    /// `baton scheduler`, memory for an embedded cluster.
-    #[arg(long = "state", value_name = "embedded|memory")]
+    /// (a file in --state-dir), etcd://HOST:PORT[,HOST:PORT]/PREFIX (shared with standby
+    /// schedulers: one leads, the others take over when its lease expires) or memory
+    /// (a restart loses them); default: embedded for `baton scheduler`, memory for an
+    /// embedded cluster.
+    #[arg(long = "state", value_name = "embedded|memory|etcd://…")]
     pub state: Option<StateLocation>,
+    /// Seconds of the etcd lease behind the leadership: a standby takes over this long
+    /// (at most) after the active scheduler stopped renewing it.
+    #[arg(long = "leader-lease", value_name = "SECONDS", value_parser = parse_seconds, default_value = "5")]
+    pub leader_lease: Duration,
+    /// host:port clients and executors reach this scheduler at, as its standbys show it;
+    /// default: the bound address.
+    #[arg(long = "advertise", value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
     /// Directory of the embedded state store; one scheduler at a time may use it.
     #[arg(long = "state-dir", value_name = "DIR", default_value = "baton-state")]
     pub state_dir: PathBuf,

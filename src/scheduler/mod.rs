@@ -198,6 +198,8 @@ struct Inner {
     server_tls: Option<tonic::transport::ServerTlsConfig>,
     /// The clients' sessions.
     sessions: Sessions,
+    /// Its leadership, when it shares its state with standbys.
+    leadership: std::sync::OnceLock<durable::Leadership>,
 }
 
 /// A handle to the scheduler; cheap to clone.
@@ -227,21 +229,41 @@ impl Scheduler {
             tables = registered.locations;
         }
         let scheduler = Self::build(session, config, stores, tables, security);
-        scheduler.keep_state(config)?;
+        scheduler.keep_state(config).await?;
         Ok(scheduler)
     }
 
     /// Opens the state store `config` names and resumes what it kept (nothing for the
-    /// in-memory default of an embedded cluster).
-    fn keep_state(&self, config: &SchedulerConfig) -> Result<(), SchedulerError> {
+    /// in-memory default of an embedded cluster). With etcd this waits until the
+    /// scheduler is elected to lead.
+    async fn keep_state(&self, config: &SchedulerConfig) -> Result<(), SchedulerError> {
         let location = config
             .state
             .clone()
             .unwrap_or(durable::StateLocation::Memory);
-        if let Some(store) = durable::open(&location, &config.state_dir)? {
+        let address = config.advertise.as_deref().unwrap_or("unknown");
+        let opened =
+            durable::open(&location, &config.state_dir, address, config.leader_lease).await?;
+        if let Some((store, leadership)) = opened {
+            if let Some(leadership) = leadership {
+                let _ = self.inner.leadership.set(leadership);
+            }
             self.resume(store, config.recovery_grace)?;
         }
         Ok(())
+    }
+
+    /// Completes when this scheduler lost the leadership it was elected to (its etcd
+    /// lease expired): it must stop, since another may lead now. Never completes for a
+    /// scheduler that does not share its state.
+    pub async fn leadership_lost(&self) {
+        match self.inner.leadership.get() {
+            Some(leadership) => {
+                let mut lost = leadership.lost.clone();
+                let _ = lost.wait_for(|lost| *lost).await;
+            }
+            None => std::future::pending().await,
+        }
     }
 
     /// Takes back the queries `store` kept and records every change in it from now on:
@@ -319,7 +341,7 @@ impl Scheduler {
 
     /// A scheduler that plans SQL in `session` (its catalog ignored) as `config` says,
     /// with authentication and TLS off.
-    pub fn with_session(
+    pub async fn with_session(
         session: SessionContext,
         config: &SchedulerConfig,
     ) -> Result<Self, SchedulerError> {
@@ -329,7 +351,7 @@ impl Scheduler {
             dialer: Dialer::plain(),
         };
         let scheduler = Self::build(session, config, S3Settings::default(), Vec::new(), open);
-        scheduler.keep_state(config)?;
+        scheduler.keep_state(config).await?;
         Ok(scheduler)
     }
 
@@ -373,6 +395,7 @@ impl Scheduler {
                 result_ttl: config.result_ttl,
                 object_stores: stores,
                 draining: std::sync::atomic::AtomicBool::new(false),
+                leadership: std::sync::OnceLock::new(),
                 max_request_bytes: usize::try_from(config.max_request_bytes).unwrap_or(usize::MAX),
             }),
         }

@@ -193,9 +193,11 @@ impl SchedulerState {
     /// journal; [`Journal::flushed`] tells when it is written.
     pub fn add_query(&mut self, mut query: Query) -> watch::Receiver<QueryState> {
         query.seq = self.next_seq;
-        self.record(|| Change::PutQuery(query.to_stored()));
-        for task in query.stored_tasks() {
-            self.record(|| Change::PutTask(task));
+        if let Some(journal) = &self.journal {
+            journal.record(Change::PutQuery(query.to_stored()));
+            for task in query.stored_tasks() {
+                journal.record(Change::PutTask(task));
+            }
         }
         info!(query_id = %query.id, stages = query.stage_count(), cost = query.remaining_cost(), "query submitted");
         self.insert(query)
@@ -837,7 +839,8 @@ impl SchedulerState {
                     let progress =
                         query.task_succeeded(task, id.attempt, location, rows, ok.inline_result);
                     self.held_result_bytes += query.inline_result_bytes().saturating_sub(held);
-                    if let (Some(journal), Some(stored)) = (&self.journal, query.stored_task(task))
+                    if let Some(journal) = &self.journal
+                        && let Some(stored) = query.stored_task(task)
                     {
                         journal.record(Change::PutTask(stored));
                     }

@@ -202,6 +202,7 @@ pub async fn run_scheduler_bench(bench: &SchedulerBench) -> Result<SchedulerRepo
         ..Default::default()
     };
     let scheduler = Scheduler::with_session(datafusion::prelude::SessionContext::new(), &config)
+        .await
         .map_err(|e| BenchError::Simulated(e.to_string()))?;
     let listener = TcpListener::bind("127.0.0.1:0")
         .await

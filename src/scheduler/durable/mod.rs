@@ -9,6 +9,7 @@
 //! written within one batch, and a crash inside that window runs the task again.
 
 mod embedded;
+mod etcd;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -17,6 +18,7 @@ use tokio::sync::oneshot;
 use tracing::error;
 
 pub use embedded::EmbeddedStore;
+pub use etcd::{EtcdLocation, EtcdStore, Leadership};
 
 use crate::proto::{StoredQuery, StoredTask};
 
@@ -41,6 +43,14 @@ pub enum StateError {
         key: String,
         /// Why.
         source: prost::DecodeError,
+    },
+    /// etcd could not be reached, refused a request, or another scheduler leads now.
+    #[error("scheduler state in {location}: {message}")]
+    Etcd {
+        /// The store.
+        location: String,
+        /// What failed.
+        message: String,
     },
     /// A batch of changes could not be written.
     #[error("writing the scheduler state: {0}")]
@@ -184,6 +194,8 @@ pub enum StateLocation {
     Memory,
     /// A file in `--state-dir` on this host.
     Embedded,
+    /// etcd, shared by a scheduler and its standbys (one leads at a time).
+    Etcd(EtcdLocation),
 }
 
 impl std::str::FromStr for StateLocation {
@@ -193,20 +205,32 @@ impl std::str::FromStr for StateLocation {
         match s {
             "memory" => Ok(Self::Memory),
             "embedded" => Ok(Self::Embedded),
+            url if url.starts_with("etcd://") => Ok(Self::Etcd(url.parse()?)),
             other => Err(format!(
-                "unknown state store {other:?}: expected embedded or memory"
+                "unknown state store {other:?}: expected embedded, memory or etcd://HOST:PORT/PREFIX"
             )),
         }
     }
 }
 
+/// An opened state store, and for etcd what this scheduler knows of its leadership.
+pub type Opened = (Box<dyn StateStore>, Option<Leadership>);
+
 /// Opens the store `location` names (in `dir` for the embedded one); None for memory.
-pub fn open(
+/// For etcd, this waits until this scheduler (serving at `address`, on a lease of
+/// `lease`) is elected to lead.
+pub async fn open(
     location: &StateLocation,
     dir: &Path,
-) -> Result<Option<Box<dyn StateStore>>, StateError> {
+    address: &str,
+    lease: std::time::Duration,
+) -> Result<Option<Opened>, StateError> {
     match location {
         StateLocation::Memory => Ok(None),
-        StateLocation::Embedded => Ok(Some(Box::new(EmbeddedStore::open(dir)?))),
+        StateLocation::Embedded => Ok(Some((Box::new(EmbeddedStore::open(dir)?), None))),
+        StateLocation::Etcd(etcd) => {
+            let (store, leadership) = EtcdStore::open(etcd, address, lease).await?;
+            Ok(Some((Box::new(store), Some(leadership))))
+        }
     }
 }
