@@ -98,7 +98,7 @@ pub trait StateStore: Send + 'static {
 
 /// What goes to the journal's writer thread.
 enum Entry {
-    Change(Change),
+    Change(Box<Change>),
     /// Answered once everything sent before it is written.
     Flush(oneshot::Sender<Result<(), StateError>>),
 }
@@ -131,7 +131,7 @@ impl Journal {
 
     /// Queues a change; it is written with the next batch.
     pub fn record(&self, change: Change) {
-        if self.entries.send(Entry::Change(change)).is_err() {
+        if self.entries.send(Entry::Change(Box::new(change))).is_err() {
             metrics::counter!("baton_state_write_errors_total").increment(1);
         }
     }
@@ -157,7 +157,7 @@ fn write_all(mut store: Box<dyn StateStore>, received: mpsc::Receiver<Entry>) {
         let mut next = Some(first);
         while let Some(entry) = next.take() {
             match entry {
-                Entry::Change(change) => changes.push(change),
+                Entry::Change(change) => changes.push(*change),
                 Entry::Flush(tx) => flushes.push(tx),
             }
             if changes.len() < MAX_BATCH {

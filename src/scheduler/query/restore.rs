@@ -201,7 +201,7 @@ impl Query {
             stage.done += 1;
             self.remaining_cost -= stage.task_cost;
         }
-        t.output = (!task.executor_id.is_empty()).then(|| MapLocation {
+        t.output = (!task.executor_id.is_empty()).then_some(MapLocation {
             executor_id: task.executor_id,
             flight_address: task.flight_address,
         });
