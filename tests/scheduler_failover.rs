@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use baton::client::BatonClient;
-use baton::proto::QueryState;
 use common::process::{
     Process, free_port, sample, signal, spawn_executor, spawn_scheduler, wait_for_executors,
 };
+use common::resume::{check_answers, submit_awaited, task_counts};
 
 /// TPC-H queries of several stages each.
 const QUERIES: [u32; 4] = [3, 5, 10, 18];
@@ -136,28 +136,9 @@ async fn a_standby_takes_over_from_a_killed_leader_and_every_query_finishes() {
     // "b" is frozen, so the queries cannot all finish before the leader dies.
     signal(&b, libc::SIGSTOP);
     let mut client = BatonClient::connect(&both).await.unwrap();
-    let mut ids = Vec::new();
-    let mut waiting = Vec::new();
-    for number in QUERIES {
-        let sql = baton::tpch::query(number).unwrap().sql;
-        let id = client.submit_sql(sql).await.unwrap();
-        ids.push(id.clone());
-        let both = both.clone();
-        waiting.push(tokio::spawn(async move {
-            let mut client = BatonClient::connect(&both).await.unwrap();
-            client.fetch(&id).await
-        }));
-    }
-    let done = async |client: &mut BatonClient| {
-        let mut done = 0;
-        for id in &ids {
-            let status = client.status(id).await.unwrap();
-            done += status.stages.iter().map(|s| s.tasks_done).sum::<u32>();
-        }
-        done
-    };
+    let awaited = submit_awaited(&mut client, &both, &QUERIES).await;
     let progressed = common::eventually(Duration::from_secs(10), async || {
-        done(&mut client).await >= 6
+        task_counts(&mut client, &awaited).await.1 >= 6
     })
     .await;
     assert!(
@@ -166,16 +147,7 @@ async fn a_standby_takes_over_from_a_killed_leader_and_every_query_finishes() {
         first.log()
     );
     signal(&a, libc::SIGSTOP);
-    let unfinished = {
-        let mut unfinished = 0;
-        for id in &ids {
-            let state = client.status(id).await.unwrap().state;
-            if state == QueryState::Running as i32 || state == QueryState::Queued as i32 {
-                unfinished += 1;
-            }
-        }
-        unfinished
-    };
+    let unfinished = task_counts(&mut client, &awaited).await.2;
     assert!(unfinished > 0, "queries still run when the leader dies");
 
     first.0.kill().unwrap();
@@ -189,26 +161,16 @@ async fn a_standby_takes_over_from_a_killed_leader_and_every_query_finishes() {
     );
 
     let reference = common::single_node(&catalog).await;
-    for ((number, waiting), id) in QUERIES.into_iter().zip(waiting).zip(&ids) {
-        let Ok(result) = tokio::time::timeout(Duration::from_secs(120), waiting).await else {
-            let status = client.status(id).await.unwrap();
-            panic!(
-                "Q{number} never ended: {}\n-- new leader log:\n{}\n-- executor a:\n{}\n-- executor b:\n{}",
-                baton::scheduler::status_to_json(&status),
-                second.log(),
-                a.log(),
-                b.log()
-            );
-        };
-        let result = result
-            .unwrap()
-            .unwrap_or_else(|e| panic!("Q{number}: {e}\n-- new leader log:\n{}", second.log()));
-        let sql = baton::tpch::query(number).unwrap().sql;
-        let want = common::expected(&reference, sql).await;
-        if let Err(diff) = common::compare(&want, &result.batches, common::is_ordered(sql)) {
-            panic!("Q{number}: {diff}");
-        }
-    }
+    let mut ids: Vec<String> = awaited.iter().map(|q| q.id.clone()).collect();
+    let logs = || {
+        format!(
+            "-- new leader log:\n{}\n-- executor a:\n{}\n-- executor b:\n{}",
+            second.log(),
+            a.log(),
+            b.log()
+        )
+    };
+    check_answers(&mut client, awaited, &reference, logs).await;
     // The new leader knows exactly the queries submitted to the old one: none twice.
     let mut listed: Vec<String> = client
         .list()

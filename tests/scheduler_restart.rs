@@ -9,10 +9,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use baton::client::BatonClient;
-use baton::proto::QueryState;
 use common::process::{
     Process, free_port, sample, signal, spawn_executor, spawn_scheduler, wait_for_executors,
 };
+use common::resume::{check_answers, submit_awaited, task_counts};
 
 /// TPC-H queries of several stages each.
 const QUERIES: [u32; 5] = [3, 5, 10, 12, 18];
@@ -41,20 +41,6 @@ fn spawn_durable_scheduler(
     )
 }
 
-/// Tasks of the queries `ids` in all, and those finished, by their status.
-async fn task_counts(client: &mut BatonClient, ids: &[String]) -> (u32, u32, usize) {
-    let (mut total, mut done, mut unfinished) = (0, 0, 0);
-    for id in ids {
-        let status = client.status(id).await.unwrap();
-        total += status.stages.iter().map(|s| s.tasks_total).sum::<u32>();
-        done += status.stages.iter().map(|s| s.tasks_done).sum::<u32>();
-        if status.state == QueryState::Running as i32 || status.state == QueryState::Queued as i32 {
-            unfinished += 1;
-        }
-    }
-    (total, done, unfinished)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_scheduler_restarted_on_its_state_resumes_every_query_and_reuses_shuffle_output() {
     let catalog = common::tpch_catalog();
@@ -75,21 +61,10 @@ async fn a_killed_scheduler_restarted_on_its_state_resumes_every_query_and_reuse
     // finishes its share.
     signal(&b, libc::SIGSTOP);
     let mut client = BatonClient::connect(&address).await.unwrap();
-    let mut ids = Vec::new();
-    let mut waiting = Vec::new();
-    for number in QUERIES {
-        let sql = baton::tpch::query(number).unwrap().sql;
-        let id = client.submit_sql(sql).await.unwrap();
-        ids.push(id.clone());
-        // Each result is awaited by a client of its own, across the restart.
-        let address = address.clone();
-        waiting.push(tokio::spawn(async move {
-            let mut client = BatonClient::connect(&address).await.unwrap();
-            client.fetch(&id).await
-        }));
-    }
+    // Each result is awaited by a client of its own, across the restart.
+    let awaited = submit_awaited(&mut client, &address, &QUERIES).await;
     let progressed = common::eventually(Duration::from_secs(10), async || {
-        task_counts(&mut client, &ids).await.1 >= 8
+        task_counts(&mut client, &awaited).await.1 >= 8
     })
     .await;
     assert!(
@@ -98,7 +73,7 @@ async fn a_killed_scheduler_restarted_on_its_state_resumes_every_query_and_reuse
         first.log()
     );
     signal(&a, libc::SIGSTOP);
-    let (total, done_before, unfinished) = task_counts(&mut client, &ids).await;
+    let (total, done_before, unfinished) = task_counts(&mut client, &awaited).await;
     assert!(unfinished > 0, "queries still run when the scheduler dies");
 
     first.0.kill().unwrap();
@@ -108,20 +83,8 @@ async fn a_killed_scheduler_restarted_on_its_state_resumes_every_query_and_reuse
     signal(&b, libc::SIGCONT);
 
     let reference = common::single_node(&catalog).await;
-    for (number, waiting) in QUERIES.into_iter().zip(waiting) {
-        let result = tokio::time::timeout(Duration::from_secs(120), waiting)
-            .await
-            .unwrap_or_else(|_| {
-                panic!("Q{number} never ended\n-- scheduler log:\n{}", second.log())
-            })
-            .unwrap()
-            .unwrap_or_else(|e| panic!("Q{number}: {e}\n-- scheduler log:\n{}", second.log()));
-        let sql = baton::tpch::query(number).unwrap().sql;
-        let want = common::expected(&reference, sql).await;
-        if let Err(diff) = common::compare(&want, &result.batches, common::is_ordered(sql)) {
-            panic!("Q{number}: {diff}");
-        }
-    }
+    let logs = || format!("-- scheduler log:\n{}", second.log());
+    check_answers(&mut client, awaited, &reference, logs).await;
     let text = common::scrape_metrics(&metrics);
     let rerun = sample(&text, "baton_tasks_dispatched_total");
     let reused = sample(&text, "baton_recovered_tasks_total");

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod resume;
 
 use std::path::PathBuf;
 use std::time::Duration;
