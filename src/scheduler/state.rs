@@ -412,12 +412,13 @@ impl SchedulerState {
             .held_result_bytes
             .saturating_sub(query.drop_inline_results());
         let final_stage = query.final_stage();
-        let stored = query.to_stored();
-        self.record(|| Change::PutQuery(stored));
-        self.record(|| Change::DropTasks {
-            query_id: query_id.to_string(),
-            stage_id: final_stage,
-        });
+        if let Some(journal) = &self.journal {
+            journal.record(Change::PutQuery(query.to_stored()));
+            journal.record(Change::DropTasks {
+                query_id: query_id.to_string(),
+                stage_id: final_stage,
+            });
+        }
         debug!(query_id, reason, "result partitions released");
         self.broadcast_release(query_id, vec![final_stage]);
         self.stop_drained();
