@@ -16,3 +16,20 @@ pub fn incoming(listener: TcpListener) -> impl Stream<Item = std::io::Result<Tcp
         Ok(stream)
     })
 }
+
+/// The connections accepted on `listener`, as [`incoming`] yields them, handed to
+/// whichever server takes them from the returned receiver: several servers may serve
+/// one port in turn (a standby scheduler's refusals, then the scheduler once elected).
+/// Accepting stops when every receiver is gone.
+pub fn handed_over(listener: TcpListener) -> async_channel::Receiver<std::io::Result<TcpStream>> {
+    let (sender, receiver) = async_channel::bounded(64);
+    tokio::spawn(async move {
+        let mut accepted = std::pin::pin!(incoming(listener));
+        while let Some(connection) = accepted.next().await {
+            if sender.send(connection).await.is_err() {
+                return;
+            }
+        }
+    });
+    receiver
+}

@@ -2,7 +2,8 @@
 //! started by the test): one leads, the other stands by. The leader is killed with
 //! SIGKILL mid-query; the standby takes over when its lease expires, resumes every
 //! query, and the executors and clients (given both addresses) follow it, without any
-//! query submitted twice. Skipped, with a message, where no `etcd` binary is installed
+//! query submitted twice. While it stands by, the standby answers on its port with the
+//! leader's address, which an executor and a client given the standby first follow. Skipped, with a message, where no `etcd` binary is installed
 //! (`.ci/run` installs Debian's etcd-server).
 
 mod common;
@@ -127,7 +128,9 @@ async fn a_standby_takes_over_from_a_killed_leader_and_every_query_finishes() {
     let both = format!("{first_address},{second_address}");
     let work_dir = work.path().to_str().unwrap();
     let a = spawn_executor(&both, work_dir, &["--id", "a"]);
-    let b = spawn_executor(&both, work_dir, &["--id", "b"]);
+    // "b" dials the standby first: the standby's refusal sends it to the leader.
+    let standby_first = format!("{second_address},{first_address}");
+    let b = spawn_executor(&standby_first, work_dir, &["--id", "b"]);
     assert!(
         wait_for_executors(&first_metrics, 2).await,
         "both executors register"
@@ -146,6 +149,19 @@ async fn a_standby_takes_over_from_a_killed_leader_and_every_query_finishes() {
         "\"a\" finishes tasks\n-- leader log:\n{}",
         first.log()
     );
+    // A client given only the standby's address is sent to the leader.
+    let mut via_standby = BatonClient::connect(&second_address).await.unwrap();
+    let mut seen: Vec<String> = via_standby
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.query_id)
+        .collect();
+    let mut ids: Vec<String> = awaited.iter().map(|q| q.id.clone()).collect();
+    seen.sort();
+    ids.sort();
+    assert_eq!(seen, ids, "the standby's client sees the leader's queries");
     signal(&a, libc::SIGSTOP);
     let unfinished = task_counts(&mut client, &awaited).await.2;
     assert!(unfinished > 0, "queries still run when the leader dies");
@@ -161,7 +177,6 @@ async fn a_standby_takes_over_from_a_killed_leader_and_every_query_finishes() {
     );
 
     let reference = common::single_node(&catalog).await;
-    let mut ids: Vec<String> = awaited.iter().map(|q| q.id.clone()).collect();
     let logs = || {
         format!(
             "-- new leader log:\n{}\n-- executor a:\n{}\n-- executor b:\n{}",
@@ -180,7 +195,6 @@ async fn a_standby_takes_over_from_a_killed_leader_and_every_query_finishes() {
         .map(|s| s.query_id)
         .collect();
     listed.sort();
-    ids.sort();
     assert_eq!(listed, ids);
     let text = common::scrape_metrics(&second_metrics);
     assert!(

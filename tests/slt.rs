@@ -330,12 +330,20 @@ async fn run_file(root: &Path, relative: &Path, address: &str) -> FileReport {
     }
 }
 
+/// Baton's crate directory: where `cargo test` runs this from (a build shared by
+/// checkouts at other paths keeps the path it was compiled in).
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 /// The crate directory of `datafusion-sqllogictest`, from `cargo metadata`.
 fn suite_dir() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let output = std::process::Command::new(cargo)
         .args(["metadata", "--format-version", "1"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(manifest_dir())
         .output()
         .expect("run cargo metadata");
     assert!(output.status.success(), "cargo metadata failed");
@@ -459,7 +467,7 @@ fn main() {
         drop(cluster);
         reports
     });
-    std::env::set_current_dir(env!("CARGO_MANIFEST_DIR")).unwrap();
+    std::env::set_current_dir(manifest_dir()).unwrap();
 
     let known = known_differences();
     println!(

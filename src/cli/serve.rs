@@ -24,6 +24,10 @@ const EXECUTOR_RESTARTS: u32 = 10;
 /// Pause between an executor's stop and its next start.
 const RESTART_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// How long a scheduler that was elected waits for the connections its standby
+/// endpoint held to close.
+const STANDBY_CLOSE: Duration = Duration::from_secs(2);
+
 /// How often a draining scheduler checks whether its queries are done.
 const DRAIN_CHECK: Duration = Duration::from_millis(100);
 
@@ -110,16 +114,26 @@ pub async fn run_scheduler(
         let bound = telemetry::serve_http(addr, Some(("/api/queries", route)), ready).await?;
         tracing::info!(address = %bound, "metrics endpoint listening");
     }
-    let scheduler = Scheduler::new(&config).await?;
-    warn_if_open(&scheduler);
-    let _ = active.set(scheduler.clone());
+    // The port answers from the start: while this scheduler stands by, with refusals
+    // that name the active scheduler; once it leads, as the scheduler.
+    let authenticated =
+        config.users.is_some() || config.cluster.secret().ok().flatten().is_some();
+    crate::security::check_exposure(bind, authenticated)?;
     let listener = TcpListener::bind(bind)
         .await
         .map_err(|source| CliError::Io {
             what: format!("binding the scheduler to {bind}"),
             source,
         })?;
-    tracing::info!(address = %bind, "scheduler listening");
+    let bound = listener.local_addr().map_err(|source| CliError::Io {
+        what: "reading the scheduler's address".into(),
+        source,
+    })?;
+    tracing::info!(address = %bound, "scheduler listening");
+    let connections = crate::net::handed_over(listener);
+    let scheduler = stand_by(&config, connections.clone()).await?;
+    warn_if_open(&scheduler);
+    let _ = active.set(scheduler.clone());
     let draining = scheduler.clone();
     let leading = scheduler.clone();
     let drain_timeout = config.drain_timeout;
@@ -149,11 +163,44 @@ pub async fn run_scheduler(
             }
         }
     };
-    scheduler.serve(listener, stopped)?.await?;
+    scheduler
+        .serve_incoming(bound, connections, stopped)?
+        .await?;
     if lost.load(Ordering::Relaxed) {
         return Err(CliError::LostLeadership);
     }
     Ok(())
+}
+
+/// Builds the scheduler `config` names; meanwhile (while it stands by, with its state in
+/// etcd) the calls coming on `connections` are refused with the active scheduler's
+/// address.
+async fn stand_by(
+    config: &SchedulerConfig,
+    connections: async_channel::Receiver<std::io::Result<tokio::net::TcpStream>>,
+) -> Result<Scheduler, CliError> {
+    let (active, following) = tokio::sync::watch::channel(None);
+    let (elected, until) = tokio::sync::oneshot::channel::<()>();
+    let tls = config
+        .server_tls()
+        .map_err(crate::scheduler::SchedulerError::from)?;
+    let refusing = tokio::spawn(crate::scheduler::standby::serve(
+        connections,
+        tls,
+        following,
+        async {
+            let _ = until.await;
+        },
+    ));
+    let scheduler = Scheduler::elected(config, &active).await;
+    let _ = elected.send(());
+    // Refused callers come back at once; one that keeps its connection idle is cut.
+    match tokio::time::timeout(STANDBY_CLOSE, refusing).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the standby endpoint failed"),
+        Ok(_) => {}
+        Err(_) => tracing::debug!("standby connections still open; the scheduler takes over"),
+    }
+    Ok(scheduler?)
 }
 
 /// `baton executor`: runs until Ctrl-C. When its scheduler goes away (a restart, say), it

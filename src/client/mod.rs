@@ -23,6 +23,7 @@ use tonic::transport::ClientTlsConfig;
 
 use crate::config::MAX_MESSAGE_BYTES;
 use crate::proto::scheduler_service_client::SchedulerServiceClient;
+use crate::scheduler::standby::active_of;
 use crate::proto::{
     CancelQueryRequest, GetQueryStatusRequest, ListQueriesRequest, QueryStatus, SubmitQueryRequest,
     submit_query_request,
@@ -54,6 +55,9 @@ pub enum ClientError {
     /// and no scheduler answered again in time.
     #[error("lost the scheduler: {0}")]
     Disconnected(String),
+    /// A standby scheduler refused the call; the active one is at this address.
+    #[error("the scheduler stands by; the active scheduler is at {0}")]
+    Redirected(String),
 }
 
 impl ClientError {
@@ -136,6 +140,21 @@ const FAILOVER_PATIENCE: Duration = Duration::from_secs(60);
 /// Times one call re-attaches to a query after losing the scheduler.
 const MAX_REATTACHES: u32 = 5;
 
+/// How often one call follows a standby to the active scheduler it names, at most:
+/// with [`FOLLOW_PAUSE`], longer than a standby takes to see an expired leader's lease.
+const MAX_FOLLOWS: u32 = 120;
+
+/// The pause before following a name that a standby gave twice in a row.
+const FOLLOW_PAUSE: Duration = Duration::from_millis(250);
+
+/// What one call did to reach the active scheduler again: re-attaches after a broken
+/// connection, and standbys' refusals followed.
+#[derive(Debug, Default)]
+struct Attempts {
+    reattached: u32,
+    followed: u32,
+}
+
 /// A connection to a Baton scheduler (gRPC API and Flight results on one address).
 ///
 /// When the connection breaks while it waits for a query's result or status, it dials
@@ -204,17 +223,39 @@ impl BatonClient {
     }
 
     /// Whether a call that failed with `error` is to be made again: the connection
-    /// broke, fewer than [`MAX_REATTACHES`] re-attaches were made, and a scheduler
-    /// answers again; an error when none does.
+    /// broke or a standby named the active scheduler, fewer than [`MAX_REATTACHES`]
+    /// re-attaches were made, and a scheduler answers again; an error when none does.
     async fn reattach(
         &mut self,
         error: ClientError,
-        reattached: &mut u32,
+        attempts: &mut Attempts,
     ) -> Result<(), ClientError> {
         match error {
-            ClientError::Disconnected(cause) if *reattached < MAX_REATTACHES => {
+            ClientError::Disconnected(cause) if attempts.reattached < MAX_REATTACHES => {
                 tracing::warn!(%cause, "lost the scheduler; re-attaching");
-                *reattached += 1;
+                attempts.reattached += 1;
+                self.reconnect().await
+            }
+            other => self.follow(other, &mut attempts.followed).await,
+        }
+    }
+
+    /// Whether a call that failed with `error` is to be made again because a standby
+    /// refused it and named the active scheduler (the standby did nothing, so even a
+    /// submit may be made again): connects to that one first from now on. A standby
+    /// names the scheduler that led until its lease expires, so one named again (it
+    /// could not be reached) is waited for, [`FOLLOW_PAUSE`] at a time, up to
+    /// [`MAX_FOLLOWS`] times.
+    async fn follow(&mut self, error: ClientError, followed: &mut u32) -> Result<(), ClientError> {
+        match error {
+            ClientError::Redirected(active) if *followed < MAX_FOLLOWS => {
+                tracing::info!(%active, "a standby answered; going to the active scheduler");
+                *followed += 1;
+                if self.addresses.first() == Some(&active) {
+                    tokio::time::sleep(FOLLOW_PAUSE).await;
+                }
+                self.addresses.retain(|a| *a != active);
+                self.addresses.insert(0, active);
                 self.reconnect().await
             }
             other => Err(other),
@@ -244,15 +285,18 @@ impl BatonClient {
         query: submit_query_request::Query,
         label: String,
     ) -> Result<String, ClientError> {
-        let response = self
-            .scheduler
-            .submit_query(SubmitQueryRequest {
-                query: Some(query),
-                label,
-                session_id: self.session.clone(),
-            })
-            .await?;
-        Ok(response.into_inner().query_id)
+        let request = SubmitQueryRequest {
+            query: Some(query),
+            label,
+            session_id: self.session.clone(),
+        };
+        let mut followed = 0;
+        loop {
+            match self.scheduler.submit_query(request.clone()).await {
+                Ok(response) => return Ok(response.into_inner().query_id),
+                Err(status) => self.follow(refused(status), &mut followed).await?,
+            }
+        }
     }
 
     /// Waits for the query and streams its result batches (a broken connection is
@@ -276,7 +320,7 @@ impl BatonClient {
         query_id: &str,
         mut each: impl FnMut(&RecordBatch) -> Result<(), E>,
     ) -> Result<SchemaRef, E> {
-        let mut reattached = 0;
+        let mut attempts = Attempts::default();
         let mut stream = loop {
             let failure = match self.result_stream(query_id).await {
                 Ok(mut stream) => match stream.try_next().await.map_err(flight_error) {
@@ -285,7 +329,7 @@ impl BatonClient {
                 },
                 Err(e) => e,
             };
-            self.reattach(failure, &mut reattached).await?;
+            self.reattach(failure, &mut attempts).await?;
         };
         let (stream, mut next) = (&mut stream.0, stream.1);
         while let Some(batch) = next {
@@ -301,10 +345,10 @@ impl BatonClient {
     /// Waits for the query and collects its result; when the scheduler goes away, it
     /// re-attaches to the query and fetches the result again.
     pub async fn fetch(&mut self, query_id: &str) -> Result<QueryResult, ClientError> {
-        let mut reattached = 0;
+        let mut attempts = Attempts::default();
         loop {
             match self.fetch_once(query_id).await {
-                Err(e) => self.reattach(e, &mut reattached).await?,
+                Err(e) => self.reattach(e, &mut attempts).await?,
                 done => return done,
             }
         }
@@ -336,7 +380,7 @@ impl BatonClient {
 
     /// A query's status (re-attaching when the scheduler went away).
     pub async fn status(&mut self, query_id: &str) -> Result<QueryStatus, ClientError> {
-        let mut reattached = 0;
+        let mut attempts = Attempts::default();
         loop {
             let request = GetQueryStatusRequest {
                 query_id: query_id.to_string(),
@@ -345,26 +389,40 @@ impl BatonClient {
                 Ok(status) => return Ok(status.into_inner()),
                 Err(status) => rpc_error(status),
             };
-            self.reattach(failure, &mut reattached).await?;
+            self.reattach(failure, &mut attempts).await?;
         }
     }
 
     /// Every query the scheduler knows, newest first (re-attaching when the scheduler
     /// went away).
     pub async fn list(&mut self) -> Result<Vec<QueryStatus>, ClientError> {
-        let mut reattached = 0;
+        let mut attempts = Attempts::default();
         loop {
             let failure = match self.scheduler.list_queries(ListQueriesRequest {}).await {
                 Ok(list) => return Ok(list.into_inner().queries),
                 Err(status) => rpc_error(status),
             };
-            self.reattach(failure, &mut reattached).await?;
+            self.reattach(failure, &mut attempts).await?;
         }
     }
 
     /// Tables of the scheduler's catalog and their schemas, over Flight SQL
     /// `CommandGetTables`; only `name` when given.
     pub async fn tables(
+        &mut self,
+        name: Option<&str>,
+    ) -> Result<Vec<(String, SchemaRef)>, ClientError> {
+        let mut followed = 0;
+        loop {
+            match self.tables_once(name).await {
+                Err(e) => self.follow(e, &mut followed).await?,
+                done => return done,
+            }
+        }
+    }
+
+    /// One attempt of [`Self::tables`].
+    async fn tables_once(
         &mut self,
         name: Option<&str>,
     ) -> Result<Vec<(String, SchemaRef)>, ClientError> {
@@ -411,14 +469,16 @@ impl BatonClient {
 
     /// Cancels a query; false when it had already ended.
     pub async fn cancel(&mut self, query_id: &str) -> Result<bool, ClientError> {
-        Ok(self
-            .scheduler
-            .cancel_query(CancelQueryRequest {
+        let mut followed = 0;
+        loop {
+            let request = CancelQueryRequest {
                 query_id: query_id.to_string(),
-            })
-            .await?
-            .into_inner()
-            .cancelled)
+            };
+            match self.scheduler.cancel_query(request).await {
+                Ok(answer) => return Ok(answer.into_inner().cancelled),
+                Err(status) => self.follow(refused(status), &mut followed).await?,
+            }
+        }
     }
 }
 
@@ -432,6 +492,9 @@ fn flight_error(e: FlightError) -> ClientError {
 /// A failed result fetch: refusals keep their code, a broken connection is
 /// [`ClientError::Disconnected`], anything else is the query's failure.
 fn query_error(status: tonic::Status) -> ClientError {
+    if let Some(active) = active_of(&status) {
+        return ClientError::Redirected(active);
+    }
     match status.code() {
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => ClientError::Rpc(status),
         _ if is_disconnect(&status) => ClientError::Disconnected(status.message().to_string()),
@@ -442,10 +505,20 @@ fn query_error(status: tonic::Status) -> ClientError {
 /// A failed call to the scheduler service: a broken connection is
 /// [`ClientError::Disconnected`], anything else the scheduler's answer.
 fn rpc_error(status: tonic::Status) -> ClientError {
-    if is_disconnect(&status) {
+    if let Some(active) = active_of(&status) {
+        ClientError::Redirected(active)
+    } else if is_disconnect(&status) {
         ClientError::Disconnected(status.message().to_string())
     } else {
         ClientError::Rpc(status)
+    }
+}
+
+/// A refused call: a standby's names the active scheduler, any other keeps its status.
+fn refused(status: tonic::Status) -> ClientError {
+    match active_of(&status) {
+        Some(active) => ClientError::Redirected(active),
+        None => ClientError::Rpc(status),
     }
 }
 

@@ -35,6 +35,7 @@ use tracing::{info, warn};
 
 use crate::config::{HEARTBEAT_INTERVAL, MAX_MESSAGE_BYTES, distributed_session_config};
 use crate::object_stores::{S3Settings, StoreRegistry};
+use crate::scheduler::standby::active_of;
 use crate::proto::scheduler_service_client::SchedulerServiceClient;
 use crate::proto::{
     Drain, ExecutorMessage, Heartbeat, RegisterExecutor, SchedulerMessage, executor_message,
@@ -370,8 +371,16 @@ async fn open_stream(
 ) -> Result<OpenStream, ExecutorError> {
     let deadline = tokio::time::Instant::now() + patience;
     let mut backoff = Duration::from_millis(50);
-    for address in addresses.iter().cycle() {
-        let failure = match try_open_stream(dialer, address, register.clone()).await {
+    // A standby that refuses names the active scheduler: that one is dialed next.
+    let mut named: Option<String> = None;
+    let mut followed = false;
+    let mut listed = addresses.iter().cycle();
+    loop {
+        let address = match named.take() {
+            Some(active) => active,
+            None => listed.next().ok_or(ExecutorError::NoScheduler)?.clone(),
+        };
+        let failure = match try_open_stream(dialer, &address, register.clone()).await {
             Ok(opened) => return Ok(opened),
             // Its own previous connection may still be registered, until the scheduler
             // notices that it broke: that one clears; any other refusal is final.
@@ -383,6 +392,20 @@ async fn open_stream(
             }
             Err(failure) => failure,
         };
+        let hint = match &failure {
+            ExecutorError::Register(status) => active_of(status).filter(|a| *a != address),
+            _ => None,
+        };
+        if let Some(active) = hint {
+            tracing::debug!(%active, standby = %address, "a standby named the active scheduler");
+            named = Some(active);
+            // At once, unless the one named last time stood by too.
+            if !followed {
+                followed = true;
+                continue;
+            }
+        }
+        followed = false;
         if tokio::time::Instant::now() + backoff > deadline {
             return Err(failure);
         }
@@ -390,7 +413,6 @@ async fn open_stream(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
     }
-    Err(ExecutorError::NoScheduler)
 }
 
 /// One attempt of [`open_stream`].

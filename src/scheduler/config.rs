@@ -133,9 +133,16 @@ impl SchedulerConfig {
         }
         Ok(SchedulerSecurity {
             dialer: self.cluster.dialer(secret.as_deref())?,
-            server_tls: self.cluster.tls.server(ClientCertificates::Optional)?,
+            server_tls: self.server_tls()?,
             auth: Authenticator::new(users, secret),
         })
+    }
+}
+
+impl SchedulerConfig {
+    /// The TLS its endpoints serve with, if the flags name certificates.
+    pub fn server_tls(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, SecurityError> {
+        self.cluster.tls.server(ClientCertificates::Optional)
     }
 }
 

@@ -14,6 +14,7 @@ mod queue;
 mod registry;
 mod service;
 mod sessions;
+pub mod standby;
 mod state;
 
 use std::future::Future;
@@ -217,6 +218,16 @@ impl std::fmt::Debug for Scheduler {
 impl Scheduler {
     /// A scheduler with the tables of `config.catalog`.
     pub async fn new(config: &SchedulerConfig) -> Result<Self, SchedulerError> {
+        Self::elected(config, &watch::Sender::new(None)).await
+    }
+
+    /// [`Self::new`], for a scheduler that may stand by first (its state in etcd, where
+    /// another scheduler leads): until elected, `active` follows where the one that
+    /// leads serves.
+    pub async fn elected(
+        config: &SchedulerConfig,
+        active: &watch::Sender<Option<String>>,
+    ) -> Result<Self, SchedulerError> {
         let security = config.security()?;
         let session = SessionContext::new_with_config(distributed_session_config(
             config.target_partitions.unwrap_or_else(host_cores),
@@ -229,21 +240,26 @@ impl Scheduler {
             tables = registered.locations;
         }
         let scheduler = Self::build(session, config, stores, tables, security);
-        scheduler.keep_state(config).await?;
+        scheduler.keep_state(config, active).await?;
         Ok(scheduler)
     }
 
     /// Opens the state store `config` names and resumes what it kept (nothing for the
     /// in-memory default of an embedded cluster). With etcd this waits until the
     /// scheduler is elected to lead.
-    async fn keep_state(&self, config: &SchedulerConfig) -> Result<(), SchedulerError> {
+    async fn keep_state(
+        &self,
+        config: &SchedulerConfig,
+        active: &watch::Sender<Option<String>>,
+    ) -> Result<(), SchedulerError> {
         let location = config
             .state
             .clone()
             .unwrap_or(durable::StateLocation::Memory);
         let address = config.advertise.as_deref().unwrap_or("unknown");
         let opened =
-            durable::open(&location, &config.state_dir, address, config.leader_lease).await?;
+            durable::open(&location, &config.state_dir, address, config.leader_lease, active)
+                .await?;
         if let Some((store, leadership)) = opened {
             if let Some(leadership) = leadership {
                 let _ = self.inner.leadership.set(leadership);
@@ -351,7 +367,9 @@ impl Scheduler {
             dialer: Dialer::plain(),
         };
         let scheduler = Self::build(session, config, S3Settings::default(), Vec::new(), open);
-        scheduler.keep_state(config).await?;
+        scheduler
+            .keep_state(config, &watch::Sender::new(None))
+            .await?;
         Ok(scheduler)
     }
 
@@ -763,6 +781,17 @@ impl Scheduler {
         let address = listener.local_addr().map_err(|e| {
             SchedulerError::Security(SecurityError::Tls(format!("listener address: {e}")))
         })?;
+        self.serve_incoming(address, crate::net::incoming(listener), shutdown)
+    }
+
+    /// [`Self::serve`] on the connections of `incoming`, accepted on `address`.
+    pub fn serve_incoming(
+        &self,
+        address: std::net::SocketAddr,
+        incoming: impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<impl Future<Output = Result<(), SchedulerError>> + Send + 'static, SchedulerError>
+    {
         crate::security::check_exposure(address, self.inner.auth.is_on())?;
         let authenticate = Authenticate(self.inner.auth.clone());
         let limit = self.inner.max_request_bytes;
@@ -789,7 +818,7 @@ impl Scheduler {
         };
         Ok(async move {
             router
-                .serve_with_incoming_shutdown(crate::net::incoming(listener), shutdown)
+                .serve_with_incoming_shutdown(incoming, shutdown)
                 .await?;
             Ok(())
         })

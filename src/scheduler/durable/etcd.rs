@@ -132,16 +132,18 @@ impl EtcdStore {
     /// `lease` and waits until elected (a standby waits here while another leads),
     /// then reads the state. The lease is kept alive from then on; when that fails, the
     /// returned [`Leadership`] says so.
+    /// While it waits, `active` follows where the scheduler that leads serves.
     pub async fn open(
         location: &EtcdLocation,
         address: &str,
         lease: Duration,
+        active: &watch::Sender<Option<String>>,
     ) -> Result<(Self, Leadership), StateError> {
         let failed = |e: tonic::Status| etcd_error(location, e.message());
         let channel = connect(location).await?;
         let kv = KvClient::new(channel.clone());
         let mut leases = LeaseClient::new(channel.clone());
-        let mut election = ElectionClient::new(channel);
+        let election = ElectionClient::new(channel);
         let ttl = lease.as_secs().max(2) as i64;
         let granted = leases
             .lease_grant(LeaseGrantRequest { ttl, id: 0 })
@@ -154,24 +156,20 @@ impl EtcdStore {
         let (lost_tx, lost) = watch::channel(false);
         keep_alive(leases, granted.id, ttl, lost_tx, location.clone()).await?;
         let name = election_name(location).into_bytes();
-        if let Ok(current) = election.leader(LeaderRequest { name: name.clone() }).await
-            && let Some(kv) = current.into_inner().kv
-        {
-            info!(active = %String::from_utf8_lossy(&kv.value), "standing by: another scheduler is active");
-            metrics::gauge!("baton_scheduler_leader").set(0.0);
-        }
-        let campaign = election
-            .campaign(CampaignRequest {
-                name,
-                lease: granted.id,
-                value: address.as_bytes().to_vec(),
-            })
-            .await
-            .map_err(failed)?
-            .into_inner();
+        let mut campaigning = election.clone();
+        let campaign = campaigning.campaign(CampaignRequest {
+            name: name.clone(),
+            lease: granted.id,
+            value: address.as_bytes().to_vec(),
+        });
+        let campaign = tokio::select! {
+            campaign = campaign => campaign.map_err(failed)?.into_inner(),
+            never = watch_leader(election, name, ttl, address, active) => match never {},
+        };
         let leader = campaign
             .leader
             .ok_or_else(|| etcd_error(location, "the election answered no leader key"))?;
+        active.send_replace(Some(address.to_string()));
         metrics::gauge!("baton_scheduler_leader").set(1.0);
         metrics::counter!("baton_scheduler_elections_won_total").increment(1);
         info!(%location, address, "elected: this scheduler is active");
@@ -395,6 +393,38 @@ impl StateStore for EtcdStore {
     fn write(&mut self, changes: &[Change]) -> Result<(), StateError> {
         let runtime = self.runtime.clone();
         runtime.block_on(self.write_guarded(changes))
+    }
+}
+
+/// Keeps `active` on the address of the scheduler that leads the election `name`,
+/// asking etcd every half lease (`ttl` seconds); runs until dropped (a failed question
+/// is asked again next time). `own` is where this scheduler serves.
+async fn watch_leader(
+    mut election: ElectionClient<Channel>,
+    name: Vec<u8>,
+    ttl: i64,
+    own: &str,
+    active: &watch::Sender<Option<String>>,
+) -> std::convert::Infallible {
+    let period = Duration::from_millis(ttl as u64 * 500);
+    let mut reported = false;
+    loop {
+        if let Ok(current) = election.leader(LeaderRequest { name: name.clone() }).await {
+            let leader = current
+                .into_inner()
+                .kv
+                .map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
+            if let Some(leader) = &leader
+                && leader != own
+                && !reported
+            {
+                info!(active = %leader, "standing by: another scheduler is active");
+                metrics::gauge!("baton_scheduler_leader").set(0.0);
+                reported = true;
+            }
+            active.send_replace(leader);
+        }
+        tokio::time::sleep(period).await;
     }
 }
 

@@ -218,18 +218,19 @@ pub type Opened = (Box<dyn StateStore>, Option<Leadership>);
 
 /// Opens the store `location` names (in `dir` for the embedded one); None for memory.
 /// For etcd, this waits until this scheduler (serving at `address`, on a lease of
-/// `lease`) is elected to lead.
+/// `lease`) is elected to lead, with `active` on the address of the one that leads.
 pub async fn open(
     location: &StateLocation,
     dir: &Path,
     address: &str,
     lease: std::time::Duration,
+    active: &tokio::sync::watch::Sender<Option<String>>,
 ) -> Result<Option<Opened>, StateError> {
     match location {
         StateLocation::Memory => Ok(None),
         StateLocation::Embedded => Ok(Some((Box::new(EmbeddedStore::open(dir)?), None))),
         StateLocation::Etcd(etcd) => {
-            let (store, leadership) = EtcdStore::open(etcd, address, lease).await?;
+            let (store, leadership) = EtcdStore::open(etcd, address, lease, active).await?;
             Ok(Some((Box::new(store), Some(leadership))))
         }
     }
