@@ -5,6 +5,7 @@
 mod common;
 
 use baton::client::BatonClient;
+use baton::catalog::TableFormat;
 use baton::cluster::{ClusterConfig, LocalCluster};
 use baton::proto::QueryState;
 use baton::tpch::QUERIES;
@@ -88,6 +89,58 @@ async fn queries_over_little_data_run_one_task_per_stage_and_match_single_node_d
                     && stage.ended_at_ms <= status.ended_at_ms
                     && stage.task_micros > 0,
                 "Q{number}: {stage:?} in {status:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scans_split_at_several_unit_sizes_match_single_node_datafusion() {
+    // Parquet (row groups with statistics) and tbl (text, no statistics); each query is
+    // planned in two partitions, so a scan stage's tasks past two are its units.
+    let runs = [
+        (TableFormat::Parquet, [64 << 10, 1 << 20].as_slice()),
+        (TableFormat::Tbl, [256 << 10].as_slice()),
+    ];
+    for (format, units) in runs {
+        let catalog = common::tpch_catalog_as(format);
+        let reference = common::single_node(&catalog).await;
+        for &unit in units {
+            let mut config = ClusterConfig::with_catalog(3, 2, catalog.clone());
+            config.scheduler.split_unit_bytes = unit;
+            config.scheduler.target_partitions = Some(2);
+            config.scheduler.partition_data_bytes = 0;
+            let cluster = LocalCluster::start(config).await.expect("start cluster");
+            let mut client = cluster.client().await.unwrap();
+            let mut failures = Vec::new();
+            for query in QUERIES {
+                let expected = common::expected(&reference, query.sql).await;
+                let id = client.submit_sql(query.sql).await.unwrap();
+                let actual = match client.fetch(&id).await {
+                    Ok(result) => result.batches,
+                    Err(e) => {
+                        failures.push(format!("Q{}: failed: {e}", query.number));
+                        continue;
+                    }
+                };
+                if let Err(diff) = common::compare(&expected, &actual, common::is_ordered(query.sql))
+                {
+                    failures.push(format!("Q{}: {diff}", query.number));
+                }
+                if query.number == 1 {
+                    // Q1 scans lineitem (3 MiB as Parquet, 7 as text) in its first stage.
+                    let status = client.status(&id).await.unwrap();
+                    let scan_tasks = status.stages[0].tasks_total;
+                    assert!(
+                        scan_tasks >= 4,
+                        "{format:?} at {unit} B: Q1's scan runs {scan_tasks} units"
+                    );
+                }
+            }
+            assert!(
+                failures.is_empty(),
+                "{format:?} at {unit} B units:\n{}",
+                failures.join("\n")
             );
         }
     }

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use super::{CliError, start_cluster};
 use crate::cluster::ClusterConfig;
 use crate::executor::{Executor, ExecutorConfig};
+use crate::scheduler::durable::StateLocation;
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::telemetry::{self, Readiness};
 
@@ -93,9 +94,7 @@ pub async fn run_scheduler(
 ) -> Result<(), CliError> {
     let mut config = config;
     // A scheduler of its own keeps its queries across a restart unless told otherwise.
-    config
-        .state
-        .get_or_insert(crate::scheduler::durable::StateLocation::Embedded);
+    config.state.get_or_insert(StateLocation::Embedded);
     config.advertise.get_or_insert_with(|| bind.to_string());
     // The metrics endpoint answers while the scheduler stands by; its query API and
     // readiness follow once it leads.
@@ -114,24 +113,23 @@ pub async fn run_scheduler(
         let bound = telemetry::serve_http(addr, Some(("/api/queries", route)), ready).await?;
         tracing::info!(address = %bound, "metrics endpoint listening");
     }
-    // The port answers from the start: while this scheduler stands by, with refusals
-    // that name the active scheduler; once it leads, as the scheduler.
     let authenticated =
         config.users.is_some() || config.cluster.secret().ok().flatten().is_some();
     crate::security::check_exposure(bind, authenticated)?;
-    let listener = TcpListener::bind(bind)
-        .await
-        .map_err(|source| CliError::Io {
-            what: format!("binding the scheduler to {bind}"),
-            source,
-        })?;
-    let bound = listener.local_addr().map_err(|source| CliError::Io {
-        what: "reading the scheduler's address".into(),
-        source,
-    })?;
-    tracing::info!(address = %bound, "scheduler listening");
-    let connections = crate::net::handed_over(listener);
-    let scheduler = stand_by(&config, connections.clone()).await?;
+    // With its state in etcd, the port answers from the start: while this scheduler
+    // stands by, with refusals that name the active scheduler; once it leads, as the
+    // scheduler. Any other scheduler listens once it is up.
+    let (scheduler, bound, connections) = match &config.state {
+        Some(StateLocation::Etcd(_)) => {
+            let (bound, connections) = listen(bind).await?;
+            (stand_by(&config, connections.clone()).await?, bound, connections)
+        }
+        _ => {
+            let scheduler = Scheduler::new(&config).await?;
+            let (bound, connections) = listen(bind).await?;
+            (scheduler, bound, connections)
+        }
+    };
     warn_if_open(&scheduler);
     let _ = active.set(scheduler.clone());
     let draining = scheduler.clone();
@@ -172,12 +170,31 @@ pub async fn run_scheduler(
     Ok(())
 }
 
+/// Listens on `bind`: the address bound and the connections accepted there.
+async fn listen(bind: SocketAddr) -> Result<(SocketAddr, Connections), CliError> {
+    let listener = TcpListener::bind(bind)
+        .await
+        .map_err(|source| CliError::Io {
+            what: format!("binding the scheduler to {bind}"),
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| CliError::Io {
+        what: "reading the scheduler's address".into(),
+        source,
+    })?;
+    tracing::info!(address = %bound, "scheduler listening");
+    Ok((bound, crate::net::handed_over(listener)))
+}
+
+/// Connections accepted on a scheduler's port, for whichever server takes them.
+type Connections = async_channel::Receiver<std::io::Result<tokio::net::TcpStream>>;
+
 /// Builds the scheduler `config` names; meanwhile (while it stands by, with its state in
 /// etcd) the calls coming on `connections` are refused with the active scheduler's
 /// address.
 async fn stand_by(
     config: &SchedulerConfig,
-    connections: async_channel::Receiver<std::io::Result<tokio::net::TcpStream>>,
+    connections: Connections,
 ) -> Result<Scheduler, CliError> {
     let (active, following) = tokio::sync::watch::channel(None);
     let (elected, until) = tokio::sync::oneshot::channel::<()>();

@@ -55,8 +55,9 @@ pub enum ClientError {
     /// and no scheduler answered again in time.
     #[error("lost the scheduler: {0}")]
     Disconnected(String),
-    /// A standby scheduler refused the call; the active one is at this address.
-    #[error("the scheduler stands by; the active scheduler is at {0}")]
+    /// A standby scheduler refused the call; the active one is at this address (empty
+    /// when the standby knew none).
+    #[error("the scheduler stands by (active scheduler: {0:?})")]
     Redirected(String),
 }
 
@@ -241,21 +242,23 @@ impl BatonClient {
     }
 
     /// Whether a call that failed with `error` is to be made again because a standby
-    /// refused it and named the active scheduler (the standby did nothing, so even a
-    /// submit may be made again): connects to that one first from now on. A standby
-    /// names the scheduler that led until its lease expires, so one named again (it
-    /// could not be reached) is waited for, [`FOLLOW_PAUSE`] at a time, up to
+    /// refused it (the standby did nothing, so even a submit may be made again): connects
+    /// to the active scheduler it named first from now on. A standby names the scheduler
+    /// that led until its lease expires, so one named again (it could not be reached),
+    /// or none named (none leads yet), is waited for, [`FOLLOW_PAUSE`] at a time, up to
     /// [`MAX_FOLLOWS`] times.
     async fn follow(&mut self, error: ClientError, followed: &mut u32) -> Result<(), ClientError> {
         match error {
             ClientError::Redirected(active) if *followed < MAX_FOLLOWS => {
                 tracing::info!(%active, "a standby answered; going to the active scheduler");
                 *followed += 1;
-                if self.addresses.first() == Some(&active) {
+                if active.is_empty() || self.addresses.first() == Some(&active) {
                     tokio::time::sleep(FOLLOW_PAUSE).await;
                 }
-                self.addresses.retain(|a| *a != active);
-                self.addresses.insert(0, active);
+                if !active.is_empty() {
+                    self.addresses.retain(|a| *a != active);
+                    self.addresses.insert(0, active);
+                }
                 self.reconnect().await
             }
             other => Err(other),

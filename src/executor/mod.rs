@@ -393,7 +393,9 @@ async fn open_stream(
             Err(failure) => failure,
         };
         let hint = match &failure {
-            ExecutorError::Register(status) => active_of(status).filter(|a| *a != address),
+            ExecutorError::Register(status) => {
+                active_of(status).filter(|a| !a.is_empty() && *a != address)
+            }
             _ => None,
         };
         if let Some(active) = hint {

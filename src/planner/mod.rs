@@ -4,12 +4,14 @@
 mod codec;
 mod cost;
 mod joins;
+mod split;
 mod stages;
 mod wire;
 
 pub use codec::{BatonCodec, decode_plan, encode_plan};
 pub use cost::{ROWS_PER_UNIT, StageEstimate, estimate_stages};
 pub use joins::distribute_joins;
+pub use split::{MAX_UNITS_PER_SCAN, split_scans};
 pub use stages::{StageDag, StagePlan, operator_summary, plan_stages};
 
 /// Calls `f` on each of an operator's own expressions in turn until it says stop: the
@@ -62,9 +64,9 @@ pub enum PlannerError {
     Aborted,
 }
 
-/// Stages of `sql` planned over TPC-H SF 0.01 with 4 partitions, for planner tests.
+/// `sql` planned over TPC-H SF 0.01 with 4 partitions, for planner tests.
 #[cfg(test)]
-async fn tpch_stages_of(sql: &str) -> StageDag {
+async fn tpch_physical_plan(sql: &str) -> std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan> {
     let cache = std::env::temp_dir().join("baton-test-cache");
     let catalog =
         crate::datagen::cached_tpch(&cache, 0.01, crate::catalog::TableFormat::Parquet).unwrap();
@@ -74,12 +76,16 @@ async fn tpch_stages_of(sql: &str) -> StageDag {
     crate::catalog::register_catalog(&ctx, &catalog)
         .await
         .unwrap();
-    let plan = ctx
-        .sql(sql)
+    ctx.sql(sql)
         .await
         .unwrap()
         .create_physical_plan()
         .await
-        .unwrap();
-    plan_stages(plan).unwrap()
+        .unwrap()
+}
+
+/// Stages of `sql` planned over TPC-H SF 0.01 with 4 partitions, for planner tests.
+#[cfg(test)]
+async fn tpch_stages_of(sql: &str) -> StageDag {
+    plan_stages(tpch_physical_plan(sql).await, 0).unwrap()
 }

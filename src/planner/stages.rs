@@ -45,6 +45,7 @@ use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMerge
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, displayable};
 
 use super::PlannerError;
+use super::split::split_scans;
 use crate::join_filters::{self, rule::FilterLink};
 use crate::shuffle::{ReadMode, ShuffleReaderExec, ShuffleWriterExec};
 
@@ -106,15 +107,21 @@ impl StageDag {
     }
 }
 
-/// Cuts `plan` into a DAG of stages.
-pub fn plan_stages(plan: Arc<dyn ExecutionPlan>) -> Result<StageDag, PlannerError> {
+/// Cuts `plan` into a DAG of stages; the file scans that make a stage's tasks are split
+/// into units of about `split_unit` bytes, one task each (0: as DataFusion planned them).
+pub fn plan_stages(
+    plan: Arc<dyn ExecutionPlan>,
+    split_unit: u64,
+) -> Result<StageDag, PlannerError> {
     let schema = plan.schema();
     let plan = super::distribute_joins(plan)?;
     let plan = super::wire::unproject_lazy_scans(plan)?;
     let plan = join_filters::rule::insert(plan)?;
     let mut stages = Vec::new();
-    let rewritten = plan.transform_up(|node| cut(node, &mut stages))?.data;
-    add_stage(&mut stages, rewritten, None)?;
+    let rewritten = plan
+        .transform_up(|node| cut(node, &mut stages, split_unit))?
+        .data;
+    add_stage(&mut stages, split_scans(rewritten, split_unit)?, None)?;
     let plans: Vec<_> = stages.iter().map(|s| s.plan.clone()).collect();
     let filters = join_filters::rule::links(&plans)?;
     Ok(StageDag {
@@ -125,14 +132,17 @@ pub fn plan_stages(plan: Arc<dyn ExecutionPlan>) -> Result<StageDag, PlannerErro
 }
 
 /// Rewrites one node when it is an exchange boundary.
+/// The stage it closes gets its scans split into units of `split_unit` bytes.
 fn cut(
     node: Arc<dyn ExecutionPlan>,
     stages: &mut Vec<StagePlan>,
+    split_unit: u64,
 ) -> Result<Transformed<Arc<dyn ExecutionPlan>>> {
     if let Some(repartition) = node.downcast_ref::<RepartitionExec>() {
         let input = repartition.input().clone();
         return match repartition.partitioning() {
             Partitioning::Hash(exprs, n) => {
+                let input = split_scans(input, split_unit)?;
                 let ordering = repartition
                     .preserve_order()
                     .then(|| input.output_ordering().cloned())
@@ -164,7 +174,7 @@ fn cut(
     }
     let gathers = node.is::<CoalescePartitionsExec>() || node.is::<SortPreservingMergeExec>();
     if gathers {
-        let child = node.children()[0].clone();
+        let child = split_scans(node.children()[0].clone(), split_unit)?;
         let maps = child.output_partitioning().partition_count();
         if maps > 1 {
             let id = add_stage(stages, child.clone(), None)?;

@@ -27,6 +27,11 @@ pub struct SchedulerConfig {
     /// --partitions; 0: every query gets --partitions.
     #[arg(long = "partition-data-mib", value_name = "MIB", value_parser = parse_mib, default_value = "128")]
     pub partition_data_bytes: u64,
+    /// MiB of file data per split unit: a stage whose tasks are its file scans' partitions
+    /// runs one task per unit (byte ranges), so that fast executors take more of them;
+    /// 0: scans keep the partitions the query was planned with.
+    #[arg(long = "split-unit-mib", value_name = "MIB", value_parser = parse_mib, default_value = "64")]
+    pub split_unit_bytes: u64,
     /// Join filters across stages: a hash join's finished build side filters the scans
     /// of its probe side (which may wait for it where the estimates say that pays).
     #[arg(long = "dynamic-filters", value_name = "on|off", default_value = "on")]

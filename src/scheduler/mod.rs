@@ -397,6 +397,7 @@ impl Scheduler {
                     session,
                     pool: PlanningPool::per_core(),
                     partition_data_bytes: config.partition_data_bytes,
+                    split_unit_bytes: config.split_unit_bytes,
                     partitions: config.target_partitions,
                     guard: guard::Guard {
                         allow_ddl: config.allow_ddl,

@@ -108,6 +108,8 @@ pub struct Planner {
     /// up to the session's target partitions; 0: every query gets the target. Queries
     /// reading a table of unknown size get the target too.
     pub partition_data_bytes: u64,
+    /// Bytes of file data per split unit of a scan stage (0: no splitting).
+    pub split_unit_bytes: u64,
     /// The target partitions as configured; None: [`PARTITIONS_PER_SLOT`] per cluster slot.
     pub partitions: Option<usize>,
     /// The connected executors, whose slots are the target when none is configured.
@@ -220,7 +222,7 @@ impl Planner {
     /// Cuts a physical plan into stages, estimates their costs and keeps the join
     /// filters that pay.
     fn cut(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Planned, PlannerError> {
-        let dag = planner::plan_stages(plan)?;
+        let dag = planner::plan_stages(plan, self.split_unit_bytes)?;
         let estimates = planner::estimate_stages(&dag);
         let inputs: Vec<Vec<u32>> = dag.stages.iter().map(|s| s.inputs.clone()).collect();
         let costs: Vec<f64> = estimates.iter().map(|e| e.cost).collect();
@@ -392,6 +394,7 @@ mod tests {
             session,
             pool: PlanningPool::new(1),
             partition_data_bytes: 32 << 20,
+            split_unit_bytes: 0,
             partitions: None,
             cluster: watched,
             guard: Guard::default(),

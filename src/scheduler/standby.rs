@@ -26,23 +26,23 @@ use crate::proto::scheduler_service_server::SchedulerServiceServer;
 pub const ACTIVE_SCHEDULER: &str = "baton-active-scheduler";
 
 /// The refusal of a call to a standby whose active scheduler is at `active` (unknown
-/// while none leads).
+/// while none leads: the metadata is then empty).
 pub fn refusal(active: Option<&str>) -> tonic::Status {
-    match active {
-        Some(address) => {
-            let mut status = tonic::Status::unavailable(format!(
-                "this scheduler stands by; the active scheduler is at {address}"
-            ));
-            if let Ok(value) = address.parse() {
-                status.metadata_mut().insert(ACTIVE_SCHEDULER, value);
-            }
-            status
-        }
+    let mut status = match active {
+        Some(address) => tonic::Status::unavailable(format!(
+            "this scheduler stands by; the active scheduler is at {address}"
+        )),
         None => tonic::Status::unavailable("this scheduler stands by; no scheduler leads yet"),
-    }
+    };
+    let value = active
+        .and_then(|address| address.parse().ok())
+        .unwrap_or_else(|| tonic::metadata::MetadataValue::from_static(""));
+    status.metadata_mut().insert(ACTIVE_SCHEDULER, value);
+    status
 }
 
-/// The active scheduler's address that a refused call named, if any.
+/// When `status` is a standby's refusal, the active scheduler's address it named: empty
+/// when it knew none.
 pub fn active_of(status: &tonic::Status) -> Option<String> {
     if status.code() != tonic::Code::Unavailable {
         return None;
@@ -123,7 +123,8 @@ mod tests {
         assert_eq!(named.code(), tonic::Code::Unavailable);
         assert!(named.message().contains("10.0.0.7:50050"));
         assert_eq!(active_of(&named).as_deref(), Some("10.0.0.7:50050"));
-        assert_eq!(active_of(&refusal(None)), None);
+        assert_eq!(active_of(&refusal(None)).as_deref(), Some(""));
+        assert_eq!(active_of(&tonic::Status::unavailable("connection refused")), None);
         // Any other failure names no scheduler, even with the same metadata.
         let mut other = tonic::Status::internal("boom");
         other

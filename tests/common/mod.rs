@@ -35,11 +35,15 @@ pub const TEST_SCALE: f64 = 0.01;
 
 /// The TPC-H SF 0.01 catalog, generated once into the test cache and reused.
 pub fn tpch_catalog() -> PathBuf {
+    tpch_catalog_as(TableFormat::Parquet)
+}
+
+/// [`tpch_catalog`] with its tables in `format`.
+pub fn tpch_catalog_as(format: TableFormat) -> PathBuf {
     let cache = std::env::var_os("BATON_TEST_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("baton-test-cache"));
-    baton::datagen::cached_tpch(&cache, TEST_SCALE, TableFormat::Parquet)
-        .expect("generate TPC-H test data")
+    baton::datagen::cached_tpch(&cache, TEST_SCALE, format).expect("generate TPC-H test data")
 }
 
 /// Single-node DataFusion over the same catalog.
