@@ -14,6 +14,7 @@ use baton::client::bench::TpchBench;
 use baton::client::bench::fairness::FairnessBench;
 use baton::client::bench::joins::JoinsBench;
 use baton::client::bench::scheduler::SchedulerBench;
+use baton::client::bench::straggler::StragglerBench;
 use baton::cluster::ClusterConfig;
 use baton::executor::ExecutorConfig;
 use baton::scheduler::SchedulerConfig;
@@ -200,6 +201,9 @@ enum Bench {
     },
     /// Selective star joins: single-node DataFusion and Baton, filters on and off.
     Joins(JoinsBench),
+    /// TPC-H with one slow executor: split units, speculation and stealing on, off, and
+    /// the fast executors alone.
+    Straggler(StragglerBench),
     /// The scheduler alone: simulated executors that finish tasks at once.
     Scheduler {
         #[command(flatten)]
@@ -320,6 +324,7 @@ async fn run(command: Command) -> Result<(), CliError> {
             Bench::Fairness { bench, out } => cli::run_fairness_bench(bench, out).await,
             Bench::Scheduler { bench, out } => cli::run_scheduler_bench(bench, out).await,
             Bench::Joins(bench) => cli::run_joins_bench(bench).await,
+            Bench::Straggler(bench) => cli::run_straggler_bench(bench).await,
         },
         Command::Datagen {
             data: Datagen::Tpch { scale, out, format },

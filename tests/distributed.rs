@@ -4,8 +4,8 @@
 
 mod common;
 
-use baton::client::BatonClient;
 use baton::catalog::TableFormat;
+use baton::client::BatonClient;
 use baton::cluster::{ClusterConfig, LocalCluster};
 use baton::proto::QueryState;
 use baton::tpch::QUERIES;
@@ -123,7 +123,8 @@ async fn scans_split_at_several_unit_sizes_match_single_node_datafusion() {
                         continue;
                     }
                 };
-                if let Err(diff) = common::compare(&expected, &actual, common::is_ordered(query.sql))
+                if let Err(diff) =
+                    common::compare(&expected, &actual, common::is_ordered(query.sql))
                 {
                     failures.push(format!("Q{}: {diff}", query.number));
                 }

@@ -12,6 +12,9 @@ use crate::client::bench::joins::{JoinsBench, format_joins_report, run_joins_ben
 use crate::client::bench::scheduler::{
     SchedulerBench, format_scheduler_report, run_scheduler_bench as run_sched,
 };
+use crate::client::bench::straggler::{
+    StragglerBench, format_straggler_report, run_straggler_bench as run_straggler,
+};
 use crate::client::bench::{self, TpchBench, format_report, run_tpch_bench as run_bench};
 use crate::datagen;
 
@@ -52,6 +55,16 @@ pub async fn run_tpch_bench(bench: TpchBench) -> Result<(), CliError> {
     println!("{}", format_report(&report));
     if let Some(out) = &bench.out {
         eprintln!("results and plots written to {}", out.display());
+    }
+    Ok(())
+}
+
+/// `baton bench straggler`.
+pub async fn run_straggler_bench(bench: StragglerBench) -> Result<(), CliError> {
+    let report = run_straggler(&bench).await?;
+    println!("{}", format_straggler_report(&report));
+    if let Some(out) = &bench.out {
+        eprintln!("results and timelines written to {}", out.display());
     }
     Ok(())
 }

@@ -12,7 +12,8 @@ mod status;
 use std::path::PathBuf;
 
 pub use bench::{
-    run_datagen, run_fairness_bench, run_joins_bench, run_scheduler_bench, run_tpch_bench,
+    run_datagen, run_fairness_bench, run_joins_bench, run_scheduler_bench, run_straggler_bench,
+    run_tpch_bench,
 };
 pub use login::{PASSWORD_VARIABLE, login, run_user_add};
 pub use serve::{run_executor, run_scheduler, run_standalone};

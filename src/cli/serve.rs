@@ -113,8 +113,7 @@ pub async fn run_scheduler(
         let bound = telemetry::serve_http(addr, Some(("/api/queries", route)), ready).await?;
         tracing::info!(address = %bound, "metrics endpoint listening");
     }
-    let authenticated =
-        config.users.is_some() || config.cluster.secret().ok().flatten().is_some();
+    let authenticated = config.users.is_some() || config.cluster.secret().ok().flatten().is_some();
     crate::security::check_exposure(bind, authenticated)?;
     // With its state in etcd, the port answers from the start: while this scheduler
     // stands by, with refusals that name the active scheduler; once it leads, as the
@@ -122,7 +121,11 @@ pub async fn run_scheduler(
     let (scheduler, bound, connections) = match &config.state {
         Some(StateLocation::Etcd(_)) => {
             let (bound, connections) = listen(bind).await?;
-            (stand_by(&config, connections.clone()).await?, bound, connections)
+            (
+                stand_by(&config, connections.clone()).await?,
+                bound,
+                connections,
+            )
         }
         _ => {
             let scheduler = Scheduler::new(&config).await?;

@@ -23,11 +23,11 @@ use tonic::transport::ClientTlsConfig;
 
 use crate::config::MAX_MESSAGE_BYTES;
 use crate::proto::scheduler_service_client::SchedulerServiceClient;
-use crate::scheduler::standby::active_of;
 use crate::proto::{
     CancelQueryRequest, GetQueryStatusRequest, ListQueriesRequest, QueryStatus, SubmitQueryRequest,
     submit_query_request,
 };
+use crate::scheduler::standby::active_of;
 use crate::security::{Connection, Dialer, SecurityError, client_trusting, strip_scheme};
 use crate::shuffle::fetch::flight_client;
 

@@ -35,12 +35,12 @@ use tracing::{info, warn};
 
 use crate::config::{HEARTBEAT_INTERVAL, MAX_MESSAGE_BYTES, distributed_session_config};
 use crate::object_stores::{S3Settings, StoreRegistry};
-use crate::scheduler::standby::active_of;
 use crate::proto::scheduler_service_client::SchedulerServiceClient;
 use crate::proto::{
     Drain, ExecutorMessage, Heartbeat, RegisterExecutor, SchedulerMessage, executor_message,
     scheduler_message,
 };
+use crate::scheduler::standby::active_of;
 use crate::security::{Authenticate, Authenticator, ClientCertificates, Dialer, SecurityError};
 use crate::shuffle::fetch::FlightClients;
 use crate::shuffle::{ShuffleStore, StoreError};

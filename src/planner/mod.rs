@@ -66,7 +66,9 @@ pub enum PlannerError {
 
 /// `sql` planned over TPC-H SF 0.01 with 4 partitions, for planner tests.
 #[cfg(test)]
-async fn tpch_physical_plan(sql: &str) -> std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan> {
+async fn tpch_physical_plan(
+    sql: &str,
+) -> std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan> {
     let cache = std::env::temp_dir().join("baton-test-cache");
     let catalog =
         crate::datagen::cached_tpch(&cache, 0.01, crate::catalog::TableFormat::Parquet).unwrap();

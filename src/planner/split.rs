@@ -17,10 +17,10 @@ use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result;
 use datafusion::physical_expr::Distribution;
+use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::joins::{
     CrossJoinExec, HashJoinExec, NestedLoopJoinExec, PartitionMode,
 };
-use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 
@@ -138,11 +138,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_scan_stage_gets_one_task_per_unit_and_keeps_its_rows_apart() {
-        let plan = physical("SELECT l_orderkey, l_quantity FROM lineitem WHERE l_quantity > 10").await;
+        let plan =
+            physical("SELECT l_orderkey, l_quantity FROM lineitem WHERE l_quantity > 10").await;
         let before = plan.output_partitioning().partition_count();
         let split = split_scans(plan.clone(), 64 << 10).unwrap();
         let after = split.output_partitioning().partition_count();
-        assert!(after > before, "{}", displayable(split.as_ref()).indent(true));
+        assert!(
+            after > before,
+            "{}",
+            displayable(split.as_ref()).indent(true)
+        );
         assert!(after <= MAX_UNITS_PER_SCAN);
         // Byte ranges of one file, back to back: nothing read twice, nothing left out.
         let scan = find_scan(&split).expect("a scan");
@@ -176,8 +181,14 @@ mod tests {
     async fn off_or_coarser_than_the_plan_leaves_it_alone() {
         let plan = physical("SELECT count(*) FROM orders WHERE o_totalprice > 1000").await;
         let before = scan_partitions(&plan);
-        assert_eq!(scan_partitions(&split_scans(plan.clone(), 0).unwrap()), before);
-        assert_eq!(scan_partitions(&split_scans(plan, 1 << 40).unwrap()), before);
+        assert_eq!(
+            scan_partitions(&split_scans(plan.clone(), 0).unwrap()),
+            before
+        );
+        assert_eq!(
+            scan_partitions(&split_scans(plan, 1 << 40).unwrap()),
+            before
+        );
     }
 
     #[tokio::test]
@@ -192,7 +203,9 @@ mod tests {
         let shape = |p: &Arc<dyn ExecutionPlan>| displayable(p.as_ref()).indent(true).to_string();
         assert!(shape(&plan).contains("nation.parquet"), "{}", shape(&plan));
         // The probe side (supplier) is split; the build side (nation) is not.
-        assert!(scan_partitions(&split).iter().sum::<usize>() > scan_partitions(&plan).iter().sum());
+        assert!(
+            scan_partitions(&split).iter().sum::<usize>() > scan_partitions(&plan).iter().sum()
+        );
         for (line_before, line_after) in shape(&plan).lines().zip(shape(&split).lines()) {
             if line_before.contains("nation.parquet") {
                 assert_eq!(line_before, line_after);

@@ -32,6 +32,21 @@ pub struct SchedulerConfig {
     /// 0: scans keep the partitions the query was planned with.
     #[arg(long = "split-unit-mib", value_name = "MIB", value_parser = parse_mib, default_value = "64")]
     pub split_unit_bytes: u64,
+    /// Speculation: a task running longer than --speculation-multiple times the median
+    /// of its stage's finished tasks (and --speculation-min-seconds) gets a copy on an
+    /// executor with a free slot while no queued task waits; the first to finish wins.
+    #[arg(long = "speculation", value_name = "on|off", default_value = "on")]
+    pub speculation: Switch,
+    /// How many times its stage's median task time a task runs before it gets a copy.
+    #[arg(long = "speculation-multiple", value_name = "X", default_value = "2")]
+    pub speculation_multiple: f64,
+    /// Seconds a task runs at least before it gets a copy.
+    #[arg(long = "speculation-min-seconds", value_name = "SECONDS", value_parser = parse_seconds, default_value = "1")]
+    pub speculation_min_runtime: Duration,
+    /// Work stealing: a task suspended on a busy executor (preempted by a far cheaper
+    /// query's) is copied to an executor with a free slot while no queued task waits.
+    #[arg(long = "work-stealing", value_name = "on|off", default_value = "on")]
+    pub work_stealing: Switch,
     /// Join filters across stages: a hash join's finished build side filters the scans
     /// of its probe side (which may wait for it where the estimates say that pays).
     #[arg(long = "dynamic-filters", value_name = "on|off", default_value = "on")]

@@ -36,7 +36,7 @@ use config::SchedulerSecurity;
 pub use flight::result_ticket;
 use planning::{Planner, PlanningPool};
 pub use policy::{Policy, PolicyKind};
-pub use query::{MAX_TASK_ATTEMPTS, Query, ResultPart, StageFilter, StageSpec, TaskRef};
+pub use query::{CopyRule, MAX_TASK_ATTEMPTS, Query, ResultPart, StageFilter, StageSpec, TaskRef};
 pub use sessions::Origin;
 use sessions::Sessions;
 pub use state::{ClusterSize, SchedulerState, TaskSpan};
@@ -49,6 +49,9 @@ use crate::proto::{QueryState, QueryStatus};
 use crate::security::{Authenticate, Authenticator, Caller, Dialer, SecurityError};
 use crate::shuffle::fetch::FlightClients;
 use crate::telemetry::{JsonAnswer, JsonRoute};
+
+/// How often the scheduler looks for running tasks that earn a copy.
+const COPY_CHECK: Duration = Duration::from_millis(200);
 
 /// Errors of the scheduler.
 #[derive(Debug, thiserror::Error)]
@@ -257,9 +260,14 @@ impl Scheduler {
             .clone()
             .unwrap_or(durable::StateLocation::Memory);
         let address = config.advertise.as_deref().unwrap_or("unknown");
-        let opened =
-            durable::open(&location, &config.state_dir, address, config.leader_lease, active)
-                .await?;
+        let opened = durable::open(
+            &location,
+            &config.state_dir,
+            address,
+            config.leader_lease,
+            active,
+        )
+        .await?;
         if let Some((store, leadership)) = opened {
             if let Some(leadership) = leadership {
                 let _ = self.inner.leadership.set(leadership);
@@ -389,7 +397,14 @@ impl Scheduler {
         state.set_inline_result_limit(config.inline_result_bytes);
         state.set_max_running_queries(config.max_running_queries);
         state.set_held_results_cap(usize::try_from(config.held_results_cap).unwrap_or(usize::MAX));
-        Self {
+        state.set_copy_rule(CopyRule {
+            speculation: config.speculation == Switch::On,
+            multiple: config.speculation_multiple,
+            min_runtime: config.speculation_min_runtime,
+            stealing: config.work_stealing == Switch::On,
+            ..CopyRule::default()
+        });
+        let scheduler = Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(state),
                 sessions: Sessions::new(session.clone()),
@@ -417,7 +432,30 @@ impl Scheduler {
                 leadership: std::sync::OnceLock::new(),
                 max_request_bytes: usize::try_from(config.max_request_bytes).unwrap_or(usize::MAX),
             }),
+        };
+        if config.speculation == Switch::On || config.work_stealing == Switch::On {
+            scheduler.start_copy_timer();
         }
+        scheduler
+    }
+
+    /// Every [`COPY_CHECK`], starts copies of the running tasks that earn one (see
+    /// [`CopyRule`]); stops with the scheduler.
+    fn start_copy_timer(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(COPY_CHECK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                Scheduler { inner }
+                    .state()
+                    .start_copies(std::time::Instant::now());
+            }
+        });
     }
 
     /// Stops taking new queries (SIGTERM): those submitted already run on, and

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -20,7 +20,10 @@ use crate::proto::{
 };
 use crate::shuffle::MapLocation;
 
+mod copies;
 mod restore;
+
+pub use copies::{CopyCandidate, CopyRule};
 
 /// Attempts a task gets when executors holding it are lost.
 pub const MAX_TASK_ATTEMPTS: u32 = 3;
@@ -92,6 +95,13 @@ pub struct Stage {
     filters_text: String,
     /// What its finished tasks' filters removed, summed.
     filter_effect: FilterEffect,
+    /// How long its finished tasks' winning attempts ran, for the median a straggler
+    /// is measured against.
+    durations: Vec<Duration>,
+    /// Copies of its tasks started (speculative attempts and stolen suspended tasks),
+    /// and those that finished before the attempt they copied.
+    copies_started: u32,
+    copies_won: u32,
 }
 
 impl Stage {
@@ -119,9 +129,30 @@ struct Task {
     key_summaries: Vec<KeySummaryProto>,
     /// Rows its last successful attempt wrote.
     rows_out: u64,
+    /// A second attempt running beside the first on another executor (see
+    /// [`copies`]): whichever finishes first wins.
+    copy: Option<TaskCopy>,
 }
 
+/// A second attempt of a task, started on another executor while the first runs on.
+#[derive(Debug, Clone)]
+struct TaskCopy {
+    /// Its attempt number: the first's with [`COPY_ATTEMPT`] set, so it is never one a
+    /// first attempt has.
+    attempt: u32,
+    executor: String,
+    started_at: Instant,
+}
+
+/// The bit that marks a copy's attempt number.
+pub const COPY_ATTEMPT: u32 = 1 << 16;
+
 impl Task {
+    /// True while an attempt of it runs (its first, or a copy).
+    fn is_running(&self) -> bool {
+        self.running_on.is_some() || self.copy.is_some()
+    }
+
     /// True when its output is on `executor_id`.
     fn has_output_on(&self, executor_id: &str) -> bool {
         self.inline_result.is_none()
@@ -210,6 +241,8 @@ pub struct Progress {
     /// Stages whose output no task will read any more (every consumer finished): the
     /// executors may drop it now rather than when the query ends.
     pub released: Vec<u32>,
+    /// Attempts that another attempt of the same task finished before: to cancel.
+    pub outrun: Vec<RunningAttempt>,
 }
 
 /// A stage-wide quantity split evenly over `tasks` (nothing for a stage without tasks).
@@ -270,6 +303,9 @@ impl Query {
                 shipped_filters: None,
                 filters_text: String::new(),
                 filter_effect: FilterEffect::default(),
+                durations: Vec::new(),
+                copies_started: 0,
+                copies_won: 0,
                 state: StageState::Waiting,
                 tasks: vec![Task::default(); s.tasks],
                 done: 0,
@@ -473,6 +509,10 @@ impl Query {
             .as_deref()
     }
 
+    fn task(&self, task: TaskRef) -> &Task {
+        &self.stages[task.stage as usize].tasks[task.partition as usize]
+    }
+
     /// The current attempt of a task.
     pub fn attempt(&self, task: TaskRef) -> u32 {
         self.stages[task.stage as usize].tasks[task.partition as usize].attempt
@@ -484,7 +524,7 @@ impl Query {
         let t = &stage.tasks[task.partition as usize];
         self.state == QueryState::Running
             && stage.state == StageState::Running
-            && t.running_on.is_none()
+            && !t.is_running()
             && t.output.is_none()
     }
 
@@ -542,7 +582,7 @@ impl Query {
                 .tasks
                 .iter()
                 .enumerate()
-                .filter(|(_, t)| t.output.is_none() && t.running_on.is_none());
+                .filter(|(_, t)| t.output.is_none() && !t.is_running());
             progress.ready.extend(pending.map(|(p, _)| TaskRef {
                 stage: sid,
                 partition: p as u32,
@@ -670,15 +710,6 @@ impl Query {
         }
     }
 
-    /// When the running attempt of `task` was pushed.
-    pub fn task_started_at(&self, task: TaskRef) -> Option<Instant> {
-        self.stages
-            .get(task.stage as usize)?
-            .tasks
-            .get(task.partition as usize)?
-            .started_at
-    }
-
     /// Records what a finished task's plan reported besides its output: the build-side
     /// keys it summarised (for the join filters of later stages) and what its own join
     /// filters removed. Stale attempts change nothing. Call before
@@ -711,11 +742,10 @@ impl Query {
         let Some(stage) = self.stages.get(task.stage as usize) else {
             return false;
         };
-        stage
-            .tasks
-            .get(task.partition as usize)
-            .is_some_and(|t| t.attempt == attempt && t.running_on.is_some())
-            && self.state == QueryState::Running
+        stage.tasks.get(task.partition as usize).is_some_and(|t| {
+            (t.attempt == attempt && t.running_on.is_some())
+                || t.copy.as_ref().is_some_and(|c| c.attempt == attempt)
+        }) && self.state == QueryState::Running
     }
 
     /// A task finished; its output (`rows_out` rows) is at `location`, or, for a task
@@ -739,7 +769,33 @@ impl Query {
         let is_final = task.stage == self.final_stage();
         let stage = &mut self.stages[task.stage as usize];
         let t = &mut stage.tasks[task.partition as usize];
-        t.running_on = None;
+        // The other attempt, if one runs, lost the race: it is cancelled.
+        let won_by_copy = t.copy.as_ref().is_some_and(|c| c.attempt == attempt);
+        let started_at = match (won_by_copy, &t.copy) {
+            (true, Some(copy)) => Some(copy.started_at),
+            _ => t.started_at,
+        };
+        if let Some(started_at) = started_at {
+            stage.durations.push(started_at.elapsed());
+        }
+        if let Some(executor) = t.running_on.take().filter(|_| won_by_copy) {
+            progress.outrun.push(RunningAttempt {
+                task,
+                attempt: t.attempt,
+                executor,
+            });
+        }
+        if let Some(copy) = t.copy.take().filter(|_| !won_by_copy) {
+            progress.outrun.push(RunningAttempt {
+                task,
+                attempt: copy.attempt,
+                executor: copy.executor,
+            });
+        }
+        if won_by_copy {
+            stage.copies_won += 1;
+            metrics::counter!("baton_task_copies_won_total").increment(1);
+        }
         t.output = Some(location);
         t.rows_out = rows_out;
         // Only a result is read from the scheduler; other stages' consumers fetch theirs.
@@ -781,7 +837,16 @@ impl Query {
             return None;
         }
         let t = &mut self.stages[task.stage as usize].tasks[task.partition as usize];
-        let failed_on = t.running_on.take();
+        let failed_on = match t.copy.take_if(|c| c.attempt == attempt) {
+            Some(copy) => Some(copy.executor),
+            None => t.running_on.take(),
+        };
+        // The other attempt goes on and decides (a failure that is the task's own shows
+        // there too).
+        if t.is_running() {
+            warn!(query_id = %self.id, stage = task.stage, partition = task.partition, error, "one of two attempts failed; the other goes on");
+            return Some((Progress::default(), Vec::new()));
+        }
         if transient && t.attempt + 1 < MAX_TASK_ATTEMPTS {
             t.attempt += 1;
             t.failed_on = failed_on;
@@ -827,14 +892,22 @@ impl Query {
         let mut stopped = Vec::new();
         for (sid, stage) in self.stages.iter_mut().enumerate() {
             for (p, t) in stage.tasks.iter_mut().enumerate() {
+                let task = TaskRef {
+                    stage: sid as u32,
+                    partition: p as u32,
+                };
+                if let Some(copy) = t.copy.take_if(|c| stop(sid as u32, &c.executor)) {
+                    stopped.push(RunningAttempt {
+                        task,
+                        attempt: copy.attempt,
+                        executor: copy.executor,
+                    });
+                }
                 let Some(on) = t.running_on.take_if(|on| stop(sid as u32, on)) else {
                     continue;
                 };
                 stopped.push(RunningAttempt {
-                    task: TaskRef {
-                        stage: sid as u32,
-                        partition: p as u32,
-                    },
+                    task,
                     attempt: t.attempt,
                     executor: on,
                 });
@@ -848,12 +921,20 @@ impl Query {
         let mut running = Vec::new();
         for (sid, stage) in self.stages.iter_mut().enumerate() {
             for (p, t) in stage.tasks.iter_mut().enumerate() {
+                let task = TaskRef {
+                    stage: sid as u32,
+                    partition: p as u32,
+                };
+                if let Some(copy) = t.copy.take() {
+                    running.push(RunningAttempt {
+                        task,
+                        attempt: copy.attempt,
+                        executor: copy.executor,
+                    });
+                }
                 if let Some(executor) = t.running_on.take() {
                     running.push(RunningAttempt {
-                        task: TaskRef {
-                            stage: sid as u32,
-                            partition: p as u32,
-                        },
+                        task,
                         attempt: t.attempt,
                         executor,
                     });
@@ -870,11 +951,13 @@ impl Query {
         if self.state != QueryState::Running {
             return (Progress::default(), Vec::new());
         }
-        let reset = self
+        let mut reset: Vec<TaskRef> = self
             .stop_running(|_, on| on == executor_id)
             .into_iter()
             .map(|stopped| stopped.task)
+            .filter(|task| !self.task(*task).is_running())
             .collect();
+        reset.dedup();
         self.recover(&|_, _, t| t.has_output_on(executor_id), reset)
     }
 
@@ -1106,20 +1189,30 @@ impl Query {
                     state: s.state as i32,
                     tasks_total: s.tasks.len() as u32,
                     tasks_done: s.done as u32,
-                    tasks_running: s.tasks.iter().filter(|t| t.running_on.is_some()).count() as u32,
+                    tasks_running: s.tasks.iter().filter(|t| t.is_running()).count() as u32,
                     input_stages: s.inputs.clone(),
                     running: s
                         .tasks
                         .iter()
                         .enumerate()
-                        .filter_map(|(p, t)| {
-                            t.running_on.clone().map(|executor_id| RunningTask {
+                        .flat_map(|(p, t)| {
+                            let first = t.running_on.clone().map(|executor_id| RunningTask {
                                 partition: p as u32,
                                 executor_id,
                                 suspended: t.suspended,
-                            })
+                                copy: false,
+                            });
+                            let copy = t.copy.as_ref().map(|c| RunningTask {
+                                partition: p as u32,
+                                executor_id: c.executor.clone(),
+                                suspended: false,
+                                copy: true,
+                            });
+                            first.into_iter().chain(copy)
                         })
                         .collect(),
+                    copies_started: s.copies_started,
+                    copies_won: s.copies_won,
                     started_at_ms: millis(s.started_at),
                     ended_at_ms: millis(s.ended_at),
                     task_micros: s.task_micros,
@@ -1198,6 +1291,18 @@ mod tests {
 
     fn task(stage: u32, partition: u32) -> TaskRef {
         TaskRef { stage, partition }
+    }
+
+    /// A started query of one stage of `tasks` tasks.
+    pub(super) fn one_stage_query(tasks: usize) -> Query {
+        let mut q = query_of(vec![spec(&[], tasks)]);
+        q.start();
+        q
+    }
+
+    /// Attempt `attempt` of `t` succeeded, with its output on "out".
+    pub(super) fn succeed(q: &mut Query, t: TaskRef, attempt: u32) -> Progress {
+        q.task_succeeded(t, attempt, loc("out"), 0, None)
     }
 
     fn attempt_on(task: TaskRef, attempt: u32, executor: &str) -> RunningAttempt {

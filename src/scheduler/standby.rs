@@ -124,7 +124,10 @@ mod tests {
         assert!(named.message().contains("10.0.0.7:50050"));
         assert_eq!(active_of(&named).as_deref(), Some("10.0.0.7:50050"));
         assert_eq!(active_of(&refusal(None)).as_deref(), Some(""));
-        assert_eq!(active_of(&tonic::Status::unavailable("connection refused")), None);
+        assert_eq!(
+            active_of(&tonic::Status::unavailable("connection refused")),
+            None
+        );
         // Any other failure names no scheduler, even with the same metadata.
         let mut other = tonic::Status::internal("boom");
         other

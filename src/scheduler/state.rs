@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::durable::{Change, Journal};
 use super::policy::Policy;
-use super::query::{Progress, Query, RunningAttempt, TaskRef};
+use super::query::{COPY_ATTEMPT, CopyRule, Progress, Query, RunningAttempt, TaskRef};
 use super::query_state_name;
 use super::queue::{QueuedTask, WorkQueue};
 use super::registry::{ExecutorSender, Held, HeldKey, Registry, Urgency};
@@ -22,6 +22,8 @@ use crate::proto::{
     Shutdown, SuspendTask, TaskId, TaskStatus, scheduler_message, task_status,
 };
 use crate::shuffle::MapLocation;
+
+mod copies;
 
 /// The wire id of attempt `attempt` of `task` of `query_id`.
 fn task_id(query_id: &str, task: TaskRef, attempt: u32) -> TaskId {
@@ -62,6 +64,9 @@ pub struct TaskSpan {
     pub start: Instant,
     /// When its result arrived.
     pub end: Instant,
+    /// It was a copy (see [`super::query`]'s copies) that finished before the attempt it
+    /// copied.
+    pub copy: bool,
 }
 
 /// The connected executors and their task slots in all, as the scheduler's watch shows
@@ -102,6 +107,8 @@ pub struct SchedulerState {
     journal: Option<Journal>,
     /// After a restart: the executors expected back, and how long they took.
     recovery: Option<Recovery>,
+    /// Which running tasks get a copy on an idle executor.
+    copy_rule: CopyRule,
 }
 
 /// A restarted scheduler's wait for the executors that held its queries' output.
@@ -169,6 +176,7 @@ impl SchedulerState {
             held_results_cap: usize::MAX,
             journal: None,
             recovery: None,
+            copy_rule: CopyRule::default(),
         }
     }
 
@@ -297,7 +305,10 @@ impl SchedulerState {
     }
 
     /// Queues what became ready and reports an ended query.
-    fn apply(&mut self, query_id: &Arc<str>, progress: Progress) {
+    fn apply(&mut self, query_id: &Arc<str>, mut progress: Progress) {
+        if !progress.outrun.is_empty() {
+            self.cancel_tasks(query_id, std::mem::take(&mut progress.outrun));
+        }
         let Some(query) = self.queries.get(query_id) else {
             return;
         };
@@ -468,25 +479,16 @@ impl SchedulerState {
                 cost: 0.0,
             });
             let task = queued.task;
-            let stage = query.stage(task.stage);
-            let pushed_at = wall_clock();
-            let run = RunTask {
-                task: Some(task_id(&queued.query_id, task, query.attempt(task))),
-                stage_plan: stage.plan.clone(),
-                inputs: query.stage_inputs(task.stage).to_vec(),
-                ready_at_micros: ready_at_micros(queued.ready_at, pushed_at),
-                pushed_at_micros: pushed_at.as_micros() as u64,
-                // Past the cap on held results, results stay on the executors.
-                inline_result_limit: if task.stage == query.final_stage()
-                    && self.held_result_bytes < self.held_results_cap
-                {
-                    self.inline_result_limit
-                } else {
-                    0
-                },
-                settings: query.settings.clone(),
-                filters: query.stage_filters(task.stage).to_vec(),
-            };
+            let room = self.held_result_bytes < self.held_results_cap;
+            let inline_limit = inline_limit(query, task, room, self.inline_result_limit);
+            let run = run_task(
+                &queued.query_id,
+                query,
+                task,
+                query.attempt(task),
+                queued.ready_at,
+                inline_limit,
+            );
             // The victim stops before the new task starts, so they never share the slot.
             let suspended = victim.and_then(|victim| {
                 let held = executor.running.get_mut(&victim)?;
@@ -820,7 +822,7 @@ impl SchedulerState {
                         .record(ok.elapsed_micros as f64 / 1e6);
                     metrics::counter!("baton_tasks_completed_total", "result" => "succeeded")
                         .increment(1);
-                    if let Some(start) = query.task_started_at(task) {
+                    if let Some(start) = query.attempt_started_at(task, id.attempt) {
                         if self.timeline.len() == TIMELINE_CAPACITY {
                             self.timeline.pop_front();
                         }
@@ -831,6 +833,7 @@ impl SchedulerState {
                             executor: executor_id.to_string(),
                             start,
                             end: Instant::now(),
+                            copy: id.attempt & COPY_ATTEMPT != 0,
                         });
                     }
                     query.add_task_time(task.stage, ok.elapsed_micros);
@@ -960,6 +963,40 @@ fn gate_message((query_id, task): &HeldKey, attempt: u32, suspend: bool) -> Sche
 }
 
 /// Now on the wall clock, since the Unix epoch.
+/// Bytes of output a task of `query` sends back with its status: `limit` for a final
+/// task while the scheduler has `room` for results, else none (it stays on the executor).
+fn inline_limit(query: &Query, task: TaskRef, room: bool, limit: u64) -> u64 {
+    if task.stage == query.final_stage() && room {
+        limit
+    } else {
+        0
+    }
+}
+
+/// The task `task` of `query` (id `query_id`) as pushed to an executor: attempt
+/// `attempt`, ready since `ready_at`, sending back up to `inline_limit` bytes of its
+/// output with its status.
+fn run_task(
+    query_id: &str,
+    query: &Query,
+    task: TaskRef,
+    attempt: u32,
+    ready_at: Instant,
+    inline_limit: u64,
+) -> RunTask {
+    let pushed_at = wall_clock();
+    RunTask {
+        task: Some(task_id(query_id, task, attempt)),
+        stage_plan: query.stage(task.stage).plan.clone(),
+        inputs: query.stage_inputs(task.stage).to_vec(),
+        ready_at_micros: ready_at_micros(ready_at, pushed_at),
+        pushed_at_micros: pushed_at.as_micros() as u64,
+        inline_result_limit: inline_limit,
+        settings: query.settings.clone(),
+        filters: query.stage_filters(task.stage).to_vec(),
+    }
+}
+
 fn wall_clock() -> Duration {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -1286,6 +1323,74 @@ mod tests {
         );
         state.task_status("e", one_task_done("long"));
         assert_eq!(next(&mut stream), ("run", "medium".to_string()));
+    }
+
+    #[test]
+    fn an_idle_executor_takes_a_suspended_task_and_the_first_copy_to_finish_wins() {
+        let began = Instant::now();
+        let (mut state, mut e) = with_executor(PolicyKind::Priority.build(0.0), 1, 1);
+        let run_of = |stream: &mut ExecutorStream| match next_message(stream) {
+            scheduler_message::Message::RunTask(run) => run.task.unwrap(),
+            other => panic!("expected a task, got {other:?}"),
+        };
+        state.add_query(one_task_query("long", 1000.0));
+        assert_eq!(run_of(&mut e).query_id, "long");
+        state.add_query(one_task_query("cheap", 10.0));
+        assert!(matches!(
+            next_message(&mut e),
+            scheduler_message::Message::SuspendTask(_)
+        ));
+        assert_eq!(run_of(&mut e).query_id, "cheap");
+        // Executor "f" comes with a free slot and nothing is queued: it takes a copy of
+        // the suspended task, not of the running one.
+        let (sender, mut f) = tokio::sync::mpsc::unbounded_channel();
+        let location = MapLocation {
+            executor_id: "f".into(),
+            flight_address: "f:1".into(),
+        };
+        state.register_executor(location, 1, 0, sender, &[]);
+        let stealing_off = CopyRule {
+            stealing: false,
+            speculation: false,
+            ..CopyRule::default()
+        };
+        state.set_copy_rule(stealing_off);
+        state.start_copies(Instant::now());
+        assert!(f.try_recv().is_err(), "off: no copy");
+        state.set_copy_rule(CopyRule::default());
+        state.start_copies(Instant::now());
+        let copy = run_of(&mut f);
+        assert_eq!(copy.query_id, "long");
+        assert!(copy.attempt & COPY_ATTEMPT != 0);
+        let running = &state.query("long").unwrap().status().stages[0].running;
+        assert_eq!(running.len(), 2, "{running:?}");
+        assert!(running.iter().any(|r| r.copy && r.executor_id == "f"));
+        // Once is enough.
+        state.start_copies(Instant::now());
+        assert!(f.try_recv().is_err());
+        // The copy finishes first: the suspended original is cancelled on "e".
+        state.task_status(
+            "f",
+            TaskStatus {
+                task: Some(copy),
+                result: Some(succeeded()),
+            },
+        );
+        let cancelled = std::iter::from_fn(|| e.try_recv().ok())
+            .filter_map(|m| match m.ok()?.message? {
+                scheduler_message::Message::CancelTask(c) => c.task,
+                _ => None,
+            })
+            .collect::<Vec<_>>();
+        assert_eq!(cancelled.len(), 1);
+        assert_eq!(
+            (cancelled[0].query_id.as_str(), cancelled[0].attempt),
+            ("long", 0)
+        );
+        let long = state.query("long").unwrap();
+        assert_eq!(long.state(), QueryState::Succeeded);
+        assert_eq!(long.status().stages[0].copies_won, 1);
+        assert!(state.timeline(began).iter().any(|s| s.copy));
     }
 
     #[test]

@@ -1,14 +1,17 @@
 //! Benchmarks: `baton bench tpch` (TPC-H on Baton against single-node DataFusion),
 //! `baton bench fairness` (short queries under a load of long ones, per policy),
 //! `baton bench joins` (selective star joins with join filters on and off) and
-//! `baton bench scheduler` (the scheduler's own throughput and dispatch latency).
+//! `baton bench scheduler` (the scheduler's own throughput and dispatch latency) and
+//! `baton bench straggler` (one slow executor among fast ones).
 
+pub mod cpu_limit;
 pub mod fairness;
 pub mod joins;
 pub mod memory;
 pub mod plots;
 pub mod processes;
 pub mod scheduler;
+pub mod straggler;
 pub mod tpch;
 
 use std::path::{Path, PathBuf};

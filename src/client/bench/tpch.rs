@@ -334,8 +334,11 @@ fn utilization(
                     end: s.end.duration_since(started).as_secs_f64(),
                     group,
                     label: format!(
-                        "query {} stage {} task {}",
-                        s.query_id, s.stage, s.partition
+                        "query {} stage {} task {}{}",
+                        s.query_id,
+                        s.stage,
+                        s.partition,
+                        if s.copy { " (copy)" } else { "" }
                     ),
                 }
             })
