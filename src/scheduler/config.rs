@@ -38,11 +38,16 @@ pub struct SchedulerConfig {
     #[arg(long = "speculation", value_name = "on|off", default_value = "on")]
     pub speculation: Switch,
     /// How many times its stage's median task time a task runs before it gets a copy.
-    #[arg(long = "speculation-multiple", value_name = "X", default_value = "2")]
+    #[arg(long = "speculation-multiple", value_name = "X", default_value = "1.5")]
     pub speculation_multiple: f64,
     /// Seconds a task runs at least before it gets a copy.
-    #[arg(long = "speculation-min-seconds", value_name = "SECONDS", value_parser = parse_seconds, default_value = "1")]
+    #[arg(long = "speculation-min-seconds", value_name = "SECONDS", value_parser = parse_seconds, default_value = "0.1")]
     pub speculation_min_runtime: Duration,
+    /// An executor whose tasks take this many times their stages' median (averaged over
+    /// its recent tasks, fading over seconds) gets no new task while a faster one is
+    /// connected; 0: never left out.
+    #[arg(long = "slow-executor-factor", value_name = "X", default_value = "3")]
+    pub slow_executor_factor: f64,
     /// Work stealing: a task suspended on a busy executor (preempted by a far cheaper
     /// query's) is copied to an executor with a free slot while no queued task waits.
     #[arg(long = "work-stealing", value_name = "on|off", default_value = "on")]

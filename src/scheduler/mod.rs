@@ -14,6 +14,7 @@ mod queue;
 mod registry;
 mod service;
 mod sessions;
+mod slowness;
 pub mod standby;
 mod state;
 
@@ -51,7 +52,7 @@ use crate::shuffle::fetch::FlightClients;
 use crate::telemetry::{JsonAnswer, JsonRoute};
 
 /// How often the scheduler looks for running tasks that earn a copy.
-const COPY_CHECK: Duration = Duration::from_millis(200);
+const COPY_CHECK: Duration = Duration::from_millis(50);
 
 /// Errors of the scheduler.
 #[derive(Debug, thiserror::Error)]
@@ -397,6 +398,7 @@ impl Scheduler {
         state.set_inline_result_limit(config.inline_result_bytes);
         state.set_max_running_queries(config.max_running_queries);
         state.set_held_results_cap(usize::try_from(config.held_results_cap).unwrap_or(usize::MAX));
+        state.set_slow_factor(config.slow_executor_factor);
         state.set_copy_rule(CopyRule {
             speculation: config.speculation == Switch::On,
             multiple: config.speculation_multiple,
@@ -442,6 +444,11 @@ impl Scheduler {
     /// Every [`COPY_CHECK`], starts copies of the running tasks that earn one (see
     /// [`CopyRule`]); stops with the scheduler.
     fn start_copy_timer(&self) {
+        // Exported at 0 from the start, so that their rates read 0 rather than nothing.
+        for reason in [query::CopyReason::Straggler, query::CopyReason::Suspended] {
+            metrics::counter!("baton_task_copies_total", "reason" => reason.label()).increment(0);
+        }
+        metrics::counter!("baton_task_copies_won_total").increment(0);
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(COPY_CHECK);

@@ -23,7 +23,7 @@ use crate::shuffle::MapLocation;
 mod copies;
 mod restore;
 
-pub use copies::{CopyCandidate, CopyRule};
+pub use copies::{CopyCandidate, CopyReason, CopyRule};
 
 /// Attempts a task gets when executors holding it are lost.
 pub const MAX_TASK_ATTEMPTS: u32 = 3;

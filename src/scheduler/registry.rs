@@ -11,6 +11,7 @@ use tonic::Status;
 
 use super::policy::running_rank;
 use super::query::TaskRef;
+use super::slowness::Slowness;
 use crate::proto::SchedulerMessage;
 use crate::shuffle::MapLocation;
 
@@ -78,6 +79,8 @@ pub struct ExecutorEntry {
     pub draining: bool,
     /// It was told to stop (its drain is over).
     pub stopped: bool,
+    /// How slow its tasks have been against their stages' medians.
+    pub slowness: Slowness,
 }
 
 impl ExecutorEntry {
@@ -148,6 +151,9 @@ pub struct Registry {
     next_generation: u64,
     /// `ln` of the preemption cost ratio: the rank margin a preempting task needs.
     preempt_margin: f64,
+    /// An executor this many times slower than its stages' medians gets no new task
+    /// while a faster one is connected; 0: never left out.
+    slow_factor: f64,
 }
 
 impl Default for Registry {
@@ -156,6 +162,7 @@ impl Default for Registry {
             executors: HashMap::new(),
             next_generation: 0,
             preempt_margin: DEFAULT_PREEMPT_COST_RATIO.ln(),
+            slow_factor: 0.0,
         }
     }
 }
@@ -165,6 +172,22 @@ impl Registry {
     /// displace (a ratio under 1 counts as 1).
     pub fn set_preempt_cost_ratio(&mut self, ratio: f64) {
         self.preempt_margin = ratio.max(1.0).ln();
+    }
+
+    /// Leaves executors `factor` times slower than their stages' medians out of new work
+    /// while a faster one is connected (0: never).
+    pub fn set_slow_factor(&mut self, factor: f64) {
+        self.slow_factor = factor;
+    }
+
+    /// Whether `executor` is left out of new work at `now` (see [`Self::set_slow_factor`]).
+    pub fn is_left_out(&self, executor: &ExecutorEntry, now: Instant) -> bool {
+        self.slow_factor > 0.0
+            && executor.slowness.at(now) > self.slow_factor
+            && self
+                .executors
+                .values()
+                .any(|e| !e.draining && e.slots > 0 && e.slowness.at(now) <= self.slow_factor)
     }
 
     /// Adds an executor; returns its connection generation, or None when an executor of
@@ -190,6 +213,7 @@ impl Registry {
             generation,
             draining: false,
             stopped: false,
+            slowness: Slowness::new(Instant::now()),
         };
         self.executors.insert(location.executor_id, entry);
         Some(generation)
@@ -213,15 +237,6 @@ impl Registry {
         self.executors.get_mut(executor_id)
     }
 
-    /// The executor with the most free slots, if any slot is free. Spreading tasks keeps
-    /// every executor busy and shuffle traffic balanced.
-    pub fn most_free(&mut self) -> Option<&mut ExecutorEntry> {
-        self.executors
-            .values_mut()
-            .filter(|e| e.free_slots() > 0)
-            .max_by_key(|e| (e.free_slots(), std::cmp::Reverse(e.generation)))
-    }
-
     /// The executor with the most free slots other than `avoid`, if one has any.
     pub fn most_free_except(&self, avoid: &str) -> Option<&str> {
         self.executors
@@ -236,9 +251,10 @@ impl Registry {
         self.executors.values().any(|e| e.free_slots() > 0)
     }
 
-    /// Where a task goes, and which task it suspends there. With a free slot anywhere:
-    /// its `home` executor (where most of its input lies) when that has a free slot, else
-    /// the executor with the most free slots. With none and the task's query and urgency
+    /// Where a task goes, and which task it suspends there. With a free slot on an
+    /// executor not left out for slowness ([`Self::is_left_out`]): its `home` executor
+    /// (where most of its input lies) when that has one, else the executor with the most
+    /// free slots, which spreads tasks and shuffle traffic. With none and the task's query and urgency
     /// given (the policy preempts): among the executors with a task it may suspend (see
     /// [`ExecutorEntry::victim`]), its home, else the one holding the fewest tasks.
     pub fn pick(
@@ -248,14 +264,26 @@ impl Registry {
         now: Instant,
     ) -> Option<(&mut ExecutorEntry, Option<HeldKey>)> {
         let margin = self.preempt_margin;
-        if self.has_free_slot() {
-            let home_free = home
-                .and_then(|id| self.executors.get(id))
-                .is_some_and(|e| e.free_slots() > 0);
-            let entry = if home_free {
+        // Executors far slower than the others take no new task while one of those is
+        // connected (see `slowness`).
+        let factor = self.slow_factor;
+        let someone_fast = factor > 0.0
+            && self
+                .executors
+                .values()
+                .any(|e| !e.draining && e.slots > 0 && e.slowness.at(now) <= factor);
+        let open = move |e: &ExecutorEntry| {
+            e.free_slots() > 0 && !(someone_fast && e.slowness.at(now) > factor)
+        };
+        if self.executors.values().any(open) {
+            let home_open = home.and_then(|id| self.executors.get(id)).is_some_and(open);
+            let entry = if home_open {
                 home.and_then(|id| self.executors.get_mut(id))
             } else {
-                self.most_free()
+                self.executors
+                    .values_mut()
+                    .filter(|e| open(e))
+                    .max_by_key(|e| (e.free_slots(), std::cmp::Reverse(e.generation)))
             };
             return entry.map(|e| (e, None));
         }
@@ -387,6 +415,47 @@ mod tests {
         assert_eq!(executor, "a");
         assert!(victim.unwrap().starts_with("long/"));
         assert_eq!(registry.slots(), (2, 2));
+    }
+
+    #[test]
+    fn a_far_slower_executor_gets_no_new_task_while_a_faster_one_is_connected() {
+        let now = Instant::now();
+        let mut registry = Registry::default();
+        registry.set_slow_factor(3.0);
+        executor(&mut registry, "slow", 2, 0);
+        let median = Duration::from_millis(100);
+        let slowness = &mut registry.get_mut("slow").unwrap().slowness;
+        for _ in 0..10 {
+            slowness.record(Duration::from_millis(600), median, now);
+        }
+        // Alone, it is the cluster: it takes the task.
+        assert_eq!(
+            placed(&mut registry, "q", 1.0, None, now).unwrap().0,
+            "slow"
+        );
+        executor(&mut registry, "fast", 1, 0);
+        assert!(registry.is_left_out(registry.get("slow").unwrap(), now));
+        assert_eq!(
+            placed(&mut registry, "q", 1.0, Some("slow"), now)
+                .unwrap()
+                .0,
+            "fast"
+        );
+        // With the fast one's slot busy, the task waits rather than go to the slow one.
+        run(&mut registry, "fast", "q", 1.0, now);
+        assert_eq!(placed(&mut registry, "q", 1.0, None, now), None);
+        // What was measured fades: later it gets a task again, to show how it does.
+        let later = now + super::super::slowness::HALF_LIFE * 3;
+        assert_eq!(
+            placed(&mut registry, "q", 1.0, None, later).unwrap().0,
+            "slow"
+        );
+        // Off: never left out.
+        registry.set_slow_factor(0.0);
+        assert_eq!(
+            placed(&mut registry, "q", 1.0, None, now).unwrap().0,
+            "slow"
+        );
     }
 
     #[test]

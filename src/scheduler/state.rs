@@ -822,7 +822,17 @@ impl SchedulerState {
                         .record(ok.elapsed_micros as f64 / 1e6);
                     metrics::counter!("baton_tasks_completed_total", "result" => "succeeded")
                         .increment(1);
-                    if let Some(start) = query.attempt_started_at(task, id.attempt) {
+                    let started = query.attempt_started_at(task, id.attempt);
+                    if let (Some(start), Some(median), Some(executor)) = (
+                        started,
+                        query.median_task_time(task.stage),
+                        self.registry.get_mut(executor_id),
+                    ) {
+                        executor
+                            .slowness
+                            .record(start.elapsed(), median, Instant::now());
+                    }
+                    if let Some(start) = started {
                         if self.timeline.len() == TIMELINE_CAPACITY {
                             self.timeline.pop_front();
                         }

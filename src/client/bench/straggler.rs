@@ -100,6 +100,7 @@ pub async fn run_straggler_bench(bench: &StragglerBench) -> Result<StragglerRepo
             config.speculation = Switch::Off;
             config.work_stealing = Switch::Off;
             config.split_unit_bytes = 0;
+            config.slow_executor_factor = 0.0;
         }
         let (run, svg) = run_once(bench, &binary, &config, name, count, with_slow).await?;
         timelines.push((format!("straggler-{}.svg", name.replace(' ', "-")), svg));

@@ -35,8 +35,8 @@ impl Default for CopyRule {
     fn default() -> Self {
         Self {
             speculation: true,
-            multiple: 2.0,
-            min_runtime: Duration::from_secs(1),
+            multiple: 1.5,
+            min_runtime: Duration::from_millis(100),
             quantile: 0.5,
             stealing: true,
         }
@@ -153,6 +153,13 @@ impl Query {
             started_at: Instant::now(),
         });
         attempt
+    }
+}
+
+impl Query {
+    /// The median time its stage `stage`'s finished tasks took, None before one did.
+    pub fn median_task_time(&self, stage: u32) -> Option<Duration> {
+        median(&self.stages.get(stage as usize)?.durations)
     }
 }
 

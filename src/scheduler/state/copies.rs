@@ -11,6 +11,12 @@ use crate::scheduler::query::{CopyCandidate, CopyRule};
 use crate::scheduler::registry::{Held, Registry, Urgency};
 
 impl SchedulerState {
+    /// Leaves executors `factor` times slower than their stages' medians out of new
+    /// work while a faster one is connected (0: never).
+    pub fn set_slow_factor(&mut self, factor: f64) {
+        self.registry.set_slow_factor(factor);
+    }
+
     /// Sets which running tasks get a copy.
     pub fn set_copy_rule(&mut self, rule: CopyRule) {
         self.copy_rule = rule;
@@ -40,7 +46,7 @@ impl SchedulerState {
         candidates.sort_by(|a, b| b.1.overdue.total_cmp(&a.1.overdue));
         for (query_id, candidate) in candidates {
             let key = (query_id.clone(), candidate.task);
-            let Some(target) = copy_target(&self.registry, &candidate, &key) else {
+            let Some(target) = copy_target(&self.registry, &candidate, &key, now) else {
                 continue;
             };
             let Some(query) = self.queries.get_mut(&query_id) else {
@@ -81,17 +87,18 @@ impl SchedulerState {
 }
 
 /// The executor a copy of `candidate` goes to: the one with the most free slots other
-/// than where the task runs and not holding an attempt of it already (a cancelled one
-/// that has not reported yet, say).
+/// than where the task runs, not left out for slowness, and not holding an attempt of
+/// it already (a cancelled one that has not reported yet, say).
 fn copy_target(
     registry: &Registry,
     candidate: &CopyCandidate,
     key: &crate::scheduler::registry::HeldKey,
+    now: Instant,
 ) -> Option<String> {
     registry
         .iter()
         .filter(|e| e.free_slots() > 0 && e.location.executor_id != candidate.running_on)
-        .filter(|e| !e.running.contains_key(key))
+        .filter(|e| !e.running.contains_key(key) && !registry.is_left_out(e, now))
         .max_by_key(|e| (e.free_slots(), std::cmp::Reverse(e.generation)))
         .map(|e| e.location.executor_id.clone())
 }
