@@ -196,8 +196,13 @@ async fn results_served_by_the_scheduler_or_fetched_from_executors_match_single_
             common::eventually(std::time::Duration::from_secs(5), async || left() == 0).await;
         assert!(
             released,
-            "inline limit {limit}: {} partitions left on executors",
-            left()
+            "inline limit {limit}: {} partitions left on executors: {:?}",
+            left(),
+            cluster
+                .executors()
+                .iter()
+                .map(|e| e.store().held_outputs())
+                .collect::<Vec<_>>()
         );
     }
 }

@@ -26,6 +26,8 @@ use crate::planner::only_child;
 #[derive(Debug)]
 pub struct TaskGate {
     open: AtomicBool,
+    /// The task was stopped (cancelled): its output must not be kept.
+    stopped: AtomicBool,
     waiting: Mutex<Vec<Waker>>,
 }
 
@@ -34,6 +36,7 @@ impl Default for TaskGate {
     fn default() -> Self {
         Self {
             open: AtomicBool::new(true),
+            stopped: AtomicBool::new(false),
             waiting: Mutex::default(),
         }
     }
@@ -54,6 +57,18 @@ impl TaskGate {
             waiting.push(cx.waker().clone());
         }
         Poll::Pending
+    }
+
+    /// Marks the task stopped and opens its gate (see [`Self::is_stopped`]).
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.set_open(true);
+    }
+
+    /// True once the task was stopped: its shuffle writer commits nothing then, since a
+    /// stopped attempt's output (one its copy outran, say) is read by nobody.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
     }
 
     /// True when the task may run.

@@ -16,6 +16,7 @@ mod work_dir;
 
 pub use advertise::AdvertiseError;
 pub use config::{ExecutorConfig, host_memory};
+pub use gated::TaskGate;
 pub use runner::micros_since;
 pub use work_dir::WorkDirError;
 
@@ -643,6 +644,9 @@ async fn serve_stream(
                 }
                 scheduler_message::Message::ReleaseShuffle(release) => {
                     runner.release(&release.query_id, &release.stage_ids)
+                }
+                scheduler_message::Message::DropMapOutput(drop) => {
+                    runner.release_map_task(&drop.query_id, drop.stage_id, drop.map_partition);
                 }
                 scheduler_message::Message::ObjectStores(settings) => {
                     match S3Settings::from_map(&settings.s3) {

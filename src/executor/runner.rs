@@ -71,7 +71,7 @@ impl RunningTask {
     /// tasks on this executor (the build side of a join, built once) run on the context
     /// of the task that started them, and would otherwise wait at a closed gate forever.
     fn stop(&self) {
-        self.gate.set_open(true);
+        self.gate.stop();
         self.abort.abort();
     }
 }
@@ -479,6 +479,12 @@ impl TaskRunner {
             task.stop();
         }
         self.plans.lock().expect("plans lock").clear();
+    }
+
+    /// Drops the output of one map task (see [`ShuffleStore::release_map_task`]).
+    pub fn release_map_task(&self, query_id: &str, stage_id: u32, map_partition: u32) {
+        self.store
+            .release_map_task(query_id, stage_id, map_partition);
     }
 
     /// Drops a query's shuffle output (of some stages, or all) and its cached plans.

@@ -737,8 +737,9 @@ impl Query {
         }
     }
 
-    /// True when the result is for the attempt that is running now.
-    fn is_current(&self, task: TaskRef, attempt: u32) -> bool {
+    /// Whether `attempt` of `task` is one the running query waits for (its first
+    /// attempt or its copy).
+    pub fn is_current(&self, task: TaskRef, attempt: u32) -> bool {
         let Some(stage) = self.stages.get(task.stage as usize) else {
             return false;
         };

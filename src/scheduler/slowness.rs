@@ -8,10 +8,11 @@
 use std::time::{Duration, Instant};
 
 /// How fast what was measured fades back to "as fast as the others".
-pub const HALF_LIFE: Duration = Duration::from_secs(10);
+pub const HALF_LIFE: Duration = Duration::from_secs(30);
 
-/// Tasks of a stage whose median ran shorter than this say nothing of an executor's
-/// speed (start-up and network costs rule them).
+/// A stage's median counts as at least this much: a task of a stage of tiny tasks is
+/// late by what it took beyond it (an executor held to a CPU quota takes a whole
+/// period for one), not by its ratio to a median of a few milliseconds.
 pub const MIN_MEDIAN: Duration = Duration::from_millis(20);
 
 /// The weight of the newest task in the average.
@@ -39,13 +40,10 @@ impl Slowness {
         1.0 + (self.ratio - 1.0) * 0.5f64.powf(faded)
     }
 
-    /// Adds a task that ran `took` where its stage's median is `median` (ignored below
+    /// Adds a task that ran `took` where its stage's median is `median` (at least
     /// [`MIN_MEDIAN`]).
     pub fn record(&mut self, took: Duration, median: Duration, now: Instant) {
-        if median < MIN_MEDIAN {
-            return;
-        }
-        let ratio = took.as_secs_f64() / median.as_secs_f64();
+        let ratio = took.as_secs_f64() / median.max(MIN_MEDIAN).as_secs_f64();
         let current = self.at(now);
         self.ratio = current + WEIGHT * (ratio - current);
         self.at = now;
@@ -65,9 +63,14 @@ mod tests {
             slowness.record(Duration::from_millis(500), median, start);
         }
         assert!(slowness.at(start) > 4.5, "{}", slowness.at(start));
-        // Tiny tasks say nothing.
+        // A tiny task is measured against the floor: a late one counts, a quick one
+        // counts as fast.
+        let before = slowness.at(start);
         slowness.record(Duration::from_millis(1), Duration::from_millis(2), start);
-        assert!(slowness.at(start) > 4.5);
+        assert!(slowness.at(start) < before);
+        let mut tiny = Slowness::new(start);
+        tiny.record(Duration::from_millis(100), Duration::from_millis(2), start);
+        assert!(tiny.at(start) > 2.0, "{}", tiny.at(start));
         // Half the excess is gone after a half-life.
         let later = start + HALF_LIFE;
         assert!((slowness.at(later) - (1.0 + (slowness.at(start) - 1.0) / 2.0)).abs() < 1e-9);

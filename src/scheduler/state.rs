@@ -18,8 +18,8 @@ use super::query_state_name;
 use super::queue::{QueuedTask, WorkQueue};
 use super::registry::{ExecutorSender, Held, HeldKey, Registry, Urgency};
 use crate::proto::{
-    CancelTask, HeldOutput, QueryState, ReleaseShuffle, ResumeTask, RunTask, SchedulerMessage,
-    Shutdown, SuspendTask, TaskId, TaskStatus, scheduler_message, task_status,
+    CancelTask, DropMapOutput, HeldOutput, QueryState, ReleaseShuffle, ResumeTask, RunTask,
+    SchedulerMessage, Shutdown, SuspendTask, TaskId, TaskStatus, scheduler_message, task_status,
 };
 use crate::shuffle::MapLocation;
 
@@ -815,7 +815,11 @@ impl SchedulerState {
             warn!(executor = %executor_id, query_id = %query_id, stage = task.stage, partition = task.partition, attempt = id.attempt, "report for a task attempt this executor does not hold; ignored");
             return;
         }
+        // A report of an attempt the query no longer waits for (one outrun by its copy,
+        // say, which may have written its output before it was cancelled).
+        let mut stale = false;
         if let Some(query) = self.queries.get_mut(&query_id) {
+            stale = !query.is_current(task, id.attempt);
             match status.result {
                 Some(task_status::Result::Succeeded(ok)) => {
                     metrics::histogram!("baton_task_duration_seconds")
@@ -884,6 +888,21 @@ impl SchedulerState {
                 }
                 None => {}
             }
+        }
+        // Nobody reads what a stale attempt left on its executor.
+        let stray = stale
+            && self
+                .queries
+                .get(&query_id)
+                .is_some_and(|q| q.is_stray_output(task, executor_id));
+        if stray && let Some(executor) = self.registry.get(executor_id) {
+            executor.send(SchedulerMessage {
+                message: Some(scheduler_message::Message::DropMapOutput(DropMapOutput {
+                    query_id: query_id.to_string(),
+                    stage_id: task.stage,
+                    map_partition: task.partition,
+                })),
+            });
         }
         self.resume_suspended(executor_id);
         self.dispatch();
@@ -1098,6 +1117,13 @@ mod tests {
     fn status(stage: u32, partition: u32, attempt: u32, result: task_status::Result) -> TaskStatus {
         TaskStatus {
             task: Some(task_id("q", TaskRef { stage, partition }, attempt)),
+            result: Some(result),
+        }
+    }
+
+    fn status_of(task: TaskId, result: task_status::Result) -> TaskStatus {
+        TaskStatus {
+            task: Some(task),
             result: Some(result),
         }
     }
@@ -1395,6 +1421,22 @@ mod tests {
         assert_eq!(cancelled.len(), 1);
         assert_eq!(
             (cancelled[0].query_id.as_str(), cancelled[0].attempt),
+            ("long", 0)
+        );
+        // It was cancelled after it wrote its output: "e" drops that output.
+        state.task_status(
+            "e",
+            status_of(cancelled[0].clone(), failed("cancelled", "")),
+        );
+        let dropped = std::iter::from_fn(|| e.try_recv().ok())
+            .filter_map(|m| match m.ok()?.message? {
+                scheduler_message::Message::DropMapOutput(d) => Some(d),
+                _ => None,
+            })
+            .collect::<Vec<_>>();
+        assert_eq!(dropped.len(), 1);
+        assert_eq!(
+            (dropped[0].query_id.as_str(), dropped[0].stage_id),
             ("long", 0)
         );
         let long = state.query("long").unwrap();

@@ -471,6 +471,18 @@ impl ShuffleStore {
         before - partitions.len()
     }
 
+    /// Lets go of the output of one map task (`map_partition` of stage `stage_id`).
+    pub fn release_map_task(&self, query_id: &str, stage_id: u32, map_partition: u32) -> usize {
+        let mut partitions = self.partitions.lock().expect("store lock");
+        let before = partitions.len();
+        partitions.retain(|key, _| {
+            !(&*key.query_id == query_id
+                && key.stage_id == stage_id
+                && key.map_partition == map_partition)
+        });
+        before - partitions.len()
+    }
+
     /// The map tasks whose output it holds, by query and stage (what an executor
     /// reports when it registers again).
     pub fn held_outputs(&self) -> Vec<crate::proto::HeldOutput> {

@@ -22,6 +22,7 @@ use futures::StreamExt;
 
 use super::env::TaskEnv;
 use super::store::ShuffleKey;
+use crate::executor::TaskGate;
 use crate::planner::{only_child, visit_exprs};
 
 static STATS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -138,6 +139,7 @@ impl ExecutionPlan for ShuffleWriterExec {
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let env = TaskEnv::from_context(&context)?;
+        let gate = context.session_config().get_extension::<TaskGate>();
         let input = self.input.execute(partition, context)?;
         let schema = self.input.schema();
         let outputs = self.output_partitions();
@@ -149,7 +151,15 @@ impl ExecutionPlan for ShuffleWriterExec {
             )?),
             _ => None,
         };
-        let write = write_partition(env, partition as u32, input, schema, outputs, partitioner);
+        let write = write_partition(
+            env,
+            gate,
+            partition as u32,
+            input,
+            schema,
+            outputs,
+            partitioner,
+        );
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             write_stats_schema(),
             futures::stream::once(write).boxed(),
@@ -159,6 +169,7 @@ impl ExecutionPlan for ShuffleWriterExec {
 
 async fn write_partition(
     env: Arc<TaskEnv>,
+    gate: Option<Arc<TaskGate>>,
     map_partition: u32,
     mut input: SendableRecordBatchStream,
     schema: SchemaRef,
@@ -206,6 +217,12 @@ async fn write_partition(
             )),
         ],
     )?;
+    // A stopped task's output is nobody's: its abort may come only after this point.
+    if gate.is_some_and(|g| g.is_stopped()) {
+        return Err(DataFusionError::Execution(
+            "task stopped before its output was kept".into(),
+        ));
+    }
     env.store.commit(finished);
     Ok(stats)
 }

@@ -141,6 +141,23 @@ impl Query {
         }
     }
 
+    /// Whether output of `task` that `executor` wrote is read by nobody: no attempt of
+    /// it runs there and its output is elsewhere (an outrun attempt's, say). While an
+    /// attempt runs there, its coming output has the same keys and is kept.
+    pub fn is_stray_output(&self, task: TaskRef, executor: &str) -> bool {
+        let Some(t) = self
+            .stages
+            .get(task.stage as usize)
+            .and_then(|s| s.tasks.get(task.partition as usize))
+        else {
+            return false;
+        };
+        let runs_there = t.running_on.as_deref() == Some(executor)
+            || t.copy.as_ref().is_some_and(|c| c.executor == executor);
+        let output_there = t.output.as_ref().is_some_and(|o| o.executor_id == executor);
+        !runs_there && !output_there
+    }
+
     /// Records that a copy of `task` was pushed to `executor`; returns its attempt.
     pub fn copy_started(&mut self, task: TaskRef, executor: &str) -> u32 {
         let stage = &mut self.stages[task.stage as usize];
