@@ -82,6 +82,19 @@ fn spawn_shared_scheduler(address: &str, metrics: &str, catalog: &Path, state: &
     )
 }
 
+/// The ids of the queries the scheduler `client` reaches knows, sorted.
+async fn listed(client: &mut BatonClient) -> Vec<String> {
+    let mut ids: Vec<String> = client
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.query_id)
+        .collect();
+    ids.sort();
+    ids
+}
+
 /// Waits (20 s at most) until the metrics at `metrics` say the scheduler leads (1) or
 /// stands by (0).
 async fn leads(metrics: &str, leader: f64) -> bool {
@@ -151,17 +164,13 @@ async fn a_standby_takes_over_from_a_killed_leader_and_every_query_finishes() {
     );
     // A client given only the standby's address is sent to the leader.
     let mut via_standby = BatonClient::connect(&second_address).await.unwrap();
-    let mut seen: Vec<String> = via_standby
-        .list()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.query_id)
-        .collect();
     let mut ids: Vec<String> = awaited.iter().map(|q| q.id.clone()).collect();
-    seen.sort();
     ids.sort();
-    assert_eq!(seen, ids, "the standby's client sees the leader's queries");
+    assert_eq!(
+        listed(&mut via_standby).await,
+        ids,
+        "the standby's client sees the leader's queries"
+    );
     signal(&a, libc::SIGSTOP);
     let unfinished = task_counts(&mut client, &awaited).await.2;
     assert!(unfinished > 0, "queries still run when the leader dies");
@@ -187,15 +196,7 @@ async fn a_standby_takes_over_from_a_killed_leader_and_every_query_finishes() {
     };
     check_answers(&mut client, awaited, &reference, logs).await;
     // The new leader knows exactly the queries submitted to the old one: none twice.
-    let mut listed: Vec<String> = client
-        .list()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.query_id)
-        .collect();
-    listed.sort();
-    assert_eq!(listed, ids);
+    assert_eq!(listed(&mut client).await, ids);
     let text = common::scrape_metrics(&second_metrics);
     assert!(
         sample(&text, "baton_queries_resumed_total") >= 1.0,

@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use super::BenchError;
 use super::cpu_limit::CpuLimit;
 use super::plots;
+use super::tpch::executor_spans;
 use crate::catalog::TableFormat;
 use crate::client::BatonClient;
 use crate::config::Switch;
@@ -220,31 +221,7 @@ fn per_executor(
     let mut rows = Vec::new();
     let mut figures = Vec::new();
     for id in ids {
-        let mine: Vec<plots::Span> = spans
-            .iter()
-            .filter(|s| s.executor == *id)
-            .map(|s| {
-                let group = queries
-                    .iter()
-                    .position(|q| *q == s.query_id)
-                    .unwrap_or_else(|| {
-                        queries.push(s.query_id.clone());
-                        queries.len() - 1
-                    });
-                plots::Span {
-                    start: s.start.duration_since(started).as_secs_f64(),
-                    end: s.end.duration_since(started).as_secs_f64(),
-                    group,
-                    label: format!(
-                        "query {} stage {} task {}{}",
-                        s.query_id,
-                        s.stage,
-                        s.partition,
-                        if s.copy { " (copy)" } else { "" }
-                    ),
-                }
-            })
-            .collect();
+        let mine = executor_spans(spans, id, started, &mut queries);
         let busy = mine.iter().fold(0.0, |b, s| b + (s.end - s.start));
         figures.push((id.clone(), mine.len(), busy));
         rows.push((id.clone(), slots, mine));

@@ -20,6 +20,7 @@ use crate::config::{host_cores, parse_mib};
 use crate::datagen;
 use crate::executor::ExecutorConfig;
 use crate::proto::QueryStatus;
+use crate::scheduler::TaskSpan;
 use crate::tpch::{QUERIES, TpchQuery};
 
 /// What to run (the flags of `baton bench tpch`).
@@ -318,31 +319,7 @@ fn utilization(
     let mut rows = Vec::new();
     let mut uses = Vec::new();
     for executor in cluster.executors() {
-        let mine: Vec<plots::Span> = spans
-            .iter()
-            .filter(|s| s.executor == executor.id())
-            .map(|s| {
-                let group = queries
-                    .iter()
-                    .position(|q| *q == s.query_id)
-                    .unwrap_or_else(|| {
-                        queries.push(s.query_id.clone());
-                        queries.len() - 1
-                    });
-                plots::Span {
-                    start: s.start.duration_since(started).as_secs_f64(),
-                    end: s.end.duration_since(started).as_secs_f64(),
-                    group,
-                    label: format!(
-                        "query {} stage {} task {}{}",
-                        s.query_id,
-                        s.stage,
-                        s.partition,
-                        if s.copy { " (copy)" } else { "" }
-                    ),
-                }
-            })
-            .collect();
+        let mine = executor_spans(&spans, executor.id(), started, &mut queries);
         let busy = busy_seconds(&mine);
         uses.push(ExecutorUse {
             executor: executor.id().to_string(),
@@ -352,6 +329,41 @@ fn utilization(
         rows.push((executor.id().to_string(), slots, mine));
     }
     (uses, plots::timeline(title, wall, &rows))
+}
+
+/// The tasks `executor` ran, as timeline bars from `started`, coloured by query (each
+/// query's colour its index in `queries`, which grows as new ones are seen).
+pub fn executor_spans(
+    spans: &[TaskSpan],
+    executor: &str,
+    started: Instant,
+    queries: &mut Vec<Arc<str>>,
+) -> Vec<plots::Span> {
+    spans
+        .iter()
+        .filter(|s| s.executor == executor)
+        .map(|s| {
+            let group = queries
+                .iter()
+                .position(|q| *q == s.query_id)
+                .unwrap_or_else(|| {
+                    queries.push(s.query_id.clone());
+                    queries.len() - 1
+                });
+            plots::Span {
+                start: s.start.duration_since(started).as_secs_f64(),
+                end: s.end.duration_since(started).as_secs_f64(),
+                group,
+                label: format!(
+                    "query {} stage {} task {}{}",
+                    s.query_id,
+                    s.stage,
+                    s.partition,
+                    if s.copy { " (copy)" } else { "" }
+                ),
+            }
+        })
+        .collect()
 }
 
 /// Runs the benchmark and returns its report; with `out`, also writes tpch.json and
