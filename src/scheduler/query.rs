@@ -144,6 +144,17 @@ struct TaskCopy {
     started_at: Instant,
 }
 
+impl TaskCopy {
+    /// This copy of `task`, as handed back to be cancelled.
+    fn into_running(self, task: TaskRef) -> RunningAttempt {
+        RunningAttempt {
+            task,
+            attempt: self.attempt,
+            executor: self.executor,
+        }
+    }
+}
+
 /// The bit that marks a copy's attempt number.
 pub const COPY_ATTEMPT: u32 = 1 << 16;
 
@@ -151,6 +162,16 @@ impl Task {
     /// True while an attempt of it runs (its first, or a copy).
     fn is_running(&self) -> bool {
         self.running_on.is_some() || self.copy.is_some()
+    }
+
+    /// When attempt `attempt` of it was pushed, while that attempt runs (its first or
+    /// its copy); None for any other attempt.
+    fn running_since(&self, attempt: u32) -> Option<Instant> {
+        match &self.copy {
+            Some(copy) if copy.attempt == attempt => Some(copy.started_at),
+            _ if self.attempt == attempt && self.running_on.is_some() => self.started_at,
+            _ => None,
+        }
     }
 
     /// True when its output is on `executor_id`.
@@ -504,18 +525,24 @@ impl Query {
 
     /// The executor where `task`'s last attempt failed transiently, if it did.
     pub fn failed_on(&self, task: TaskRef) -> Option<&str> {
-        self.stages[task.stage as usize].tasks[task.partition as usize]
-            .failed_on
-            .as_deref()
+        self.task(task).failed_on.as_deref()
     }
 
     fn task(&self, task: TaskRef) -> &Task {
         &self.stages[task.stage as usize].tasks[task.partition as usize]
     }
 
+    /// `task`, if the query has it (a report may name any).
+    fn find_task(&self, task: TaskRef) -> Option<&Task> {
+        self.stages
+            .get(task.stage as usize)?
+            .tasks
+            .get(task.partition as usize)
+    }
+
     /// The current attempt of a task.
     pub fn attempt(&self, task: TaskRef) -> u32 {
-        self.stages[task.stage as usize].tasks[task.partition as usize].attempt
+        self.task(task).attempt
     }
 
     /// True when `task` waits in the queue (not running, not done) and the query runs.
@@ -740,13 +767,10 @@ impl Query {
     /// Whether `attempt` of `task` is one the running query waits for (its first
     /// attempt or its copy).
     pub fn is_current(&self, task: TaskRef, attempt: u32) -> bool {
-        let Some(stage) = self.stages.get(task.stage as usize) else {
-            return false;
-        };
-        stage.tasks.get(task.partition as usize).is_some_and(|t| {
-            (t.attempt == attempt && t.running_on.is_some())
-                || t.copy.as_ref().is_some_and(|c| c.attempt == attempt)
-        }) && self.state == QueryState::Running
+        self.state == QueryState::Running
+            && self
+                .find_task(task)
+                .is_some_and(|t| t.running_since(attempt).is_some())
     }
 
     /// A task finished; its output (`rows_out` rows) is at `location`, or, for a task
@@ -772,11 +796,7 @@ impl Query {
         let t = &mut stage.tasks[task.partition as usize];
         // The other attempt, if one runs, lost the race: it is cancelled.
         let won_by_copy = t.copy.as_ref().is_some_and(|c| c.attempt == attempt);
-        let started_at = match (won_by_copy, &t.copy) {
-            (true, Some(copy)) => Some(copy.started_at),
-            _ => t.started_at,
-        };
-        if let Some(started_at) = started_at {
+        if let Some(started_at) = t.running_since(attempt) {
             stage.durations.push(started_at.elapsed());
         }
         if let Some(executor) = t.running_on.take().filter(|_| won_by_copy) {
@@ -787,11 +807,7 @@ impl Query {
             });
         }
         if let Some(copy) = t.copy.take().filter(|_| !won_by_copy) {
-            progress.outrun.push(RunningAttempt {
-                task,
-                attempt: copy.attempt,
-                executor: copy.executor,
-            });
+            progress.outrun.push(copy.into_running(task));
         }
         if won_by_copy {
             stage.copies_won += 1;
@@ -898,11 +914,7 @@ impl Query {
                     partition: p as u32,
                 };
                 if let Some(copy) = t.copy.take_if(|c| stop(sid as u32, &c.executor)) {
-                    stopped.push(RunningAttempt {
-                        task,
-                        attempt: copy.attempt,
-                        executor: copy.executor,
-                    });
+                    stopped.push(copy.into_running(task));
                 }
                 let Some(on) = t.running_on.take_if(|on| stop(sid as u32, on)) else {
                     continue;
@@ -927,11 +939,7 @@ impl Query {
                     partition: p as u32,
                 };
                 if let Some(copy) = t.copy.take() {
-                    running.push(RunningAttempt {
-                        task,
-                        attempt: copy.attempt,
-                        executor: copy.executor,
-                    });
+                    running.push(copy.into_running(task));
                 }
                 if let Some(executor) = t.running_on.take() {
                     running.push(RunningAttempt {

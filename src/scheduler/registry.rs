@@ -182,12 +182,20 @@ impl Registry {
 
     /// Whether `executor` is left out of new work at `now` (see [`Self::set_slow_factor`]).
     pub fn is_left_out(&self, executor: &ExecutorEntry, now: Instant) -> bool {
-        self.slow_factor > 0.0
-            && executor.slowness.at(now) > self.slow_factor
+        self.slowness_cutoff(now)
+            .is_some_and(|cutoff| executor.slowness.at(now) > cutoff)
+    }
+
+    /// The slowness past which an executor is left out at `now`: the factor, while an
+    /// executor that takes tasks is under it; None when none is left out.
+    fn slowness_cutoff(&self, now: Instant) -> Option<f64> {
+        let factor = self.slow_factor;
+        let someone_fast = factor > 0.0
             && self
                 .executors
                 .values()
-                .any(|e| !e.draining && e.slots > 0 && e.slowness.at(now) <= self.slow_factor)
+                .any(|e| !e.draining && e.slots > 0 && e.slowness.at(now) <= factor);
+        someone_fast.then_some(factor)
     }
 
     /// Adds an executor; returns its connection generation, or None when an executor of
@@ -266,14 +274,9 @@ impl Registry {
         let margin = self.preempt_margin;
         // Executors far slower than the others take no new task while one of those is
         // connected (see `slowness`).
-        let factor = self.slow_factor;
-        let someone_fast = factor > 0.0
-            && self
-                .executors
-                .values()
-                .any(|e| !e.draining && e.slots > 0 && e.slowness.at(now) <= factor);
+        let cutoff = self.slowness_cutoff(now);
         let open = move |e: &ExecutorEntry| {
-            e.free_slots() > 0 && !(someone_fast && e.slowness.at(now) > factor)
+            e.free_slots() > 0 && cutoff.is_none_or(|cutoff| e.slowness.at(now) <= cutoff)
         };
         if self.executors.values().any(open) {
             let home_open = home.and_then(|id| self.executors.get(id)).is_some_and(open);

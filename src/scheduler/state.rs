@@ -991,7 +991,6 @@ fn gate_message((query_id, task): &HeldKey, attempt: u32, suspend: bool) -> Sche
     }
 }
 
-/// Now on the wall clock, since the Unix epoch.
 /// Bytes of output a task of `query` sends back with its status: `limit` for a final
 /// task while the scheduler has `room` for results, else none (it stays on the executor).
 fn inline_limit(query: &Query, task: TaskRef, room: bool, limit: u64) -> u64 {
@@ -1026,6 +1025,7 @@ fn run_task(
     }
 }
 
+/// Now on the wall clock, since the Unix epoch.
 fn wall_clock() -> Duration {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -1119,6 +1119,13 @@ mod tests {
             task: Some(task_id("q", TaskRef { stage, partition }, attempt)),
             result: Some(result),
         }
+    }
+
+    /// Every message waiting on an executor's stream.
+    fn pending(stream: &mut ExecutorStream) -> Vec<scheduler_message::Message> {
+        std::iter::from_fn(|| stream.try_recv().ok())
+            .filter_map(|m| m.ok()?.message)
+            .collect()
     }
 
     fn status_of(task: TaskId, result: task_status::Result) -> TaskStatus {
@@ -1405,19 +1412,14 @@ mod tests {
         state.start_copies(Instant::now());
         assert!(f.try_recv().is_err());
         // The copy finishes first: the suspended original is cancelled on "e".
-        state.task_status(
-            "f",
-            TaskStatus {
-                task: Some(copy),
-                result: Some(succeeded()),
-            },
-        );
-        let cancelled = std::iter::from_fn(|| e.try_recv().ok())
-            .filter_map(|m| match m.ok()?.message? {
+        state.task_status("f", status_of(copy, succeeded()));
+        let cancelled: Vec<_> = pending(&mut e)
+            .into_iter()
+            .filter_map(|m| match m {
                 scheduler_message::Message::CancelTask(c) => c.task,
                 _ => None,
             })
-            .collect::<Vec<_>>();
+            .collect();
         assert_eq!(cancelled.len(), 1);
         assert_eq!(
             (cancelled[0].query_id.as_str(), cancelled[0].attempt),
@@ -1428,12 +1430,13 @@ mod tests {
             "e",
             status_of(cancelled[0].clone(), failed("cancelled", "")),
         );
-        let dropped = std::iter::from_fn(|| e.try_recv().ok())
-            .filter_map(|m| match m.ok()?.message? {
+        let dropped: Vec<_> = pending(&mut e)
+            .into_iter()
+            .filter_map(|m| match m {
                 scheduler_message::Message::DropMapOutput(d) => Some(d),
                 _ => None,
             })
-            .collect::<Vec<_>>();
+            .collect();
         assert_eq!(dropped.len(), 1);
         assert_eq!(
             (dropped[0].query_id.as_str(), dropped[0].stage_id),

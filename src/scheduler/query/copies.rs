@@ -129,27 +129,14 @@ impl Query {
 
     /// When attempt `attempt` of `task` was pushed, while it runs (the first or its copy).
     pub fn attempt_started_at(&self, task: TaskRef, attempt: u32) -> Option<Instant> {
-        let t = self
-            .stages
-            .get(task.stage as usize)?
-            .tasks
-            .get(task.partition as usize)?;
-        match &t.copy {
-            Some(copy) if copy.attempt == attempt => Some(copy.started_at),
-            _ if t.attempt == attempt && t.running_on.is_some() => t.started_at,
-            _ => None,
-        }
+        self.find_task(task)?.running_since(attempt)
     }
 
     /// Whether output of `task` that `executor` wrote is read by nobody: no attempt of
     /// it runs there and its output is elsewhere (an outrun attempt's, say). While an
     /// attempt runs there, its coming output has the same keys and is kept.
     pub fn is_stray_output(&self, task: TaskRef, executor: &str) -> bool {
-        let Some(t) = self
-            .stages
-            .get(task.stage as usize)
-            .and_then(|s| s.tasks.get(task.partition as usize))
-        else {
+        let Some(t) = self.find_task(task) else {
             return false;
         };
         let runs_there = t.running_on.as_deref() == Some(executor)
