@@ -822,10 +822,14 @@ impl SchedulerState {
             stale = !query.is_current(task, id.attempt);
             match status.result {
                 Some(task_status::Result::Succeeded(ok)) => {
-                    metrics::histogram!("baton_task_duration_seconds")
-                        .record(ok.elapsed_micros as f64 / 1e6);
-                    metrics::counter!("baton_tasks_completed_total", "result" => "succeeded")
-                        .increment(1);
+                    // An attempt the query no longer waits for (outrun by its copy,
+                    // cancelled) is no task result.
+                    if !stale {
+                        metrics::histogram!("baton_task_duration_seconds")
+                            .record(ok.elapsed_micros as f64 / 1e6);
+                        metrics::counter!("baton_tasks_completed_total", "result" => "succeeded")
+                            .increment(1);
+                    }
                     let started = query.attempt_started_at(task, id.attempt);
                     if let (Some(start), Some(median), Some(executor)) = (
                         started,
@@ -865,8 +869,10 @@ impl SchedulerState {
                     self.apply(&query_id, progress);
                 }
                 Some(task_status::Result::Failed(failed)) => {
-                    metrics::counter!("baton_tasks_completed_total", "result" => "failed")
-                        .increment(1);
+                    if !stale {
+                        metrics::counter!("baton_tasks_completed_total", "result" => "failed")
+                            .increment(1);
+                    }
                     if !failed.unreadable_executor.is_empty() {
                         let holder = &failed.unreadable_executor;
                         if let Some((progress, to_cancel)) =
