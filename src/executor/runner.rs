@@ -396,10 +396,15 @@ impl TaskRunner {
         result: Result<TaskOutput>,
         inline_result: Option<Bytes>,
     ) {
-        self.running
+        // A stopped task was taken out already: a cancelled one was reported by
+        // `cancel`, and `abort_all`'s run again anyway. Its end sends nothing more, so
+        // the scheduler hears of each attempt once.
+        let stopped = self
+            .running
             .lock()
             .expect("running lock")
-            .remove(&task_key(&id));
+            .remove(&task_key(&id))
+            .is_none();
         self.report_suspended();
         if self
             .released
@@ -439,6 +444,10 @@ impl TaskRunner {
         self.busy_micros
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
         self.report_utilization();
+        if stopped {
+            debug!("task ended after it was stopped; nothing more to report");
+            return;
+        }
         let _ = self.outbound.send(ExecutorMessage {
             message: Some(executor_message::Message::TaskStatus(TaskStatus {
                 task: Some(id),

@@ -449,6 +449,7 @@ impl Scheduler {
             metrics::counter!("baton_task_copies_total", "reason" => reason.label()).increment(0);
         }
         metrics::counter!("baton_task_copies_won_total").increment(0);
+        metrics::gauge!("baton_executors_on_probation").set(0.0);
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(COPY_CHECK);

@@ -264,6 +264,20 @@ pub struct Progress {
     pub released: Vec<u32>,
     /// Attempts that another attempt of the same task finished before: to cancel.
     pub outrun: Vec<RunningAttempt>,
+    /// First attempts that a copy started later finished before: their executors were
+    /// slower than the copy's, by at least how long these ran.
+    pub lagged: Vec<Lagged>,
+}
+
+/// A first attempt outrun by a copy of it (see [`Progress::lagged`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Lagged {
+    /// Where it ran.
+    pub executor: String,
+    /// Its task's stage.
+    pub stage: u32,
+    /// How long it had run when the copy finished.
+    pub ran: Duration,
 }
 
 /// A stage-wide quantity split evenly over `tasks` (nothing for a stage without tasks).
@@ -800,6 +814,13 @@ impl Query {
             stage.durations.push(started_at.elapsed());
         }
         if let Some(executor) = t.running_on.take().filter(|_| won_by_copy) {
+            if let Some(started_at) = t.started_at {
+                progress.lagged.push(Lagged {
+                    executor: executor.clone(),
+                    stage: task.stage,
+                    ran: started_at.elapsed(),
+                });
+            }
             progress.outrun.push(RunningAttempt {
                 task,
                 attempt: t.attempt,

@@ -4,10 +4,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 use tonic::Status;
+use tracing::info;
 
 use super::policy::running_rank;
 use super::query::TaskRef;
@@ -81,6 +82,9 @@ pub struct ExecutorEntry {
     pub stopped: bool,
     /// How slow its tasks have been against their stages' medians.
     pub slowness: Slowness,
+    /// It was found slow: while a faster executor is connected it holds at most one
+    /// task, until its tasks show it fast again (see [`Registry::record_task_time`]).
+    pub on_probation: bool,
 }
 
 impl ExecutorEntry {
@@ -180,21 +184,59 @@ impl Registry {
         self.slow_factor = factor;
     }
 
-    /// Whether `executor` is left out of new work at `now` (see [`Self::set_slow_factor`]).
-    pub fn is_left_out(&self, executor: &ExecutorEntry, now: Instant) -> bool {
-        self.slowness_cutoff(now)
-            .is_some_and(|cutoff| executor.slowness.at(now) > cutoff)
+    /// Whether `executor` takes a new task at `now`: it has a free slot and, while a
+    /// faster executor is connected, it is not far slower than its stages' medians
+    /// and, on probation, holds no task (see [`Self::set_slow_factor`]).
+    pub fn takes_new_task(&self, executor: &ExecutorEntry, now: Instant) -> bool {
+        takes_new_task(executor, self.slowness_cutoff(now), now)
+    }
+
+    /// Adds a task of `executor` that ran `took` where its stage's median is `median`
+    /// to its slowness. Past the slow factor it goes on probation; it comes off once
+    /// its slowness is back under half way between 1 and the factor.
+    pub fn record_task_time(
+        &mut self,
+        executor_id: &str,
+        took: Duration,
+        median: Duration,
+        now: Instant,
+    ) {
+        let factor = self.slow_factor;
+        let Some(executor) = self.executors.get_mut(executor_id) else {
+            return;
+        };
+        executor.slowness.record(took, median, now);
+        if factor <= 0.0 {
+            return;
+        }
+        let slowness = executor.slowness.at(now);
+        if slowness > factor && !executor.on_probation {
+            executor.on_probation = true;
+            info!(executor = %executor_id, slowness, "executor found slow; it takes one task at a time until it is fast again");
+        } else if slowness <= 1.0 + (factor - 1.0) / 2.0 && executor.on_probation {
+            executor.on_probation = false;
+            info!(executor = %executor_id, slowness, "executor fast again");
+        } else {
+            return;
+        }
+        self.publish_probation();
+    }
+
+    /// Sets the gauge of executors on probation for slowness.
+    fn publish_probation(&self) {
+        let slow = self.executors.values().filter(|e| e.on_probation).count();
+        metrics::gauge!("baton_executors_on_probation").set(slow as f64);
     }
 
     /// The slowness past which an executor is left out at `now`: the factor, while an
-    /// executor that takes tasks is under it; None when none is left out.
+    /// executor that takes tasks is under it and not on probation; None when none is
+    /// left out.
     fn slowness_cutoff(&self, now: Instant) -> Option<f64> {
         let factor = self.slow_factor;
         let someone_fast = factor > 0.0
-            && self
-                .executors
-                .values()
-                .any(|e| !e.draining && e.slots > 0 && e.slowness.at(now) <= factor);
+            && self.executors.values().any(|e| {
+                !e.draining && e.slots > 0 && !e.on_probation && e.slowness.at(now) <= factor
+            });
         someone_fast.then_some(factor)
     }
 
@@ -222,6 +264,7 @@ impl Registry {
             draining: false,
             stopped: false,
             slowness: Slowness::new(Instant::now()),
+            on_probation: false,
         };
         self.executors.insert(location.executor_id, entry);
         Some(generation)
@@ -229,10 +272,14 @@ impl Registry {
 
     /// Removes an executor if `generation` is its current connection.
     pub fn remove(&mut self, executor_id: &str, generation: u64) -> Option<ExecutorEntry> {
-        match self.executors.get(executor_id) {
+        let removed = match self.executors.get(executor_id) {
             Some(e) if e.generation == generation => self.executors.remove(executor_id),
             _ => None,
+        };
+        if removed.as_ref().is_some_and(|e| e.on_probation) {
+            self.publish_probation();
         }
+        removed
     }
 
     /// An executor.
@@ -260,7 +307,7 @@ impl Registry {
     }
 
     /// Where a task goes, and which task it suspends there. With a free slot on an
-    /// executor not left out for slowness ([`Self::is_left_out`]): its `home` executor
+    /// executor that takes new tasks ([`Self::takes_new_task`]): its `home` executor
     /// (where most of its input lies) when that has one, else the executor with the most
     /// free slots, which spreads tasks and shuffle traffic. With none and the task's query and urgency
     /// given (the policy preempts): among the executors with a task it may suspend (see
@@ -275,9 +322,7 @@ impl Registry {
         // Executors far slower than the others take no new task while one of those is
         // connected (see `slowness`).
         let cutoff = self.slowness_cutoff(now);
-        let open = move |e: &ExecutorEntry| {
-            e.free_slots() > 0 && cutoff.is_none_or(|cutoff| e.slowness.at(now) <= cutoff)
-        };
+        let open = move |e: &ExecutorEntry| takes_new_task(e, cutoff, now);
         if self.executors.values().any(open) {
             let home_open = home.and_then(|id| self.executors.get(id)).is_some_and(open);
             let entry = if home_open {
@@ -334,10 +379,19 @@ impl Registry {
     }
 }
 
+/// Whether `executor` takes a new task at `now` under the slowness `cutoff` (see
+/// [`Registry::takes_new_task`]).
+fn takes_new_task(executor: &ExecutorEntry, cutoff: Option<f64>, now: Instant) -> bool {
+    executor.free_slots() > 0
+        && cutoff.is_none_or(|cutoff| {
+            executor.slowness.at(now) <= cutoff
+                && (!executor.on_probation || executor.running.is_empty())
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn executor(registry: &mut Registry, id: &str, slots: u32, preempt_slots: u32) {
         let (sender, _receiver) = tokio::sync::mpsc::unbounded_channel();
@@ -427,17 +481,23 @@ mod tests {
         registry.set_slow_factor(3.0);
         executor(&mut registry, "slow", 2, 0);
         let median = Duration::from_millis(100);
-        let slowness = &mut registry.get_mut("slow").unwrap().slowness;
         for _ in 0..10 {
-            slowness.record(Duration::from_millis(600), median, now);
+            registry.record_task_time("slow", Duration::from_millis(600), median, now);
         }
-        // Alone, it is the cluster: it takes the task.
+        assert!(registry.get("slow").unwrap().on_probation);
+        // Alone, it is the cluster: it takes tasks in every slot.
         assert_eq!(
             placed(&mut registry, "q", 1.0, None, now).unwrap().0,
             "slow"
         );
+        run(&mut registry, "slow", "q", 1.0, now);
+        assert_eq!(
+            placed(&mut registry, "q", 1.0, None, now).unwrap().0,
+            "slow"
+        );
+        registry.get_mut("slow").unwrap().running.clear();
         executor(&mut registry, "fast", 1, 0);
-        assert!(registry.is_left_out(registry.get("slow").unwrap(), now));
+        assert!(!registry.takes_new_task(registry.get("slow").unwrap(), now));
         assert_eq!(
             placed(&mut registry, "q", 1.0, Some("slow"), now)
                 .unwrap()
@@ -447,13 +507,37 @@ mod tests {
         // With the fast one's slot busy, the task waits rather than go to the slow one.
         run(&mut registry, "fast", "q", 1.0, now);
         assert_eq!(placed(&mut registry, "q", 1.0, None, now), None);
-        // What was measured fades: later it gets a task again, to show how it does.
-        let later = now + super::super::slowness::HALF_LIFE * 3;
+        // What was measured fades: later it gets a task again, to show how it does, but
+        // one at a time while it is on probation.
+        let later = now + super::super::slowness::HALF_LIFE * 6;
         assert_eq!(
             placed(&mut registry, "q", 1.0, None, later).unwrap().0,
             "slow"
         );
+        run(&mut registry, "slow", "q", 1.0, later);
+        assert_eq!(placed(&mut registry, "q", 1.0, None, later), None);
+        // Still slow: it stays on probation, and a few more slow tasks leave it out again.
+        registry.get_mut("slow").unwrap().running.clear();
+        registry.record_task_time("slow", Duration::from_millis(600), median, later);
+        assert!(registry.get("slow").unwrap().on_probation);
+        registry.record_task_time("slow", Duration::from_millis(600), median, later);
+        assert!(!registry.takes_new_task(registry.get("slow").unwrap(), later));
+        // Fast tasks take it off probation, and it takes tasks in every slot again.
+        let much_later = later + super::super::slowness::HALF_LIFE * 3;
+        for _ in 0..4 {
+            registry.record_task_time("slow", median, median, much_later);
+        }
+        assert!(!registry.get("slow").unwrap().on_probation);
+        run(&mut registry, "slow", "q", 1.0, much_later);
+        assert_eq!(
+            placed(&mut registry, "q", 1.0, None, much_later).unwrap().0,
+            "slow"
+        );
         // Off: never left out.
+        registry.get_mut("slow").unwrap().running.clear();
+        for _ in 0..10 {
+            registry.record_task_time("slow", Duration::from_millis(600), median, now);
+        }
         registry.set_slow_factor(0.0);
         assert_eq!(
             placed(&mut registry, "q", 1.0, None, now).unwrap().0,

@@ -309,6 +309,23 @@ impl SchedulerState {
         if !progress.outrun.is_empty() {
             self.cancel_tasks(query_id, std::mem::take(&mut progress.outrun));
         }
+        // An attempt outrun by its copy never reports a time: what it ran so far is what
+        // its executor's slowness learns (only the tasks a slow executor won would
+        // otherwise count, which are the ones it was not slow at).
+        for lagged in std::mem::take(&mut progress.lagged) {
+            let median = self
+                .queries
+                .get(query_id)
+                .and_then(|q| q.median_task_time(lagged.stage));
+            if let Some(median) = median {
+                self.registry.record_task_time(
+                    &lagged.executor,
+                    lagged.ran,
+                    median,
+                    Instant::now(),
+                );
+            }
+        }
         let Some(query) = self.queries.get(query_id) else {
             return;
         };
@@ -831,14 +848,15 @@ impl SchedulerState {
                             .increment(1);
                     }
                     let started = query.attempt_started_at(task, id.attempt);
-                    if let (Some(start), Some(median), Some(executor)) = (
-                        started,
-                        query.median_task_time(task.stage),
-                        self.registry.get_mut(executor_id),
-                    ) {
-                        executor
-                            .slowness
-                            .record(start.elapsed(), median, Instant::now());
+                    if let (Some(start), Some(median)) =
+                        (started, query.median_task_time(task.stage))
+                    {
+                        self.registry.record_task_time(
+                            executor_id,
+                            start.elapsed(),
+                            median,
+                            Instant::now(),
+                        );
                     }
                     if let Some(start) = started {
                         if self.timeline.len() == TIMELINE_CAPACITY {

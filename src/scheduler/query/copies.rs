@@ -246,13 +246,17 @@ mod tests {
         assert_eq!(progress.outrun.len(), 1);
         assert_eq!(progress.outrun[0].executor, "slow");
         assert_eq!(progress.outrun[0].attempt, 0);
+        // What it ran tells how slow its executor is.
+        assert_eq!(progress.lagged.len(), 1);
+        assert_eq!(progress.lagged[0].executor, "slow");
+        assert_eq!(progress.lagged[0].stage, 0);
         // Its late report changes nothing.
         let late = succeed(&mut q, at(0), 0);
         assert_eq!(late, Default::default());
         assert_eq!(q.stage(0).copies_won, 1);
         // The other task finishes first time: nothing outrun, the query is done.
         let last = succeed(&mut q, at(1), 0);
-        assert!(last.outrun.is_empty());
+        assert!(last.outrun.is_empty() && last.lagged.is_empty());
         assert!(last.finished);
     }
 

@@ -87,8 +87,8 @@ impl SchedulerState {
 }
 
 /// The executor a copy of `candidate` goes to: the one with the most free slots other
-/// than where the task runs, not left out for slowness, and not holding an attempt of
-/// it already (a cancelled one that has not reported yet, say).
+/// than where the task runs that takes new tasks (not left out for slowness) and does
+/// not hold an attempt of it already (a cancelled one that has not reported yet, say).
 fn copy_target(
     registry: &Registry,
     candidate: &CopyCandidate,
@@ -97,8 +97,8 @@ fn copy_target(
 ) -> Option<String> {
     registry
         .iter()
-        .filter(|e| e.free_slots() > 0 && e.location.executor_id != candidate.running_on)
-        .filter(|e| !e.running.contains_key(key) && !registry.is_left_out(e, now))
+        .filter(|e| e.location.executor_id != candidate.running_on)
+        .filter(|e| !e.running.contains_key(key) && registry.takes_new_task(e, now))
         .max_by_key(|e| (e.free_slots(), std::cmp::Reverse(e.generation)))
         .map(|e| e.location.executor_id.clone())
 }
