@@ -43,10 +43,10 @@ pub struct SchedulerConfig {
     /// Seconds a task runs at least before it gets a copy.
     #[arg(long = "speculation-min-seconds", value_name = "SECONDS", value_parser = parse_seconds, default_value = "0.1")]
     pub speculation_min_runtime: Duration,
-    /// An executor whose tasks take this many times their stages' median (averaged over
-    /// its recent tasks, fading over seconds) gets no new task while a faster one is
-    /// connected; 0: never left out.
-    #[arg(long = "slow-executor-factor", value_name = "X", default_value = "3")]
+    /// An executor whose recent tasks took this many times their stages' medians (sums
+    /// fading over seconds) gets no new task while a faster one is connected, then one
+    /// at a time until it is back under half way; 0: never left out.
+    #[arg(long = "slow-executor-factor", value_name = "X", default_value = "2")]
     pub slow_executor_factor: f64,
     /// Work stealing: a task suspended on a busy executor (preempted by a far cheaper
     /// query's) is copied to an executor with a free slot while no queued task waits.
