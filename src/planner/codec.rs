@@ -41,7 +41,8 @@ pub fn decode_plan(
     bytes: &[u8],
     ctx: &TaskContext,
 ) -> Result<Arc<dyn ExecutionPlan>, PlannerError> {
-    Ok(PhysicalPlanNode::decode(bytes)?.try_into_physical_plan(ctx, &BatonCodec)?)
+    let plan = PhysicalPlanNode::decode(bytes)?.try_into_physical_plan(ctx, &BatonCodec)?;
+    Ok(super::wire::unset_empty_csv_formats(plan)?)
 }
 
 fn proto_error(what: &str, e: impl std::fmt::Display) -> DataFusionError {
