@@ -19,6 +19,7 @@ use datafusion_proto::protobuf::{PhysicalExprNode, PhysicalPlanNode};
 use prost::Message;
 
 use super::PlannerError;
+use super::scan_options::{self, ScanOptionsConverter};
 use crate::join_filters::{KeySummaryExec, ProbeFilterExec};
 use crate::proto::{
     KeySummaryNode, PlanExtension, ProbeFilterNode, ShuffleReaderNode, ShuffleWriterNode,
@@ -33,7 +34,8 @@ pub struct BatonCodec;
 
 /// Serializes a physical plan to bytes.
 pub fn encode_plan(plan: Arc<dyn ExecutionPlan>) -> Result<Vec<u8>, PlannerError> {
-    Ok(PhysicalPlanNode::try_from_physical_plan(plan, &BatonCodec)?.encode_to_vec())
+    let node = ScanOptionsConverter.execution_plan_to_proto(&plan, &BatonCodec)?;
+    Ok(node.encode_to_vec())
 }
 
 /// Deserializes a physical plan; functions and object stores resolve in `ctx`.
@@ -161,6 +163,11 @@ impl PhysicalExtensionCodec for BatonCodec {
                     probe
                 }))
             }
+            Some(plan_extension::Node::ScanOptions(node)) => scan_options::restore(
+                &node,
+                &PhysicalPlanDecodeContext::new(ctx, self),
+                proto_converter,
+            ),
             None => Err(proto_error("decode", "empty extension node")),
         }
     }

@@ -4,6 +4,7 @@
 mod codec;
 mod cost;
 mod joins;
+mod scan_options;
 mod split;
 mod stages;
 mod wire;
