@@ -44,7 +44,7 @@ pub fn decode_plan(
     ctx: &TaskContext,
 ) -> Result<Arc<dyn ExecutionPlan>, PlannerError> {
     let plan = PhysicalPlanNode::decode(bytes)?.try_into_physical_plan(ctx, &BatonCodec)?;
-    Ok(super::wire::unset_empty_csv_formats(plan)?)
+    Ok(super::wire::repair_decoded(plan)?)
 }
 
 fn proto_error(what: &str, e: impl std::fmt::Display) -> DataFusionError {

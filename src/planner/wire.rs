@@ -9,7 +9,9 @@
 //! datafusion-proto (55) sends a CSV sink's unset date and time formats as empty strings
 //! and decodes them as formats set to "": the sink would write every date, time and
 //! timestamp as an empty field (`COPY … STORED AS CSV` of a timestamp column reads back
-//! as NULLs). After decoding, an empty format is unset again.
+//! as NULLs). It also sends an aggregate's grouping sets flattened to one flag per set
+//! and expression, so the one empty set of `GROUP BY GROUPING SETS (())` decodes as no
+//! set at all and the aggregate yields no row. [`repair_decoded`] undoes both.
 
 use std::sync::Arc;
 
@@ -22,6 +24,7 @@ use datafusion::datasource::sink::DataSinkExec;
 use datafusion::error::Result;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::aggregates::{AggregateExec, PhysicalGroupBy};
 use datafusion::physical_plan::memory::LazyMemoryExec;
 use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 
@@ -67,32 +70,60 @@ pub fn unproject_lazy_scans(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn Exec
     .map(|t| t.data)
 }
 
-/// `plan` with every CSV sink's empty date and time formats unset, so it writes them
-/// as DataFusion does by default.
-pub fn unset_empty_csv_formats(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+/// `plan`, as datafusion-proto decoded it, with what the wire lost put back: a CSV sink's
+/// unset date and time formats and an aggregate's empty grouping set.
+pub fn repair_decoded(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
     plan.transform_up(|node| {
-        let Some(exec) = node.downcast_ref::<DataSinkExec>() else {
-            return Ok(Transformed::no(node));
+        let repaired = match csv_sink_with_formats_unset(node.as_ref()) {
+            Some(sink) => Some(sink),
+            None => aggregate_with_empty_set(node.as_ref())?,
         };
-        let Some(sink) = exec.sink().downcast_ref::<CsvSink>() else {
-            return Ok(Transformed::no(node));
-        };
-        let options = sink.writer_options();
-        let Some(writer) = without_empty_formats(&options.writer_options) else {
-            return Ok(Transformed::no(node));
-        };
-        let options = CsvWriterOptions {
-            writer_options: writer,
-            ..options.clone()
-        };
-        let sink = CsvSink::new(sink.config().clone(), options);
-        Ok(Transformed::yes(Arc::new(DataSinkExec::new(
-            exec.input().clone(),
-            Arc::new(sink),
-            exec.sort_order().clone(),
-        ))))
+        Ok(match repaired {
+            Some(repaired) => Transformed::yes(repaired),
+            None => Transformed::no(node),
+        })
     })
     .map(|t| t.data)
+}
+
+/// `node` with its empty date and time formats unset, when it is a CSV sink with some.
+fn csv_sink_with_formats_unset(node: &dyn ExecutionPlan) -> Option<Arc<dyn ExecutionPlan>> {
+    let exec = node.downcast_ref::<DataSinkExec>()?;
+    let sink = exec.sink().downcast_ref::<CsvSink>()?;
+    let options = sink.writer_options();
+    let options = CsvWriterOptions {
+        writer_options: without_empty_formats(&options.writer_options)?,
+        ..options.clone()
+    };
+    let sink = CsvSink::new(sink.config().clone(), options);
+    Some(Arc::new(DataSinkExec::new(
+        exec.input().clone(),
+        Arc::new(sink),
+        exec.sort_order().clone(),
+    )))
+}
+
+/// `node` with its one empty grouping set back, when it is an aggregate over grouping
+/// sets with no expression and (as decoded) no set.
+fn aggregate_with_empty_set(node: &dyn ExecutionPlan) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+    let Some(aggregate) = node.downcast_ref::<AggregateExec>() else {
+        return Ok(None);
+    };
+    let group_by = aggregate.group_expr();
+    if !(group_by.has_grouping_set() && group_by.is_empty() && group_by.groups().is_empty()) {
+        return Ok(None);
+    }
+    let group_by = PhysicalGroupBy::new(vec![], vec![], vec![vec![]], true);
+    let repaired = AggregateExec::try_new(
+        *aggregate.mode(),
+        group_by,
+        aggregate.aggr_expr().to_vec(),
+        aggregate.filter_expr().to_vec(),
+        aggregate.input().clone(),
+        aggregate.input_schema(),
+    )?
+    .with_limit_options(aggregate.limit_options());
+    Ok(Some(Arc::new(repaired)))
 }
 
 /// `writer` with its empty date and time formats unset, or `None` when it has none.
@@ -187,6 +218,26 @@ mod tests {
             .unwrap();
         let written = std::fs::read_to_string(&file).unwrap();
         assert_eq!(written, "t,d,n\n2020-12-10T01:02:03,2020-12-11,7\n");
+    }
+
+    #[tokio::test]
+    async fn an_empty_grouping_set_yields_its_row_after_decoding() {
+        let ctx = SessionContext::new();
+        let plan = ctx
+            .sql("select count(*) as n from (values (1), (2)) as t(a) group by grouping sets (())")
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let decoded = decode_plan(&encode_plan(plan).unwrap(), &ctx.task_ctx()).unwrap();
+        let batches = datafusion::physical_plan::collect(decoded, ctx.task_ctx())
+            .await
+            .unwrap();
+        let shown = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string();
+        assert!(shown.contains("| 2 |"), "{shown}");
     }
 
     #[test]
