@@ -55,7 +55,7 @@ const CI_FILES: &[&str] = &[
     "group_by.slt",
     "information_schema.slt",
     "insert.slt",
-    "join.slt",
+    "join_only.slt",
     "joins.slt",
     "limit.slt",
     "math.slt",
@@ -65,7 +65,7 @@ const CI_FILES: &[&str] = &[
     "set_variable.slt",
     "string/string.slt",
     "subquery.slt",
-    "timestamps.slt",
+    "datetime/timestamps.slt",
     "union.slt",
     "unnest.slt",
     "window.slt",
@@ -420,6 +420,12 @@ fn main() {
 
     let mut files = BTreeSet::new();
     slt_files(&root, &root, &mut files);
+    // A file that moved in a newer DataFusion would otherwise drop out of CI unseen.
+    let missing: Vec<&&str> = CI_FILES
+        .iter()
+        .filter(|name| !files.contains(Path::new(name)))
+        .collect();
+    assert!(missing.is_empty(), "CI files not in the suite: {missing:?}");
     let files: Vec<PathBuf> = files
         .into_iter()
         // Spark-dialect files need Spark's functions, which neither engine here has.
