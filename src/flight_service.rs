@@ -1,20 +1,55 @@
 //! A Flight server that answers `do_get` through a small handler trait and refuses the
-//! rest: the executors' shuffle endpoint.
+//! rest: the executors' shuffle endpoint. Also how Baton encodes record batches as
+//! Flight data ([`encode_batches`]) and recognises a schema message.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
+use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
+use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
-    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaAsIpc, SchemaResult, Ticket,
 };
-use futures::Stream;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::ipc::writer::IpcWriteOptions;
+use datafusion::arrow::ipc::{MessageHeader, root_as_message};
 use futures::stream::BoxStream;
+use futures::{Stream, TryStreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 /// A stream of Flight data for `do_get`.
 pub type FlightDataStream = BoxStream<'static, Result<FlightData, Status>>;
+
+/// `batches` of `schema` as Flight data: the schema message, then each batch (split to
+/// gRPC size) with its dictionaries, which stay dictionaries since the schema says so.
+/// The schema message is written from `schema` itself: arrow-flight 59's encoder
+/// rewrites a `LargeList` field as `List` while it sends the batch's 64-bit offsets
+/// unchanged, and a reader then decodes other lists than were sent.
+pub fn encode_batches(
+    schema: SchemaRef,
+    batches: impl Stream<Item = Result<RecordBatch, FlightError>> + Send + 'static,
+) -> impl Stream<Item = Result<FlightData, FlightError>> + Send + 'static {
+    let schema_message: FlightData = SchemaAsIpc::new(&schema, &IpcWriteOptions::default()).into();
+    FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .with_dictionary_handling(DictionaryHandling::Resend)
+        .build(batches)
+        .map_ok(move |data| {
+            if is_schema_message(&data) {
+                schema_message.clone()
+            } else {
+                data
+            }
+        })
+}
+
+/// True when `data` is an IPC schema message.
+pub fn is_schema_message(data: &FlightData) -> bool {
+    root_as_message(&data.data_header).is_ok_and(|m| m.header_type() == MessageHeader::Schema)
+}
 
 /// What a Baton Flight endpoint serves.
 #[tonic::async_trait]
@@ -118,5 +153,42 @@ impl<H: FlightHandler> FlightService for FlightEndpoint<H> {
         _request: Request<Empty>,
     ) -> Result<Response<Self::ListActionsStream>, Status> {
         refused("list_actions")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_flight::decode::FlightRecordBatchStream;
+    use datafusion::arrow::array::{Array, Int64Array, LargeListArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+
+    #[tokio::test]
+    async fn a_large_list_column_decodes_as_it_was_sent() {
+        let lists = LargeListArray::from_iter_primitive::<Int64Type, _, _>(vec![
+            Some(vec![Some(1), None, Some(3)]),
+            None,
+            Some(vec![]),
+            Some(vec![Some(4)]),
+        ]);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("l", lists.data_type().clone(), true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(vec![0, 1, 2, 3])),
+                Arc::new(lists),
+            ],
+        )
+        .unwrap();
+        let sent = futures::stream::iter(vec![Ok(batch.clone())]);
+        let data = encode_batches(schema, sent);
+        let decoded: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(data)
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(decoded, vec![batch]);
     }
 }

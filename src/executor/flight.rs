@@ -2,13 +2,12 @@
 //! shuffle partition.
 
 use arrow_flight::Ticket;
-use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
 use arrow_flight::error::FlightError;
 use futures::{StreamExt, TryStreamExt};
 use prost::Message;
 use tonic::Status;
 
-use crate::flight_service::{FlightDataStream, FlightEndpoint, FlightHandler};
+use crate::flight_service::{FlightDataStream, FlightEndpoint, FlightHandler, encode_batches};
 use crate::proto::ShuffleTicket;
 use crate::shuffle::{ShuffleKey, ShuffleStore};
 
@@ -43,11 +42,7 @@ impl FlightHandler for ShuffleFlight {
         let stream = partition.stream();
         let schema = stream.schema();
         let batches = stream.map_err(|e| FlightError::ExternalError(Box::new(e)));
-        let encoded = FlightDataEncoderBuilder::new()
-            .with_schema(schema)
-            // Dictionaries stay dictionaries: the schema the reader was told says so.
-            .with_dictionary_handling(DictionaryHandling::Resend)
-            .build(batches)
+        let encoded = encode_batches(schema, batches)
             .map_ok(|data| {
                 metrics::counter!("baton_flight_bytes_served_total", "endpoint" => "shuffle")
                     .increment(data.data_body.len() as u64);

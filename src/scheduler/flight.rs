@@ -27,7 +27,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arrow_flight::decode::FlightRecordBatchStream;
-use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
@@ -49,7 +48,6 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::IpcWriteOptions;
-use datafusion::arrow::ipc::{MessageHeader, root_as_message};
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use tokio::sync::mpsc;
@@ -59,6 +57,7 @@ use tracing::warn;
 
 use super::prepared::{Prepared, PreparedError, PreparedStatements};
 use super::{Origin, ResultPart, Scheduler, SchedulerError, Submission};
+use crate::flight_service::{encode_batches, is_schema_message};
 use crate::security::caller_of;
 use crate::shuffle::ShuffleKey;
 use crate::shuffle::fetch::shuffle_ticket;
@@ -188,10 +187,6 @@ fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
 
-fn is_schema_message(data: &FlightData) -> bool {
-    root_as_message(&data.data_header).is_ok_and(|m| m.header_type() == MessageHeader::Schema)
-}
-
 /// A FlightInfo whose one endpoint's ticket is `command` itself (metadata commands).
 fn command_info(
     command: impl ProstMessageExt,
@@ -210,9 +205,7 @@ fn command_info(
 /// One batch as a Flight stream (schema, then data).
 fn batch_stream(batch: RecordBatch) -> Response<DataStream> {
     let schema = batch.schema();
-    let stream = FlightDataEncoderBuilder::new()
-        .with_schema(schema)
-        .build(futures::stream::once(async move { Ok(batch) }))
+    let stream = encode_batches(schema, futures::stream::once(async move { Ok(batch) }))
         .map_err(|e: FlightError| Status::internal(e.to_string()));
     Response::new(Box::pin(stream))
 }
@@ -225,14 +218,13 @@ async fn inline_messages(schema: &SchemaRef, ipc: &[u8]) -> Result<Vec<FlightDat
         .map_err(unreadable)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(unreadable)?;
-    let messages: Vec<FlightData> = FlightDataEncoderBuilder::new()
-        .with_schema(schema.clone())
-        // Dictionaries stay dictionaries: the schema the reader was told says so.
-        .with_dictionary_handling(DictionaryHandling::Resend)
-        .build(futures::stream::iter(batches.into_iter().map(Ok)))
-        .try_collect()
-        .await
-        .map_err(|e: FlightError| Status::internal(e.to_string()))?;
+    let messages: Vec<FlightData> = encode_batches(
+        schema.clone(),
+        futures::stream::iter(batches.into_iter().map(Ok)),
+    )
+    .try_collect()
+    .await
+    .map_err(|e: FlightError| Status::internal(e.to_string()))?;
     let data: Vec<FlightData> = messages
         .into_iter()
         .filter(|m| !is_schema_message(m))
