@@ -8,6 +8,8 @@ mod scan_options;
 mod split;
 mod stages;
 mod wire;
+#[cfg(test)]
+mod wire_tests;
 
 pub use codec::{BatonCodec, decode_plan, encode_plan};
 pub use cost::{ROWS_PER_UNIT, StageEstimate, estimate_stages};
@@ -79,12 +81,7 @@ async fn tpch_physical_plan(
     crate::catalog::register_catalog(&ctx, &catalog)
         .await
         .unwrap();
-    ctx.sql(sql)
-        .await
-        .unwrap()
-        .create_physical_plan()
-        .await
-        .unwrap()
+    wire_tests::planned(&ctx, sql).await
 }
 
 /// Stages of `sql` planned over TPC-H SF 0.01 with 4 partitions, for planner tests.

@@ -169,10 +169,8 @@ fn compression_from_proto(compression: FileCompression) -> CompressionTypeVarian
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::planner::{decode_plan, encode_plan};
+    use crate::planner::wire_tests::{planned, round_trip, shown};
     use crate::shuffle::ShuffleWriterExec;
-    use datafusion::arrow::util::pretty::pretty_format_batches;
-    use datafusion::physical_plan::collect;
     use datafusion::prelude::SessionContext;
 
     /// A session with table `t` over two gzipped CSV files of rows (1, a) and (2, b).
@@ -210,16 +208,8 @@ mod tests {
     async fn a_gzipped_csv_scan_reads_the_same_after_decoding() {
         let dir = tempfile::tempdir().unwrap();
         let ctx = gzipped_table(dir.path()).await;
-        let plan = ctx
-            .sql("select n, s from t order by n")
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
-        let decoded = decode_plan(&encode_plan(plan).unwrap(), &ctx.task_ctx()).unwrap();
-        let batches = collect(decoded, ctx.task_ctx()).await.unwrap();
-        let shown = pretty_format_batches(&batches).unwrap().to_string();
+        let plan = round_trip(&ctx, planned(&ctx, "select n, s from t order by n").await);
+        let shown = shown(&ctx, plan).await;
         assert!(
             shown.contains("| 1 | a |") && shown.contains("| 2 | b |"),
             "{shown}"
@@ -230,17 +220,11 @@ mod tests {
     async fn a_scan_right_under_a_baton_operator_keeps_its_compression() {
         let dir = tempfile::tempdir().unwrap();
         let ctx = gzipped_table(dir.path()).await;
-        let scan = ctx
-            .sql("select * from t")
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
+        let scan = planned(&ctx, "select * from t").await;
         assert!(scan.is::<DataSourceExec>(), "the plan is a bare scan");
         let writer: Arc<dyn ExecutionPlan> =
             Arc::new(ShuffleWriterExec::try_new(scan, None).unwrap());
-        let decoded = decode_plan(&encode_plan(writer).unwrap(), &ctx.task_ctx()).unwrap();
+        let decoded = round_trip(&ctx, writer);
         assert!(decoded.is::<ShuffleWriterExec>());
         let compression = scan_of(&decoded).file_compression_type;
         assert_eq!(*compression.get_variant(), CompressionTypeVariant::GZIP);
@@ -257,16 +241,8 @@ mod tests {
             dir.path().display()
         );
         ctx.sql(&create).await.unwrap().collect().await.unwrap();
-        let plan = ctx
-            .sql("select count(*) as rows, max(s) as last from t")
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
-        let decoded = decode_plan(&encode_plan(plan).unwrap(), &ctx.task_ctx()).unwrap();
-        let batches = collect(decoded, ctx.task_ctx()).await.unwrap();
-        let shown = pretty_format_batches(&batches).unwrap().to_string();
+        let sql = "select count(*) as rows, max(s) as last from t";
+        let shown = shown(&ctx, round_trip(&ctx, planned(&ctx, sql).await)).await;
         assert!(shown.contains("| 2    | b    |"), "{shown}");
     }
 

@@ -171,27 +171,19 @@ fn without_empty_formats(writer: &WriterBuilder) -> Option<WriterBuilder> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::planner::{decode_plan, encode_plan};
+    use crate::planner::wire_tests::{planned, round_trip, shown};
     use datafusion::prelude::SessionContext;
 
     #[tokio::test]
     async fn a_series_projected_to_no_column_counts_the_same_after_decoding() {
         let ctx = SessionContext::new();
-        let plan = ctx
-            .sql("select count(*) as n from generate_series(1, 2000) as t(v)")
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
+        let plan = planned(
+            &ctx,
+            "select count(*) as n from generate_series(1, 2000) as t(v)",
+        )
+        .await;
         let plan = unproject_lazy_scans(plan).unwrap();
-        let decoded = decode_plan(&encode_plan(plan).unwrap(), &ctx.task_ctx()).unwrap();
-        let batches = datafusion::physical_plan::collect(decoded, ctx.task_ctx())
-            .await
-            .unwrap();
-        let shown = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
-            .unwrap()
-            .to_string();
+        let shown = shown(&ctx, round_trip(&ctx, plan)).await;
         assert!(shown.contains("| 2000 |"), "{shown}");
     }
 
@@ -205,15 +197,8 @@ mod tests {
              to_date('2020-12-11') as d, 7 as n) to '{}' stored as csv",
             file.display()
         );
-        let plan = ctx
-            .sql(&copy)
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
-        let decoded = decode_plan(&encode_plan(plan).unwrap(), &ctx.task_ctx()).unwrap();
-        datafusion::physical_plan::collect(decoded, ctx.task_ctx())
+        let plan = round_trip(&ctx, planned(&ctx, &copy).await);
+        datafusion::physical_plan::collect(plan, ctx.task_ctx())
             .await
             .unwrap();
         let written = std::fs::read_to_string(&file).unwrap();
@@ -223,20 +208,8 @@ mod tests {
     #[tokio::test]
     async fn an_empty_grouping_set_yields_its_row_after_decoding() {
         let ctx = SessionContext::new();
-        let plan = ctx
-            .sql("select count(*) as n from (values (1), (2)) as t(a) group by grouping sets (())")
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
-        let decoded = decode_plan(&encode_plan(plan).unwrap(), &ctx.task_ctx()).unwrap();
-        let batches = datafusion::physical_plan::collect(decoded, ctx.task_ctx())
-            .await
-            .unwrap();
-        let shown = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
-            .unwrap()
-            .to_string();
+        let sql = "select count(*) as n from (values (1), (2)) as t(a) group by grouping sets (())";
+        let shown = shown(&ctx, round_trip(&ctx, planned(&ctx, sql).await)).await;
         assert!(shown.contains("| 2 |"), "{shown}");
     }
 
