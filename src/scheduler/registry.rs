@@ -184,11 +184,13 @@ impl Registry {
         self.slow_factor = factor;
     }
 
-    /// Whether `executor` takes a new task at `now`: it has a free slot and, while a
-    /// faster executor is connected, it is not far slower than its stages' medians
-    /// and, on probation, holds no task (see [`Self::set_slow_factor`]).
-    pub fn takes_new_task(&self, executor: &ExecutorEntry, now: Instant) -> bool {
-        takes_new_task(executor, self.slowness_cutoff(now), now)
+    /// Which executors take a new task at `now`: those with a free slot that, while a
+    /// faster executor is connected, are not far slower than their stages' medians
+    /// and, on probation, hold no task (see [`Self::set_slow_factor`]). The cutoff is
+    /// computed once, for every executor the returned test is asked about.
+    pub fn new_task_takers(&self, now: Instant) -> impl Fn(&ExecutorEntry) -> bool + Copy + use<> {
+        let cutoff = self.slowness_cutoff(now);
+        move |executor| takes_new_task(executor, cutoff, now)
     }
 
     /// Adds a task of `executor` that ran `took` where its stage's median is `median`
@@ -307,7 +309,7 @@ impl Registry {
     }
 
     /// Where a task goes, and which task it suspends there. With a free slot on an
-    /// executor that takes new tasks ([`Self::takes_new_task`]): its `home` executor
+    /// executor that takes new tasks ([`Self::new_task_takers`]): its `home` executor
     /// (where most of its input lies) when that has one, else the executor with the most
     /// free slots, which spreads tasks and shuffle traffic. With none and the task's query and urgency
     /// given (the policy preempts): among the executors with a task it may suspend (see
@@ -321,8 +323,7 @@ impl Registry {
         let margin = self.preempt_margin;
         // Executors far slower than the others take no new task while one of those is
         // connected (see `slowness`).
-        let cutoff = self.slowness_cutoff(now);
-        let open = move |e: &ExecutorEntry| takes_new_task(e, cutoff, now);
+        let open = self.new_task_takers(now);
         if self.executors.values().any(open) {
             let home_open = home.and_then(|id| self.executors.get(id)).is_some_and(open);
             let entry = if home_open {
@@ -380,7 +381,7 @@ impl Registry {
 }
 
 /// Whether `executor` takes a new task at `now` under the slowness `cutoff` (see
-/// [`Registry::takes_new_task`]).
+/// [`Registry::new_task_takers`]).
 fn takes_new_task(executor: &ExecutorEntry, cutoff: Option<f64>, now: Instant) -> bool {
     executor.free_slots() > 0
         && cutoff.is_none_or(|cutoff| {
@@ -497,7 +498,9 @@ mod tests {
         );
         registry.get_mut("slow").unwrap().running.clear();
         executor(&mut registry, "fast", 1, 0);
-        assert!(!registry.takes_new_task(registry.get("slow").unwrap(), now));
+        assert!(!registry.new_task_takers(now)(
+            registry.get("slow").unwrap()
+        ));
         assert_eq!(
             placed(&mut registry, "q", 1.0, Some("slow"), now)
                 .unwrap()
@@ -521,7 +524,9 @@ mod tests {
         registry.record_task_time("slow", Duration::from_millis(600), median, later);
         assert!(registry.get("slow").unwrap().on_probation);
         registry.record_task_time("slow", Duration::from_millis(600), median, later);
-        assert!(!registry.takes_new_task(registry.get("slow").unwrap(), later));
+        assert!(!registry.new_task_takers(later)(
+            registry.get("slow").unwrap()
+        ));
         // Fast tasks take it off probation, and it takes tasks in every slot again.
         let much_later = later + super::super::slowness::HALF_LIFE * 3;
         for _ in 0..4 {

@@ -95,10 +95,11 @@ fn copy_target(
     key: &crate::scheduler::registry::HeldKey,
     now: Instant,
 ) -> Option<String> {
+    let takes_new_task = registry.new_task_takers(now);
     registry
         .iter()
         .filter(|e| e.location.executor_id != candidate.running_on)
-        .filter(|e| !e.running.contains_key(key) && registry.takes_new_task(e, now))
+        .filter(|e| !e.running.contains_key(key) && takes_new_task(e))
         .max_by_key(|e| (e.free_slots(), std::cmp::Reverse(e.generation)))
         .map(|e| e.location.executor_id.clone())
 }
