@@ -32,18 +32,22 @@ pub fn encode_batches(
     schema: SchemaRef,
     batches: impl Stream<Item = Result<RecordBatch, FlightError>> + Send + 'static,
 ) -> impl Stream<Item = Result<FlightData, FlightError>> + Send + 'static {
-    let schema_message: FlightData = SchemaAsIpc::new(&schema, &IpcWriteOptions::default()).into();
+    let mut faithful = Some(schema_message(&schema));
     FlightDataEncoderBuilder::new()
         .with_schema(schema)
         .with_dictionary_handling(DictionaryHandling::Resend)
         .build(batches)
-        .map_ok(move |data| {
-            if is_schema_message(&data) {
-                schema_message.clone()
-            } else {
-                data
-            }
-        })
+        .map_ok(
+            move |data| match faithful.take_if(|_| is_schema_message(&data)) {
+                Some(faithful) => faithful,
+                None => data,
+            },
+        )
+}
+
+/// `schema` as a Flight schema message, as written (see [`encode_batches`]).
+pub fn schema_message(schema: &SchemaRef) -> FlightData {
+    SchemaAsIpc::new(schema, &IpcWriteOptions::default()).into()
 }
 
 /// True when `data` is an IPC schema message.

@@ -57,7 +57,7 @@ use tracing::warn;
 
 use super::prepared::{Prepared, PreparedError, PreparedStatements};
 use super::{Origin, ResultPart, Scheduler, SchedulerError, Submission};
-use crate::flight_service::{encode_batches, is_schema_message};
+use crate::flight_service::{encode_batches, is_schema_message, schema_message};
 use crate::security::caller_of;
 use crate::shuffle::ShuffleKey;
 use crate::shuffle::fetch::shuffle_ticket;
@@ -297,8 +297,7 @@ impl ResultFlight {
             .wait_for_result_attended(&query_id)
             .await
             .map_err(to_status)?;
-        let schema_message: FlightData =
-            SchemaAsIpc::new(&schema, &IpcWriteOptions::default()).into();
+        let schema_message = schema_message(&schema);
         // A result the scheduler holds whole is answered at once, without a fetch.
         if parts.iter().all(|p| matches!(p, ResultPart::Inline(_))) {
             let mut messages = vec![Ok(schema_message)];
