@@ -123,10 +123,10 @@ pub fn restore(
     ctx: &PhysicalPlanDecodeContext<'_>,
     proto_converter: &dyn PhysicalProtoConverterExtension,
 ) -> Result<Arc<dyn ExecutionPlan>> {
-    let scan = PhysicalPlanNode::decode(node.scan.as_slice())
-        .map_err(|e| DataFusionError::Internal(format!("scan options: {e}")))?;
-    let plan = proto_converter.proto_to_execution_plan(&scan, ctx)?;
     let invalid = |what: &str| DataFusionError::Internal(format!("scan options: {what}"));
+    let scan =
+        PhysicalPlanNode::decode(node.scan.as_slice()).map_err(|e| invalid(&e.to_string()))?;
+    let plan = proto_converter.proto_to_execution_plan(&scan, ctx)?;
     let files = plan
         .downcast_ref::<DataSourceExec>()
         .and_then(|exec| exec.data_source().downcast_ref::<FileScanConfig>())

@@ -126,20 +126,36 @@ fn aggregate_with_empty_set(node: &dyn ExecutionPlan) -> Result<Option<Arc<dyn E
     Ok(Some(Arc::new(repaired)))
 }
 
+/// A CSV writer's date or time format: how to read it and how to set it.
+type Format = (
+    fn(&WriterBuilder) -> Option<&str>,
+    fn(WriterBuilder, String) -> WriterBuilder,
+);
+
+/// Every date and time format of a CSV writer.
+const FORMATS: [Format; 5] = [
+    (WriterBuilder::date_format, WriterBuilder::with_date_format),
+    (
+        WriterBuilder::datetime_format,
+        WriterBuilder::with_datetime_format,
+    ),
+    (
+        WriterBuilder::timestamp_format,
+        WriterBuilder::with_timestamp_format,
+    ),
+    (
+        WriterBuilder::timestamp_tz_format,
+        WriterBuilder::with_timestamp_tz_format,
+    ),
+    (WriterBuilder::time_format, WriterBuilder::with_time_format),
+];
+
 /// `writer` with its empty date and time formats unset, or `None` when it has none.
 fn without_empty_formats(writer: &WriterBuilder) -> Option<WriterBuilder> {
-    let formats = [
-        writer.date_format(),
-        writer.datetime_format(),
-        writer.timestamp_format(),
-        writer.timestamp_tz_format(),
-        writer.time_format(),
-    ];
-    if !formats.contains(&Some("")) {
+    if !FORMATS.iter().any(|(get, _)| get(writer) == Some("")) {
         return None;
     }
-    let set = |format: Option<&str>| format.filter(|f| !f.is_empty()).map(str::to_owned);
-    let mut out = WriterBuilder::new()
+    let base = WriterBuilder::new()
         .with_header(writer.header())
         .with_delimiter(writer.delimiter())
         .with_quote(writer.quote())
@@ -150,22 +166,13 @@ fn without_empty_formats(writer: &WriterBuilder) -> Option<WriterBuilder> {
         .with_ignore_trailing_whitespace(writer.ignore_trailing_whitespace())
         .with_quote_style(writer.quote_style())
         .with_line_terminator(writer.line_terminator().clone());
-    if let Some(f) = set(writer.date_format()) {
-        out = out.with_date_format(f);
-    }
-    if let Some(f) = set(writer.datetime_format()) {
-        out = out.with_datetime_format(f);
-    }
-    if let Some(f) = set(writer.timestamp_format()) {
-        out = out.with_timestamp_format(f);
-    }
-    if let Some(f) = set(writer.timestamp_tz_format()) {
-        out = out.with_timestamp_tz_format(f);
-    }
-    if let Some(f) = set(writer.time_format()) {
-        out = out.with_time_format(f);
-    }
-    Some(out)
+    Some(FORMATS.iter().fold(
+        base,
+        |out, (get, set)| match get(writer).filter(|f| !f.is_empty()) {
+            Some(format) => set(out, format.to_owned()),
+            None => out,
+        },
+    ))
 }
 
 #[cfg(test)]
