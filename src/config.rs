@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use datafusion::common::config::ConfigOptions;
 use datafusion::prelude::SessionConfig;
 
 /// Largest gRPC / Flight message any Baton client or server accepts or sends.
@@ -43,23 +44,28 @@ pub fn host_cores() -> usize {
 pub const DEFAULT_TARGET_PARTITIONS: usize = 4;
 
 /// Settings [`distributed_session_config`] fixes, which a session's `SET` may not change.
-pub const PINNED_SETTINGS: [&str; 6] = [
+pub const PINNED_SETTINGS: [&str; 2] = [
     "datafusion.optimizer.enable_round_robin_repartition",
     "datafusion.execution.enable_file_stream_work_stealing",
-    "datafusion.optimizer.enable_dynamic_filter_pushdown",
-    "datafusion.optimizer.enable_topk_dynamic_filter_pushdown",
-    "datafusion.optimizer.enable_join_dynamic_filter_pushdown",
-    "datafusion.optimizer.enable_aggregate_dynamic_filter_pushdown",
 ];
 
-/// The DataFusion session configuration for plans that Baton distributes.
+/// DataFusion's switch of every dynamic filter kind at once; setting it sets the others.
+pub const DYNAMIC_FILTERS_SETTING: &str = "datafusion.optimizer.enable_dynamic_filter_pushdown";
+
+/// The dynamic filters executors push inside a stage (see `executor::dynamic_filters`):
+/// TopK and hash join filters.
+pub const STAGE_DYNAMIC_FILTER_SETTINGS: [&str; 2] = [
+    "datafusion.optimizer.enable_topk_dynamic_filter_pushdown",
+    "datafusion.optimizer.enable_join_dynamic_filter_pushdown",
+];
+
+/// The DataFusion session configuration plans that Baton distributes are made in.
 ///
 /// * Round-robin repartitioning is off: a round-robin `RepartitionExec` inside a stage
 ///   would make one task pull every input partition; scans are already split by file range.
 /// * File-scan work stealing is off: a task runs one partition alone, so a scan partition
 ///   that takes over its idle siblings' files would read them a second time.
-/// * Dynamic filter pushdown is off: a hash join's build side cannot update a filter in
-///   a scan that runs in another stage (another process), and waiting for it would hang.
+/// * Dynamic filter pushdown is off ([`plan_without_dynamic_filters`]).
 pub fn distributed_session_config(target_partitions: usize) -> SessionConfig {
     let mut config = SessionConfig::new()
         .with_target_partitions(target_partitions.max(1))
@@ -67,10 +73,34 @@ pub fn distributed_session_config(target_partitions: usize) -> SessionConfig {
     let options = config.options_mut();
     options.optimizer.enable_round_robin_repartition = false;
     options.execution.enable_file_stream_work_stealing = false;
-    options.optimizer.enable_dynamic_filter_pushdown = false;
-    options.optimizer.enable_topk_dynamic_filter_pushdown = false;
-    options.optimizer.enable_join_dynamic_filter_pushdown = false;
-    options.optimizer.enable_aggregate_dynamic_filter_pushdown = false;
+    plan_without_dynamic_filters(options);
+    config
+}
+
+/// Turns DataFusion's dynamic filter pushdown off for planning: a hash join's build side
+/// cannot update a filter in a scan that runs in another stage (another process), and
+/// inside a stage its filter would wait for partitions other tasks run. Executors push
+/// the filters that work inside a stage themselves, and Baton's join filters carry the
+/// others between stages.
+pub fn plan_without_dynamic_filters(options: &mut ConfigOptions) {
+    let optimizer = &mut options.optimizer;
+    optimizer.enable_dynamic_filter_pushdown = false;
+    optimizer.enable_topk_dynamic_filter_pushdown = false;
+    optimizer.enable_join_dynamic_filter_pushdown = false;
+    optimizer.enable_aggregate_dynamic_filter_pushdown = false;
+}
+
+/// `config` with DataFusion's dynamic filters on, as DataFusion defaults them: what a
+/// scheduler's sessions start with (and show), and executors run tasks with unless a
+/// task's settings say otherwise. Executors push the kinds of
+/// [`STAGE_DYNAMIC_FILTER_SETTINGS`] inside a stage; plans are made without any
+/// ([`plan_without_dynamic_filters`]).
+pub fn with_dynamic_filters(mut config: SessionConfig) -> SessionConfig {
+    let optimizer = &mut config.options_mut().optimizer;
+    optimizer.enable_dynamic_filter_pushdown = true;
+    optimizer.enable_topk_dynamic_filter_pushdown = true;
+    optimizer.enable_join_dynamic_filter_pushdown = true;
+    optimizer.enable_aggregate_dynamic_filter_pushdown = true;
     config
 }
 

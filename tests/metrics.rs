@@ -126,6 +126,15 @@ async fn metrics_move_with_a_query_and_cover_the_dashboard() {
     );
     assert!(after.contains_key("baton_queries{state=succeeded}"));
 
+    // A TopK stage's tasks run with DataFusion's dynamic filter in their scans.
+    let topk = "select l_orderkey from lineitem order by l_extendedprice desc limit 5";
+    assert_eq!(client.sql(topk).await.unwrap().rows(), 5);
+    let later = scrape(&get(addr, "/metrics").await);
+    assert!(
+        sum(&later, "baton_stage_dynamic_filter_tasks_total")
+            > sum(&before, "baton_stage_dynamic_filter_tasks_total")
+    );
+
     // The JSON API shows the same query.
     let one: serde_json::Value =
         serde_json::from_str(&get(addr, &format!("/api/queries/{id}")).await).unwrap();

@@ -337,7 +337,7 @@ async fn a_sessions_settings_and_views_are_its_own() {
 
     // A setting distributed plans depend on stays as it is.
     let pinned = first
-        .sql("set datafusion.optimizer.enable_join_dynamic_filter_pushdown = true")
+        .sql("set datafusion.optimizer.enable_round_robin_repartition = true")
         .await
         .unwrap_err();
     assert!(

@@ -8,6 +8,7 @@
 
 mod advertise;
 mod config;
+mod dynamic_filters;
 mod failure;
 mod flight;
 mod gated;
@@ -34,7 +35,9 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tracing::{info, warn};
 
-use crate::config::{HEARTBEAT_INTERVAL, MAX_MESSAGE_BYTES, distributed_session_config};
+use crate::config::{
+    HEARTBEAT_INTERVAL, MAX_MESSAGE_BYTES, distributed_session_config, with_dynamic_filters,
+};
 use crate::object_stores::{S3Settings, StoreRegistry};
 use crate::proto::scheduler_service_client::SchedulerServiceClient;
 use crate::proto::{
@@ -214,7 +217,12 @@ impl Executor {
         let clients = FlightClients::on_runtime(tokio::runtime::Handle::current())
             .with_fetch_timeout(config.fetch_timeout)
             .with_dialer(dialer);
-        let mut session_config = distributed_session_config(1);
+        let mut session_config = with_dynamic_filters(distributed_session_config(1));
+        // Aggregate filters stay off inside a stage (see `runner::query_context`).
+        session_config
+            .options_mut()
+            .optimizer
+            .enable_aggregate_dynamic_filter_pushdown = false;
         // What a sort sets aside to merge its spill files comes out of the pool: at most
         // an even share of it per task the executor may hold (DataFusion's default of
         // 10 MB would not leave a small executor room to sort at all).

@@ -1,7 +1,7 @@
 //! Runs pushed tasks: decodes the stage plan (once per stage), executes one partition
 //! with the task's [`TaskEnv`], and reports the result up the stream.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -15,6 +15,7 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SessionStateBuilder, TaskContext};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::coop::CooperativeExec;
+use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::prelude::SessionContext;
 use futures::FutureExt;
 use tokio::runtime::Handle;
@@ -22,8 +23,10 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::AbortHandle;
 use tracing::{Instrument, debug, info_span, warn};
 
+use super::dynamic_filters;
 use super::failure::is_transient;
 use super::gated::{GatedExec, TaskGate};
+use crate::config::DYNAMIC_FILTERS_SETTING;
 use crate::join_filters::{FilterEffect, KeySummary, apply_filters, summaries_of};
 use crate::planner::decode_plan;
 use crate::proto::{
@@ -49,8 +52,26 @@ fn task_key(id: &TaskId) -> TaskKey {
 /// A decoded stage plan, shared by the stage's tasks on this executor, and the bytes its
 /// operators had spilled when last counted (their metrics add up over the tasks).
 struct CachedPlan {
-    plan: Arc<dyn ExecutionPlan>,
+    /// The plan as decoded, with the join filters shipped.
+    decoded: Arc<dyn ExecutionPlan>,
+    /// The same, ready to run: the instance the stage's tasks share.
+    shared: Arc<dyn ExecutionPlan>,
+    /// Each task narrows `decoded` to an instance of its own, which DataFusion's dynamic
+    /// filters reach the scans of (see [`dynamic_filters`]).
+    narrowable: bool,
+    /// The partitions that ran on `shared`.
+    started: HashSet<u32>,
     spilled_bytes: u64,
+}
+
+/// The plan instance a task runs, and the partition of it that is the task's.
+struct TaskPlan {
+    plan: Arc<dyn ExecutionPlan>,
+    partition: usize,
+    /// True for an instance of the task's own, not the stage's shared one.
+    own: bool,
+    /// True when DataFusion's dynamic filters reach the instance's scans.
+    dynamic_filters: bool,
 }
 
 /// What a finished task reports besides its output.
@@ -247,10 +268,19 @@ impl TaskRunner {
     async fn execute(&self, task: &RunTask, gate: Arc<TaskGate>) -> Result<TaskOutput> {
         let id = task.task.as_ref().expect("checked in start");
         let base = self.query_context(&task.settings)?;
-        let plan = self.plan(id, &task.stage_plan, &task.filters, &base)?;
+        let TaskPlan {
+            plan,
+            partition: run_partition,
+            own,
+            dynamic_filters,
+        } = self.plan(id, &task.stage_plan, &task.filters, &base)?;
+        if dynamic_filters {
+            metrics::counter!("baton_stage_dynamic_filter_tasks_total").increment(1);
+        }
         let env = TaskEnv {
             query_id: id.query_id.as_str().into(),
             stage_id: id.stage_id,
+            map_partition: id.partition,
             executor_id: self.executor_id.clone(),
             inputs: task
                 .inputs
@@ -280,16 +310,15 @@ impl TaskRunner {
             base.with_session_config(config)
                 .with_task_id(format!("{}/{}/{}", id.query_id, id.stage_id, id.partition)),
         );
-        let partition = id.partition as usize;
-        let stream = plan.execute(partition, ctx)?;
+        let stream = plan.execute(run_partition, ctx)?;
         let batches = datafusion::physical_plan::common::collect(stream).await;
-        self.count_spills(id);
+        self.count_spills(id, own.then_some(&plan));
         let partitions = stats_of(&batches?)?;
-        let key_summaries = summaries_of(&plan, partition)
+        let key_summaries = summaries_of(&plan, run_partition)
             .iter()
             .map(KeySummary::to_proto)
             .collect::<Result<_>>()?;
-        let effect = FilterEffect::of(&plan, partition);
+        let effect = FilterEffect::of(&plan, run_partition);
         Ok(TaskOutput {
             partitions,
             key_summaries,
@@ -310,57 +339,128 @@ impl TaskRunner {
             return Ok(TaskContext::from(&state));
         }
         let mut config = state.config().clone();
+        // DataFusion's switch of every dynamic filter kind first: the switch of one kind
+        // the session set after it then wins, as it did there.
+        let mut settings: Vec<_> = settings.iter().collect();
+        settings.sort_by_key(|(key, _)| key.as_str() != DYNAMIC_FILTERS_SETTING);
         for (key, value) in settings {
             config.options_mut().set(key, value)?;
         }
+        // Aggregate filters stay off inside a stage: DataFusion's aggregate keeps its
+        // MIN/MAX filter through a reset, so a second attempt of a partition would skip
+        // what the first one found (see `dynamic_filters`).
+        config
+            .options_mut()
+            .optimizer
+            .enable_aggregate_dynamic_filter_pushdown = false;
         let state = SessionStateBuilder::new_from_existing(state)
             .with_config(config)
             .build();
         Ok(TaskContext::from(&state))
     }
 
-    /// Adds what the stage plan's operators spilled since last counted to the executor's
-    /// count and `baton_spilled_bytes_total`.
-    fn count_spills(&self, id: &TaskId) {
-        let mut plans = self.plans.lock().expect("plans lock");
-        let Some(cached) = plans.get_mut(&(id.query_id.clone(), id.stage_id)) else {
-            return;
+    /// Adds what the task's own plan instance spilled, or else what the stage plan's
+    /// operators spilled since last counted, to the executor's count and
+    /// `baton_spilled_bytes_total`.
+    fn count_spills(&self, id: &TaskId, own: Option<&Arc<dyn ExecutionPlan>>) {
+        let new = match own {
+            Some(plan) => spilled_bytes(plan),
+            None => {
+                let mut plans = self.plans.lock().expect("plans lock");
+                let Some(cached) = plans.get_mut(&(id.query_id.clone(), id.stage_id)) else {
+                    return;
+                };
+                let total = spilled_bytes(&cached.shared);
+                let new = total.saturating_sub(cached.spilled_bytes);
+                cached.spilled_bytes = total;
+                new
+            }
         };
-        let total = spilled_bytes(&cached.plan);
-        let new = total.saturating_sub(cached.spilled_bytes);
-        cached.spilled_bytes = total;
         if new > 0 {
             self.spilled_bytes.fetch_add(new, Ordering::Relaxed);
             metrics::counter!("baton_spilled_bytes_total").increment(new);
         }
     }
 
-    /// The stage plan of a task, decoded once per stage, with the join filters the
-    /// scheduler shipped (every task of a stage is shipped the same ones).
+    /// The plan a task runs. The stage plan is decoded once per stage, with the join
+    /// filters the scheduler shipped (every task of a stage is shipped the same ones),
+    /// and its tasks on this executor share that instance, except:
+    /// * where DataFusion's dynamic filters reach the stage's scans, each task runs an
+    ///   instance of its own, narrowed to its partition ([`dynamic_filters`]);
+    /// * a partition that ran on the shared instance before (a retry, a rerun) runs on a
+    ///   fresh one: operators keep state across runs (a TopK its threshold, which would
+    ///   drop the rows the first attempt kept).
     fn plan(
         &self,
         id: &TaskId,
         bytes: &[u8],
         filters: &[proto::KeySummary],
         ctx: &TaskContext,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
+    ) -> Result<TaskPlan> {
         let key = (id.query_id.clone(), id.stage_id);
-        if let Some(cached) = self.plans.lock().expect("plans lock").get(&key) {
-            return Ok(cached.plan.clone());
-        }
-        let plan = decode_plan(bytes, ctx).map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let filters = filters
-            .iter()
-            .map(KeySummary::from_proto)
-            .collect::<Result<Vec<_>>>()?;
-        let plan = apply_filters(plan, &filters, ctx.session_config().options())?;
-        let plan = preemptible(plan)?;
-        let cached = CachedPlan {
-            plan: plan.clone(),
-            spilled_bytes: 0,
+        let options = ctx.session_config().options();
+        let cached = self
+            .plans
+            .lock()
+            .expect("plans lock")
+            .get_mut(&key)
+            .map(|cached| {
+                let first = cached.started.insert(id.partition);
+                (
+                    cached.decoded.clone(),
+                    cached.shared.clone(),
+                    cached.narrowable,
+                    first,
+                )
+            });
+        let (decoded, shared, narrowable, first) = match cached {
+            Some(cached) => cached,
+            None => {
+                let plan =
+                    decode_plan(bytes, ctx).map_err(|e| DataFusionError::External(Box::new(e)))?;
+                let filters = filters
+                    .iter()
+                    .map(KeySummary::from_proto)
+                    .collect::<Result<Vec<_>>>()?;
+                let decoded = apply_filters(plan, &filters, options)?;
+                let narrowable = dynamic_filters::task_instance(&decoded, 0, options)?.is_some();
+                let shared = preemptible(decoded.clone())?;
+                let cached = CachedPlan {
+                    decoded: decoded.clone(),
+                    shared: shared.clone(),
+                    narrowable,
+                    started: HashSet::from([id.partition]),
+                    spilled_bytes: 0,
+                };
+                self.plans.lock().expect("plans lock").insert(key, cached);
+                (decoded, shared, narrowable, true)
+            }
         };
-        self.plans.lock().expect("plans lock").insert(key, cached);
-        Ok(plan)
+        let partition = id.partition as usize;
+        if narrowable
+            && let Some(own) = dynamic_filters::task_instance(&decoded, partition, options)?
+        {
+            return Ok(TaskPlan {
+                plan: preemptible(own)?,
+                partition: 0,
+                own: true,
+                dynamic_filters: true,
+            });
+        }
+        if first {
+            return Ok(TaskPlan {
+                plan: shared,
+                partition,
+                own: false,
+                dynamic_filters: false,
+            });
+        }
+        Ok(TaskPlan {
+            plan: preemptible(reset_plan_states(decoded)?)?,
+            partition,
+            own: true,
+            dynamic_filters: false,
+        })
     }
 
     /// The task's single output partition as Arrow IPC, taken out of the store, when it

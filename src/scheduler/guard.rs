@@ -310,7 +310,9 @@ mod tests {
             "reset datafusion.execution.batch_size",
             "prepare q(int) as select * from t where column1 = $1",
             "set datafusion.optimizer.enable_dynamic_filter_pushdown = false",
+            "set datafusion.optimizer.enable_dynamic_filter_pushdown = true",
             "reset datafusion.optimizer.enable_dynamic_filter_pushdown",
+            "set datafusion.optimizer.enable_round_robin_repartition = false",
         ] {
             assert_eq!(refusal(&guard, sql).await, "", "{sql}");
         }
@@ -323,7 +325,7 @@ mod tests {
             ("insert into t values (2)", "DML"),
             ("drop table t", "DDL"),
             (
-                "set datafusion.optimizer.enable_dynamic_filter_pushdown = true",
+                "set datafusion.execution.enable_file_stream_work_stealing = true",
                 "fixed by the scheduler",
             ),
             (
@@ -345,13 +347,13 @@ mod tests {
     async fn a_pinned_setting_resets_to_its_pinned_value() {
         let session = SessionContext::new_with_config(crate::config::distributed_session_config(2));
         let guard = Guard::default();
-        let key = "datafusion.optimizer.enable_join_dynamic_filter_pushdown";
+        let key = "datafusion.optimizer.enable_round_robin_repartition";
         guard
             .plan_sql(&session, &format!("reset {key}"), None)
             .await
             .unwrap();
         let options = session.state().config_options().clone();
-        assert!(!options.optimizer.enable_join_dynamic_filter_pushdown);
+        assert!(!options.optimizer.enable_round_robin_repartition);
     }
 
     #[tokio::test]

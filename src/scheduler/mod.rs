@@ -43,7 +43,9 @@ use sessions::Sessions;
 pub use state::{ClusterSize, SchedulerState, TaskSpan};
 
 use crate::catalog::{self, CatalogError};
-use crate::config::{MAX_MESSAGE_BYTES, distributed_session_config, host_cores};
+use crate::config::{
+    MAX_MESSAGE_BYTES, distributed_session_config, host_cores, with_dynamic_filters,
+};
 use crate::object_stores::S3Settings;
 use crate::proto::scheduler_service_server::SchedulerServiceServer;
 use crate::proto::{QueryState, QueryStatus};
@@ -233,8 +235,8 @@ impl Scheduler {
         active: &watch::Sender<Option<String>>,
     ) -> Result<Self, SchedulerError> {
         let security = config.security()?;
-        let session = SessionContext::new_with_config(distributed_session_config(
-            config.target_partitions.unwrap_or_else(host_cores),
+        let session = SessionContext::new_with_config(with_dynamic_filters(
+            distributed_session_config(config.target_partitions.unwrap_or_else(host_cores)),
         ));
         let mut stores = S3Settings::default();
         let mut tables = Vec::new();

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::config::ConfigOptions;
 use datafusion::execution::{SessionState, TaskContext};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
@@ -21,6 +22,7 @@ use super::guard::Guard;
 use super::local;
 use super::{ClusterSize, StageFilter, StageSpec, Submission};
 use crate::catalog::plan_data_bytes;
+use crate::config;
 use crate::join_filters::rule;
 use crate::planner::{self, PlannerError};
 
@@ -182,12 +184,16 @@ impl Planner {
                 let ctx: Arc<TaskContext> = self.session.task_ctx();
                 let plan = planner::decode_plan(&bytes, &ctx)?;
                 self.guard.check_plan(&plan)?;
-                return self.cut(plan);
+                let options = self.session.state().config_options().clone();
+                let mut planned = self.cut(plan, &options)?;
+                planned.settings = self.dynamic_filter_settings(Vec::new(), &options);
+                return Ok(planned);
             }
         };
         let frame = self.guard.plan_sql(session, &sql, params).await?;
         let bytes = plan_data_bytes(frame.logical_plan());
         let (mut state, plan) = frame.into_parts();
+        let options = state.config_options().clone();
         let slots = self.cluster.borrow().slots as usize;
         let execution = &mut state.config_mut().options_mut().execution;
         execution.target_partitions = partitions_for(
@@ -201,13 +207,18 @@ impl Planner {
             bytes,
             "planning with partitions for its data"
         );
-        let plan = state.create_physical_plan(&plan).await?;
+        // Planned without dynamic filters; a plan the scheduler answers itself runs in
+        // the session's own settings (`information_schema` shows them).
+        let mut planning = state.clone();
+        config::plan_without_dynamic_filters(planning.config_mut().options_mut());
+        let plan = planning.create_physical_plan(&plan).await?;
         if let Some(reason) = local::must_run_here(&plan) {
             return answer(plan, &state, reason).await;
         }
-        match self.cut(plan.clone()) {
+        match self.cut(plan.clone(), &options) {
             Ok(mut planned) => {
-                planned.settings = changed_settings(&self.session, session);
+                let changed = changed_settings(&self.session, session);
+                planned.settings = self.dynamic_filter_settings(changed, &options);
                 Ok(planned)
             }
             // An operator with no wire form: the plan cannot leave the scheduler.
@@ -219,14 +230,44 @@ impl Planner {
         }
     }
 
+    /// The settings a query's tasks run with: what its session changed (`changed`), and
+    /// the dynamic filters inside a stage as its session's `options` have them, off
+    /// where the scheduler's `--dynamic-filters off` says so.
+    fn dynamic_filter_settings(
+        &self,
+        mut changed: Vec<(String, String)>,
+        options: &ConfigOptions,
+    ) -> Vec<(String, String)> {
+        changed.retain(|(key, _)| !config::STAGE_DYNAMIC_FILTER_SETTINGS.contains(&key.as_str()));
+        let optimizer = &options.optimizer;
+        let on = [
+            optimizer.enable_topk_dynamic_filter_pushdown,
+            optimizer.enable_join_dynamic_filter_pushdown,
+        ];
+        for (key, on) in config::STAGE_DYNAMIC_FILTER_SETTINGS.iter().zip(on) {
+            // Executors start with them on: only an off travels.
+            if !(on && self.join_filters) {
+                changed.push((key.to_string(), "false".into()));
+            }
+        }
+        changed
+    }
+
     /// Cuts a physical plan into stages, estimates their costs and keeps the join
-    /// filters that pay.
-    fn cut(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Planned, PlannerError> {
+    /// filters that pay (none where the session's `options` turn join dynamic filters
+    /// off).
+    fn cut(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        options: &ConfigOptions,
+    ) -> Result<Planned, PlannerError> {
         let dag = planner::plan_stages(plan, self.split_unit_bytes)?;
         let estimates = planner::estimate_stages(&dag);
         let inputs: Vec<Vec<u32>> = dag.stages.iter().map(|s| s.inputs.clone()).collect();
         let costs: Vec<f64> = estimates.iter().map(|e| e.cost).collect();
-        let kept = rule::choose(&dag.filters, &inputs, &costs, self.join_filters);
+        let join_filters =
+            self.join_filters && options.optimizer.enable_join_dynamic_filter_pushdown;
+        let kept = rule::choose(&dag.filters, &inputs, &costs, join_filters);
         let stages = dag
             .stages
             .iter()
@@ -444,5 +485,64 @@ mod tests {
         // Globs are of unknown size: the session's 4 partitions.
         let planned = plan("select x, count(*) from globbed group by x").await;
         assert_eq!(most_tasks(&planned), Some(4));
+    }
+
+    #[tokio::test]
+    async fn tasks_get_the_dynamic_filters_of_their_session_and_the_scheduler() {
+        let base =
+            crate::config::with_dynamic_filters(crate::config::distributed_session_config(2));
+        let session = SessionContext::new_with_config(base);
+        session
+            .sql("create table t as values (1), (2)")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let (_cluster, watched) = watch::channel(ClusterSize::default());
+        let mut planner = Planner {
+            session: session.clone(),
+            pool: PlanningPool::new(1),
+            partition_data_bytes: 0,
+            split_unit_bytes: 0,
+            partitions: None,
+            cluster: watched,
+            guard: Guard::default(),
+            join_filters: true,
+        };
+        let settings = async |planner: &Planner, session: &SessionContext| {
+            let planned = planner
+                .plan(Submission::Sql("select * from t".into()), session.clone())
+                .await
+                .unwrap();
+            let mut settings = planned.settings;
+            settings.sort();
+            settings
+        };
+        let off = |key: &str| (key.to_string(), "false".to_string());
+        let [topk, join] = crate::config::STAGE_DYNAMIC_FILTER_SETTINGS;
+        // Executors start with the filters on: a default session sends nothing.
+        assert_eq!(settings(&planner, &session).await, vec![]);
+        // A session that turns one kind off sends that.
+        let own = SessionContext::new_with_state(session.state());
+        own.sql(&format!("set {join} = false")).await.unwrap();
+        assert_eq!(settings(&planner, &own).await, vec![off(join)]);
+        // Turning them all off sends every kind's switch, which wins over the one over all.
+        let all_off = SessionContext::new_with_state(session.state());
+        all_off
+            .sql("set datafusion.optimizer.enable_dynamic_filter_pushdown = false")
+            .await
+            .unwrap();
+        let sent = settings(&planner, &all_off).await;
+        assert!(
+            sent.contains(&off(topk)) && sent.contains(&off(join)),
+            "{sent:?}"
+        );
+        // `--dynamic-filters off` turns them off for every session.
+        planner.join_filters = false;
+        assert_eq!(
+            settings(&planner, &session).await,
+            vec![off(join), off(topk)]
+        );
     }
 }

@@ -27,6 +27,9 @@ pub struct TaskEnv {
     pub query_id: Arc<str>,
     /// The stage the task runs.
     pub stage_id: u32,
+    /// The task's partition of that stage: the map partition its output is stored as
+    /// (a task may run it as partition 0 of an instance narrowed to it).
+    pub map_partition: u32,
     /// The executor running the task.
     pub executor_id: String,
     /// For each input stage: the location of each of its map tasks' output, by partition.

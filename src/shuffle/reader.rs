@@ -310,6 +310,7 @@ mod tests {
         let env = TaskEnv {
             query_id: "q".into(),
             stage_id: 1,
+            map_partition: 0,
             executor_id: "reader".into(),
             inputs: HashMap::from([(
                 0,

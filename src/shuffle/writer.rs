@@ -1,6 +1,7 @@
 //! `ShuffleWriterExec`: the root of every stage. It runs one partition of its input and
-//! stores the output in the executor's shuffle store, split by a hash partitioning or
-//! kept whole, then yields one small batch of per-partition statistics.
+//! stores the output in the executor's shuffle store as the task's map partition, split
+//! by a hash partitioning or kept whole, then yields one small batch of per-partition
+//! statistics.
 
 use std::fmt;
 use std::sync::{Arc, LazyLock};
@@ -151,15 +152,7 @@ impl ExecutionPlan for ShuffleWriterExec {
             )?),
             _ => None,
         };
-        let write = write_partition(
-            env,
-            gate,
-            partition as u32,
-            input,
-            schema,
-            outputs,
-            partitioner,
-        );
+        let write = write_partition(env, gate, input, schema, outputs, partitioner);
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             write_stats_schema(),
             futures::stream::once(write).boxed(),
@@ -170,7 +163,6 @@ impl ExecutionPlan for ShuffleWriterExec {
 async fn write_partition(
     env: Arc<TaskEnv>,
     gate: Option<Arc<TaskGate>>,
-    map_partition: u32,
     mut input: SendableRecordBatchStream,
     schema: SchemaRef,
     outputs: usize,
@@ -181,7 +173,7 @@ async fn write_partition(
             let key = ShuffleKey {
                 query_id: env.query_id.clone(),
                 stage_id: env.stage_id,
-                map_partition,
+                map_partition: env.map_partition,
                 output_partition,
             };
             env.store.writer(key, schema.clone())

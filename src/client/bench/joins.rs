@@ -104,10 +104,12 @@ pub async fn run_joins_bench(bench: &JoinsBench) -> Result<JoinsReport, BenchErr
     let mut single = Vec::new();
     for filters in [true, false] {
         let mut config = SessionConfig::new().with_target_partitions(host_cores());
-        config
-            .options_mut()
-            .optimizer
-            .enable_dynamic_filter_pushdown = filters;
+        // Each kind's own switch: DataFusion reads those, not the one over them all.
+        let optimizer = &mut config.options_mut().optimizer;
+        optimizer.enable_dynamic_filter_pushdown = filters;
+        optimizer.enable_topk_dynamic_filter_pushdown = filters;
+        optimizer.enable_join_dynamic_filter_pushdown = filters;
+        optimizer.enable_aggregate_dynamic_filter_pushdown = filters;
         let ctx = SessionContext::new_with_config(config);
         register_catalog(&ctx, &catalog).await?;
         let mut times = Vec::new();
