@@ -13,7 +13,7 @@ use baton::config::Switch;
 use baton::proto::QueryStatus;
 
 /// Selective joins of `lineitem` (the fact table) with `part`, `supplier` and `orders`.
-const STAR_JOINS: [&str; 8] = [
+const STAR_JOINS: [&str; 9] = [
     "select p_brand, count(*) as n, sum(l_extendedprice) as revenue \
      from lineitem join part on l_partkey = p_partkey \
      where p_size = 15 and p_type like '%BRASS' group by p_brand order by p_brand",
@@ -36,6 +36,10 @@ const STAR_JOINS: [&str; 8] = [
     "select count(*) as n from lineitem join part on l_partkey = p_partkey where p_size = 999",
     "select p1.p_type, count(*) as n from part p1 join part p2 on p1.p_type = p2.p_type \
      where p2.p_size = 1 and p2.p_retailprice > 1900 group by p1.p_type order by p1.p_type",
+    "select l_returnflag, count(*) as n, sum(l_extendedprice) as revenue \
+     from lineitem join orders on l_orderkey = o_orderkey \
+     where o_orderkey < 600 and o_orderpriority = '1-URGENT' \
+     group by l_returnflag order by l_returnflag",
 ];
 
 /// Makes every hash join partitioned (both sides hash-shuffled), so that a probe side's

@@ -7,8 +7,8 @@
 //! join's build side, a TopK's heap (`ORDER BY … LIMIT`) and a MIN/MAX aggregate then
 //! prune the row groups, pages and files of the scans beneath them, as on one node.
 //!
-//! Such a task runs a plan instance of its own, narrowed to its partition
-//! ([`task_instance`]), for two reasons:
+//! Such a task runs a plan instance of its own, decoded for it and narrowed to its
+//! partition ([`task_instance`]), for two reasons:
 //! * a hash join's filter is complete only once every partition of its plan instance
 //!   has built its side (for `CollectLeft`, once every probe partition has reported),
 //!   and a task runs one partition: in its own instance the join has one partition;
@@ -29,7 +29,7 @@ use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_optimizer::filter_pushdown::FilterPushdown;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::coop::CooperativeExec;
-use datafusion::physical_plan::execution_plan::{replace_children_if_necessary, reset_plan_states};
+use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::filter_pushdown::{FilterDescription, FilterPushdownPhase};
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
@@ -46,8 +46,10 @@ use crate::join_filters::{KeySummaryExec, ProbeFilterExec};
 use crate::planner::only_child;
 use crate::shuffle::ShuffleWriterExec;
 
-/// One task's own instance of the stage plan `plan`: its partition `partition` alone,
-/// as partition 0, with the dynamic filters `options` switch on pushed into its scans.
+/// One task's own instance of the stage plan `plan` (an instance nothing ran: its
+/// operators' state, a TopK's filter among it, becomes the task's): its partition
+/// `partition` alone, as partition 0, with the dynamic filters `options` switch on
+/// pushed into its scans.
 /// A hash join's filter is left out when the join would still wait for partitions
 /// other tasks run. None when no filter reaches a scan, when every switch is off, or
 /// when the stage carries Baton's own join filters (whose figures are read per
@@ -63,8 +65,7 @@ pub fn task_instance(
     if !switched_on || plan.exists(|node| Ok(node.is::<ProbeFilterExec>()))? {
         return Ok(None);
     }
-    // Fresh operator state: a TopK's filter, a join's build side.
-    let narrowed = reset_plan_states(narrow(plan.clone(), partition)?)?;
+    let narrowed = narrow(plan.clone(), partition)?;
     // DataFusion's aggregates keep their MIN/MAX filter through a reset, so a second
     // attempt would skip the rows the first one found; they are left unfiltered.
     let mut options = options.clone();
@@ -524,9 +525,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (ctx, running) = tables(dir.path()).await;
         let sql = "select k, v from fact order by v desc limit 3";
-        let plan = physical(&ctx, sql).await;
         let expected = rows(&physical(&ctx, sql).await, 0, &running).await;
+        // Each attempt gets an instance of its own, as an executor decodes one for it.
         for attempt in 0..2 {
+            let plan = physical(&ctx, sql).await;
             let own = task_instance(&plan, 0, running.options())
                 .unwrap()
                 .expect("the TopK filter reaches the scan");
@@ -540,6 +542,7 @@ mod tests {
                 "false",
             )
             .unwrap();
+        let plan = physical(&ctx, sql).await;
         assert!(task_instance(&plan, 0, off.options()).unwrap().is_none());
     }
 

@@ -15,7 +15,6 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SessionStateBuilder, TaskContext};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::coop::CooperativeExec;
-use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::prelude::SessionContext;
 use futures::FutureExt;
 use tokio::runtime::Handle;
@@ -52,11 +51,9 @@ fn task_key(id: &TaskId) -> TaskKey {
 /// A decoded stage plan, shared by the stage's tasks on this executor, and the bytes its
 /// operators had spilled when last counted (their metrics add up over the tasks).
 struct CachedPlan {
-    /// The plan as decoded, with the join filters shipped.
-    decoded: Arc<dyn ExecutionPlan>,
-    /// The same, ready to run: the instance the stage's tasks share.
+    /// The instance the stage's tasks share, ready to run.
     shared: Arc<dyn ExecutionPlan>,
-    /// Each task narrows `decoded` to an instance of its own, which DataFusion's dynamic
+    /// Each task decodes and narrows an instance of its own, which DataFusion's dynamic
     /// filters reach the scans of (see [`dynamic_filters`]).
     narrowable: bool,
     /// The partitions that ran on `shared`.
@@ -390,6 +387,10 @@ impl TaskRunner {
     /// * a partition that ran on the shared instance before (a retry, a rerun) runs on a
     ///   fresh one: operators keep state across runs (a TopK its threshold, which would
     ///   drop the rows the first attempt kept).
+    ///
+    /// A fresh instance is decoded anew: DataFusion's own reset keeps some state shared
+    /// with the instance it resets (a scalar subquery's results, which the shared
+    /// instance's other tasks may be filling).
     fn plan(
         &self,
         id: &TaskId,
@@ -406,46 +407,35 @@ impl TaskRunner {
             .get_mut(&key)
             .map(|cached| {
                 let first = cached.started.insert(id.partition);
-                (
-                    cached.decoded.clone(),
-                    cached.shared.clone(),
-                    cached.narrowable,
-                    first,
-                )
+                (cached.shared.clone(), cached.narrowable, first)
             });
-        let (decoded, shared, narrowable, first) = match cached {
+        let (shared, narrowable, first) = match cached {
             Some(cached) => cached,
             None => {
-                let plan =
-                    decode_plan(bytes, ctx).map_err(|e| DataFusionError::External(Box::new(e)))?;
-                let filters = filters
-                    .iter()
-                    .map(KeySummary::from_proto)
-                    .collect::<Result<Vec<_>>>()?;
-                let decoded = apply_filters(plan, &filters, options)?;
+                let decoded = decode_stage(bytes, filters, ctx)?;
                 let narrowable = dynamic_filters::task_instance(&decoded, 0, options)?.is_some();
-                let shared = preemptible(decoded.clone())?;
+                let shared = preemptible(decoded)?;
                 let cached = CachedPlan {
-                    decoded: decoded.clone(),
                     shared: shared.clone(),
                     narrowable,
                     started: HashSet::from([id.partition]),
                     spilled_bytes: 0,
                 };
                 self.plans.lock().expect("plans lock").insert(key, cached);
-                (decoded, shared, narrowable, true)
+                (shared, narrowable, true)
             }
         };
         let partition = id.partition as usize;
-        if narrowable
-            && let Some(own) = dynamic_filters::task_instance(&decoded, partition, options)?
-        {
-            return Ok(TaskPlan {
-                plan: preemptible(own)?,
-                partition: 0,
-                own: true,
-                dynamic_filters: true,
-            });
+        if narrowable {
+            let fresh = decode_stage(bytes, filters, ctx)?;
+            if let Some(own) = dynamic_filters::task_instance(&fresh, partition, options)? {
+                return Ok(TaskPlan {
+                    plan: preemptible(own)?,
+                    partition: 0,
+                    own: true,
+                    dynamic_filters: true,
+                });
+            }
         }
         if first {
             return Ok(TaskPlan {
@@ -456,7 +446,7 @@ impl TaskRunner {
             });
         }
         Ok(TaskPlan {
-            plan: preemptible(reset_plan_states(decoded)?)?,
+            plan: preemptible(decode_stage(bytes, filters, ctx)?)?,
             partition,
             own: true,
             dynamic_filters: false,
@@ -611,6 +601,20 @@ impl TaskRunner {
             }
         }
     }
+}
+
+/// A stage plan decoded, with the join filters the scheduler shipped put in.
+fn decode_stage(
+    bytes: &[u8],
+    filters: &[proto::KeySummary],
+    ctx: &TaskContext,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let plan = decode_plan(bytes, ctx).map_err(|e| DataFusionError::External(Box::new(e)))?;
+    let filters = filters
+        .iter()
+        .map(KeySummary::from_proto)
+        .collect::<Result<Vec<_>>>()?;
+    apply_filters(plan, &filters, ctx.session_config().options())
 }
 
 /// Wraps every operator of a stage plan twice:

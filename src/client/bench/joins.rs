@@ -18,7 +18,7 @@ use crate::datagen;
 
 /// The star joins: `lineitem` (or `orders`) joined with selective dimensions, through
 /// inner, semi and left joins.
-pub const STAR_JOINS: [(&str, &str); 5] = [
+pub const STAR_JOINS: [(&str, &str); 6] = [
     (
         "part brand",
         "select p_brand, count(*) as n, sum(l_extendedprice) as revenue \
@@ -41,6 +41,14 @@ pub const STAR_JOINS: [(&str, &str); 5] = [
         "select l_shipmode, count(*) as n, sum(l_extendedprice) as revenue \
          from lineitem join orders on l_orderkey = o_orderkey \
          where o_orderdate >= date '1998-07-15' group by l_shipmode order by l_shipmode",
+    ),
+    (
+        // `lineitem` is stored in order-key order: the orders' keys prune its row groups.
+        "early urgent orders",
+        "select l_returnflag, count(*) as n, sum(l_extendedprice) as revenue \
+         from lineitem join orders on l_orderkey = o_orderkey \
+         where o_orderkey < 60000 and o_orderpriority = '1-URGENT' \
+         group by l_returnflag order by l_returnflag",
     ),
     (
         "semi: forest parts",
