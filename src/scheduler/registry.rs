@@ -195,21 +195,22 @@ impl Registry {
 
     /// Adds a task of `executor` that ran `took` where its stage's median is `median`
     /// to its slowness. Past the slow factor it goes on probation; it comes off once
-    /// its slowness is back under half way between 1 and the factor.
+    /// its slowness is back under half way between 1 and the factor. True when it went
+    /// on or came off.
     pub fn record_task_time(
         &mut self,
         executor_id: &str,
         took: Duration,
         median: Duration,
         now: Instant,
-    ) {
+    ) -> bool {
         let factor = self.slow_factor;
         let Some(executor) = self.executors.get_mut(executor_id) else {
-            return;
+            return false;
         };
         executor.slowness.record(took, median, now);
         if factor <= 0.0 {
-            return;
+            return false;
         }
         let slowness = executor.slowness.at(now);
         if slowness > factor && !executor.on_probation {
@@ -219,9 +220,10 @@ impl Registry {
             executor.on_probation = false;
             info!(executor = %executor_id, slowness, "executor fast again");
         } else {
-            return;
+            return false;
         }
         self.publish_probation();
+        true
     }
 
     /// Sets the gauge of executors on probation for slowness.
@@ -368,6 +370,22 @@ impl Registry {
         self.executors.is_empty()
     }
 
+    /// The task slots stages are sized for: those of the executors that stay, an
+    /// executor on probation counting one (it takes one task at a time).
+    pub fn planning_slots(&self) -> u32 {
+        self.executors
+            .values()
+            .filter(|e| !e.draining)
+            .map(|e| {
+                if e.on_probation {
+                    e.slots.min(1)
+                } else {
+                    e.slots
+                }
+            })
+            .sum()
+    }
+
     /// Total and busy slots of the executors not leaving (suspended tasks not counted).
     pub fn slots(&self) -> (u32, u32) {
         let staying = self.executors.values().filter(|e| !e.draining);
@@ -482,10 +500,13 @@ mod tests {
         registry.set_slow_factor(3.0);
         executor(&mut registry, "slow", 2, 0);
         let median = Duration::from_millis(100);
-        for _ in 0..10 {
-            registry.record_task_time("slow", Duration::from_millis(600), median, now);
-        }
+        let changes = (0..10)
+            .filter(|_| registry.record_task_time("slow", Duration::from_millis(600), median, now))
+            .count();
+        assert_eq!(changes, 1, "it goes on probation once");
         assert!(registry.get("slow").unwrap().on_probation);
+        // Stages are sized for its one task at a time.
+        assert_eq!(registry.planning_slots(), 1);
         // Alone, it is the cluster: it takes tasks in every slot.
         assert_eq!(
             placed(&mut registry, "q", 1.0, None, now).unwrap().0,
@@ -533,6 +554,7 @@ mod tests {
             registry.record_task_time("slow", median, median, much_later);
         }
         assert!(!registry.get("slow").unwrap().on_probation);
+        assert_eq!(registry.planning_slots(), 3);
         run(&mut registry, "slow", "q", 1.0, much_later);
         assert_eq!(
             placed(&mut registry, "q", 1.0, None, much_later).unwrap().0,

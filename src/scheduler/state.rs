@@ -75,8 +75,16 @@ pub struct TaskSpan {
 pub struct ClusterSize {
     /// Connected executors.
     pub executors: usize,
-    /// Their task slots, summed.
+    /// Their task slots, summed, an executor on probation for slowness counting one.
     pub slots: u32,
+}
+
+/// The cluster's size as the planner sees it.
+fn cluster_size(registry: &Registry) -> ClusterSize {
+    ClusterSize {
+        executors: registry.len(),
+        slots: registry.planning_slots(),
+    }
 }
 
 /// Everything the scheduler knows.
@@ -317,13 +325,15 @@ impl SchedulerState {
                 .queries
                 .get(query_id)
                 .and_then(|q| q.median_task_time(lagged.stage));
-            if let Some(median) = median {
-                self.registry.record_task_time(
+            if let Some(median) = median
+                && self.registry.record_task_time(
                     &lagged.executor,
                     lagged.ran,
                     median,
                     Instant::now(),
-                );
+                )
+            {
+                self.publish_cluster_size();
             }
         }
         let Some(query) = self.queries.get(query_id) else {
@@ -614,10 +624,7 @@ impl SchedulerState {
             return None;
         };
         info!(executor = %id, slots, preempt_slots, held = held.len(), "executor registered");
-        self.executors_watch.send_replace(ClusterSize {
-            executors: self.registry.len(),
-            slots: self.registry.slots().0,
-        });
+        self.publish_cluster_size();
         metrics::gauge!("baton_executors_connected").set(self.registry.len() as f64);
         self.reconcile_held(&id, held);
         if let Some(recovery) = &mut self.recovery {
@@ -730,6 +737,12 @@ impl SchedulerState {
         })
     }
 
+    /// Tells the planner how many executors and task slots there are now.
+    fn publish_cluster_size(&self) {
+        self.executors_watch
+            .send_replace(cluster_size(&self.registry));
+    }
+
     /// An executor is leaving (it got SIGTERM): it takes no new task and is told to stop
     /// once it holds no task and no shuffle output a query still needs.
     pub fn executor_draining(&mut self, executor_id: &str) {
@@ -738,10 +751,7 @@ impl SchedulerState {
         };
         executor.draining = true;
         info!(executor = %executor_id, running = executor.running.len(), "executor draining");
-        self.executors_watch.send_replace(ClusterSize {
-            executors: self.registry.len(),
-            slots: self.registry.slots().0,
-        });
+        self.publish_cluster_size();
         self.stop_drained();
     }
 
@@ -777,10 +787,7 @@ impl SchedulerState {
         } else {
             warn!(executor = %executor_id, running, "executor lost");
         }
-        self.executors_watch.send_replace(ClusterSize {
-            executors: self.registry.len(),
-            slots: self.registry.slots().0,
-        });
+        self.publish_cluster_size();
         metrics::gauge!("baton_executors_connected").set(self.registry.len() as f64);
         self.requeue_lost(executor_id);
         self.dispatch();
@@ -850,13 +857,16 @@ impl SchedulerState {
                     let started = query.attempt_started_at(task, id.attempt);
                     if let (Some(start), Some(median)) =
                         (started, query.median_task_time(task.stage))
-                    {
-                        self.registry.record_task_time(
+                        && self.registry.record_task_time(
                             executor_id,
                             start.elapsed(),
                             median,
                             Instant::now(),
-                        );
+                        )
+                    {
+                        // (Fields apart: `query` borrows the queries.)
+                        self.executors_watch
+                            .send_replace(cluster_size(&self.registry));
                     }
                     if let Some(start) = started {
                         if self.timeline.len() == TIMELINE_CAPACITY {
