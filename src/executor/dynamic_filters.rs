@@ -24,9 +24,10 @@ use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{JoinType, internal_err};
 use datafusion::error::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_expr::{Partitioning, PhysicalExpr};
+use datafusion::physical_expr::{Partitioning, PhysicalExpr, PhysicalSortExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_optimizer::filter_pushdown::FilterPushdown;
+use datafusion::physical_optimizer::pushdown_sort::PushdownSort;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
@@ -35,6 +36,7 @@ use datafusion::physical_plan::filter_pushdown::{FilterDescription, FilterPushdo
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::limit::LocalLimitExec;
 use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::sort_pushdown::SortOrderPushdownResult;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::unnest::UnnestExec;
 use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
@@ -65,7 +67,10 @@ pub fn task_instance(
     if !switched_on || plan.exists(|node| Ok(node.is::<ProbeFilterExec>()))? {
         return Ok(None);
     }
-    let narrowed = narrow(plan.clone(), partition)?;
+    // The sort pushdown DataFusion planned (a TopK's scan reading the row groups
+    // likeliest to hold its rows first) does not survive the wire; without it the
+    // filter tightens late and prunes little.
+    let narrowed = PushdownSort::new().optimize(narrow(plan.clone(), partition)?, options)?;
     // DataFusion's aggregates keep their MIN/MAX filter through a reset, so a second
     // attempt would skip the rows the first one found; they are left unfiltered.
     let mut options = options.clone();
@@ -313,6 +318,24 @@ impl ExecutionPlan for PartitionSliceExec {
         FilterDescription::from_children(parent_filters, &self.children())
     }
 
+    fn try_pushdown_sort(
+        &self,
+        order: &[PhysicalSortExpr],
+    ) -> Result<SortOrderPushdownResult<Arc<dyn ExecutionPlan>>> {
+        let slice = |inner| -> Result<Arc<dyn ExecutionPlan>> {
+            Ok(Arc::new(Self::try_new(inner, self.partition)?))
+        };
+        Ok(match self.input.try_pushdown_sort(order)? {
+            SortOrderPushdownResult::Exact { inner } => SortOrderPushdownResult::Exact {
+                inner: slice(inner)?,
+            },
+            SortOrderPushdownResult::Inexact { inner } => SortOrderPushdownResult::Inexact {
+                inner: slice(inner)?,
+            },
+            SortOrderPushdownResult::Unsupported => SortOrderPushdownResult::Unsupported,
+        })
+    }
+
     fn with_new_children(
         self: Arc<Self>,
         children: Vec<Arc<dyn ExecutionPlan>>,
@@ -457,6 +480,12 @@ mod tests {
         pruned
     }
 
+    /// `plan` as an executor receives it: encoded and decoded.
+    fn received(ctx: &SessionContext, plan: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+        let bytes = crate::planner::encode_plan(plan).unwrap();
+        crate::planner::decode_plan(&bytes, &ctx.task_ctx()).unwrap()
+    }
+
     fn shown(plan: &Arc<dyn ExecutionPlan>) -> String {
         displayable(plan.as_ref()).indent(false).to_string()
     }
@@ -528,11 +557,19 @@ mod tests {
         let expected = rows(&physical(&ctx, sql).await, 0, &running).await;
         // Each attempt gets an instance of its own, as an executor decodes one for it.
         for attempt in 0..2 {
-            let plan = physical(&ctx, sql).await;
+            let plan = received(&ctx, physical(&ctx, sql).await);
+            assert!(
+                !shown(&plan).contains("reverse_row_groups"),
+                "{}",
+                shown(&plan)
+            );
             let own = task_instance(&plan, 0, running.options())
                 .unwrap()
                 .expect("the TopK filter reaches the scan");
-            assert!(shown(&own).contains("DynamicFilter"), "{}", shown(&own));
+            // The scan reads the row groups with the largest `v` first again.
+            let text = shown(&own);
+            assert!(text.contains("DynamicFilter"), "{text}");
+            assert!(text.contains("reverse_row_groups=true"), "{text}");
             assert_eq!(rows(&own, 0, &running).await, expected, "attempt {attempt}");
         }
         let mut off = running.clone();

@@ -1,7 +1,8 @@
 //! `baton bench joins`: selective star joins over TPC-H, where a join's build side
-//! filters the fact table's scan. Single-node DataFusion with its dynamic filters on and
-//! off, and Baton (a scheduler process and executor processes) with its join filters on
-//! and off, on the same data in one run.
+//! filters the fact table's scan, and a TopK whose filter prunes its scan. Single-node
+//! DataFusion with its dynamic filters on and off, and Baton (a scheduler process and
+//! executor processes) with its filters (`--dynamic-filters`) on and off, on the same
+//! data in one run.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -17,8 +18,8 @@ use crate::config::host_cores;
 use crate::datagen;
 
 /// The star joins: `lineitem` (or `orders`) joined with selective dimensions, through
-/// inner, semi and left joins.
-pub const STAR_JOINS: [(&str, &str); 6] = [
+/// inner, semi and left joins; and one TopK.
+pub const STAR_JOINS: [(&str, &str); 7] = [
     (
         "part brand",
         "select p_brand, count(*) as n, sum(l_extendedprice) as revenue \
@@ -49,6 +50,12 @@ pub const STAR_JOINS: [(&str, &str); 6] = [
          from lineitem join orders on l_orderkey = o_orderkey \
          where o_orderkey < 60000 and o_orderpriority = '1-URGENT' \
          group by l_returnflag order by l_returnflag",
+    ),
+    (
+        // No join: a TopK's filter inside its stage, with the scan reading the row
+        // groups of the largest keys first.
+        "TopK: last order keys",
+        "select l_orderkey, l_extendedprice from lineitem order by l_orderkey desc limit 5",
     ),
     (
         "semi: forest parts",
