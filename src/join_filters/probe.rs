@@ -6,6 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Schema};
+use datafusion::common::pruning::PrunableStatistics;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{ScalarValue, config::ConfigOptions};
 use datafusion::datasource::source::DataSourceExec;
@@ -14,6 +15,7 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::Operator;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{BinaryExpr, Column, in_list, lit};
+use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
 use datafusion::physical_plan::filter::{FilterExec, batch_filter};
@@ -22,6 +24,7 @@ use datafusion::physical_plan::metrics::{
 };
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use futures::StreamExt;
@@ -87,7 +90,7 @@ impl ProbeFilterExec {
 
     /// This filter with the build side's keys: rows whose keys lie outside them go.
     pub fn with_keys(&self, summary: &KeySummary) -> Result<Self> {
-        let predicate = predicate_for(&self.keys, summary, &self.input.schema())?;
+        let predicate = predicate_for(&self.keys, summary, &self.input.schema(), usize::MAX)?;
         Ok(Self {
             filter_id: self.filter_id,
             keys: self.keys.clone(),
@@ -104,13 +107,15 @@ impl ProbeFilterExec {
     }
 }
 
-/// `key >= min AND key <= max AND key IN (values)` for every key the summary bounds;
-/// `false` when the build side had no key at all. A key whose values cannot be put in
-/// the probe key's type is left unfiltered.
+/// `key >= min AND key <= max AND key IN (values)` for every key the summary bounds,
+/// the `IN` only for at most `max_listed` values; `false` when the build side had no
+/// key at all. A key whose values cannot be put in the probe key's type is left
+/// unfiltered.
 fn predicate_for(
     keys: &[Arc<dyn PhysicalExpr>],
     summary: &KeySummary,
     schema: &Schema,
+    max_listed: usize,
 ) -> Result<Arc<dyn PhysicalExpr>> {
     if summary.columns.len() != keys.len() {
         return Err(DataFusionError::Internal(format!(
@@ -141,7 +146,7 @@ fn predicate_for(
         }
         conjuncts.push(compare(Operator::GtEq, min));
         conjuncts.push(compare(Operator::LtEq, max));
-        if let Some(values) = &column.values {
+        if let Some(values) = column.values.as_ref().filter(|v| v.len() <= max_listed) {
             let list: Option<Vec<Arc<dyn PhysicalExpr>>> = values
                 .iter()
                 .map(|v| cast(v, &data_type).map(lit))
@@ -157,6 +162,54 @@ fn predicate_for(
         .unwrap_or_else(|| lit(true)))
 }
 
+/// True when `plan`'s statistics (exact ones only) show every row it yields has its
+/// `keys` within the summary's bounds.
+fn within_bounds(
+    plan: &Arc<dyn ExecutionPlan>,
+    keys: &[Arc<dyn PhysicalExpr>],
+    summary: &KeySummary,
+) -> bool {
+    let schema = plan.schema();
+    let mut outside: Vec<Arc<dyn PhysicalExpr>> = Vec::new();
+    for (key, column) in keys.iter().zip(&summary.columns) {
+        let Ok(data_type) = key.data_type(&schema) else {
+            return false;
+        };
+        let Some((min, max)) = &column.range else {
+            return false;
+        };
+        let (Some(min), Some(max)) = (cast(min, &data_type), cast(max, &data_type)) else {
+            return false;
+        };
+        outside.push(Arc::new(BinaryExpr::new(
+            key.clone(),
+            Operator::Lt,
+            lit(min),
+        )));
+        outside.push(Arc::new(BinaryExpr::new(
+            key.clone(),
+            Operator::Gt,
+            lit(max),
+        )));
+    }
+    let Some(outside) = outside
+        .into_iter()
+        .reduce(|a, b| Arc::new(BinaryExpr::new(a, Operator::Or, b)))
+    else {
+        return false;
+    };
+    let statistics = StatisticsContext::new().compute(plan.as_ref(), &StatisticsArgs::new());
+    let pruning = PruningPredicateBuilder::new()
+        .with_file_schema(schema.clone())
+        .build(outside);
+    let (Ok(statistics), Some(pruning)) = (statistics, pruning) else {
+        return false;
+    };
+    // One container, the whole input: pruned means no row lies outside the bounds.
+    let statistics = PrunableStatistics::new(vec![statistics], schema);
+    pruning.prune(&statistics).is_ok_and(|keep| keep == [false])
+}
+
 /// `value` as `data_type`, if it can be.
 fn cast(value: &ScalarValue, data_type: &DataType) -> Option<ScalarValue> {
     if &value.data_type() == data_type {
@@ -166,8 +219,9 @@ fn cast(value: &ScalarValue, data_type: &DataType) -> Option<ScalarValue> {
 }
 
 /// Puts the shipped `filters` into `plan`: each [`ProbeFilterExec`] with keys for its
-/// filter gets them, and hands its predicate to the parquet scans beneath it for
-/// row-group and page pruning; one without keys is taken out.
+/// filter gets them, and hands its predicate (its key list only when short) to the
+/// parquet scans beneath it for row-group and page pruning; one without keys is taken
+/// out.
 pub fn apply_filters(
     plan: Arc<dyn ExecutionPlan>,
     filters: &[KeySummary],
@@ -181,8 +235,27 @@ pub fn apply_filters(
             return Ok(Transformed::yes(probe.input.clone()));
         };
         let filtered = probe.with_keys(summary)?;
-        let predicate = filtered.predicate().expect("with keys").clone();
-        let input = push_into_scans(filtered.input.clone(), predicate, config)?;
+        // Scans prune with a key list only as long as DataFusion's own join filters
+        // use one: checking thousands of keys against every row group's and page's
+        // statistics cost more than it pruned (TPC-H SF 1, 2,127 keys: 1.6× the
+        // join stage's task time).
+        let max_listed = config
+            .optimizer
+            .hash_join_inlist_pushdown_max_distinct_values;
+        let listed = summary
+            .columns
+            .iter()
+            .any(|c| c.values.as_ref().is_some_and(|v| v.len() <= max_listed));
+        // Bounds that every row beneath already keeps to prune nothing, and scans pay
+        // for trying: reading page indexes and bloom filters, then decoding by row
+        // selection (TPC-H SF 1, keys spread over all of `l_partkey`: the join stage
+        // took 1.6× the task time).
+        let input = if !listed && within_bounds(&probe.input, &probe.keys, summary) {
+            filtered.input.clone()
+        } else {
+            let pruning = predicate_for(&probe.keys, summary, &probe.input.schema(), max_listed)?;
+            push_into_scans(filtered.input.clone(), pruning, config)?
+        };
         Ok(Transformed::yes(
             Arc::new(ProbeFilterExec { input, ..filtered }) as Arc<dyn ExecutionPlan>,
         ))
@@ -486,15 +559,17 @@ mod tests {
         assert!(plan.is::<DataSourceExec>(), "{}", plan.name());
     }
 
-    #[tokio::test]
-    async fn a_shipped_filter_prunes_the_row_groups_of_the_parquet_scan_beneath() {
+    /// A probe filter over a parquet scan of keys 0..400 in four row groups of 100, with
+    /// `summary` shipped; and the session it runs in.
+    async fn filtered_parquet(
+        dir: &std::path::Path,
+        summary: KeySummary,
+    ) -> (Arc<dyn ExecutionPlan>, datafusion::prelude::SessionContext) {
         use datafusion::parquet::arrow::ArrowWriter;
         use datafusion::parquet::file::properties::WriterProperties;
         use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 
-        // Keys 0..400 in four row groups of 100.
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.parquet");
+        let path = dir.join("t.parquet");
         let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int32, false)]));
         let properties = WriterProperties::builder()
             .set_max_row_group_row_count(Some(100))
@@ -520,12 +595,14 @@ mod tests {
             .unwrap();
         let keys = vec![col("k", &scan.schema()).unwrap()];
         let probe: Arc<dyn ExecutionPlan> = Arc::new(ProbeFilterExec::new(3, keys, scan));
-        let plan = apply_filters(
-            probe,
-            &[build(Some((150, 180)), None)],
-            ctx.state().config_options(),
-        )
-        .unwrap();
+        let plan = apply_filters(probe, &[summary], ctx.state().config_options()).unwrap();
+        (plan, ctx)
+    }
+
+    #[tokio::test]
+    async fn a_shipped_filter_prunes_the_row_groups_of_the_parquet_scan_beneath() {
+        let dir = tempfile::tempdir().unwrap();
+        let (plan, ctx) = filtered_parquet(dir.path(), build(Some((150, 180)), None)).await;
         let stream = plan.execute(0, ctx.task_ctx()).unwrap();
         let rows: usize = datafusion::physical_plan::common::collect(stream)
             .await
@@ -538,5 +615,23 @@ mod tests {
         assert_eq!(effect.row_groups_pruned, 3, "{effect:?}");
         // Only the one row group read reaches the filter.
         assert_eq!((effect.rows_in, effect.rows_removed), (100, 69));
+    }
+
+    #[tokio::test]
+    async fn bounds_every_row_keeps_to_are_not_handed_to_the_scan() {
+        // Keys 0..400 all lie in [-5, 500]: pruning would find nothing to skip.
+        let dir = tempfile::tempdir().unwrap();
+        let (plan, _ctx) = filtered_parquet(dir.path(), build(Some((-5, 500)), None)).await;
+        let shown = datafusion::physical_plan::displayable(plan.as_ref())
+            .indent(false)
+            .to_string();
+        assert!(!shown.contains("predicate="), "{shown}");
+        // A short key list still prunes, so it goes down with the bounds.
+        let listed = build(Some((-5, 500)), Some(vec![-5, 7, 500]));
+        let (plan, _ctx) = filtered_parquet(dir.path(), listed).await;
+        let shown = datafusion::physical_plan::displayable(plan.as_ref())
+            .indent(false)
+            .to_string();
+        assert!(shown.contains("predicate="), "{shown}");
     }
 }
