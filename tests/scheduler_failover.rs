@@ -58,7 +58,19 @@ fn start_etcd(binary: &Path, dir: &Path) -> (Process, String) {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start etcd");
-    (Process(child, None), client)
+    let process = Process(child, None);
+    // A scheduler started before etcd listens gives up on it; on a loaded machine
+    // etcd takes a few seconds.
+    let address: std::net::SocketAddr = client.parse().unwrap();
+    let listening = (0..100).any(|_| {
+        let up = std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok();
+        if !up {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        up
+    });
+    assert!(listening, "etcd does not listen on {client}");
+    (process, client)
 }
 
 /// A scheduler on `address` keeping its state under `state` (an etcd URL), with a

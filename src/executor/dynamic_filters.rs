@@ -370,6 +370,7 @@ mod tests {
     use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 
     use crate::config::distributed_session_config;
+    use crate::planner::wire_tests::{planned, round_trip};
 
     /// Writes `keys` (column `k`, and `v` = 10 × `k`) to a parquet file of row groups
     /// of 100 rows.
@@ -428,15 +429,6 @@ mod tests {
         (ctx, running)
     }
 
-    async fn physical(ctx: &SessionContext, sql: &str) -> Arc<dyn ExecutionPlan> {
-        ctx.sql(sql)
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap()
-    }
-
     async fn rows(
         plan: &Arc<dyn ExecutionPlan>,
         partition: usize,
@@ -480,12 +472,6 @@ mod tests {
         pruned
     }
 
-    /// `plan` as an executor receives it: encoded and decoded.
-    fn received(ctx: &SessionContext, plan: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
-        let bytes = crate::planner::encode_plan(plan).unwrap();
-        crate::planner::decode_plan(&bytes, &ctx.task_ctx()).unwrap()
-    }
-
     fn shown(plan: &Arc<dyn ExecutionPlan>) -> String {
         displayable(plan.as_ref()).indent(false).to_string()
     }
@@ -495,8 +481,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (ctx, running) = tables(dir.path()).await;
         let sql = "select f.k, f.v from fact f join dim d on f.k = d.k where d.v < 100";
-        let plan = physical(&ctx, sql).await;
-        let reference = physical(&ctx, sql).await;
+        let plan = planned(&ctx, sql).await;
+        let reference = planned(&ctx, sql).await;
         assert!(
             shown(&plan).contains("mode=CollectLeft"),
             "{}",
@@ -539,7 +525,7 @@ mod tests {
         let (ctx, running) = tables(dir.path()).await;
         // Narrowing stops at the sort-preserving merge, above the join, which would
         // then wait for four partitions: no join filter, and so no instance of its own.
-        let plan = physical(
+        let plan = planned(
             &ctx,
             "select f.k from fact f join dim d on f.k = d.k order by f.k",
         )
@@ -554,10 +540,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (ctx, running) = tables(dir.path()).await;
         let sql = "select k, v from fact order by v desc limit 3";
-        let expected = rows(&physical(&ctx, sql).await, 0, &running).await;
+        let expected = rows(&planned(&ctx, sql).await, 0, &running).await;
         // Each attempt gets an instance of its own, as an executor decodes one for it.
         for attempt in 0..2 {
-            let plan = received(&ctx, physical(&ctx, sql).await);
+            let plan = round_trip(&ctx, planned(&ctx, sql).await);
             assert!(
                 !shown(&plan).contains("reverse_row_groups"),
                 "{}",
@@ -579,7 +565,7 @@ mod tests {
                 "false",
             )
             .unwrap();
-        let plan = physical(&ctx, sql).await;
+        let plan = planned(&ctx, sql).await;
         assert!(task_instance(&plan, 0, off.options()).unwrap().is_none());
     }
 

@@ -9,7 +9,7 @@ mod split;
 mod stages;
 mod wire;
 #[cfg(test)]
-mod wire_tests;
+pub(crate) mod wire_tests;
 
 pub use codec::{BatonCodec, decode_plan, encode_plan};
 pub use cost::{ROWS_PER_UNIT, StageEstimate, estimate_stages};
