@@ -53,10 +53,11 @@ pub const PINNED_SETTINGS: [&str; 2] = [
 pub const DYNAMIC_FILTERS_SETTING: &str = "datafusion.optimizer.enable_dynamic_filter_pushdown";
 
 /// The dynamic filters executors push inside a stage (see `executor::dynamic_filters`):
-/// TopK and hash join filters.
-pub const STAGE_DYNAMIC_FILTER_SETTINGS: [&str; 2] = [
+/// TopK, hash join and MIN/MAX aggregate filters.
+pub const STAGE_DYNAMIC_FILTER_SETTINGS: [&str; 3] = [
     "datafusion.optimizer.enable_topk_dynamic_filter_pushdown",
     "datafusion.optimizer.enable_join_dynamic_filter_pushdown",
+    "datafusion.optimizer.enable_aggregate_dynamic_filter_pushdown",
 ];
 
 /// The DataFusion session configuration plans that Baton distributes are made in.

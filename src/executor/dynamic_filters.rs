@@ -14,13 +14,14 @@
 //!   and a task runs one partition: in its own instance the join has one partition;
 //! * these filters tighten as their partition runs, and a second attempt of a
 //!   partition in the same instance would skip the rows the first one kept (a TopK
-//!   filter drops the rows tied with its k-th value).
+//!   filter drops the rows tied with its k-th value, a MIN/MAX one every row that
+//!   does not beat what was found).
 
 use std::fmt;
 use std::sync::Arc;
 
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{JoinType, internal_err};
 use datafusion::error::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -63,7 +64,8 @@ pub fn task_instance(
 ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
     let optimizer = &options.optimizer;
     let switched_on = optimizer.enable_join_dynamic_filter_pushdown
-        || optimizer.enable_topk_dynamic_filter_pushdown;
+        || optimizer.enable_topk_dynamic_filter_pushdown
+        || optimizer.enable_aggregate_dynamic_filter_pushdown;
     if !switched_on || plan.exists(|node| Ok(node.is::<ProbeFilterExec>()))? {
         return Ok(None);
     }
@@ -71,11 +73,11 @@ pub fn task_instance(
     // likeliest to hold its rows first) does not survive the wire; without it the
     // filter tightens late and prunes little.
     let narrowed = PushdownSort::new().optimize(narrow(plan.clone(), partition)?, options)?;
-    // DataFusion's aggregates keep their MIN/MAX filter through a reset, so a second
-    // attempt would skip the rows the first one found; they are left unfiltered.
-    let mut options = options.clone();
-    options.optimizer.enable_aggregate_dynamic_filter_pushdown = false;
-    let options = &options;
+    let narrowed = if optimizer.enable_aggregate_dynamic_filter_pushdown {
+        with_aggregate_filters(narrowed)?
+    } else {
+        narrowed
+    };
     let pushdown = FilterPushdown::new_post_optimization();
     let mut pushed = pushdown.optimize(narrowed.clone(), options)?;
     if joins_wait_for_others(&pushed)? {
@@ -84,6 +86,34 @@ pub fn task_instance(
         pushed = pushdown.optimize(narrowed, &without_joins)?;
     }
     Ok(scans_filtered(&pushed)?.then_some(pushed))
+}
+
+/// `plan` with its MIN/MAX aggregates rebuilt, which gives them a dynamic filter again:
+/// DataFusion drops an aggregate's filter at planning when nothing beneath takes it (as
+/// with pushdown off), and the wire keeps it dropped.
+fn with_aggregate_filters(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    plan.transform_up(|node| {
+        let Some(aggregate) = node.downcast_ref::<AggregateExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let filterless = *aggregate.mode() == AggregateMode::Partial
+            && aggregate.group_expr().is_empty()
+            && node.dynamic_expressions_produced().is_empty();
+        if !filterless {
+            return Ok(Transformed::no(node));
+        }
+        let rebuilt = AggregateExec::try_new(
+            *aggregate.mode(),
+            aggregate.group_expr().clone(),
+            aggregate.aggr_expr().to_vec(),
+            aggregate.filter_expr().to_vec(),
+            aggregate.input().clone(),
+            aggregate.input_schema(),
+        )?
+        .with_limit_options(aggregate.limit_options());
+        Ok(Transformed::yes(Arc::new(rebuilt) as Arc<dyn ExecutionPlan>))
+    })
+    .map(|t| t.data)
 }
 
 /// True when a hash join of `plan` filters a scan beneath it but builds its filter
@@ -105,11 +135,12 @@ fn joins_wait_for_others(plan: &Arc<dyn ExecutionPlan>) -> Result<bool> {
     })
 }
 
-/// True when a hash join or a TopK of `plan` has a dynamic filter that an operator
-/// beneath it holds (a scan: nothing else takes one).
+/// True when a hash join, a TopK or an aggregate of `plan` has a dynamic filter that an
+/// operator beneath it holds (a scan: nothing else takes one).
 fn scans_filtered(plan: &Arc<dyn ExecutionPlan>) -> Result<bool> {
     plan.exists(|node| {
         let producer = node.is::<HashJoinExec>()
+            || node.is::<AggregateExec>()
             || node
                 .downcast_ref::<SortExec>()
                 .is_some_and(|sort| sort.fetch().is_some());
@@ -567,6 +598,44 @@ mod tests {
             .unwrap();
         let plan = planned(&ctx, sql).await;
         assert!(task_instance(&plan, 0, off.options()).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_max_aggregate_task_filters_its_scan_and_a_second_attempt_answers_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, running) = tables(dir.path()).await;
+        // (A filter, so that the answer cannot come from the files' statistics.)
+        let sql = "select max(v) from fact where k % 7 = 3";
+        // The partial aggregate over the scan's four partitions: one task each.
+        let partial = |plan: &Arc<dyn ExecutionPlan>| {
+            let mut found = None;
+            plan.apply(|node| {
+                if node.output_partitioning().partition_count() == 4 {
+                    found = Some(node.clone());
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+            .unwrap();
+            found.expect("a plan of four partitions")
+        };
+        let reference = partial(&planned(&ctx, sql).await);
+        assert!(reference.is::<AggregateExec>(), "{}", shown(&reference));
+        for partition in 0..4 {
+            let expected = rows(&reference, partition, &running).await;
+            for attempt in 0..2 {
+                let stage = partial(&round_trip(&ctx, planned(&ctx, sql).await));
+                let own = task_instance(&stage, partition, running.options())
+                    .unwrap()
+                    .expect("the aggregate's filter reaches the scan");
+                assert!(shown(&own).contains("DynamicFilter"), "{}", shown(&own));
+                assert_eq!(
+                    rows(&own, 0, &running).await,
+                    expected,
+                    "partition {partition}, attempt {attempt}"
+                );
+            }
+        }
     }
 
     #[test]

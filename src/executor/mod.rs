@@ -218,11 +218,6 @@ impl Executor {
             .with_fetch_timeout(config.fetch_timeout)
             .with_dialer(dialer);
         let mut session_config = with_dynamic_filters(distributed_session_config(1));
-        // Aggregate filters stay off inside a stage (see `runner::query_context`).
-        session_config
-            .options_mut()
-            .optimizer
-            .enable_aggregate_dynamic_filter_pushdown = false;
         // What a sort sets aside to merge its spill files comes out of the pool: at most
         // an even share of it per task the executor may hold (DataFusion's default of
         // 10 MB would not leave a small executor room to sort at all).

@@ -343,13 +343,6 @@ impl TaskRunner {
         for (key, value) in settings {
             config.options_mut().set(key, value)?;
         }
-        // Aggregate filters stay off inside a stage: DataFusion's aggregate keeps its
-        // MIN/MAX filter through a reset, so a second attempt of a partition would skip
-        // what the first one found (see `dynamic_filters`).
-        config
-            .options_mut()
-            .optimizer
-            .enable_aggregate_dynamic_filter_pushdown = false;
         let state = SessionStateBuilder::new_from_existing(state)
             .with_config(config)
             .build();

@@ -243,6 +243,7 @@ impl Planner {
         let on = [
             optimizer.enable_topk_dynamic_filter_pushdown,
             optimizer.enable_join_dynamic_filter_pushdown,
+            optimizer.enable_aggregate_dynamic_filter_pushdown,
         ];
         for (key, on) in config::STAGE_DYNAMIC_FILTER_SETTINGS.iter().zip(on) {
             // Executors start with them on: only an off travels.
@@ -520,7 +521,7 @@ mod tests {
             settings
         };
         let off = |key: &str| (key.to_string(), "false".to_string());
-        let [topk, join] = crate::config::STAGE_DYNAMIC_FILTER_SETTINGS;
+        let [topk, join, aggregate] = crate::config::STAGE_DYNAMIC_FILTER_SETTINGS;
         // Executors start with the filters on: a default session sends nothing.
         assert_eq!(settings(&planner, &session).await, vec![]);
         // A session that turns one kind off sends that.
@@ -534,15 +535,14 @@ mod tests {
             .await
             .unwrap();
         let sent = settings(&planner, &all_off).await;
-        assert!(
-            sent.contains(&off(topk)) && sent.contains(&off(join)),
-            "{sent:?}"
-        );
+        for kind in [topk, join, aggregate] {
+            assert!(sent.contains(&off(kind)), "{sent:?}");
+        }
         // `--dynamic-filters off` turns them off for every session.
         planner.join_filters = false;
         assert_eq!(
             settings(&planner, &session).await,
-            vec![off(join), off(topk)]
+            vec![off(aggregate), off(join), off(topk)]
         );
     }
 }
