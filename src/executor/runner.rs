@@ -406,7 +406,7 @@ impl TaskRunner {
             Some(cached) => cached,
             None => {
                 let decoded = decode_stage(bytes, filters, ctx)?;
-                let narrowable = dynamic_filters::task_instance(&decoded, 0, options)?.is_some();
+                let narrowable = own_instance(&decoded, 0, options).is_some();
                 let shared = preemptible(decoded)?;
                 let cached = CachedPlan {
                     shared: shared.clone(),
@@ -421,7 +421,7 @@ impl TaskRunner {
         let partition = id.partition as usize;
         if narrowable {
             let fresh = decode_stage(bytes, filters, ctx)?;
-            if let Some(own) = dynamic_filters::task_instance(&fresh, partition, options)? {
+            if let Some(own) = own_instance(&fresh, partition, options) {
                 return Ok(TaskPlan {
                     plan: preemptible(own)?,
                     partition: 0,
@@ -594,6 +594,21 @@ impl TaskRunner {
             }
         }
     }
+}
+
+/// [`dynamic_filters::task_instance`]; None, and a warning, where pushing the filters
+/// fails: the task then runs without them rather than fail.
+fn own_instance(
+    plan: &Arc<dyn ExecutionPlan>,
+    partition: usize,
+    options: &datafusion::common::config::ConfigOptions,
+) -> Option<Arc<dyn ExecutionPlan>> {
+    dynamic_filters::task_instance(plan, partition, options)
+        .inspect_err(|e| {
+            warn!(error = %e, "DataFusion's dynamic filters not pushed; the task runs without them")
+        })
+        .ok()
+        .flatten()
 }
 
 /// A stage plan decoded, with the join filters the scheduler shipped put in.
