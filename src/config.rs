@@ -84,11 +84,7 @@ pub fn distributed_session_config(target_partitions: usize) -> SessionConfig {
 /// the filters that work inside a stage themselves, and Baton's join filters carry the
 /// others between stages.
 pub fn plan_without_dynamic_filters(options: &mut ConfigOptions) {
-    let optimizer = &mut options.optimizer;
-    optimizer.enable_dynamic_filter_pushdown = false;
-    optimizer.enable_topk_dynamic_filter_pushdown = false;
-    optimizer.enable_join_dynamic_filter_pushdown = false;
-    optimizer.enable_aggregate_dynamic_filter_pushdown = false;
+    switch_dynamic_filters(options, false);
 }
 
 /// `config` with DataFusion's dynamic filters on, as DataFusion defaults them: what a
@@ -97,12 +93,18 @@ pub fn plan_without_dynamic_filters(options: &mut ConfigOptions) {
 /// [`STAGE_DYNAMIC_FILTER_SETTINGS`] inside a stage; plans are made without any
 /// ([`plan_without_dynamic_filters`]).
 pub fn with_dynamic_filters(mut config: SessionConfig) -> SessionConfig {
-    let optimizer = &mut config.options_mut().optimizer;
-    optimizer.enable_dynamic_filter_pushdown = true;
-    optimizer.enable_topk_dynamic_filter_pushdown = true;
-    optimizer.enable_join_dynamic_filter_pushdown = true;
-    optimizer.enable_aggregate_dynamic_filter_pushdown = true;
+    switch_dynamic_filters(config.options_mut(), true);
     config
+}
+
+/// Sets DataFusion's switch of every dynamic filter kind and each kind's own, as a
+/// `SET` of [`DYNAMIC_FILTERS_SETTING`] does.
+pub fn switch_dynamic_filters(options: &mut ConfigOptions, on: bool) {
+    let optimizer = &mut options.optimizer;
+    optimizer.enable_dynamic_filter_pushdown = on;
+    optimizer.enable_topk_dynamic_filter_pushdown = on;
+    optimizer.enable_join_dynamic_filter_pushdown = on;
+    optimizer.enable_aggregate_dynamic_filter_pushdown = on;
 }
 
 /// A flag that turns a feature on or off (`on` / `off`).

@@ -56,7 +56,8 @@ struct CachedPlan {
     /// Each task decodes and narrows an instance of its own, which DataFusion's dynamic
     /// filters reach the scans of (see [`dynamic_filters`]).
     narrowable: bool,
-    /// The partitions that ran on `shared`.
+    /// The partitions whose tasks started here: a later attempt of one runs on a fresh
+    /// instance, never on `shared` again.
     started: HashSet<u32>,
     spilled_bytes: u64,
 }

@@ -120,11 +120,7 @@ pub async fn run_joins_bench(bench: &JoinsBench) -> Result<JoinsReport, BenchErr
     for filters in [true, false] {
         let mut config = SessionConfig::new().with_target_partitions(host_cores());
         // Each kind's own switch: DataFusion reads those, not the one over them all.
-        let optimizer = &mut config.options_mut().optimizer;
-        optimizer.enable_dynamic_filter_pushdown = filters;
-        optimizer.enable_topk_dynamic_filter_pushdown = filters;
-        optimizer.enable_join_dynamic_filter_pushdown = filters;
-        optimizer.enable_aggregate_dynamic_filter_pushdown = filters;
+        crate::config::switch_dynamic_filters(config.options_mut(), filters);
         let ctx = SessionContext::new_with_config(config);
         register_catalog(&ctx, &catalog).await?;
         let mut times = Vec::new();
