@@ -46,6 +46,8 @@ struct Network {
     subnet: String,
     hosts: Vec<Host>,
     processes: Vec<Child>,
+    /// The processes' output, one file each, shown when the test fails.
+    logs: tempfile::TempDir,
 }
 
 struct Host {
@@ -64,6 +66,7 @@ impl Network {
             subnet: format!("10.{}.{}.", 100 + (id / 256) % 150, id % 256),
             hosts: Vec::new(),
             processes: Vec::new(),
+            logs: tempfile::tempdir().map_err(|e| format!("a log directory: {e}"))?,
         };
         ip(&["link", "add", &network.bridge, "type", "bridge"])?;
         ip(&["link", "set", &network.bridge, "up"])?;
@@ -97,19 +100,42 @@ impl Network {
         Ok(address)
     }
 
-    /// Starts `baton args` in host `n`'s namespace.
+    /// Starts `baton args` in host `n`'s namespace, its output going to a log file.
     fn spawn(&mut self, n: usize, args: &[&str]) {
         let namespace = &self.hosts[n - 1].namespace;
+        let path = self.logs.path().join(format!("host{n}-{}.log", args[0]));
+        let log = std::fs::File::create(&path).expect("a log file");
         let child = Command::new("ip")
             .args(["netns", "exec", namespace, BATON])
             .args(args)
             .env("BATON_CLUSTER_SECRET", SECRET)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone().expect("a second handle of the log"))
+            .stderr(log)
             .spawn()
             .expect("start baton in a namespace");
         self.processes.push(child);
+    }
+
+    /// The last lines each process wrote, for a failure message.
+    fn logs(&self) -> String {
+        let mut paths: Vec<_> = std::fs::read_dir(self.logs.path())
+            .map(|dir| dir.filter_map(|e| Some(e.ok()?.path())).collect())
+            .unwrap_or_default();
+        paths.sort();
+        let mut text = String::new();
+        for path in paths {
+            let content = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = content.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(30)..];
+            text.push_str(&format!(
+                "\n--- {} (last {} lines) ---\n{}",
+                path.file_name().unwrap_or_default().to_string_lossy(),
+                tail.len(),
+                tail.join("\n")
+            ));
+        }
+        text
     }
 
     /// Takes host `n`'s link down or up.
@@ -216,7 +242,8 @@ async fn a_cluster_across_network_namespaces_survives_a_cut_link() {
     let scheduler_metrics = format!("{scheduler_ip}:9464");
     assert!(
         connected(&scheduler_metrics, 2).await,
-        "both executors register across the bridge"
+        "both executors register across the bridge{}",
+        network.logs()
     );
 
     // All 22 queries from this host, right, with shuffle data crossing between hosts.
@@ -252,18 +279,24 @@ async fn a_cluster_across_network_namespaces_survives_a_cut_link() {
     network.set_link(3, false);
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(steady_pid, libc::SIGCONT) }, 0);
-    assert!(held_by_cut, "\"cut\" finished part of the first stage");
+    assert!(
+        held_by_cut,
+        "\"cut\" finished part of the first stage{}",
+        network.logs()
+    );
     common::expect_fetched(&mut client, &id, &reference, sql).await;
     assert!(
         connected(&scheduler_metrics, 1).await,
-        "the cut executor is taken as lost"
+        "the cut executor is taken as lost{}",
+        network.logs()
     );
 
     // Its link back, it registers again and takes work.
     network.set_link(3, true);
     assert!(
         connected(&scheduler_metrics, 2).await,
-        "the executor is back after its link returns"
+        "the executor is back after its link returns{}",
+        network.logs()
     );
     let again = client.submit_sql(sql).await.unwrap();
     common::expect_fetched(&mut client, &again, &reference, sql).await;

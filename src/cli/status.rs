@@ -72,6 +72,18 @@ fn print_status(status: &QueryStatus, detailed: bool) {
                     stage.filter_row_groups_pruned
                 );
             }
+            if let Some(in_stage) = &stage.in_stage_filters {
+                println!(
+                    "    in-stage filters: {} into {} scans in {} of {} tasks; their scans skipped {} file ranges, {} row groups, {} rows",
+                    in_stage.kinds.join(", "),
+                    in_stage.scans,
+                    stage.in_stage_filter_tasks,
+                    stage.tasks_total,
+                    in_stage.file_ranges_pruned,
+                    in_stage.row_groups_pruned,
+                    in_stage.rows_pruned
+                );
+            }
         }
     }
 }

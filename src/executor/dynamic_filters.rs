@@ -23,6 +23,7 @@ use std::sync::Arc;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{JoinType, internal_err};
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{Partitioning, PhysicalExpr, PhysicalSortExpr};
@@ -36,6 +37,7 @@ use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::filter_pushdown::{FilterDescription, FilterPushdownPhase};
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::limit::LocalLimitExec;
+use datafusion::physical_plan::metrics::MetricValue;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::sort_pushdown::SortOrderPushdownResult;
 use datafusion::physical_plan::sorts::sort::SortExec;
@@ -139,12 +141,7 @@ fn joins_wait_for_others(plan: &Arc<dyn ExecutionPlan>) -> Result<bool> {
 /// operator beneath it holds (a scan: nothing else takes one).
 fn scans_filtered(plan: &Arc<dyn ExecutionPlan>) -> Result<bool> {
     plan.exists(|node| {
-        let producer = node.is::<HashJoinExec>()
-            || node.is::<AggregateExec>()
-            || node
-                .downcast_ref::<SortExec>()
-                .is_some_and(|sort| sort.fetch().is_some());
-        if !producer {
+        if producer_kind(node).is_none() {
             return Ok(false);
         }
         for filter in node.dynamic_expressions_produced() {
@@ -160,27 +157,117 @@ fn scans_filtered(plan: &Arc<dyn ExecutionPlan>) -> Result<bool> {
     })
 }
 
-/// True when an expression of `plan` or of an operator beneath it has `expression_id`.
-fn contains_expression(plan: &Arc<dyn ExecutionPlan>, expression_id: u64) -> Result<bool> {
-    let mut found = false;
-    plan.apply(|node| {
-        node.apply_expressions(&mut |root| {
-            root.apply(|expr| {
-                found |= expr.expression_id() == Some(expression_id);
-                Ok(if found {
-                    TreeNodeRecursion::Stop
-                } else {
-                    TreeNodeRecursion::Continue
-                })
-            })
+/// What DataFusion's dynamic filters did in one task's own instance (see
+/// [`task_instance`]), read after the task ran.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct InStageEffect {
+    /// The kinds of operator whose filter reached a scan: `join`, `topk`, `aggregate`.
+    pub kinds: Vec<&'static str>,
+    /// The scans that held such a filter.
+    pub scans: u64,
+    /// File ranges those scans skipped by statistics. Like the two figures below, this
+    /// counts what their static predicates skipped too: a scan has one set of figures.
+    pub file_ranges_pruned: u64,
+    /// Row groups those scans skipped by statistics, at open or mid-scan as the filter
+    /// tightened.
+    pub row_groups_pruned: u64,
+    /// Rows those scans skipped by page index or row filter.
+    pub rows_pruned: u64,
+}
+
+impl InStageEffect {
+    /// The figures of `plan`, an instance that ran for one task only (so every
+    /// partition of its scans is the task's).
+    pub fn of(plan: &Arc<dyn ExecutionPlan>) -> Result<Self> {
+        let mut effect = Self::default();
+        let mut scans: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        plan.apply(|node| {
+            let Some(kind) = producer_kind(node) else {
+                return Ok(TreeNodeRecursion::Continue);
+            };
+            for filter in node.dynamic_expressions_produced() {
+                let Some(id) = filter.expression_id() else {
+                    continue;
+                };
+                for child in node.children() {
+                    child.apply(|below| {
+                        if below.is::<DataSourceExec>() && holds_expression(below, id)? {
+                            if !effect.kinds.contains(&kind) {
+                                effect.kinds.push(kind);
+                            }
+                            if !scans.iter().any(|s| Arc::ptr_eq(s, below)) {
+                                scans.push(below.clone());
+                            }
+                        }
+                        Ok(TreeNodeRecursion::Continue)
+                    })?;
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
         })?;
-        Ok(if found {
-            TreeNodeRecursion::Stop
-        } else {
-            TreeNodeRecursion::Continue
+        effect.scans = scans.len() as u64;
+        for metrics in scans.iter().filter_map(|scan| scan.metrics()) {
+            for metric in metrics.iter() {
+                let (name, value) = match metric.value() {
+                    MetricValue::PruningMetrics {
+                        name,
+                        pruning_metrics,
+                    } => (name.as_ref(), pruning_metrics.pruned() as u64),
+                    MetricValue::Count { name, count } => (name.as_ref(), count.value() as u64),
+                    _ => continue,
+                };
+                match name {
+                    "files_ranges_pruned_statistics" => effect.file_ranges_pruned += value,
+                    "row_groups_pruned_statistics" | "row_groups_pruned_dynamic_filter" => {
+                        effect.row_groups_pruned += value
+                    }
+                    "page_index_rows_pruned" | "pushdown_rows_pruned" => {
+                        effect.rows_pruned += value
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(effect)
+    }
+}
+
+/// The kind of dynamic filter `node` produces, when it is an operator whose filter a
+/// scan can take: a hash join, a TopK or an aggregate.
+fn producer_kind(node: &Arc<dyn ExecutionPlan>) -> Option<&'static str> {
+    if node.is::<HashJoinExec>() {
+        Some("join")
+    } else if node.is::<AggregateExec>() {
+        Some("aggregate")
+    } else if node
+        .downcast_ref::<SortExec>()
+        .is_some_and(|sort| sort.fetch().is_some())
+    {
+        Some("topk")
+    } else {
+        None
+    }
+}
+
+/// True when an expression of `node` itself (not of its inputs) has `expression_id`.
+fn holds_expression(node: &Arc<dyn ExecutionPlan>, expression_id: u64) -> Result<bool> {
+    let mut found = false;
+    node.apply_expressions(&mut |root| {
+        root.apply(|expr| {
+            found |= expr.expression_id() == Some(expression_id);
+            Ok(if found {
+                TreeNodeRecursion::Stop
+            } else {
+                TreeNodeRecursion::Continue
+            })
         })
     })?;
     Ok(found)
+}
+
+/// True when an expression of `plan` or of an operator beneath it has `expression_id`.
+fn contains_expression(plan: &Arc<dyn ExecutionPlan>, expression_id: u64) -> Result<bool> {
+    plan.exists(|node| holds_expression(node, expression_id))
 }
 
 /// A plan of one partition that yields what partition `partition` of `plan` yields.
@@ -393,11 +480,9 @@ mod tests {
     use datafusion::arrow::array::{Int32Array, RecordBatch};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
     use datafusion::arrow::util::pretty::pretty_format_batches;
-    use datafusion::datasource::source::DataSourceExec;
     use datafusion::parquet::arrow::ArrowWriter;
     use datafusion::parquet::file::properties::WriterProperties;
     use datafusion::physical_plan::displayable;
-    use datafusion::physical_plan::metrics::MetricValue;
     use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 
     use crate::config::distributed_session_config;
@@ -473,36 +558,6 @@ mod tests {
         pretty_format_batches(&batches).unwrap().to_string()
     }
 
-    /// What the parquet scans of `plan` skipped by statistics: (file ranges, row groups).
-    fn pruned(plan: &Arc<dyn ExecutionPlan>) -> (usize, usize) {
-        let mut pruned = (0, 0);
-        plan.apply(|node| {
-            if let Some(metrics) = node
-                .downcast_ref::<DataSourceExec>()
-                .and_then(|s| s.metrics())
-            {
-                for metric in metrics.iter() {
-                    if let MetricValue::PruningMetrics {
-                        name,
-                        pruning_metrics,
-                    } = metric.value()
-                    {
-                        match name.as_ref() {
-                            "files_ranges_pruned_statistics" => {
-                                pruned.0 += pruning_metrics.pruned()
-                            }
-                            "row_groups_pruned_statistics" => pruned.1 += pruning_metrics.pruned(),
-                            _ => {}
-                        }
-                    }
-                }
-            }
-            Ok(TreeNodeRecursion::Continue)
-        })
-        .unwrap();
-        pruned
-    }
-
     fn shown(plan: &Arc<dyn ExecutionPlan>) -> String {
         displayable(plan.as_ref()).indent(false).to_string()
     }
@@ -537,7 +592,12 @@ mod tests {
         // Keys 0..10 match, in the first of the ten row groups of the first file: the
         // scans skip the other three files and nine row groups. (The four instances
         // share the scan's metrics.)
-        assert_eq!(pruned(&last.unwrap()), (3, 9));
+        let effect = InStageEffect::of(&last.unwrap()).unwrap();
+        assert_eq!((effect.kinds, effect.scans), (vec!["join"], 1));
+        assert_eq!(
+            (effect.file_ranges_pruned, effect.row_groups_pruned),
+            (3, 9)
+        );
 
         // With join filters off the tasks share the stage plan.
         let mut off = running.clone();
@@ -588,6 +648,10 @@ mod tests {
             assert!(text.contains("DynamicFilter"), "{text}");
             assert!(text.contains("reverse_row_groups=true"), "{text}");
             assert_eq!(rows(&own, 0, &running).await, expected, "attempt {attempt}");
+            // Once the heap holds the three largest, the other row groups are skipped.
+            let effect = InStageEffect::of(&own).unwrap();
+            assert_eq!((effect.kinds, effect.scans), (vec!["topk"], 1));
+            assert!(effect.row_groups_pruned > 0, "attempt {attempt}: {text}");
         }
         let mut off = running.clone();
         off.options_mut()

@@ -77,6 +77,7 @@ struct TaskOutput {
     partitions: Vec<PartitionStats>,
     key_summaries: Vec<proto::KeySummary>,
     filter_effect: Option<proto::FilterEffect>,
+    in_stage_filters: Option<proto::InStageFilterEffect>,
 }
 
 /// A task the runner holds: how to stop it, and its gate (closed while suspended).
@@ -272,9 +273,6 @@ impl TaskRunner {
             own,
             dynamic_filters,
         } = self.plan(id, &task.stage_plan, &task.filters, &base)?;
-        if dynamic_filters {
-            metrics::counter!("baton_stage_dynamic_filter_tasks_total").increment(1);
-        }
         let env = TaskEnv {
             query_id: id.query_id.as_str().into(),
             stage_id: id.stage_id,
@@ -317,6 +315,7 @@ impl TaskRunner {
             .map(KeySummary::to_proto)
             .collect::<Result<_>>()?;
         let effect = FilterEffect::of(&plan, run_partition);
+        let in_stage_filters = dynamic_filters.then(|| in_stage_effect(&plan)).flatten();
         Ok(TaskOutput {
             partitions,
             key_summaries,
@@ -325,6 +324,7 @@ impl TaskRunner {
                 rows_removed: effect.rows_removed,
                 row_groups_pruned: effect.row_groups_pruned,
             }),
+            in_stage_filters,
         })
     }
 
@@ -515,6 +515,7 @@ impl TaskRunner {
                     inline_result,
                     key_summaries: output.key_summaries,
                     filter_effect: output.filter_effect,
+                    in_stage_filters: output.in_stage_filters,
                 })
             }
             Err(e) => task_status::Result::Failed(TaskFailed {
@@ -595,6 +596,29 @@ impl TaskRunner {
             }
         }
     }
+}
+
+/// What DataFusion's dynamic filters did in `plan`, a task's own instance that ran, as
+/// reported to the scheduler and counted in the executor's metrics; None, and a
+/// warning, where the plan cannot be read (the task's output stands).
+fn in_stage_effect(plan: &Arc<dyn ExecutionPlan>) -> Option<proto::InStageFilterEffect> {
+    let effect = match dynamic_filters::InStageEffect::of(plan) {
+        Ok(effect) => effect,
+        Err(e) => {
+            warn!(error = %e, "reading what a task's dynamic filters pruned");
+            return None;
+        }
+    };
+    metrics::counter!("baton_stage_dynamic_filter_tasks_total").increment(1);
+    metrics::counter!("baton_stage_dynamic_filter_row_groups_pruned_total")
+        .increment(effect.row_groups_pruned);
+    Some(proto::InStageFilterEffect {
+        kinds: effect.kinds.iter().map(|k| k.to_string()).collect(),
+        scans: effect.scans,
+        file_ranges_pruned: effect.file_ranges_pruned,
+        row_groups_pruned: effect.row_groups_pruned,
+        rows_pruned: effect.rows_pruned,
+    })
 }
 
 /// [`dynamic_filters::task_instance`]; None, and a warning, where pushing the filters

@@ -142,6 +142,14 @@ pub fn status_to_json(status: &QueryStatus) -> serde_json::Value {
                 "filter_rows_in": s.filter_rows_in,
                 "filter_rows_removed": s.filter_rows_removed,
                 "filter_row_groups_pruned": s.filter_row_groups_pruned,
+                "in_stage_filter_tasks": s.in_stage_filter_tasks,
+                "in_stage_filters": s.in_stage_filters.as_ref().map(|f| serde_json::json!({
+                    "kinds": f.kinds,
+                    "scans": f.scans,
+                    "file_ranges_pruned": f.file_ranges_pruned,
+                    "row_groups_pruned": f.row_groups_pruned,
+                    "rows_pruned": f.rows_pruned,
+                })),
                 "running": s.running.iter().map(|t| serde_json::json!({
                     "partition": t.partition,
                     "executor": t.executor_id,

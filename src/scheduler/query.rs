@@ -15,8 +15,8 @@ use tracing::warn;
 
 use crate::join_filters::{KeySummary, MAX_FILTER_VALUES};
 use crate::proto::{
-    FilterEffect, KeySummary as KeySummaryProto, MapOutputLocation, QueryState,
-    QueryStatus as QueryStatusProto, RunningTask, StageInput, StageState, StageStatus,
+    FilterEffect, InStageFilterEffect, KeySummary as KeySummaryProto, MapOutputLocation,
+    QueryState, QueryStatus as QueryStatusProto, RunningTask, StageInput, StageState, StageStatus,
 };
 use crate::shuffle::MapLocation;
 
@@ -95,6 +95,10 @@ pub struct Stage {
     filters_text: String,
     /// What its finished tasks' filters removed, summed.
     filter_effect: FilterEffect,
+    /// Its finished tasks whose scans got DataFusion's dynamic filters inside the stage,
+    /// and what those did, summed.
+    in_stage_filter_tasks: u32,
+    in_stage_filters: InStageFilterEffect,
     /// How long its finished tasks' winning attempts ran, for the median a straggler
     /// is measured against.
     durations: Vec<Duration>,
@@ -338,6 +342,8 @@ impl Query {
                 shipped_filters: None,
                 filters_text: String::new(),
                 filter_effect: FilterEffect::default(),
+                in_stage_filter_tasks: 0,
+                in_stage_filters: InStageFilterEffect::default(),
                 durations: Vec::new(),
                 copies_started: 0,
                 copies_won: 0,
@@ -761,6 +767,7 @@ impl Query {
         attempt: u32,
         key_summaries: Vec<KeySummaryProto>,
         effect: Option<FilterEffect>,
+        in_stage: Option<InStageFilterEffect>,
     ) {
         if !self.is_current(task, attempt) {
             return;
@@ -775,6 +782,19 @@ impl Query {
                 .increment(effect.rows_removed);
             metrics::counter!("baton_join_filter_row_groups_pruned_total")
                 .increment(effect.row_groups_pruned);
+        }
+        if let Some(in_stage) = in_stage {
+            stage.in_stage_filter_tasks += 1;
+            let sum = &mut stage.in_stage_filters;
+            for kind in in_stage.kinds {
+                if !sum.kinds.contains(&kind) {
+                    sum.kinds.push(kind);
+                }
+            }
+            sum.scans += in_stage.scans;
+            sum.file_ranges_pruned += in_stage.file_ranges_pruned;
+            sum.row_groups_pruned += in_stage.row_groups_pruned;
+            sum.rows_pruned += in_stage.rows_pruned;
         }
     }
 
@@ -1251,6 +1271,9 @@ impl Query {
                     filter_rows_in: s.filter_effect.rows_in,
                     filter_rows_removed: s.filter_effect.rows_removed,
                     filter_row_groups_pruned: s.filter_effect.row_groups_pruned,
+                    in_stage_filter_tasks: s.in_stage_filter_tasks,
+                    in_stage_filters: (s.in_stage_filter_tasks > 0)
+                        .then(|| s.in_stage_filters.clone()),
                 })
                 .collect(),
         }
@@ -1376,7 +1399,7 @@ mod tests {
         for (partition, (min, max)) in [(0, (5, 7)), (1, (2, 3))] {
             let t = task(0, partition);
             q.task_started(t, "a");
-            q.task_reported(t, q.attempt(t), vec![summary(min, max)], None);
+            q.task_reported(t, q.attempt(t), vec![summary(min, max)], None, None);
             let progress = q.task_succeeded(t, q.attempt(t), loc("a"), 1, None);
             let expected = if partition == 0 {
                 vec![]
@@ -1409,10 +1432,26 @@ mod tests {
                 rows_removed: 6,
                 row_groups_pruned: 1,
             }),
+            Some(InStageFilterEffect {
+                kinds: vec!["topk".into()],
+                scans: 1,
+                file_ranges_pruned: 2,
+                row_groups_pruned: 3,
+                rows_pruned: 4,
+            }),
         );
         assert_eq!(run_reported(&mut q, t).ready, vec![task(2, 0)]);
         assert!(q.stage_filters(2).is_empty());
-        assert_eq!(q.status().stages[1].filter_rows_removed, 6);
+        let stage = &q.status().stages[1];
+        assert_eq!(stage.filter_rows_removed, 6);
+        // What DataFusion's filters did inside the stage is shown beside.
+        assert_eq!(stage.in_stage_filter_tasks, 1);
+        let in_stage = stage.in_stage_filters.as_ref().unwrap();
+        assert_eq!(
+            (in_stage.kinds.as_slice(), in_stage.row_groups_pruned),
+            (&["topk".to_string()][..], 3)
+        );
+        assert!(q.status().stages[0].in_stage_filters.is_none());
 
         // Without the filter both sides start at once.
         let mut q = query_of(vec![spec(&[], 2), spec(&[], 1), spec(&[0, 1], 1)]);

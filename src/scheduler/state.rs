@@ -883,7 +883,13 @@ impl SchedulerState {
                         });
                     }
                     query.add_task_time(task.stage, ok.elapsed_micros);
-                    query.task_reported(task, id.attempt, ok.key_summaries, ok.filter_effect);
+                    query.task_reported(
+                        task,
+                        id.attempt,
+                        ok.key_summaries,
+                        ok.filter_effect,
+                        ok.in_stage_filters,
+                    );
                     let rows = ok.partitions.iter().map(|p| p.rows).sum();
                     let held = query.inline_result_bytes();
                     let progress =
