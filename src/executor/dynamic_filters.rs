@@ -49,6 +49,7 @@ use datafusion::physical_plan::{
 
 use crate::join_filters::{KeySummaryExec, ProbeFilterExec};
 use crate::planner::only_child;
+use crate::proto::InStageFilterEffect;
 use crate::shuffle::ShuffleWriterExec;
 
 /// One task's own instance of the stage plan `plan` (an instance nothing ran: its
@@ -157,79 +158,61 @@ fn scans_filtered(plan: &Arc<dyn ExecutionPlan>) -> Result<bool> {
     })
 }
 
-/// What DataFusion's dynamic filters did in one task's own instance (see
-/// [`task_instance`]), read after the task ran.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct InStageEffect {
-    /// The kinds of operator whose filter reached a scan: `join`, `topk`, `aggregate`.
-    pub kinds: Vec<&'static str>,
-    /// The scans that held such a filter.
-    pub scans: u64,
-    /// File ranges those scans skipped by statistics. Like the two figures below, this
-    /// counts what their static predicates skipped too: a scan has one set of figures.
-    pub file_ranges_pruned: u64,
-    /// Row groups those scans skipped by statistics, at open or mid-scan as the filter
-    /// tightened.
-    pub row_groups_pruned: u64,
-    /// Rows those scans skipped by page index or row filter.
-    pub rows_pruned: u64,
-}
-
-impl InStageEffect {
-    /// The figures of `plan`, an instance that ran for one task only (so every
-    /// partition of its scans is the task's).
-    pub fn of(plan: &Arc<dyn ExecutionPlan>) -> Result<Self> {
-        let mut effect = Self::default();
-        let mut scans: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
-        plan.apply(|node| {
-            let Some(kind) = producer_kind(node) else {
-                return Ok(TreeNodeRecursion::Continue);
+/// What DataFusion's dynamic filters did in `plan`, one task's own instance (see
+/// [`task_instance`]) after it ran, so every partition of its scans is the task's: the
+/// kinds of operator whose filter reached a scan (`join`, `topk`, `aggregate`), the
+/// scans that held one, and what those scans skipped (file ranges and row groups by
+/// statistics, at open or mid-scan as the filter tightened, and rows by page index or
+/// row filter). Their static predicates' share counts in: a scan has one set of figures.
+pub fn effect_of(plan: &Arc<dyn ExecutionPlan>) -> Result<InStageFilterEffect> {
+    let mut effect = InStageFilterEffect::default();
+    let mut scans: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+    plan.apply(|node| {
+        let Some(kind) = producer_kind(node) else {
+            return Ok(TreeNodeRecursion::Continue);
+        };
+        for filter in node.dynamic_expressions_produced() {
+            let Some(id) = filter.expression_id() else {
+                continue;
             };
-            for filter in node.dynamic_expressions_produced() {
-                let Some(id) = filter.expression_id() else {
-                    continue;
-                };
-                for child in node.children() {
-                    child.apply(|below| {
-                        if below.is::<DataSourceExec>() && holds_expression(below, id)? {
-                            if !effect.kinds.contains(&kind) {
-                                effect.kinds.push(kind);
-                            }
-                            if !scans.iter().any(|s| Arc::ptr_eq(s, below)) {
-                                scans.push(below.clone());
-                            }
+            for child in node.children() {
+                child.apply(|below| {
+                    if below.is::<DataSourceExec>() && holds_expression(below, id)? {
+                        if !effect.kinds.iter().any(|k| k == kind) {
+                            effect.kinds.push(kind.to_string());
                         }
-                        Ok(TreeNodeRecursion::Continue)
-                    })?;
-                }
-            }
-            Ok(TreeNodeRecursion::Continue)
-        })?;
-        effect.scans = scans.len() as u64;
-        for metrics in scans.iter().filter_map(|scan| scan.metrics()) {
-            for metric in metrics.iter() {
-                let (name, value) = match metric.value() {
-                    MetricValue::PruningMetrics {
-                        name,
-                        pruning_metrics,
-                    } => (name.as_ref(), pruning_metrics.pruned() as u64),
-                    MetricValue::Count { name, count } => (name.as_ref(), count.value() as u64),
-                    _ => continue,
-                };
-                match name {
-                    "files_ranges_pruned_statistics" => effect.file_ranges_pruned += value,
-                    "row_groups_pruned_statistics" | "row_groups_pruned_dynamic_filter" => {
-                        effect.row_groups_pruned += value
+                        if !scans.iter().any(|s| Arc::ptr_eq(s, below)) {
+                            scans.push(below.clone());
+                        }
                     }
-                    "page_index_rows_pruned" | "pushdown_rows_pruned" => {
-                        effect.rows_pruned += value
-                    }
-                    _ => {}
-                }
+                    Ok(TreeNodeRecursion::Continue)
+                })?;
             }
         }
-        Ok(effect)
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    effect.scans = scans.len() as u64;
+    for metrics in scans.iter().filter_map(|scan| scan.metrics()) {
+        for metric in metrics.iter() {
+            let (name, value) = match metric.value() {
+                MetricValue::PruningMetrics {
+                    name,
+                    pruning_metrics,
+                } => (name.as_ref(), pruning_metrics.pruned() as u64),
+                MetricValue::Count { name, count } => (name.as_ref(), count.value() as u64),
+                _ => continue,
+            };
+            match name {
+                "files_ranges_pruned_statistics" => effect.file_ranges_pruned += value,
+                "row_groups_pruned_statistics" | "row_groups_pruned_dynamic_filter" => {
+                    effect.row_groups_pruned += value
+                }
+                "page_index_rows_pruned" | "pushdown_rows_pruned" => effect.rows_pruned += value,
+                _ => {}
+            }
+        }
     }
+    Ok(effect)
 }
 
 /// The kind of dynamic filter `node` produces, when it is an operator whose filter a
@@ -592,8 +575,8 @@ mod tests {
         // Keys 0..10 match, in the first of the ten row groups of the first file: the
         // scans skip the other three files and nine row groups. (The four instances
         // share the scan's metrics.)
-        let effect = InStageEffect::of(&last.unwrap()).unwrap();
-        assert_eq!((effect.kinds, effect.scans), (vec!["join"], 1));
+        let effect = effect_of(&last.unwrap()).unwrap();
+        assert_eq!((effect.kinds, effect.scans), (vec!["join".to_string()], 1));
         assert_eq!(
             (effect.file_ranges_pruned, effect.row_groups_pruned),
             (3, 9)
@@ -649,8 +632,8 @@ mod tests {
             assert!(text.contains("reverse_row_groups=true"), "{text}");
             assert_eq!(rows(&own, 0, &running).await, expected, "attempt {attempt}");
             // Once the heap holds the three largest, the other row groups are skipped.
-            let effect = InStageEffect::of(&own).unwrap();
-            assert_eq!((effect.kinds, effect.scans), (vec!["topk"], 1));
+            let effect = effect_of(&own).unwrap();
+            assert_eq!((effect.kinds, effect.scans), (vec!["topk".to_string()], 1));
             assert!(effect.row_groups_pruned > 0, "attempt {attempt}: {text}");
         }
         let mut off = running.clone();

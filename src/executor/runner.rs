@@ -602,7 +602,7 @@ impl TaskRunner {
 /// reported to the scheduler and counted in the executor's metrics; None, and a
 /// warning, where the plan cannot be read (the task's output stands).
 fn in_stage_effect(plan: &Arc<dyn ExecutionPlan>) -> Option<proto::InStageFilterEffect> {
-    let effect = match dynamic_filters::InStageEffect::of(plan) {
+    let effect = match dynamic_filters::effect_of(plan) {
         Ok(effect) => effect,
         Err(e) => {
             warn!(error = %e, "reading what a task's dynamic filters pruned");
@@ -612,13 +612,7 @@ fn in_stage_effect(plan: &Arc<dyn ExecutionPlan>) -> Option<proto::InStageFilter
     metrics::counter!("baton_stage_dynamic_filter_tasks_total").increment(1);
     metrics::counter!("baton_stage_dynamic_filter_row_groups_pruned_total")
         .increment(effect.row_groups_pruned);
-    Some(proto::InStageFilterEffect {
-        kinds: effect.kinds.iter().map(|k| k.to_string()).collect(),
-        scans: effect.scans,
-        file_ranges_pruned: effect.file_ranges_pruned,
-        row_groups_pruned: effect.row_groups_pruned,
-        rows_pruned: effect.rows_pruned,
-    })
+    Some(effect)
 }
 
 /// [`dynamic_filters::task_instance`]; None, and a warning, where pushing the filters
