@@ -20,11 +20,14 @@ use futures::stream::BoxStream;
 use futures::{Stream, TryStreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::ipc_types::{conform, ipc_schema};
+
 /// A stream of Flight data for `do_get`.
 pub type FlightDataStream = BoxStream<'static, Result<FlightData, Status>>;
 
-/// `batches` of `schema` as Flight data: the schema message, then each batch (split to
-/// gRPC size) with its dictionaries, which stay dictionaries since the schema says so.
+/// `batches` of `schema` as Flight data, in the schema's written form ([`ipc_schema`]):
+/// the schema message, then each batch (split to gRPC size) with its dictionaries,
+/// which stay dictionaries since the schema says so.
 /// The schema message is written from `schema` itself: arrow-flight 59's encoder
 /// rewrites a `LargeList` field as `List` while it sends the batch's 64-bit offsets
 /// unchanged, and a reader then decodes other lists than were sent.
@@ -32,9 +35,16 @@ pub fn encode_batches(
     schema: SchemaRef,
     batches: impl Stream<Item = Result<RecordBatch, FlightError>> + Send + 'static,
 ) -> impl Stream<Item = Result<FlightData, FlightError>> + Send + 'static {
-    let mut faithful = Some(schema_message(&schema));
+    let written = ipc_schema(&schema);
+    let mut faithful = Some(schema_message(&written));
+    let batches = {
+        let written = Arc::clone(&written);
+        batches.and_then(move |batch| {
+            futures::future::ready(conform(batch, &written).map_err(FlightError::from))
+        })
+    };
     FlightDataEncoderBuilder::new()
-        .with_schema(schema)
+        .with_schema(written)
         .with_dictionary_handling(DictionaryHandling::Resend)
         .build(batches)
         .map_ok(
@@ -45,9 +55,10 @@ pub fn encode_batches(
         )
 }
 
-/// `schema` as a Flight schema message, as written (see [`encode_batches`]).
+/// `schema` as a Flight schema message, in its written form ([`ipc_schema`]), as
+/// [`encode_batches`] writes it.
 pub fn schema_message(schema: &SchemaRef) -> FlightData {
-    SchemaAsIpc::new(schema, &IpcWriteOptions::default()).into()
+    SchemaAsIpc::new(&ipc_schema(schema), &IpcWriteOptions::default()).into()
 }
 
 /// True when `data` is an IPC schema message.

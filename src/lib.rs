@@ -31,6 +31,7 @@ pub mod config;
 pub mod datagen;
 pub mod executor;
 pub mod flight_service;
+pub mod ipc_types;
 pub mod join_filters;
 pub mod net;
 pub mod object_stores;

@@ -502,7 +502,7 @@ fn main() {
             let at = format!("{}:{line}", report.file);
             let first = why.lines().take(6).collect::<Vec<_>>().join("\n    ");
             match known.get(&at) {
-                Some(reason) => explained.push(format!("{at}  [{reason}]")),
+                Some(reason) => explained.push(format!("{at}  [{reason}]\n    {first}")),
                 None => unexpected.push(format!("{at}\n    {first}")),
             }
         }

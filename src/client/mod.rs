@@ -22,6 +22,7 @@ use std::time::Duration;
 use tonic::transport::ClientTlsConfig;
 
 use crate::config::MAX_MESSAGE_BYTES;
+use crate::ipc_types::{conform, declared_schema};
 use crate::proto::scheduler_service_client::SchedulerServiceClient;
 use crate::proto::{
     CancelQueryRequest, GetQueryStatusRequest, ListQueriesRequest, QueryStatus, SubmitQueryRequest,
@@ -302,9 +303,10 @@ impl BatonClient {
         }
     }
 
-    /// Waits for the query and streams its result batches (a broken connection is
-    /// [`ClientError::Disconnected`]; [`Self::fetch`] and [`Self::fetch_each`]
-    /// re-attach).
+    /// Waits for the query and streams its result batches as written over Flight (see
+    /// [`crate::ipc_types`]; [`Self::fetch`] and [`Self::fetch_each`] give them their
+    /// declared types). A broken connection is [`ClientError::Disconnected`]; those two
+    /// re-attach.
     pub async fn result_stream(
         &mut self,
         query_id: &str,
@@ -336,13 +338,10 @@ impl BatonClient {
         };
         let (stream, mut next) = (&mut stream.0, stream.1);
         while let Some(batch) = next {
-            each(&batch)?;
+            each(&as_declared(batch)?)?;
             next = stream.try_next().await.map_err(flight_error)?;
         }
-        Ok(stream
-            .schema()
-            .cloned()
-            .unwrap_or_else(|| Arc::new(Schema::empty())))
+        Ok(result_schema(stream))
     }
 
     /// Waits for the query and collects its result; when the scheduler goes away, it
@@ -362,12 +361,9 @@ impl BatonClient {
         let mut batches = Vec::new();
         let mut stream = self.result_stream(query_id).await?;
         while let Some(batch) = stream.try_next().await.map_err(flight_error)? {
-            batches.push(batch);
+            batches.push(as_declared(batch)?);
         }
-        let schema = stream
-            .schema()
-            .cloned()
-            .unwrap_or_else(|| Arc::new(Schema::empty()));
+        let schema = result_schema(&stream);
         Ok(QueryResult {
             query_id: query_id.to_string(),
             schema,
@@ -483,6 +479,20 @@ impl BatonClient {
             }
         }
     }
+}
+
+/// A result batch as read, with the column types its query declared.
+fn as_declared(batch: RecordBatch) -> Result<RecordBatch, ClientError> {
+    let declared = declared_schema(batch.schema_ref());
+    conform(batch, &declared).map_err(|e| ClientError::Query(format!("result batch: {e}")))
+}
+
+/// The declared schema of a result stream that ended (empty if it sent none).
+fn result_schema(stream: &FlightRecordBatchStream) -> SchemaRef {
+    stream
+        .schema()
+        .map(declared_schema)
+        .unwrap_or_else(|| Arc::new(Schema::empty()))
 }
 
 fn flight_error(e: FlightError) -> ClientError {

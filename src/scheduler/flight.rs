@@ -58,6 +58,7 @@ use tracing::warn;
 use super::prepared::{Prepared, PreparedError, PreparedStatements};
 use super::{Origin, ResultPart, Scheduler, SchedulerError, Submission};
 use crate::flight_service::{encode_batches, is_schema_message, schema_message};
+use crate::ipc_types::ipc_schema;
 use crate::security::caller_of;
 use crate::shuffle::ShuffleKey;
 use crate::shuffle::fetch::shuffle_ticket;
@@ -175,9 +176,9 @@ fn query_of_ticket(ticket: &Ticket) -> Result<String, Status> {
     String::from_utf8(statement.statement_handle.to_vec()).map_err(|_| not_ours())
 }
 
-/// `schema` as the IPC message Flight SQL describes schemas with.
+/// `schema` as the IPC message Flight SQL describes schemas with (its written form).
 fn schema_bytes(schema: &SchemaRef) -> Result<bytes::Bytes, Status> {
-    let message: IpcMessage = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
+    let message: IpcMessage = SchemaAsIpc::new(&ipc_schema(schema), &IpcWriteOptions::default())
         .try_into()
         .map_err(internal)?;
     Ok(message.0)
@@ -281,7 +282,7 @@ impl ResultFlight {
             .await
             .map_err(to_status)?;
         let info = FlightInfo::new()
-            .try_with_schema(&schema)
+            .try_with_schema(&ipc_schema(&schema))
             .map_err(internal)?
             .with_descriptor(descriptor)
             .with_endpoint(FlightEndpoint::new().with_ticket(result_ticket(&id)))

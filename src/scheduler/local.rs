@@ -25,6 +25,8 @@ use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion_datasource::memory::MemSink;
 use futures::TryStreamExt;
 
+use crate::ipc_types::{conform, ipc_schema};
+
 /// The largest result (Arrow IPC bytes) a plan run on the scheduler may have.
 pub const LOCAL_RESULT_BYTES: usize = 64 << 20;
 
@@ -120,11 +122,11 @@ pub async fn run(
 ) -> Result<Bytes> {
     metrics::counter!("baton_queries_run_on_scheduler_total", "reason" => reason.label())
         .increment(1);
-    let schema = plan.schema();
+    let schema = ipc_schema(&plan.schema());
     let mut batches = execute_stream(plan, ctx)?;
     let mut writer = StreamWriter::try_new(Vec::new(), &schema)?;
     while let Some(batch) = batches.try_next().await? {
-        writer.write(&batch)?;
+        writer.write(&conform(batch, &schema)?)?;
         if writer.get_ref().len() > LOCAL_RESULT_BYTES {
             return Err(DataFusionError::ResourcesExhausted(format!(
                 "the result of a statement the scheduler runs itself ({}) is over {} MiB",

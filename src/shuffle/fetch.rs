@@ -20,6 +20,7 @@ use tokio::runtime::Handle;
 use super::deadline::ProgressDeadline;
 use super::store::ShuffleKey;
 use crate::config::MAX_MESSAGE_BYTES;
+use crate::ipc_types::conform;
 use crate::proto::ShuffleTicket;
 use crate::security::{Connection, Dialer};
 
@@ -147,11 +148,17 @@ impl FlightClients {
         let data = ProgressDeadline::new(data.map_err(FlightError::from), timeout, move || {
             FlightError::ExternalError(format!("nothing received for {timeout:?}").into())
         });
-        let batches = FlightRecordBatchStream::new_from_flight_data(data).map_err(move |e| {
-            DataFusionError::Execution(format!(
-                "fetching shuffle partition {key_text} from {address}: {e}"
-            ))
-        });
+        // Batches arrive in their written form (`ipc_types`) and go on as declared.
+        let declared = schema.clone();
+        let batches = FlightRecordBatchStream::new_from_flight_data(data)
+            .and_then(move |batch| {
+                futures::future::ready(conform(batch, &declared).map_err(FlightError::from))
+            })
+            .map_err(move |e| {
+                DataFusionError::Execution(format!(
+                    "fetching shuffle partition {key_text} from {address}: {e}"
+                ))
+            });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             schema,
             batches.boxed(),

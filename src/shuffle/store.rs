@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::compute::BatchCoalescer;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::error::ArrowError;
@@ -27,6 +27,8 @@ use datafusion::execution::memory_pool::{
 };
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::StreamExt;
+
+use crate::ipc_types::{conform, ipc_schema};
 
 /// Rows per batch that shuffle output is coalesced to before it is stored.
 const STORED_BATCH_ROWS: usize = 8192;
@@ -167,9 +169,10 @@ impl StoredPartition {
                 let (tx, rx) = tokio::sync::mpsc::channel(2);
                 let path = path.clone();
                 let keep_alive = Arc::clone(self);
+                let declared = schema.clone();
                 tokio::task::spawn_blocking(move || {
                     let _keep_alive = keep_alive;
-                    read_ipc_file(&path, &tx);
+                    read_ipc_file(&path, &declared, &tx);
                 });
                 Box::pin(RecordBatchStreamAdapter::new(
                     schema,
@@ -180,8 +183,11 @@ impl StoredPartition {
     }
 }
 
+/// Sends the batches of the IPC file at `path` to `tx`, cast back to the partition's
+/// `declared` schema from their written form.
 fn read_ipc_file(
     path: &Path,
+    declared: &SchemaRef,
     tx: &tokio::sync::mpsc::Sender<datafusion::error::Result<RecordBatch>>,
 ) {
     let ipc_error = |source| {
@@ -201,7 +207,8 @@ fn read_ipc_file(
     match reader {
         Ok(reader) => {
             for batch in reader {
-                if tx.blocking_send(batch.map_err(ipc_error)).is_err() {
+                let batch = batch.and_then(|b| conform(b, declared)).map_err(ipc_error);
+                if tx.blocking_send(batch).is_err() {
                     return;
                 }
             }
@@ -266,10 +273,12 @@ impl PartitionWriter {
         }
         self.spill()?;
         let (path, writer) = self.file.as_mut().expect("spill opened the file");
-        writer.write(&batch).map_err(|source| StoreError::Ipc {
+        let ipc = |source| StoreError::Ipc {
             path: path.clone(),
             source,
-        })
+        };
+        let batch = conform(batch, &ipc_schema(&self.schema)).map_err(ipc)?;
+        writer.write(&batch).map_err(ipc)
     }
 
     /// Moves the buffered batches into a new IPC file and frees their memory.
@@ -286,9 +295,10 @@ impl PartitionWriter {
             path: path.clone(),
             source,
         };
-        let mut writer = StreamWriter::try_new(BufWriter::new(file), &self.schema).map_err(ipc)?;
+        let written = ipc_schema(&self.schema);
+        let mut writer = StreamWriter::try_new(BufWriter::new(file), &written).map_err(ipc)?;
         for batch in self.batches.drain(..) {
-            writer.write(&batch).map_err(ipc)?;
+            writer.write(&conform(batch, &written).map_err(ipc)?).map_err(ipc)?;
         }
         self.store
             .budget
@@ -445,9 +455,10 @@ impl ShuffleStore {
         if partition.bytes > (limit as u64).saturating_mul(4) {
             return Ok(None);
         }
-        let mut writer = StreamWriter::try_new(Vec::new(), &partition.schema)?;
+        let written = ipc_schema(&partition.schema);
+        let mut writer = StreamWriter::try_new(Vec::new(), &written)?;
         for batch in batches {
-            writer.write(batch)?;
+            writer.write(&conform(batch.clone(), &written)?)?;
             if writer.get_ref().len() > limit {
                 return Ok(None);
             }
@@ -538,39 +549,6 @@ impl ShuffleStore {
             .map(|dir| dir.filter_map(Result::ok).count())
             .unwrap_or(0)
     }
-}
-
-/// `batch` with the column types `schema` declares. An operator may emit another type
-/// than its plan says (a `CASE` declared `LargeList` that emits `List`, say); readers
-/// decode with the declared schema and would misread it.
-fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
-    let declared = schema.fields();
-    let same = batch.schema_ref().fields().len() == declared.len()
-        && batch
-            .columns()
-            .iter()
-            .zip(declared)
-            .all(|(column, field)| column.data_type() == field.data_type());
-    if same {
-        return Ok(batch);
-    }
-    let columns = batch
-        .columns()
-        .iter()
-        .zip(declared)
-        .map(|(column, field)| {
-            if column.data_type() == field.data_type() {
-                Ok(column.clone())
-            } else {
-                datafusion::arrow::compute::cast(column, field.data_type())
-            }
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new_with_options(
-        schema.clone(),
-        columns,
-        &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
-    )
 }
 
 #[cfg(test)]
