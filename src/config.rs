@@ -43,8 +43,10 @@ pub fn host_cores() -> usize {
 /// --scheduler --catalog`); the scheduler's own comes from its `--partitions`.
 pub const DEFAULT_TARGET_PARTITIONS: usize = 4;
 
-/// Settings [`distributed_session_config`] fixes, which a session's `SET` may not change.
-pub const PINNED_SETTINGS: [&str; 2] = [
+/// Settings every distributed plan and task keeps off, whatever a session says
+/// ([`plan_for_distribution`]). A session may `SET` them and sees its value; it changes
+/// nothing, and they never travel to executors with a task's settings.
+pub const DISTRIBUTED_SETTINGS: [&str; 2] = [
     "datafusion.optimizer.enable_round_robin_repartition",
     "datafusion.execution.enable_file_stream_work_stealing",
 ];
@@ -60,30 +62,32 @@ pub const STAGE_DYNAMIC_FILTER_SETTINGS: [&str; 3] = [
     "datafusion.optimizer.enable_aggregate_dynamic_filter_pushdown",
 ];
 
-/// The DataFusion session configuration plans that Baton distributes are made in.
-///
-/// * Round-robin repartitioning is off: a round-robin `RepartitionExec` inside a stage
-///   would make one task pull every input partition; scans are already split by file range.
-/// * File-scan work stealing is off: a task runs one partition alone, so a scan partition
-///   that takes over its idle siblings' files would read them a second time.
-/// * Dynamic filter pushdown is off ([`plan_without_dynamic_filters`]).
+/// The DataFusion session configuration plans that Baton distributes are made in, its
+/// scheduler's sessions start from and its executors run tasks in: the options of
+/// [`plan_for_distribution`], information_schema on (`SHOW` works).
 pub fn distributed_session_config(target_partitions: usize) -> SessionConfig {
     let mut config = SessionConfig::new()
         .with_target_partitions(target_partitions.max(1))
         .with_information_schema(true);
-    let options = config.options_mut();
-    options.optimizer.enable_round_robin_repartition = false;
-    options.execution.enable_file_stream_work_stealing = false;
-    plan_without_dynamic_filters(options);
+    plan_for_distribution(config.options_mut());
     config
 }
 
-/// Turns DataFusion's dynamic filter pushdown off for planning: a hash join's build side
-/// cannot update a filter in a scan that runs in another stage (another process), and
-/// inside a stage its filter would wait for partitions other tasks run. Executors push
-/// the filters that work inside a stage themselves, and Baton's join filters carry the
-/// others between stages.
-pub fn plan_without_dynamic_filters(options: &mut ConfigOptions) {
+/// Sets what every distributed plan is made with, whatever the session says:
+///
+/// * Round-robin repartitioning off: a round-robin `RepartitionExec` inside a stage
+///   would make one task pull every input partition; scans are already split by file
+///   range.
+/// * File-scan work stealing off: a task runs one partition alone, so a scan partition
+///   that takes over its idle siblings' files would read them a second time.
+/// * Dynamic filter pushdown off: a hash join's build side cannot update a filter in a
+///   scan that runs in another stage (another process), and inside a stage its filter
+///   would wait for partitions other tasks run. Executors push the filters that work
+///   inside a stage themselves, and Baton's join filters carry the others between
+///   stages.
+pub fn plan_for_distribution(options: &mut ConfigOptions) {
+    options.optimizer.enable_round_robin_repartition = false;
+    options.execution.enable_file_stream_work_stealing = false;
     switch_dynamic_filters(options, false);
 }
 
@@ -91,7 +95,7 @@ pub fn plan_without_dynamic_filters(options: &mut ConfigOptions) {
 /// scheduler's sessions start with (and show), and executors run tasks with unless a
 /// task's settings say otherwise. Executors push the kinds of
 /// [`STAGE_DYNAMIC_FILTER_SETTINGS`] inside a stage; plans are made without any
-/// ([`plan_without_dynamic_filters`]).
+/// ([`plan_for_distribution`]).
 pub fn with_dynamic_filters(mut config: SessionConfig) -> SessionConfig {
     switch_dynamic_filters(config.options_mut(), true);
     config

@@ -335,15 +335,19 @@ async fn a_sessions_settings_and_views_are_its_own() {
     assert!(dropped.to_string().contains("cannot change"), "{dropped}");
     assert_eq!(count(&mut second, COUNT_NATION).await, 25);
 
-    // A setting distributed plans depend on stays as it is.
-    let pinned = first
-        .sql("set datafusion.optimizer.enable_round_robin_repartition = true")
-        .await
-        .unwrap_err();
-    assert!(
-        pinned.to_string().contains("fixed by the scheduler"),
-        "{pinned}"
-    );
+    // Settings distributed plans keep off may be set, and the session shows them; its
+    // queries answer as before (the planner's unit tests check they keep them off).
+    let lineitem = "select count(*) from lineitem";
+    let expected = count(&mut second, lineitem).await;
+    for key in baton::config::DISTRIBUTED_SETTINGS {
+        first.sql(&format!("set {key} = true")).await.unwrap();
+        let shown = first.sql(&format!("show {key}")).await.unwrap();
+        let shown = datafusion::arrow::util::pretty::pretty_format_batches(&shown.batches)
+            .unwrap()
+            .to_string();
+        assert!(shown.contains("true"), "{shown}");
+    }
+    assert_eq!(count(&mut first, lineitem).await, expected);
 }
 
 /// A Flight SQL client logged in as `user` (the way ADBC logs in: a handshake with

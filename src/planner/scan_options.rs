@@ -1,15 +1,26 @@
-//! File scan options that datafusion-proto (55) drops from a plan.
+//! What datafusion-proto (55) drops from a file scan, put back.
 //!
-//! `FileScanExecConf` has no field for the files' compression and `CsvScanExecNode` none
-//! for the line terminator: decoded, a scan of gzipped CSV or JSON reads the compressed
-//! bytes as text and fails, and a CSV with another terminator is cut into other rows.
-//! [`ScanOptionsConverter`] encodes such a scan as a Baton extension node that holds the
-//! scan as datafusion-proto encodes it plus the dropped options; [`restore`] puts them
-//! back when the codec decodes it.
+//! * `FileScanExecConf` has no field for the files' compression and `CsvScanExecNode` none
+//!   for the line terminator: decoded, a scan of gzipped CSV or JSON reads the compressed
+//!   bytes as text and fails, and a CSV with another terminator is cut into other rows.
+//!   [`ScanOptionsConverter`] encodes such a scan as a Baton extension node that holds the
+//!   scan as datafusion-proto encodes it plus the dropped options; [`restore`] puts them
+//!   back when the codec decodes it.
+//! * A Parquet scan that reads `file_row_index()` has a virtual row-number column in its
+//!   table schema, which the encoding leaves out, while its projection reads it by
+//!   position: the decoded scan fails. The converter writes such a projection with the
+//!   `file_row_index()` calls DataFusion rewrote into column reads, so decoding pushes
+//!   them into the scan again and the scan gets its virtual column back.
 
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::Schema;
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::functions::core::file_row_index;
+use datafusion::parquet::arrow::RowNumber;
+use datafusion::physical_expr::ScalarFunctionExpr;
+use datafusion::physical_expr::expressions::Column;
 use datafusion::common::parsers::CompressionTypeVariant;
 use datafusion::datasource::physical_plan::{CsvSource, FileScanConfig, FileScanConfigBuilder};
 use datafusion::datasource::source::DataSourceExec;
@@ -53,10 +64,10 @@ impl PhysicalProtoConverterExtension for ScanOptionsConverter {
         // (their own inputs with it): a scan right under one is seen to here.
         if let Some(PhysicalPlanType::Extension(extension)) = &mut node.physical_plan_type {
             for (input, child) in extension.inputs.iter_mut().zip(plan.children()) {
-                *input = with_dropped_options(std::mem::take(input), child.as_ref());
+                *input = self.repaired(std::mem::take(input), child.as_ref(), codec)?;
             }
         }
-        Ok(with_dropped_options(node, plan.as_ref()))
+        self.repaired(node, plan.as_ref(), codec)
     }
 
     fn proto_to_physical_expr(
@@ -75,6 +86,96 @@ impl PhysicalProtoConverterExtension for ScanOptionsConverter {
     ) -> Result<PhysicalExprNode> {
         serialize_physical_expr_with_converter(expr, codec, self)
     }
+}
+
+impl ScanOptionsConverter {
+    /// `node`, datafusion-proto's encoding of `plan`, with what it dropped from a file
+    /// scan put back.
+    fn repaired(
+        &self,
+        mut node: PhysicalPlanNode,
+        plan: &dyn ExecutionPlan,
+        codec: &dyn PhysicalExtensionCodec,
+    ) -> Result<PhysicalPlanNode> {
+        if let Some(projection) = row_index_projection(plan)? {
+            let Some(PhysicalPlanType::ParquetScan(scan)) = &mut node.physical_plan_type else {
+                return Err(DataFusionError::Internal(
+                    "a scan with a row index column did not encode as a Parquet scan".into(),
+                ));
+            };
+            let encoded = scan
+                .base_conf
+                .as_mut()
+                .and_then(|conf| conf.projection_exprs.as_mut())
+                .filter(|encoded| encoded.projections.len() == projection.len())
+                .ok_or_else(|| {
+                    DataFusionError::Internal("a Parquet scan's projection did not encode".into())
+                })?;
+            for (encoded, expr) in encoded.projections.iter_mut().zip(projection) {
+                encoded.expr = Some(serialize_physical_expr_with_converter(&expr, codec, self)?);
+            }
+        }
+        Ok(with_dropped_options(node, plan))
+    }
+}
+
+/// The projection of `plan`, when it is a file scan whose projection reads a virtual
+/// row-number column, with `file_row_index()` calls in place of those reads.
+fn row_index_projection(plan: &dyn ExecutionPlan) -> Result<Option<Vec<Arc<dyn PhysicalExpr>>>> {
+    let Some(files) = plan
+        .downcast_ref::<DataSourceExec>()
+        .and_then(|exec| exec.data_source().downcast_ref::<FileScanConfig>())
+    else {
+        return Ok(None);
+    };
+    let source = files.file_source();
+    let table = source.table_schema();
+    let real = table.schema_without_virtual_columns().fields().len();
+    let is_row_number = |index: usize| {
+        table
+            .table_schema()
+            .fields()
+            .get(index)
+            .is_some_and(|f| f.try_extension_type::<RowNumber>().is_ok())
+    };
+    let Some(projection) = source.projection() else {
+        return Ok(None);
+    };
+    let reads_row_number = |expr: &Arc<dyn PhysicalExpr>| {
+        expr.exists(|e| {
+            Ok(e.downcast_ref::<Column>()
+                .is_some_and(|c| c.index() >= real && is_row_number(c.index())))
+        })
+    };
+    let mut any = false;
+    for projected in projection.iter() {
+        any |= reads_row_number(&projected.expr)?;
+    }
+    if !any {
+        return Ok(None);
+    }
+    let file_schema = table.schema_without_virtual_columns();
+    let call = ScalarFunctionExpr::try_new(
+        file_row_index(),
+        vec![],
+        file_schema,
+        Arc::new(ConfigOptions::default()),
+    )?;
+    let call: Arc<dyn PhysicalExpr> = Arc::new(call);
+    projection
+        .iter()
+        .map(|projected| {
+            Arc::clone(&projected.expr)
+                .transform_up(|e| match e.downcast_ref::<Column>() {
+                    Some(c) if c.index() >= real && is_row_number(c.index()) => {
+                        Ok(Transformed::yes(Arc::clone(&call)))
+                    }
+                    _ => Ok(Transformed::no(e)),
+                })
+                .map(|t| t.data)
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
 }
 
 /// `node`, the encoding of `plan`, inside a [`ScanOptionsNode`] when `plan` is a file scan
@@ -244,6 +345,28 @@ mod tests {
         let sql = "select count(*) as rows, max(s) as last from t";
         let shown = shown(&ctx, round_trip(&ctx, planned(&ctx, sql).await)).await;
         assert!(shown.contains("| 2    | b    |"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn file_row_index_reads_the_same_after_decoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = SessionContext::new();
+        let copy = format!(
+            "copy (values ('a'), ('b'), ('c')) to '{}/t.parquet' stored as parquet",
+            dir.path().display()
+        );
+        ctx.sql(&copy).await.unwrap().collect().await.unwrap();
+        let create = format!(
+            "create external table t stored as parquet location '{}/t.parquet'",
+            dir.path().display()
+        );
+        ctx.sql(&create).await.unwrap().collect().await.unwrap();
+        let sql = "select file_row_index() as i, column1 from t \
+                   where file_row_index() > 0 order by column1";
+        let plan = planned(&ctx, sql).await;
+        let expected = shown(&ctx, Arc::clone(&plan)).await;
+        assert!(expected.contains("| 2 | c       |"), "{expected}");
+        assert_eq!(shown(&ctx, round_trip(&ctx, plan)).await, expected);
     }
 
     #[test]

@@ -19,11 +19,10 @@ use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::SQLOptions;
-use datafusion::logical_expr::{DdlStatement, LogicalPlan, ResetVariable, SetVariable, Statement};
+use datafusion::logical_expr::{DdlStatement, LogicalPlan, Statement};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{DataFrame, SessionContext};
 
-use crate::config::PINNED_SETTINGS;
 use crate::join_filters::{KeySummaryExec, ProbeFilterExec};
 use crate::shuffle::{ShuffleReaderExec, ShuffleWriterExec};
 
@@ -42,9 +41,6 @@ pub enum Refused {
          `DEALLOCATE` are (per session)"
     )]
     Statement(String),
-    /// A setting distributed plans depend on.
-    #[error("{0} is fixed by the scheduler: its distributed plans depend on it")]
-    Pinned(&'static str),
     /// A file location outside the operator's prefixes.
     #[error("location {location:?} is outside the data prefixes this scheduler allows ({allowed})")]
     Location {
@@ -85,19 +81,6 @@ impl Guard {
     ) -> Result<DataFrame, DataFusionError> {
         let plan = session.state().create_logical_plan(sql).await?;
         self.check_sql(&plan).map_err(refused)?;
-        // DataFusion would reset a pinned setting to its own default; Baton's is the
-        // pinned value.
-        let plan = match plan {
-            LogicalPlan::Statement(Statement::ResetVariable(ResetVariable { variable }))
-                if pinned(&variable).is_some() =>
-            {
-                LogicalPlan::Statement(Statement::SetVariable(SetVariable {
-                    variable,
-                    value: PINNED_VALUE.into(),
-                }))
-            }
-            plan => plan,
-        };
         super::sessions::refuse_catalog_drop(session, &plan)?;
         let plan = match params {
             Some(values) => plan.with_param_values(ParamValues::from(values))?,
@@ -109,16 +92,11 @@ impl Guard {
     /// Refuses `plan` when it is nothing this scheduler runs.
     pub fn check_sql(&self, plan: &LogicalPlan) -> Result<(), Refused> {
         match plan {
-            // A pinned setting may be set to the value it is pinned at, and reset to it.
-            LogicalPlan::Statement(Statement::SetVariable(SetVariable { variable, value })) => {
-                return match pinned(variable) {
-                    Some(pinned) if !value.trim().eq_ignore_ascii_case(PINNED_VALUE) => {
-                        Err(Refused::Pinned(pinned))
-                    }
-                    _ => Ok(()),
-                };
+            // Settings are the session's (distributed plans keep some of them off:
+            // `config::plan_for_distribution`).
+            LogicalPlan::Statement(Statement::SetVariable(_) | Statement::ResetVariable(_)) => {
+                return Ok(());
             }
-            LogicalPlan::Statement(Statement::ResetVariable(_)) => return Ok(()),
             // SQL prepared statements live in the session; what one runs is checked
             // when it is prepared.
             LogicalPlan::Statement(Statement::Prepare(prepare)) => {
@@ -244,17 +222,6 @@ impl Guard {
     }
 }
 
-/// The value every pinned setting has (each turns a feature off).
-const PINNED_VALUE: &str = "false";
-
-/// The pinned setting `variable` names, if it names one.
-fn pinned(variable: &str) -> Option<&'static str> {
-    PINNED_SETTINGS
-        .iter()
-        .find(|pinned| variable.eq_ignore_ascii_case(pinned))
-        .copied()
-}
-
 /// `location` (a path or URL) as a URL: a local absolute path becomes `file:///…`.
 fn as_url(location: &str) -> String {
     if location.starts_with('/') {
@@ -312,7 +279,8 @@ mod tests {
             "set datafusion.optimizer.enable_dynamic_filter_pushdown = false",
             "set datafusion.optimizer.enable_dynamic_filter_pushdown = true",
             "reset datafusion.optimizer.enable_dynamic_filter_pushdown",
-            "set datafusion.optimizer.enable_round_robin_repartition = false",
+            "set datafusion.optimizer.enable_round_robin_repartition = true",
+            "set datafusion.execution.enable_file_stream_work_stealing = true",
         ] {
             assert_eq!(refusal(&guard, sql).await, "", "{sql}");
         }
@@ -324,14 +292,6 @@ mod tests {
             ("copy (select 1) to '/tmp/x.csv'", "COPY"),
             ("insert into t values (2)", "DML"),
             ("drop table t", "DDL"),
-            (
-                "set datafusion.execution.enable_file_stream_work_stealing = true",
-                "fixed by the scheduler",
-            ),
-            (
-                "set datafusion.optimizer.enable_round_robin_repartition = true",
-                "fixed by the scheduler",
-            ),
             ("start transaction", "not supported"),
             ("prepare w as insert into t values (3)", "DML"),
         ] {
@@ -341,19 +301,6 @@ mod tests {
                 "{sql}: {error}"
             );
         }
-    }
-
-    #[tokio::test]
-    async fn a_pinned_setting_resets_to_its_pinned_value() {
-        let session = SessionContext::new_with_config(crate::config::distributed_session_config(2));
-        let guard = Guard::default();
-        let key = "datafusion.optimizer.enable_round_robin_repartition";
-        guard
-            .plan_sql(&session, &format!("reset {key}"), None)
-            .await
-            .unwrap();
-        let options = session.state().config_options().clone();
-        assert!(!options.optimizer.enable_round_robin_repartition);
     }
 
     #[tokio::test]

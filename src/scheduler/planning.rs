@@ -207,10 +207,10 @@ impl Planner {
             bytes,
             "planning with partitions for its data"
         );
-        // Planned without dynamic filters; a plan the scheduler answers itself runs in
-        // the session's own settings (`information_schema` shows them).
+        // Planned as every distributed plan is; a plan the scheduler answers itself runs
+        // in the session's own settings (`information_schema` shows them).
         let mut planning = state.clone();
-        config::plan_without_dynamic_filters(planning.config_mut().options_mut());
+        config::plan_for_distribution(planning.config_mut().options_mut());
         let plan = planning.create_physical_plan(&plan).await?;
         if let Some(reason) = local::must_run_here(&plan) {
             return answer(plan, &state, reason).await;
@@ -322,7 +322,8 @@ async fn answer(
 
 /// The settings `session` has that `base` (the scheduler's own) does not, as
 /// (key, value): what a client `SET`. The partition count is the planner's and is left
-/// out: the plan carries it.
+/// out (the plan carries it), and so are the [`config::DISTRIBUTED_SETTINGS`], which
+/// tasks never run with.
 fn changed_settings(base: &SessionContext, session: &SessionContext) -> Vec<(String, String)> {
     let defaults: std::collections::HashMap<String, Option<String>> = base
         .state()
@@ -337,6 +338,7 @@ fn changed_settings(base: &SessionContext, session: &SessionContext) -> Vec<(Str
         .entries()
         .into_iter()
         .filter(|e| e.key != "datafusion.execution.target_partitions")
+        .filter(|e| !config::DISTRIBUTED_SETTINGS.contains(&e.key.as_str()))
         .filter(|e| defaults.get(&e.key) != Some(&e.value))
         .filter_map(|e| Some((e.key, e.value?)))
         .collect()
@@ -489,7 +491,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn tasks_get_the_dynamic_filters_of_their_session_and_the_scheduler() {
+    async fn tasks_get_their_sessions_settings_and_dynamic_filters_but_not_distributed_ones() {
         let base =
             crate::config::with_dynamic_filters(crate::config::distributed_session_config(2));
         let session = SessionContext::new_with_config(base);
@@ -538,6 +540,19 @@ mod tests {
         for kind in [topk, join, aggregate] {
             assert!(sent.contains(&off(kind)), "{sent:?}");
         }
+        // Settings distributed plans keep off never reach the tasks.
+        let distributed = SessionContext::new_with_state(session.state());
+        for key in crate::config::DISTRIBUTED_SETTINGS {
+            distributed.sql(&format!("set {key} = true")).await.unwrap();
+        }
+        distributed
+            .sql("set datafusion.execution.batch_size = 100")
+            .await
+            .unwrap();
+        assert_eq!(
+            settings(&planner, &distributed).await,
+            vec![("datafusion.execution.batch_size".into(), "100".into())]
+        );
         // `--dynamic-filters off` turns them off for every session.
         planner.join_filters = false;
         assert_eq!(
