@@ -51,6 +51,10 @@ pub const DISTRIBUTED_SETTINGS: [&str; 2] = [
     "datafusion.execution.enable_file_stream_work_stealing",
 ];
 
+/// A session's memory limit (DataFusion's runtime setting), which travels with its tasks
+/// as bytes: each of them may hold at most that much of its executor's memory.
+pub const MEMORY_LIMIT_SETTING: &str = "datafusion.runtime.memory_limit";
+
 /// DataFusion's switch of every dynamic filter kind at once; setting it sets the others.
 pub const DYNAMIC_FILTERS_SETTING: &str = "datafusion.optimizer.enable_dynamic_filter_pushdown";
 

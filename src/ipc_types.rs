@@ -21,7 +21,11 @@ use datafusion::arrow::error::ArrowError;
 /// The schema batches of `schema` are written with over Arrow IPC: `schema` itself
 /// (the same `Arc`) unless a column holds a dictionary of dictionaries.
 pub fn ipc_schema(schema: &SchemaRef) -> SchemaRef {
-    if !schema.fields().iter().any(|f| ipc_type(f.data_type()).is_some()) {
+    if !schema
+        .fields()
+        .iter()
+        .any(|f| ipc_type(f.data_type()).is_some())
+    {
         return Arc::clone(schema);
     }
     let fields: Vec<FieldRef> = schema.fields().iter().map(ipc_field).collect();
@@ -45,10 +49,12 @@ pub fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, Ar
         .columns()
         .iter()
         .zip(schema.fields())
-        .map(|(column, field)| match column.data_type() == field.data_type() {
-            true => Ok(Arc::clone(column)),
-            false => cast(column, field.data_type()),
-        })
+        .map(
+            |(column, field)| match column.data_type() == field.data_type() {
+                true => Ok(Arc::clone(column)),
+                false => cast(column, field.data_type()),
+            },
+        )
         .collect::<Result<_, _>>()?;
     let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
     RecordBatch::try_new_with_options(Arc::clone(schema), columns, &options)
@@ -61,7 +67,10 @@ pub fn declared_schema(written: &SchemaRef) -> SchemaRef {
         return Arc::clone(written);
     }
     let fields: Vec<FieldRef> = written.fields().iter().map(declared_field).collect();
-    Arc::new(Schema::new_with_metadata(fields, written.metadata().clone()))
+    Arc::new(Schema::new_with_metadata(
+        fields,
+        written.metadata().clone(),
+    ))
 }
 
 /// Field metadata of a written dictionary field: its declared type, as arrow prints it.
@@ -130,8 +139,9 @@ fn ipc_type(data_type: &DataType) -> Option<DataType> {
         DataType::LargeList(item) => {
             ipc_type(item.data_type()).map(|_| DataType::LargeList(ipc_field(item)))
         }
-        DataType::FixedSizeList(item, size) => ipc_type(item.data_type())
-            .map(|_| DataType::FixedSizeList(ipc_field(item), *size)),
+        DataType::FixedSizeList(item, size) => {
+            ipc_type(item.data_type()).map(|_| DataType::FixedSizeList(ipc_field(item), *size))
+        }
         DataType::Struct(fields) => fields
             .iter()
             .any(|f| ipc_type(f.data_type()).is_some())
@@ -162,8 +172,9 @@ mod tests {
 
     /// A batch with a dictionary of dictionaries at the top and inside a struct.
     fn batch() -> RecordBatch {
-        let inner: DictionaryArray<UInt32Type> =
-            vec![Some("foo"), Some("bar"), None, Some("foo")].into_iter().collect();
+        let inner: DictionaryArray<UInt32Type> = vec![Some("foo"), Some("bar"), None, Some("foo")]
+            .into_iter()
+            .collect();
         let outer = DictionaryArray::<Int32Type>::try_new(
             vec![Some(3), Some(1), None, Some(0), Some(2)].into(),
             Arc::new(inner),
@@ -210,7 +221,9 @@ mod tests {
         assert_eq!(inner[0].data_type(), &flat);
 
         let mut writer = StreamWriter::try_new(Vec::new(), &written).unwrap();
-        writer.write(&conform(batch.clone(), &written).unwrap()).unwrap();
+        writer
+            .write(&conform(batch.clone(), &written).unwrap())
+            .unwrap();
         let bytes = writer.into_inner().unwrap();
         let read: Vec<RecordBatch> = StreamReader::try_new(&bytes[..], None)
             .unwrap()

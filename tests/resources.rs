@@ -36,6 +36,29 @@ async fn a_query_that_cannot_fit_fails_clearly_and_the_cluster_goes_on() {
     assert_eq!(again.rows(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sessions_memory_limit_bounds_its_own_tasks_only() {
+    let cluster = limited_cluster(256 << 20).await;
+    let mut limited = cluster.client().await.unwrap();
+    let mut other = cluster.client().await.unwrap();
+    // A hash join's build side cannot spill; this one holds far more than 64 KiB.
+    let join = "select count(*) from lineitem a join orders b on a.l_orderkey = b.o_orderkey";
+    let expected = other.sql(join).await.unwrap();
+    limited
+        .sql("set datafusion.runtime.memory_limit = '64K'")
+        .await
+        .unwrap();
+    let error = limited.sql(join).await.unwrap_err().to_string();
+    assert!(
+        error.contains("Resources exhausted") && error.contains("memory_limit is per task"),
+        "{error}"
+    );
+    // The other session, and the executors, go on as before.
+    let again = other.sql(join).await.unwrap();
+    assert_eq!(again.batches, expected.batches);
+    assert_eq!(cluster.scheduler().executors().0, 2);
+}
+
 /// Writes `rows` rows of (k BIGINT, v VARCHAR) to `dir/big.parquet`, `v` distinct for
 /// 1.5 million of them and some 35 bytes long, and a catalog naming it `big`.
 async fn big_table(dir: &std::path::Path, rows: u64) -> std::path::PathBuf {

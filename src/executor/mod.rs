@@ -12,6 +12,7 @@ mod dynamic_filters;
 mod failure;
 mod flight;
 mod gated;
+mod memory_cap;
 mod runner;
 mod work_dir;
 

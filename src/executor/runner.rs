@@ -12,6 +12,7 @@ use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{UInt32Type, UInt64Type};
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::{SessionStateBuilder, TaskContext};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::coop::CooperativeExec;
@@ -25,7 +26,8 @@ use tracing::{Instrument, debug, info_span, warn};
 use super::dynamic_filters;
 use super::failure::is_transient;
 use super::gated::{GatedExec, TaskGate};
-use crate::config::DYNAMIC_FILTERS_SETTING;
+use super::memory_cap::CappedPool;
+use crate::config::{DYNAMIC_FILTERS_SETTING, MEMORY_LIMIT_SETTING};
 use crate::join_filters::{FilterEffect, KeySummary, apply_filters, summaries_of};
 use crate::planner::decode_plan;
 use crate::proto::{
@@ -330,23 +332,36 @@ impl TaskRunner {
 
     /// The context a query's plans decode and run in: the executor's session with the
     /// settings the query's session changed, its functions rebuilt for them (a time
-    /// zone changes what `to_timestamp` returns, and the plan was made with it).
+    /// zone changes what `to_timestamp` returns, and the plan was made with it), and its
+    /// memory limit as a cap on the task's share of the executor's pool.
     fn query_context(&self, settings: &HashMap<String, String>) -> Result<TaskContext> {
         let state = self.session.state();
         if settings.is_empty() {
             return Ok(TaskContext::from(&state));
         }
         let mut config = state.config().clone();
+        let mut builder = SessionStateBuilder::new_from_existing(state.clone());
+        if let Some(limit) = settings.get(MEMORY_LIMIT_SETTING) {
+            let limit: usize = limit.parse().map_err(|e| {
+                DataFusionError::Configuration(format!(
+                    "{MEMORY_LIMIT_SETTING} {limit:?} is no byte count: {e}"
+                ))
+            })?;
+            let mut runtime = RuntimeEnv::clone(state.runtime_env());
+            runtime.memory_pool = Arc::new(CappedPool::new(runtime.memory_pool, limit));
+            builder = builder.with_runtime_env(Arc::new(runtime));
+        }
         // DataFusion's switch of every dynamic filter kind first: the switch of one kind
         // the session set after it then wins, as it did there.
-        let mut settings: Vec<_> = settings.iter().collect();
+        let mut settings: Vec<_> = settings
+            .iter()
+            .filter(|(key, _)| key.as_str() != MEMORY_LIMIT_SETTING)
+            .collect();
         settings.sort_by_key(|(key, _)| key.as_str() != DYNAMIC_FILTERS_SETTING);
         for (key, value) in settings {
             config.options_mut().set(key, value)?;
         }
-        let state = SessionStateBuilder::new_from_existing(state)
-            .with_config(config)
-            .build();
+        let state = builder.with_config(config).build();
         Ok(TaskContext::from(&state))
     }
 

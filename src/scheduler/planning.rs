@@ -12,6 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::config::ConfigOptions;
+use datafusion::execution::memory_pool::MemoryLimit;
 use datafusion::execution::{SessionState, TaskContext};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
@@ -323,8 +324,15 @@ async fn answer(
 /// The settings `session` has that `base` (the scheduler's own) does not, as
 /// (key, value): what a client `SET`. The partition count is the planner's and is left
 /// out (the plan carries it), and so are the [`config::DISTRIBUTED_SETTINGS`], which
-/// tasks never run with.
+/// tasks never run with. A memory limit it set is sent in bytes.
 fn changed_settings(base: &SessionContext, session: &SessionContext) -> Vec<(String, String)> {
+    let limit = |ctx: &SessionContext| match ctx.runtime_env().memory_pool.memory_limit() {
+        MemoryLimit::Finite(bytes) => Some(bytes),
+        MemoryLimit::Infinite | MemoryLimit::Unknown => None,
+    };
+    let memory_limit = limit(session)
+        .filter(|bytes| limit(base) != Some(*bytes))
+        .map(|bytes| (config::MEMORY_LIMIT_SETTING.to_string(), bytes.to_string()));
     let defaults: std::collections::HashMap<String, Option<String>> = base
         .state()
         .config_options()
@@ -341,6 +349,7 @@ fn changed_settings(base: &SessionContext, session: &SessionContext) -> Vec<(Str
         .filter(|e| !config::DISTRIBUTED_SETTINGS.contains(&e.key.as_str()))
         .filter(|e| defaults.get(&e.key) != Some(&e.value))
         .filter_map(|e| Some((e.key, e.value?)))
+        .chain(memory_limit)
         .collect()
 }
 

@@ -298,7 +298,9 @@ impl PartitionWriter {
         let written = ipc_schema(&self.schema);
         let mut writer = StreamWriter::try_new(BufWriter::new(file), &written).map_err(ipc)?;
         for batch in self.batches.drain(..) {
-            writer.write(&conform(batch, &written).map_err(ipc)?).map_err(ipc)?;
+            writer
+                .write(&conform(batch, &written).map_err(ipc)?)
+                .map_err(ipc)?;
         }
         self.store
             .budget
