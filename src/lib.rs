@@ -23,6 +23,7 @@
 //!    releases the consumers. When the final stage is done, the client's Flight `do_get`
 //!    on the scheduler streams the result batches through from the executors.
 
+pub mod analyze;
 pub mod catalog;
 pub mod cli;
 pub mod client;

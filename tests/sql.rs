@@ -198,3 +198,83 @@ async fn session_tables_and_settings_reach_the_executors() {
         "the time zone changed the answer"
     );
 }
+
+/// The `output_rows` figures of the `operator` lines in EXPLAIN ANALYZE `batches`.
+fn output_rows_of(
+    batches: &[datafusion::arrow::array::RecordBatch],
+    operator: &str,
+) -> Vec<String> {
+    use datafusion::arrow::array::AsArray;
+    let mut rows = Vec::new();
+    for batch in batches {
+        for text in batch.column(1).as_string::<i32>().iter().flatten() {
+            for line in text
+                .lines()
+                .filter(|l| l.trim_start().starts_with(operator))
+            {
+                let figure = line.split("output_rows=").nth(1).unwrap_or("");
+                rows.push(figure.split([',', ']']).next().unwrap_or("").to_string());
+            }
+        }
+    }
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn explain_analyze_shows_every_stage_with_what_its_tasks_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path()).await;
+    let reference = common::single_node(&common::tpch_catalog()).await;
+    let mut client = cluster.client().await.unwrap();
+    let sql = "explain analyze select o_orderpriority, count(*) from orders \
+               join lineitem on l_orderkey = o_orderkey where l_quantity > 45 \
+               group by o_orderpriority";
+    let id = client.submit_sql(sql).await.unwrap();
+    let result = client.fetch(&id).await.unwrap();
+    let status = client.status(&id).await.unwrap();
+    assert_eq!(status.state(), QueryState::Succeeded);
+
+    // One row per stage, in stage order, each with its operators' metrics and none of
+    // the executors' own wrappers.
+    use datafusion::arrow::array::AsArray;
+    let batch = &result.batches[0];
+    let kinds: Vec<&str> = batch
+        .column(0)
+        .as_string::<i32>()
+        .iter()
+        .flatten()
+        .collect();
+    let stages: Vec<String> = (0..status.stages.len())
+        .map(|i| format!("Stage {i}"))
+        .collect();
+    assert_eq!(kinds, stages);
+    assert!(stages.len() >= 3, "{kinds:?}");
+    for (text, stage) in batch
+        .column(1)
+        .as_string::<i32>()
+        .iter()
+        .flatten()
+        .zip(&status.stages)
+    {
+        assert!(
+            text.starts_with(&format!("{} tasks ({0} reported)", stage.tasks_total)),
+            "{text}"
+        );
+        assert!(text.contains("ShuffleWriterExec"), "{text}");
+        assert!(
+            !text.contains("GatedExec") && !text.contains("CooperativeExec"),
+            "{text}"
+        );
+    }
+    // The join's and the aggregation's rows, summed over tasks, are single-node
+    // DataFusion's.
+    let expected = common::expected(&reference, sql).await;
+    for operator in ["HashJoinExec", "AggregateExec: mode=Final"] {
+        let baton = output_rows_of(&result.batches, operator);
+        assert_eq!(baton, output_rows_of(&expected, operator), "{operator}");
+        assert!(
+            baton.iter().all(|rows| !rows.is_empty() && rows != "0"),
+            "{baton:?}"
+        );
+    }
+}

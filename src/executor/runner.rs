@@ -23,10 +23,11 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::AbortHandle;
 use tracing::{Instrument, debug, info_span, warn};
 
-use super::dynamic_filters;
+use super::dynamic_filters::{self, PartitionSliceExec};
 use super::failure::is_transient;
 use super::gated::{GatedExec, TaskGate};
 use super::memory_cap::CappedPool;
+use crate::analyze;
 use crate::config::{DYNAMIC_FILTERS_SETTING, MEMORY_LIMIT_SETTING};
 use crate::join_filters::{FilterEffect, KeySummary, apply_filters, summaries_of};
 use crate::planner::decode_plan;
@@ -80,6 +81,7 @@ struct TaskOutput {
     key_summaries: Vec<proto::KeySummary>,
     filter_effect: Option<proto::FilterEffect>,
     in_stage_filters: Option<proto::InStageFilterEffect>,
+    operator_metrics: Vec<proto::OperatorMetrics>,
 }
 
 /// A task the runner holds: how to stop it, and its gate (closed while suspended).
@@ -318,6 +320,13 @@ impl TaskRunner {
             .collect::<Result<_>>()?;
         let effect = FilterEffect::of(&plan, run_partition);
         let in_stage_filters = dynamic_filters.then(|| in_stage_effect(&plan)).flatten();
+        let operator_metrics = match task.collect_metrics {
+            // A shared instance holds every task's figures; its own holds only its own.
+            true => analyze::operator_metrics(&plan, (!own).then_some(run_partition), &|p| {
+                p.is::<GatedExec>() || p.is::<CooperativeExec>() || p.is::<PartitionSliceExec>()
+            }),
+            false => Vec::new(),
+        };
         Ok(TaskOutput {
             partitions,
             key_summaries,
@@ -327,6 +336,7 @@ impl TaskRunner {
                 row_groups_pruned: effect.row_groups_pruned,
             }),
             in_stage_filters,
+            operator_metrics,
         })
     }
 
@@ -531,6 +541,7 @@ impl TaskRunner {
                     key_summaries: output.key_summaries,
                     filter_effect: output.filter_effect,
                     in_stage_filters: output.in_stage_filters,
+                    operator_metrics: output.operator_metrics,
                 })
             }
             Err(e) => task_status::Result::Failed(TaskFailed {

@@ -15,6 +15,7 @@ use datafusion::common::config::ConfigOptions;
 use datafusion::execution::memory_pool::MemoryLimit;
 use datafusion::execution::{SessionState, TaskContext};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::analyze::AnalyzeExec;
 use datafusion::prelude::SessionContext;
 
 use tokio::sync::watch;
@@ -22,6 +23,7 @@ use tokio::sync::watch;
 use super::guard::Guard;
 use super::local;
 use super::{ClusterSize, StageFilter, StageSpec, Submission};
+use crate::analyze;
 use crate::catalog::plan_data_bytes;
 use crate::config;
 use crate::join_filters::rule;
@@ -263,6 +265,12 @@ impl Planner {
         plan: Arc<dyn ExecutionPlan>,
         options: &ConfigOptions,
     ) -> Result<Planned, PlannerError> {
+        // EXPLAIN ANALYZE: its input runs as the query, and the answer is what every
+        // stage measured (`crate::analyze`), in `AnalyzeExec`'s schema.
+        let (plan, analyze_schema) = match plan.downcast_ref::<AnalyzeExec>() {
+            Some(analyze) => (Arc::clone(analyze.input()), Some(plan.schema())),
+            None => (plan, None),
+        };
         let dag = planner::plan_stages(plan, self.split_unit_bytes)?;
         let estimates = planner::estimate_stages(&dag);
         let inputs: Vec<Vec<u32>> = dag.stages.iter().map(|s| s.inputs.clone()).collect();
@@ -292,12 +300,16 @@ impl Planner {
                             build_stage: l.build_stage,
                         })
                         .collect(),
+                    analyzed: match analyze_schema {
+                        Some(_) => analyze::operator_lines(&plan),
+                        None => Vec::new(),
+                    },
                 })
             })
             .collect::<Result<Vec<_>, PlannerError>>()?;
         Ok(Planned {
             stages,
-            schema: dag.schema,
+            schema: analyze_schema.unwrap_or(dag.schema),
             answer: None,
             settings: Vec::new(),
         })

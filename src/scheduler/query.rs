@@ -13,10 +13,12 @@ use bytes::Bytes;
 use datafusion::arrow::datatypes::SchemaRef;
 use tracing::warn;
 
+use crate::analyze::{self, AnalyzedStage, StageMetrics};
 use crate::join_filters::{KeySummary, MAX_FILTER_VALUES};
 use crate::proto::{
     FilterEffect, InStageFilterEffect, KeySummary as KeySummaryProto, MapOutputLocation,
-    QueryState, QueryStatus as QueryStatusProto, RunningTask, StageInput, StageState, StageStatus,
+    OperatorLine, OperatorMetrics, QueryState, QueryStatus as QueryStatusProto, RunningTask,
+    StageInput, StageState, StageStatus,
 };
 use crate::shuffle::MapLocation;
 
@@ -106,6 +108,10 @@ pub struct Stage {
     /// and those that finished before the attempt they copied.
     copies_started: u32,
     copies_won: u32,
+    /// Its operators, for an EXPLAIN ANALYZE query (empty otherwise).
+    analyzed: Vec<OperatorLine>,
+    /// What its tasks' operators measured, for an EXPLAIN ANALYZE query.
+    measured: StageMetrics,
 }
 
 impl Stage {
@@ -216,6 +222,9 @@ pub struct StageSpec {
     pub operators: String,
     /// Join filters its tasks apply, each with the build stage that summarises its keys.
     pub filters: Vec<StageFilter>,
+    /// Its operators, when the query is an EXPLAIN ANALYZE (see [`crate::analyze`]):
+    /// its tasks then report what they measured, and the query answers with that.
+    pub analyzed: Vec<OperatorLine>,
 }
 
 /// A join filter a stage's tasks apply, and the stage whose tasks summarise its
@@ -254,6 +263,9 @@ pub struct Query {
     remaining_cost: f64,
     /// Why the result partitions were freed ("fetched", "expired"), once they were.
     pub results_released: Option<&'static str>,
+    /// An EXPLAIN ANALYZE query's answer (Arrow IPC), held once its last stage is done;
+    /// it stands for the final stage's rows.
+    analysis: Option<Bytes>,
 }
 
 /// What a task result did to its query.
@@ -347,6 +359,8 @@ impl Query {
                 durations: Vec::new(),
                 copies_started: 0,
                 copies_won: 0,
+                analyzed: s.analyzed.clone(),
+                measured: StageMetrics::default(),
                 state: StageState::Waiting,
                 tasks: vec![Task::default(); s.tasks],
                 done: 0,
@@ -379,6 +393,7 @@ impl Query {
             arrived: Instant::now(),
             remaining_cost,
             results_released: None,
+            analysis: None,
         }
     }
 
@@ -401,6 +416,7 @@ impl Query {
             arrived: Instant::now(),
             remaining_cost: 0.0,
             results_released: None,
+            analysis: None,
         }
     }
 
@@ -422,6 +438,7 @@ impl Query {
             cost_per_input_row: 0.0,
             operators,
             filters: Vec::new(),
+            analyzed: Vec::new(),
         };
         let mut query = Self::new(id, label, vec![spec], schema);
         let now = SystemTime::now();
@@ -480,6 +497,9 @@ impl Query {
 
     /// Where each task of the final stage left its output (when the query succeeded).
     pub fn result_parts(&self) -> Vec<ResultPart> {
+        if let Some(analysis) = &self.analysis {
+            return vec![ResultPart::Inline(analysis.clone())];
+        }
         let Some(stage) = self.stages.last() else {
             return Vec::new();
         };
@@ -493,14 +513,16 @@ impl Query {
 
     /// Bytes of result partitions the scheduler holds itself (see [`ResultPart::Inline`]).
     pub fn inline_result_bytes(&self) -> usize {
-        self.stages.last().map_or(0, |stage| {
-            stage
-                .tasks
-                .iter()
-                .filter_map(|t| t.inline_result.as_ref())
-                .map(Bytes::len)
-                .sum()
-        })
+        let analysis = self.analysis.as_ref().map_or(0, Bytes::len);
+        analysis
+            + self.stages.last().map_or(0, |stage| {
+                stage
+                    .tasks
+                    .iter()
+                    .filter_map(|t| t.inline_result.as_ref())
+                    .map(Bytes::len)
+                    .sum()
+            })
     }
 
     /// Lets go of the result partitions the scheduler holds itself (they were fetched,
@@ -509,6 +531,7 @@ impl Query {
     pub fn drop_inline_results(&mut self) -> usize {
         let dropped = self.inline_result_bytes();
         metrics::gauge!("baton_result_bytes_held").decrement(dropped as f64);
+        self.analysis = None;
         if let Some(stage) = self.stages.last_mut() {
             for task in stage.tasks.iter_mut().filter(|t| t.inline_result.is_some()) {
                 task.inline_result = None;
@@ -678,6 +701,9 @@ impl Query {
         self.stages[sid as usize].state = StageState::Done;
         self.stages[sid as usize].ended_at = Some(SystemTime::now());
         if sid == self.final_stage() {
+            if self.is_analyze() {
+                self.answer_analysis();
+            }
             self.finish(QueryState::Succeeded, None);
             progress.finished = true;
             return;
@@ -713,6 +739,45 @@ impl Query {
             stage.waiting_on -= 1;
             if stage.waiting_on == 0 {
                 self.make_ready(consumer, progress);
+            }
+        }
+    }
+
+    /// True for an EXPLAIN ANALYZE query (its stages carry their operators).
+    pub fn is_analyze(&self) -> bool {
+        self.stages.iter().any(|s| !s.analyzed.is_empty())
+    }
+
+    /// Replaces the final stage's rows by what every stage measured (see
+    /// [`crate::analyze`]); a failure to render fails the query.
+    fn answer_analysis(&mut self) {
+        let Some(schema) = self.schema.clone() else {
+            return;
+        };
+        let stages: Vec<AnalyzedStage<'_>> = self
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(id, s)| AnalyzedStage {
+                id: id as u32,
+                inputs: &s.inputs,
+                tasks: s.tasks.len(),
+                wall: match (s.started_at, s.ended_at) {
+                    (Some(start), Some(end)) => end.duration_since(start).unwrap_or_default(),
+                    _ => Duration::ZERO,
+                },
+                lines: &s.analyzed,
+                metrics: &s.measured,
+            })
+            .collect();
+        match analyze::render(&schema, &stages) {
+            Ok(ipc) => {
+                self.drop_inline_results();
+                metrics::gauge!("baton_result_bytes_held").increment(ipc.len() as f64);
+                self.analysis = Some(ipc);
+            }
+            Err(e) => {
+                warn!(query_id = %self.id, error = %e, "EXPLAIN ANALYZE answer could not be written")
             }
         }
     }
@@ -758,8 +823,9 @@ impl Query {
     }
 
     /// Records what a finished task's plan reported besides its output: the build-side
-    /// keys it summarised (for the join filters of later stages) and what its own join
-    /// filters removed. Stale attempts change nothing. Call before
+    /// keys it summarised (for the join filters of later stages), what its own join
+    /// filters removed, and what its operators measured (EXPLAIN ANALYZE). Stale attempts
+    /// change nothing. Call before
     /// [`Self::task_succeeded`], which may make the stages waiting for the keys ready.
     pub fn task_reported(
         &mut self,
@@ -768,12 +834,16 @@ impl Query {
         key_summaries: Vec<KeySummaryProto>,
         effect: Option<FilterEffect>,
         in_stage: Option<InStageFilterEffect>,
+        operator_metrics: Vec<OperatorMetrics>,
     ) {
         if !self.is_current(task, attempt) {
             return;
         }
         let stage = &mut self.stages[task.stage as usize];
         stage.tasks[task.partition as usize].key_summaries = key_summaries;
+        if !stage.analyzed.is_empty() {
+            stage.measured.add(&stage.analyzed, operator_metrics);
+        }
         if let Some(effect) = effect {
             stage.filter_effect.rows_in += effect.rows_in;
             stage.filter_effect.rows_removed += effect.rows_removed;
@@ -1312,6 +1382,7 @@ mod tests {
             tasks,
             operators: String::new(),
             filters: Vec::new(),
+            analyzed: Vec::new(),
         }
     }
 
@@ -1399,7 +1470,14 @@ mod tests {
         for (partition, (min, max)) in [(0, (5, 7)), (1, (2, 3))] {
             let t = task(0, partition);
             q.task_started(t, "a");
-            q.task_reported(t, q.attempt(t), vec![summary(min, max)], None, None);
+            q.task_reported(
+                t,
+                q.attempt(t),
+                vec![summary(min, max)],
+                None,
+                None,
+                Vec::new(),
+            );
             let progress = q.task_succeeded(t, q.attempt(t), loc("a"), 1, None);
             let expected = if partition == 0 {
                 vec![]
@@ -1439,6 +1517,7 @@ mod tests {
                 row_groups_pruned: 3,
                 rows_pruned: 4,
             }),
+            Vec::new(),
         );
         assert_eq!(run_reported(&mut q, t).ready, vec![task(2, 0)]);
         assert!(q.stage_filters(2).is_empty());
@@ -1631,6 +1710,76 @@ mod tests {
     /// `q` as a restarted scheduler gets it back from its records.
     fn restored(q: &Query) -> Query {
         Query::restore(q.to_stored(), q.stored_tasks()).unwrap()
+    }
+
+    #[test]
+    fn an_explain_analyze_answers_with_what_its_stages_measured() {
+        use datafusion::arrow::array::AsArray;
+        use datafusion::arrow::datatypes::{DataType, Field};
+        let lines = |name: &str| {
+            vec![OperatorLine {
+                depth: 0,
+                name: name.into(),
+                text: name.into(),
+            }]
+        };
+        let stages = vec![
+            StageSpec {
+                analyzed: lines("ScanExec"),
+                ..spec(&[], 2)
+            },
+            StageSpec {
+                analyzed: lines("MergeExec"),
+                ..spec(&[0], 1)
+            },
+        ];
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("plan_type", DataType::Utf8, false),
+            Field::new("plan", DataType::Utf8, false),
+        ]));
+        let mut q = Query::new("q".into(), String::new(), stages, schema);
+        q.start();
+        for t in [task(0, 0), task(0, 1), task(1, 0)] {
+            q.task_started(t, "a");
+            let reported = vec![OperatorMetrics {
+                operator: if t.stage == 0 {
+                    "ScanExec"
+                } else {
+                    "MergeExec"
+                }
+                .into(),
+                metrics: Vec::new(),
+            }];
+            q.task_reported(t, q.attempt(t), Vec::new(), None, None, reported);
+            // The final task's rows, sent back inline, are not the answer.
+            let rows = (t.stage == 1).then(|| Bytes::from_static(b"rows"));
+            q.task_succeeded(t, q.attempt(t), loc("a"), 0, rows);
+        }
+        assert_eq!(q.state(), QueryState::Succeeded);
+        let parts = q.result_parts();
+        let [ResultPart::Inline(ipc)] = parts.as_slice() else {
+            panic!("one held part expected");
+        };
+        let batch = datafusion::arrow::ipc::reader::StreamReader::try_new(&ipc[..], None)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        let kinds: Vec<&str> = batch
+            .column(0)
+            .as_string::<i32>()
+            .iter()
+            .flatten()
+            .collect();
+        assert_eq!(kinds, ["Stage 0", "Stage 1"]);
+        let plan = batch.column(1).as_string::<i32>().value(0);
+        assert!(
+            plan.starts_with("2 tasks (2 reported)") && plan.contains("ScanExec"),
+            "{plan}"
+        );
+        assert_eq!(q.inline_result_bytes(), ipc.len());
+        // What was measured is not stored: after a restart the answer is gone.
+        assert_eq!(restored(&q).results_released, Some("released"));
     }
 
     fn sorted(mut tasks: Vec<TaskRef>) -> Vec<TaskRef> {

@@ -889,6 +889,7 @@ impl SchedulerState {
                         ok.key_summaries,
                         ok.filter_effect,
                         ok.in_stage_filters,
+                        ok.operator_metrics,
                     );
                     let rows = ok.partitions.iter().map(|p| p.rows).sum();
                     let held = query.inline_result_bytes();
@@ -1032,9 +1033,10 @@ fn gate_message((query_id, task): &HeldKey, attempt: u32, suspend: bool) -> Sche
 }
 
 /// Bytes of output a task of `query` sends back with its status: `limit` for a final
-/// task while the scheduler has `room` for results, else none (it stays on the executor).
+/// task while the scheduler has `room` for results, else none (it stays on the executor;
+/// an EXPLAIN ANALYZE query answers with metrics instead).
 fn inline_limit(query: &Query, task: TaskRef, room: bool, limit: u64) -> u64 {
-    if task.stage == query.final_stage() && room {
+    if task.stage == query.final_stage() && room && !query.is_analyze() {
         limit
     } else {
         0
@@ -1062,6 +1064,7 @@ fn run_task(
         inline_result_limit: inline_limit,
         settings: query.settings.clone(),
         filters: query.stage_filters(task.stage).to_vec(),
+        collect_metrics: query.is_analyze(),
     }
 }
 
@@ -1119,6 +1122,7 @@ mod tests {
             tasks,
             operators: String::new(),
             filters: Vec::new(),
+            analyzed: Vec::new(),
         }
     }
 

@@ -177,6 +177,7 @@ fn stages(map_tasks: usize) -> Vec<StageSpec> {
             cost_per_input_row: 0.0,
             operators: String::new(),
             filters: Vec::new(),
+            analyzed: Vec::new(),
         },
         StageSpec {
             plan: Bytes::from_static(b"final"),
@@ -187,6 +188,7 @@ fn stages(map_tasks: usize) -> Vec<StageSpec> {
             cost_per_input_row: 0.0,
             operators: String::new(),
             filters: Vec::new(),
+            analyzed: Vec::new(),
         },
     ]
 }

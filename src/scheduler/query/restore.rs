@@ -65,6 +65,7 @@ impl Query {
                             build_stage: f.build_stage,
                         })
                         .collect(),
+                    analyzed: s.analyzed.clone(),
                 })
                 .collect(),
             submitted_at_ms: millis(Some(self.submitted_at)),
@@ -144,6 +145,7 @@ impl Query {
                         build_stage: f.build_stage,
                     })
                     .collect(),
+                analyzed: s.analyzed.clone(),
             })
             .collect::<Vec<_>>();
         let count = specs.len() as u32;
@@ -173,6 +175,10 @@ impl Query {
             query.error = (!stored.error.is_empty()).then_some(stored.error);
             query.ended_at = time_of(stored.ended_at_ms).or_else(|| Some(SystemTime::now()));
             query.results_released = released_reason(&stored.results_released);
+            // What an EXPLAIN ANALYZE measured is not stored: its answer is gone.
+            if query.is_analyze() && end_state == QueryState::Succeeded {
+                query.results_released.get_or_insert("released");
+            }
         }
         for task in tasks {
             if !query.restore_task(task) {
