@@ -94,18 +94,18 @@ impl Dialer {
         Ok(self.authorized(channel))
     }
 
-    /// Opens a connection like [`Dialer::connect`], whose background work runs on
-    /// `runtime` whatever runtime the caller is on.
+    /// Opens a connection like [`Dialer::connect`] that lives on `runtime` whatever
+    /// runtime the caller is on: the handshake runs there too, so the connection's
+    /// timers (its HTTP/2 keepalive) belong to that runtime and outlive the caller's.
     pub async fn connect_on(
         &self,
         address: &str,
         runtime: Handle,
-    ) -> Result<Connection, tonic::transport::Error> {
-        let channel = self
-            .endpoint(address)?
-            .executor(OnRuntime(runtime))
-            .connect()
-            .await?;
+    ) -> Result<Connection, DialError> {
+        let endpoint = self.endpoint(address)?.executor(OnRuntime(runtime.clone()));
+        let channel = runtime
+            .spawn(async move { endpoint.connect().await })
+            .await??;
         Ok(self.authorized(channel))
     }
 
@@ -129,6 +129,17 @@ impl Dialer {
         }
         Ok(endpoint)
     }
+}
+
+/// Why [`Dialer::connect_on`] has no connection.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// The connection failed.
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+    /// The runtime the connection was to live on stopped first.
+    #[error("the runtime to connect on stopped: {0}")]
+    Runtime(#[from] tokio::task::JoinError),
 }
 
 /// `address` without a URL scheme.

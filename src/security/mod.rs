@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use authenticator::{AuthError, Authenticate, Authenticator, caller_of};
-pub use dial::{Authorize, Connection, Dialer, strip_scheme};
+pub use dial::{Authorize, Connection, DialError, Dialer, strip_scheme};
 pub use throwaway::{Throwaway, throwaway};
 pub use tls::{ClientCertificates, TlsFlags, client_trusting};
 

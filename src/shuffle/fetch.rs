@@ -22,7 +22,7 @@ use super::store::ShuffleKey;
 use crate::config::MAX_MESSAGE_BYTES;
 use crate::ipc_types::conform;
 use crate::proto::ShuffleTicket;
-use crate::security::{Connection, Dialer};
+use crate::security::{Connection, DialError, Dialer};
 
 /// A Flight client with Baton's message-size limits.
 pub fn flight_client(connection: Connection) -> FlightServiceClient<Connection> {
@@ -97,7 +97,7 @@ impl FlightClients {
         }
         let channel = match &self.runtime {
             Some(runtime) => self.dialer.connect_on(address, runtime.clone()).await,
-            None => self.dialer.connect(address).await,
+            None => self.dialer.connect(address).await.map_err(DialError::from),
         };
         let channel = channel.map_err(|e| {
             DataFusionError::Execution(format!("connecting to executor at {address}: {e}"))

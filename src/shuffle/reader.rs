@@ -13,6 +13,9 @@ use datafusion::physical_expr::{
     AcrossPartitions, ConstExpr, EquivalenceProperties, Partitioning, PhysicalExpr,
 };
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{
+    Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use futures::{StreamExt, TryStreamExt};
@@ -44,6 +47,9 @@ pub struct ShuffleReaderExec {
     hash_keys: Vec<Arc<dyn PhysicalExpr>>,
     constants: Vec<(Arc<dyn PhysicalExpr>, ScalarValue)>,
     properties: Arc<PlanProperties>,
+    /// Rows read, map outputs read locally and fetched, time waiting for peers to
+    /// answer (EXPLAIN ANALYZE).
+    metrics: ExecutionPlanMetricsSet,
 }
 
 impl ShuffleReaderExec {
@@ -61,6 +67,7 @@ impl ShuffleReaderExec {
             mode,
             hash_keys: Vec::new(),
             constants: Vec::new(),
+            metrics: ExecutionPlanMetricsSet::new(),
         }
     }
 
@@ -86,6 +93,7 @@ impl ShuffleReaderExec {
             mode: ReadMode::Hash,
             hash_keys: keys,
             constants: Vec::new(),
+            metrics: ExecutionPlanMetricsSet::new(),
         }
     }
 
@@ -217,6 +225,10 @@ impl ExecutionPlan for ShuffleReaderExec {
         Ok(self)
     }
 
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
     fn execute(
         &self,
         partition: usize,
@@ -225,19 +237,38 @@ impl ExecutionPlan for ShuffleReaderExec {
         let env = TaskEnv::from_context(&context)?;
         let sources = self.sources(&env, partition)?;
         let schema = self.schema.clone();
+        let measured = Arc::new(ReadMetrics {
+            local: MetricBuilder::new(&self.metrics).counter("local_map_outputs", partition),
+            remote: MetricBuilder::new(&self.metrics).counter("fetched_map_outputs", partition),
+            answer_wait: MetricBuilder::new(&self.metrics)
+                .subset_time("fetch_answer_time", partition),
+        });
+        let rows = MetricBuilder::new(&self.metrics).output_rows(partition);
         let opened = futures::stream::iter(sources).map(move |(location, key)| {
             let env = env.clone();
             let schema = schema.clone();
-            async move { open_source(&env, &location, &key, schema).await }
+            let measured = measured.clone();
+            async move { open_source(&env, &location, &key, schema, &measured).await }
         });
         let batches = opened
             .buffered(CONCURRENT_FETCHES)
-            .try_flatten_unordered(CONCURRENT_FETCHES);
+            .try_flatten_unordered(CONCURRENT_FETCHES)
+            .inspect_ok(move |batch| rows.add(batch.num_rows()));
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.schema.clone(),
             batches,
         )))
     }
+}
+
+/// What a reader task measures besides its rows.
+struct ReadMetrics {
+    /// Map outputs read from this executor's own store.
+    local: Count,
+    /// Map outputs fetched from other executors.
+    remote: Count,
+    /// Time from asking a peer for a map output to its answer.
+    answer_wait: Time,
 }
 
 /// One map output as a stream: from the local store, or fetched over Flight.
@@ -246,6 +277,7 @@ async fn open_source(
     location: &MapLocation,
     key: &ShuffleKey,
     schema: SchemaRef,
+    measured: &ReadMetrics,
 ) -> Result<SendableRecordBatchStream> {
     tracing::debug!(%key, local = location.executor_id == env.executor_id, reader = %env.executor_id, "open shuffle source");
     if location.executor_id == env.executor_id {
@@ -257,6 +289,7 @@ async fn open_source(
             .map_err(|e| UnreadableOutput::wrap(&env.executor_id, e.into()))?;
         metrics::counter!("baton_shuffle_bytes_read_total", "source" => "local")
             .increment(partition.bytes());
+        measured.local.add(1);
         Ok(partition.stream())
     } else {
         let started = Instant::now();
@@ -268,6 +301,8 @@ async fn open_source(
             .map_err(|e| UnreadableOutput::wrap(&holder, e))?
             .map_err(move |e| UnreadableOutput::wrap(&holder, e));
         let answered = started.elapsed();
+        measured.remote.add(1);
+        measured.answer_wait.add_duration(answered);
         // Logged once the stream ends, to tell a slow peer from a slow reader.
         let key = key.clone();
         let done = futures::stream::once(async move {

@@ -13,7 +13,9 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics;
+use datafusion::physical_plan::metrics::{
+    self, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
 use datafusion::physical_plan::repartition::BatchPartitioner;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -48,6 +50,8 @@ pub struct ShuffleWriterExec {
     /// partition 0.
     partitioning: Option<Partitioning>,
     properties: Arc<PlanProperties>,
+    /// Rows and bytes stored, time spent splitting and storing (EXPLAIN ANALYZE).
+    metrics: ExecutionPlanMetricsSet,
 }
 
 impl ShuffleWriterExec {
@@ -73,6 +77,7 @@ impl ShuffleWriterExec {
             input,
             partitioning,
             properties,
+            metrics: ExecutionPlanMetricsSet::new(),
         })
     }
 
@@ -134,6 +139,10 @@ impl ExecutionPlan for ShuffleWriterExec {
         Ok(Arc::new(Self::try_new(input, self.partitioning.clone())?))
     }
 
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
     fn execute(
         &self,
         partition: usize,
@@ -144,20 +153,33 @@ impl ExecutionPlan for ShuffleWriterExec {
         let input = self.input.execute(partition, context)?;
         let schema = self.input.schema();
         let outputs = self.output_partitions();
+        let measured = WriteMetrics {
+            rows: MetricBuilder::new(&self.metrics).output_rows(partition),
+            bytes: MetricBuilder::new(&self.metrics).output_bytes(partition),
+            time: MetricBuilder::new(&self.metrics).elapsed_compute(partition),
+        };
         let partitioner = match &self.partitioning {
             Some(Partitioning::Hash(exprs, n)) => Some(BatchPartitioner::new_hash_partitioner(
                 exprs.clone(),
                 *n,
-                metrics::Time::new(),
+                MetricBuilder::new(&self.metrics).subset_time("repartition_time", partition),
             )?),
             _ => None,
         };
-        let write = write_partition(env, gate, input, schema, outputs, partitioner);
+        let write = write_partition(env, gate, input, schema, outputs, partitioner, measured);
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             write_stats_schema(),
             futures::stream::once(write).boxed(),
         )))
     }
+}
+
+/// What a writer task measures: rows stored and the time splitting and storing them
+/// (`output_rows`, `elapsed_compute`), and bytes stored (`output_bytes`).
+struct WriteMetrics {
+    rows: metrics::Count,
+    bytes: metrics::Count,
+    time: metrics::Time,
 }
 
 async fn write_partition(
@@ -167,6 +189,7 @@ async fn write_partition(
     schema: SchemaRef,
     outputs: usize,
     mut partitioner: Option<BatchPartitioner>,
+    measured: WriteMetrics,
 ) -> Result<RecordBatch> {
     let mut writers: Vec<_> = (0..outputs as u32)
         .map(|output_partition| {
@@ -181,20 +204,28 @@ async fn write_partition(
         .collect();
     while let Some(batch) = input.next().await {
         let batch = batch?;
+        let timer = measured.time.timer();
         match partitioner.as_mut() {
             Some(partitioner) => partitioner.partition(batch, |output, part| {
                 writers[output].push(part).map_err(Into::into)
             })?,
             None => writers[0].push(batch)?,
         }
+        timer.done();
         // Operators over in-memory input may never return Pending; yielding now and
         // then lets a cancelled task's abort take effect and other tasks run.
         tokio::task::consume_budget().await;
     }
+    let timer = measured.time.timer();
     let finished = writers
         .into_iter()
         .map(|w| w.finish())
         .collect::<Result<Vec<_>, _>>()?;
+    timer.done();
+    for (_, stored) in &finished {
+        measured.rows.add(stored.rows() as usize);
+        measured.bytes.add(stored.bytes() as usize);
+    }
     let stats = RecordBatch::try_new(
         write_stats_schema(),
         vec![
