@@ -620,7 +620,7 @@ mod tests {
                 let probe = ProbeFilterExec::new(7, vec![key], Arc::clone(join.right()))
                     .with_keys(&summary)?;
                 let children = vec![Arc::clone(join.left()), Arc::new(probe) as _];
-                Ok(Transformed::yes(replace_children_if_necessary(node, children)?))
+                Ok(Transformed::yes(node.with_new_children(children)?))
             })
             .unwrap()
             .data;
