@@ -307,10 +307,6 @@ async fn bad_input_fails_the_query_with_its_cause_and_the_cluster_keeps_serving(
         ),
         ("insert into words values ('gamma')".to_string(), "DML"),
         ("drop table words".to_string(), "DDL"),
-        (
-            "set datafusion.optimizer.enable_round_robin_repartition = true".to_string(),
-            "fixed by the scheduler",
-        ),
     ] {
         expect_failure(&mut client, &sql, "refused").await;
         expect_failure(&mut client, &sql, cause).await;
