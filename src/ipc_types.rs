@@ -21,15 +21,7 @@ use datafusion::arrow::error::ArrowError;
 /// The schema batches of `schema` are written with over Arrow IPC: `schema` itself
 /// (the same `Arc`) unless a column holds a dictionary of dictionaries.
 pub fn ipc_schema(schema: &SchemaRef) -> SchemaRef {
-    if !schema
-        .fields()
-        .iter()
-        .any(|f| ipc_type(f.data_type()).is_some())
-    {
-        return Arc::clone(schema);
-    }
-    let fields: Vec<FieldRef> = schema.fields().iter().map(ipc_field).collect();
-    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+    map_fields(schema, ipc_field)
 }
 
 /// `batch` with its columns cast to `schema`'s types (between a declared schema and its
@@ -63,90 +55,89 @@ pub fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, Ar
 /// The schema `written` (an [`ipc_schema`], as a reader got it) declares: its marked
 /// fields get their declared types back. `written` itself when nothing is marked.
 pub fn declared_schema(written: &SchemaRef) -> SchemaRef {
-    if !written.fields().iter().any(|f| declared_type(f).is_some()) {
-        return Arc::clone(written);
-    }
-    let fields: Vec<FieldRef> = written.fields().iter().map(declared_field).collect();
-    Arc::new(Schema::new_with_metadata(
-        fields,
-        written.metadata().clone(),
-    ))
+    map_fields(written, declared_field)
 }
 
 /// Field metadata of a written dictionary field: its declared type, as arrow prints it.
 const DECLARED_TYPE: &str = "baton.declared_type";
 
-fn ipc_field(field: &FieldRef) -> FieldRef {
-    let Some(written) = ipc_type(field.data_type()) else {
-        return Arc::clone(field);
-    };
+/// `schema` with its fields mapped by `map` (None: unchanged); `schema` itself when
+/// none changes.
+fn map_fields(schema: &SchemaRef, map: fn(&FieldRef) -> Option<FieldRef>) -> SchemaRef {
+    let mapped: Vec<Option<FieldRef>> = schema.fields().iter().map(map).collect();
+    if mapped.iter().all(Option::is_none) {
+        return Arc::clone(schema);
+    }
+    let fields: Vec<FieldRef> = schema
+        .fields()
+        .iter()
+        .zip(mapped)
+        .map(|(field, mapped)| mapped.unwrap_or_else(|| Arc::clone(field)))
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+/// `data_type` with the fields it nests (list items, struct fields) mapped by `map`;
+/// None when it nests none that `map` changes.
+fn map_nested(data_type: &DataType, map: fn(&FieldRef) -> Option<FieldRef>) -> Option<DataType> {
+    match data_type {
+        DataType::List(item) => map(item).map(DataType::List),
+        DataType::LargeList(item) => map(item).map(DataType::LargeList),
+        DataType::FixedSizeList(item, size) => {
+            map(item).map(|item| DataType::FixedSizeList(item, *size))
+        }
+        DataType::Struct(fields) => {
+            let mapped: Vec<Option<FieldRef>> = fields.iter().map(map).collect();
+            mapped.iter().any(Option::is_some).then(|| {
+                let fields = fields.iter().zip(mapped);
+                DataType::Struct(
+                    fields
+                        .map(|(field, mapped)| mapped.unwrap_or_else(|| Arc::clone(field)))
+                        .collect::<Fields>(),
+                )
+            })
+        }
+        _ => None,
+    }
+}
+
+/// `field` in its written form, marked with its declared type where it is a
+/// dictionary; None when it is written as it is.
+fn ipc_field(field: &FieldRef) -> Option<FieldRef> {
+    let written = ipc_type(field.data_type())?;
     let declared = field.data_type().to_string();
     let mut field = Field::clone(field).with_data_type(written);
     if let DataType::Dictionary(..) = field.data_type() {
         field.metadata_mut().insert(DECLARED_TYPE.into(), declared);
     }
-    Arc::new(field)
+    Some(Arc::new(field))
 }
 
-fn declared_field(field: &FieldRef) -> FieldRef {
-    let Some(declared) = declared_type(field) else {
-        return Arc::clone(field);
+/// `field`, as written, with its declared type back; None when it is written as
+/// declared (or its mark names a type arrow cannot parse back: it stays as written).
+fn declared_field(field: &FieldRef) -> Option<FieldRef> {
+    let declared = match field.metadata().get(DECLARED_TYPE) {
+        Some(declared) => declared.parse().ok()?,
+        None => map_nested(field.data_type(), declared_field)?,
     };
     let mut field = Field::clone(field).with_data_type(declared);
     field.metadata_mut().remove(DECLARED_TYPE);
-    Arc::new(field)
-}
-
-/// The declared type of a field as written, or `None` when it is written as declared.
-fn declared_type(field: &Field) -> Option<DataType> {
-    if let Some(declared) = field.metadata().get(DECLARED_TYPE) {
-        // A type arrow cannot parse back stays as written.
-        return declared.parse().ok();
-    }
-    match field.data_type() {
-        DataType::List(item) => declared_type(item).map(|_| DataType::List(declared_field(item))),
-        DataType::LargeList(item) => {
-            declared_type(item).map(|_| DataType::LargeList(declared_field(item)))
-        }
-        DataType::FixedSizeList(item, size) => {
-            declared_type(item).map(|_| DataType::FixedSizeList(declared_field(item), *size))
-        }
-        DataType::Struct(fields) => fields
-            .iter()
-            .any(|f| declared_type(f).is_some())
-            .then(|| DataType::Struct(fields.iter().map(declared_field).collect::<Fields>())),
-        _ => None,
-    }
+    Some(Arc::new(field))
 }
 
 /// The written form of `data_type`, or `None` when it is written as it is.
 fn ipc_type(data_type: &DataType) -> Option<DataType> {
-    match data_type {
-        DataType::Dictionary(keys, values) => {
-            let values_written = ipc_type(values);
-            match values_written.as_ref().unwrap_or(values) {
-                // `ipc_type` never returns a dictionary of dictionaries, so `inner` is
-                // not a dictionary.
-                DataType::Dictionary(_, inner) => {
-                    Some(DataType::Dictionary(keys.clone(), inner.clone()))
-                }
-                written => values_written
-                    .is_some()
-                    .then(|| DataType::Dictionary(keys.clone(), Box::new(written.clone()))),
-            }
-        }
-        DataType::List(item) => ipc_type(item.data_type()).map(|_| DataType::List(ipc_field(item))),
-        DataType::LargeList(item) => {
-            ipc_type(item.data_type()).map(|_| DataType::LargeList(ipc_field(item)))
-        }
-        DataType::FixedSizeList(item, size) => {
-            ipc_type(item.data_type()).map(|_| DataType::FixedSizeList(ipc_field(item), *size))
-        }
-        DataType::Struct(fields) => fields
-            .iter()
-            .any(|f| ipc_type(f.data_type()).is_some())
-            .then(|| DataType::Struct(fields.iter().map(ipc_field).collect::<Fields>())),
-        _ => None,
+    let DataType::Dictionary(keys, values) = data_type else {
+        return map_nested(data_type, ipc_field);
+    };
+    let values_written = ipc_type(values);
+    match values_written.as_ref().unwrap_or(values) {
+        // `ipc_type` never returns a dictionary of dictionaries, so `inner` is not a
+        // dictionary.
+        DataType::Dictionary(_, inner) => Some(DataType::Dictionary(keys.clone(), inner.clone())),
+        written => values_written
+            .is_some()
+            .then(|| DataType::Dictionary(keys.clone(), Box::new(written.clone()))),
     }
 }
 
