@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::Schema;
+use datafusion::arrow::datatypes::{FieldRef, Schema};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::parsers::CompressionTypeVariant;
 use datafusion::common::tree_node::{Transformed, TreeNode};
@@ -130,52 +130,44 @@ fn row_index_projection(plan: &dyn ExecutionPlan) -> Result<Option<Vec<Arc<dyn P
     };
     let source = files.file_source();
     let table = source.table_schema();
-    let real = table.schema_without_virtual_columns().fields().len();
-    let is_row_number = |index: usize| {
-        table
-            .table_schema()
-            .fields()
-            .get(index)
-            .is_some_and(|f| f.try_extension_type::<RowNumber>().is_ok())
-    };
-    let Some(projection) = source.projection() else {
+    let is_row_number = |field: &FieldRef| field.try_extension_type::<RowNumber>().is_ok();
+    let (Some(projection), true) = (
+        source.projection(),
+        table.virtual_columns().iter().any(is_row_number),
+    ) else {
         return Ok(None);
     };
-    let reads_row_number = |expr: &Arc<dyn PhysicalExpr>| {
-        expr.exists(|e| {
-            Ok(e.downcast_ref::<Column>()
-                .is_some_and(|c| c.index() >= real && is_row_number(c.index())))
-        })
-    };
-    let mut any = false;
-    for projected in projection.iter() {
-        any |= reads_row_number(&projected.expr)?;
-    }
-    if !any {
-        return Ok(None);
-    }
     let file_schema = table.schema_without_virtual_columns();
-    let call = ScalarFunctionExpr::try_new(
+    let real = file_schema.fields().len();
+    let call: Arc<dyn PhysicalExpr> = Arc::new(ScalarFunctionExpr::try_new(
         file_row_index(),
         vec![],
         file_schema,
         Arc::new(ConfigOptions::default()),
-    )?;
-    let call: Arc<dyn PhysicalExpr> = Arc::new(call);
-    projection
+    )?);
+    let mut any = false;
+    let rewritten = projection
         .iter()
         .map(|projected| {
-            Arc::clone(&projected.expr)
-                .transform_up(|e| match e.downcast_ref::<Column>() {
-                    Some(c) if c.index() >= real && is_row_number(c.index()) => {
-                        Ok(Transformed::yes(Arc::clone(&call)))
-                    }
-                    _ => Ok(Transformed::no(e)),
+            let rewritten = Arc::clone(&projected.expr).transform_up(|e| {
+                let row_number = e.downcast_ref::<Column>().is_some_and(|c| {
+                    c.index() >= real
+                        && table
+                            .table_schema()
+                            .fields()
+                            .get(c.index())
+                            .is_some_and(is_row_number)
+                });
+                Ok(match row_number {
+                    true => Transformed::yes(Arc::clone(&call)),
+                    false => Transformed::no(e),
                 })
-                .map(|t| t.data)
+            })?;
+            any |= rewritten.transformed;
+            Ok(rewritten.data)
         })
-        .collect::<Result<Vec<_>>>()
-        .map(Some)
+        .collect::<Result<Vec<_>>>()?;
+    Ok(any.then_some(rewritten))
 }
 
 /// `node`, the encoding of `plan`, inside a [`ScanOptionsNode`] when `plan` is a file scan
