@@ -701,10 +701,17 @@ impl Query {
         self.stages[sid as usize].state = StageState::Done;
         self.stages[sid as usize].ended_at = Some(SystemTime::now());
         if sid == self.final_stage() {
-            if self.is_analyze() {
-                self.answer_analysis();
+            if self.is_analyze()
+                && let Err(e) = self.answer_analysis()
+            {
+                // Its rows are no answer: the client expects the plan's schema.
+                self.finish(
+                    QueryState::Failed,
+                    Some(format!("EXPLAIN ANALYZE answer could not be written: {e}")),
+                );
+            } else {
+                self.finish(QueryState::Succeeded, None);
             }
-            self.finish(QueryState::Succeeded, None);
             progress.finished = true;
             return;
         }
@@ -749,10 +756,10 @@ impl Query {
     }
 
     /// Replaces the final stage's rows by what every stage measured (see
-    /// [`crate::analyze`]); a failure to render fails the query.
-    fn answer_analysis(&mut self) {
+    /// [`crate::analyze`]).
+    fn answer_analysis(&mut self) -> datafusion::error::Result<()> {
         let Some(schema) = self.schema.clone() else {
-            return;
+            return Ok(());
         };
         let stages: Vec<AnalyzedStage<'_>> = self
             .stages
@@ -770,16 +777,11 @@ impl Query {
                 metrics: &s.measured,
             })
             .collect();
-        match analyze::render(&schema, &stages) {
-            Ok(ipc) => {
-                self.drop_inline_results();
-                metrics::gauge!("baton_result_bytes_held").increment(ipc.len() as f64);
-                self.analysis = Some(ipc);
-            }
-            Err(e) => {
-                warn!(query_id = %self.id, error = %e, "EXPLAIN ANALYZE answer could not be written")
-            }
-        }
+        let ipc = analyze::render(&schema, &stages)?;
+        self.drop_inline_results();
+        metrics::gauge!("baton_result_bytes_held").increment(ipc.len() as f64);
+        self.analysis = Some(ipc);
+        Ok(())
     }
 
     fn finish(&mut self, state: QueryState, error: Option<String>) {
