@@ -13,7 +13,7 @@ use baton::config::Switch;
 use baton::proto::QueryStatus;
 
 /// Selective joins of `lineitem` (the fact table) with `part`, `supplier` and `orders`.
-const STAR_JOINS: [&str; 9] = [
+const STAR_JOINS: [&str; 10] = [
     "select p_brand, count(*) as n, sum(l_extendedprice) as revenue \
      from lineitem join part on l_partkey = p_partkey \
      where p_size = 15 and p_type like '%BRASS' group by p_brand order by p_brand",
@@ -40,6 +40,11 @@ const STAR_JOINS: [&str; 9] = [
      from lineitem join orders on l_orderkey = o_orderkey \
      where o_orderkey < 600 and o_orderpriority = '1-URGENT' \
      group by l_returnflag order by l_returnflag",
+    // Customer's filter reaches the orders scan, a stage below the join that uses it.
+    "select c_name, count(*) as n, sum(l_quantity) as quantity \
+     from lineitem join orders on l_orderkey = o_orderkey \
+     join customer on o_custkey = c_custkey \
+     where c_nationkey = 3 and c_mktsegment = 'BUILDING' group by c_name order by c_name",
 ];
 
 /// Makes every hash join partitioned (both sides hash-shuffled), so that a probe side's
@@ -111,6 +116,23 @@ async fn star_joins_are_filtered_across_stages_and_answer_as_single_node_datafus
             assert_eq!(stage.filter_rows_removed, 0, "{stage:?}");
         }
     }
+    // A small build side inside the join's stage (customer) becomes a stage of its own
+    // and filters the rows of a scan stages below (orders, under another join).
+    let snowflake = statuses.last().unwrap();
+    let deep = snowflake
+        .stages
+        .iter()
+        .filter(|s| {
+            filter_sources(&s.filters)
+                .iter()
+                .any(|b| !s.input_stages.contains(b))
+        })
+        .collect::<Vec<_>>();
+    assert!(
+        deep.iter().any(|s| s.filter_rows_removed > 0),
+        "{:?}",
+        snowflake.stages
+    );
     // Partitioned joins: a probe stage that does not read the build stage waits for it
     // and gets its filter.
     for set in PARTITIONED_JOINS {

@@ -7,19 +7,30 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{JoinType, NullEquality};
 use datafusion::error::Result;
+use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{Partitioning, PhysicalExpr};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
+use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
-use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+use datafusion::physical_plan::{
+    ExecutionPlan, ExecutionPlanProperties, StatisticsArgs, StatisticsContext,
+};
 
 use super::{KeySummaryExec, MAX_FILTER_VALUES, ProbeFilterExec};
 
 /// A probe stage waits for its build stage only when the build stage is estimated to
-/// cost at most this share of the probe stage: the wait is then short against the work
-/// the filter may save.
+/// cost at most this share of the stages the filter cuts: the wait is then short
+/// against the work the filter may save.
 pub const WAIT_COST_SHARE: f64 = 0.5;
+
+/// A `CollectLeft` build side inside the join's stage becomes a stage of its own, to
+/// filter a scan in an earlier stage, only when estimated at most this many rows.
+pub const MAX_STAGED_BUILD_ROWS: usize = 100_000;
 
 /// Where the halves of one join filter are after cutting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,30 +104,55 @@ pub fn insert(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
             if !same_filterable_types {
                 return Ok(Transformed::no(node));
             }
-            let Some(build_input) = exchange_input(left, *join.partition_mode()) else {
-                return Ok(Transformed::no(node));
-            };
             let id = next_id;
-            next_id += 1;
-            let summary = Arc::new(KeySummaryExec::new(
-                id,
-                build_keys,
-                MAX_FILTER_VALUES,
-                build_input.clone(),
-            ));
-            let left = replace_children_if_necessary(left.clone(), vec![summary])?;
-            let right = match hash_exchange_input(right) {
-                Some(probe_input) => replace_children_if_necessary(
-                    right.clone(),
-                    vec![Arc::new(ProbeFilterExec::new(id, probe_keys, probe_input))],
-                )?,
-                // Right under the join, which drops the rows a filter would: measured
-                // on TPC-H SF 1 star joins, filtering them there too cost 9-56 % more
-                // time, so here the filter only prunes the scans.
-                None => {
-                    Arc::new(ProbeFilterExec::new(id, probe_keys, right.clone()).pruning_only())
+            let deep = || below_an_exchange(right, &probe_keys, id);
+            let (left, right) = match exchange_input(left, *join.partition_mode()) {
+                Some(build_input) => {
+                    let summary = Arc::new(KeySummaryExec::new(
+                        id,
+                        build_keys,
+                        MAX_FILTER_VALUES,
+                        build_input,
+                    ));
+                    let left = replace_children_if_necessary(left.clone(), vec![summary])?;
+                    let right = match hash_exchange_input(right) {
+                        Some(probe_input) => replace_children_if_necessary(
+                            right.clone(),
+                            vec![Arc::new(ProbeFilterExec::new(id, probe_keys, probe_input))],
+                        )?,
+                        None => match deep()? {
+                            Some(right) => right,
+                            // Right under the join, which drops the rows a filter would:
+                            // measured on TPC-H SF 1 star joins, filtering them there too
+                            // cost 9-56 % more time, so here the filter only prunes the
+                            // scans.
+                            None => Arc::new(
+                                ProbeFilterExec::new(id, probe_keys, right.clone()).pruning_only(),
+                            ),
+                        },
+                    };
+                    (left, right)
                 }
+                // A small build side inside the join's stage whose keys can filter a
+                // scan in an earlier stage becomes a stage of its own, so its keys are
+                // known before that scan runs.
+                None if stageable_build(left, *join.partition_mode()) => match deep()? {
+                    Some(right) => {
+                        let summary = Arc::new(KeySummaryExec::new(
+                            id,
+                            build_keys,
+                            MAX_FILTER_VALUES,
+                            left.clone(),
+                        ));
+                        let left: Arc<dyn ExecutionPlan> =
+                            Arc::new(CoalescePartitionsExec::new(summary));
+                        (left, right)
+                    }
+                    None => return Ok(Transformed::no(node)),
+                },
+                None => return Ok(Transformed::no(node)),
             };
+            next_id += 1;
             Ok(Transformed::yes(replace_children_if_necessary(
                 node,
                 vec![left, right],
@@ -140,6 +176,153 @@ fn exchange_input(
             .filter(|input| input.output_partitioning().partition_count() > 1),
         PartitionMode::Auto => None,
     }
+}
+
+/// True for a `CollectLeft` join's build side that runs inside the join's stage (one
+/// partition, no exchange) and is estimated at most [`MAX_STAGED_BUILD_ROWS`] rows.
+fn stageable_build(build: &Arc<dyn ExecutionPlan>, mode: PartitionMode) -> bool {
+    mode == PartitionMode::CollectLeft
+        && build.output_partitioning().partition_count() == 1
+        && StatisticsContext::new()
+            .compute(build.as_ref(), &StatisticsArgs::new())
+            .ok()
+            .and_then(|s| s.num_rows.get_value().copied())
+            .is_some_and(|rows| rows <= MAX_STAGED_BUILD_ROWS)
+}
+
+/// `probe` with a row-filtering [`ProbeFilterExec`] for filter `id` placed as deep as
+/// the join keys `keys` (columns of `probe`'s output) can be followed unchanged, when
+/// that place is past an exchange, so in an earlier stage than the join; `None` when the
+/// keys are not plain columns or cannot be followed past one.
+///
+/// Rows whose keys the build side lacks are dropped by the join whatever happened to
+/// them on the way, and an operator on the way changes no other row for their loss:
+/// they are filtered, projected, moved or sorted row by row, and in a join every output
+/// row made from one of them carries its key (dropped too) or, where its partner went
+/// unmatched, a null key (which the join matches to nothing). Limits, aggregates and
+/// anything else end the way.
+fn below_an_exchange(
+    probe: &Arc<dyn ExecutionPlan>,
+    keys: &[Arc<dyn PhysicalExpr>],
+    id: u32,
+) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+    let columns: Option<Vec<usize>> = keys
+        .iter()
+        .map(|k| k.downcast_ref::<Column>().map(Column::index))
+        .collect();
+    match columns {
+        Some(columns) => place_deep(probe, &columns, false, id),
+        None => Ok(None),
+    }
+}
+
+/// One step of [`below_an_exchange`]: `columns` index `node`'s output, and `crossed`
+/// says an exchange lies between the join and `node`.
+fn place_deep(
+    node: &Arc<dyn ExecutionPlan>,
+    columns: &[usize],
+    crossed: bool,
+    id: u32,
+) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+    if let Some((child, child_columns)) = follow(node, columns) {
+        let crossed = crossed || is_exchange(node);
+        if let Some(placed) = place_deep(node.children()[child], &child_columns, crossed, id)? {
+            let mut children: Vec<_> = node.children().into_iter().cloned().collect();
+            children[child] = placed;
+            return Ok(Some(replace_children_if_necessary(node.clone(), children)?));
+        }
+    }
+    if !crossed {
+        return Ok(None);
+    }
+    let schema = node.schema();
+    let keys = columns
+        .iter()
+        .map(|&i| Arc::new(Column::new(schema.field(i).name(), i)) as Arc<dyn PhysicalExpr>)
+        .collect();
+    Ok(Some(Arc::new(ProbeFilterExec::new(id, keys, node.clone()))))
+}
+
+/// True for a node the cut turns into a stage boundary.
+fn is_exchange(node: &Arc<dyn ExecutionPlan>) -> bool {
+    let gathers = node.is::<CoalescePartitionsExec>() || node.is::<SortPreservingMergeExec>();
+    hash_exchange_input(node).is_some()
+        || (gathers && node.children()[0].output_partitioning().partition_count() > 1)
+}
+
+/// The child of `node` (by position) that output `columns` come from unchanged, and
+/// their indices there; `None` where a filter cannot pass `node`.
+fn follow(node: &Arc<dyn ExecutionPlan>, columns: &[usize]) -> Option<(usize, Vec<usize>)> {
+    if node.fetch().is_some() {
+        return None;
+    }
+    let same = || Some((0, columns.to_vec()));
+    if node.is::<RepartitionExec>()
+        || node.is::<CoalescePartitionsExec>()
+        || node.is::<SortPreservingMergeExec>()
+        || node.is::<SortExec>()
+        || node.is::<KeySummaryExec>()
+        || node.is::<ProbeFilterExec>()
+    {
+        return same();
+    }
+    if let Some(filter) = node.downcast_ref::<FilterExec>() {
+        return match filter.projection() {
+            Some(p) => columns
+                .iter()
+                .map(|&i| p.get(i).copied())
+                .collect::<Option<_>>(),
+            None => Some(columns.to_vec()),
+        }
+        .map(|c| (0, c));
+    }
+    if let Some(projection) = node.downcast_ref::<ProjectionExec>() {
+        let exprs = projection.expr();
+        return columns
+            .iter()
+            .map(|&i| {
+                exprs
+                    .get(i)?
+                    .expr
+                    .downcast_ref::<Column>()
+                    .map(Column::index)
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(|c| (0, c));
+    }
+    let join = node.downcast_ref::<HashJoinExec>()?;
+    let left_width = join.left().schema().fields().len();
+    let right_width = join.right().schema().fields().len();
+    let sides: Option<Vec<(usize, usize)>> = columns
+        .iter()
+        .map(|&i| {
+            let i = match &join.projection {
+                Some(p) => *p.get(i)?,
+                None => i,
+            };
+            match join.join_type() {
+                JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full => {
+                    Some(if i < left_width {
+                        (0, i)
+                    } else {
+                        (1, i - left_width)
+                    })
+                }
+                JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark => {
+                    (i < left_width).then_some((0, i))
+                }
+                JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark => {
+                    (i < right_width).then_some((1, i))
+                }
+            }
+        })
+        .collect();
+    let sides = sides?;
+    let side = sides.first()?.0;
+    sides
+        .iter()
+        .all(|(s, _)| *s == side)
+        .then(|| (side, sides.iter().map(|(_, i)| *i).collect()))
 }
 
 fn hash_exchange_input(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
@@ -178,7 +361,8 @@ pub fn links(stages: &[Arc<dyn ExecutionPlan>]) -> Result<Vec<FilterLink>> {
 
 /// The filters worth keeping. A probe stage that reads the build stage already waits
 /// for it, so its filter costs no wait; another probe stage must wait, which pays only
-/// when the build stage is cheap next to it ([`WAIT_COST_SHARE`] of its estimated cost,
+/// when the build stage is cheap next to the work the filter cuts ([`WAIT_COST_SHARE`]
+/// of the estimated cost of the probe stage and the stages between it and the join,
 /// `costs` by stage id) and cannot wait on itself. With `enabled` false, none is kept.
 pub fn choose(
     links: &[FilterLink],
@@ -193,12 +377,28 @@ pub fn choose(
     for link in links {
         let (build, probe) = (link.build_stage as usize, link.probe_stage as usize);
         let reads_build = inputs[probe].contains(&link.build_stage);
-        let pays = costs[build] <= WAIT_COST_SHARE * costs[probe];
+        let pays = costs[build] <= WAIT_COST_SHARE * filtered_cost(link, inputs, costs);
         if reads_build || (pays && !depends_on(link.build_stage, link.probe_stage, inputs, &kept)) {
             kept.push(*link);
         }
     }
     kept
+}
+
+/// The estimated cost of the stages a filter's rows flow through before its join: the
+/// probe stage and, when it is further down than the join's inputs, every stage between
+/// it and a stage that reads the build stage.
+fn filtered_cost(link: &FilterLink, inputs: &[Vec<u32>], costs: &[f64]) -> f64 {
+    let joins: Vec<u32> = (0..inputs.len() as u32)
+        .filter(|&s| inputs[s as usize].contains(&link.build_stage))
+        .collect();
+    let between = (0..inputs.len() as u32).filter(|&s| {
+        s != link.probe_stage
+            && !joins.contains(&s)
+            && depends_on(s, link.probe_stage, inputs, &[])
+            && joins.iter().any(|&j| depends_on(j, s, inputs, &[]))
+    });
+    costs[link.probe_stage as usize] + between.map(|s| costs[s as usize]).sum::<f64>()
 }
 
 /// True when stage `stage` reads or waits for `on`, directly or not.
@@ -248,6 +448,9 @@ pub fn strip_unkept(
 
 #[cfg(test)]
 mod tests {
+    use datafusion::datasource::source::DataSourceExec;
+    use datafusion::physical_plan::displayable;
+
     use super::*;
 
     fn link(id: u32, build_stage: u32, probe_stage: u32) -> FilterLink {
@@ -271,6 +474,198 @@ mod tests {
         // A probe filter in the join's own stage costs no wait: always kept.
         let within = [link(0, 0, 2)];
         assert_eq!(choose(&within, &inputs, &dear_build, true), within);
+    }
+
+    #[test]
+    fn a_filter_below_the_joins_inputs_pays_for_the_stages_it_cuts() {
+        // Stage 3 joins stage 0 (build) with stage 2, which reads the probe stage 1.
+        let inputs = vec![vec![], vec![], vec![1], vec![0, 2]];
+        let deep = [link(0, 0, 1)];
+        // The probe stage alone is cheap next to the build, the stage after it is not.
+        assert_eq!(
+            choose(&deep, &inputs, &[4.0, 6.0, 1000.0, 50.0], true),
+            deep
+        );
+        assert!(choose(&deep, &inputs, &[4.0, 6.0, 1.0, 50.0], true).is_empty());
+    }
+
+    /// The probe half of filter `id` in `plan`.
+    fn probe_of(plan: &Arc<dyn ExecutionPlan>, id: u32) -> Option<Arc<dyn ExecutionPlan>> {
+        let mut found = None;
+        plan.apply(|node| {
+            if node
+                .downcast_ref::<ProbeFilterExec>()
+                .is_some_and(|p| p.filter_id() == id)
+            {
+                found = Some(node.clone());
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .unwrap();
+        found
+    }
+
+    /// A scan of `partitions` partitions of one Int64 column per name in `columns`.
+    fn scan(columns: &[&str], partitions: usize) -> Arc<dyn ExecutionPlan> {
+        use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch};
+        use datafusion::arrow::datatypes::{Field, Schema};
+        use datafusion::datasource::memory::MemorySourceConfig;
+        let schema = Arc::new(Schema::new(
+            columns
+                .iter()
+                .map(|c| Field::new(*c, DataType::Int64, true))
+                .collect::<Vec<_>>(),
+        ));
+        let batch = |p: i64| {
+            let arrays = columns
+                .iter()
+                .map(|_| Arc::new(Int64Array::from(vec![p, p + 1])) as ArrayRef)
+                .collect();
+            vec![RecordBatch::try_new(schema.clone(), arrays).unwrap()]
+        };
+        let batches: Vec<_> = (0..partitions as i64).map(batch).collect();
+        MemorySourceConfig::try_new_exec(&batches, schema, None).unwrap()
+    }
+
+    fn col(name: &str, plan: &Arc<dyn ExecutionPlan>) -> Arc<dyn PhysicalExpr> {
+        datafusion::physical_expr::expressions::col(name, &plan.schema()).unwrap()
+    }
+
+    fn hash(plan: Arc<dyn ExecutionPlan>, key: &str) -> Arc<dyn ExecutionPlan> {
+        let partitioning = Partitioning::Hash(vec![col(key, &plan)], 4);
+        Arc::new(RepartitionExec::try_new(plan, partitioning).unwrap())
+    }
+
+    fn join(
+        left: Arc<dyn ExecutionPlan>,
+        right: Arc<dyn ExecutionPlan>,
+        (l, r): (&str, &str),
+        join_type: JoinType,
+        mode: PartitionMode,
+    ) -> Arc<dyn ExecutionPlan> {
+        let on = vec![(col(l, &left), col(r, &right))];
+        Arc::new(
+            HashJoinExec::try_new(
+                left,
+                right,
+                on,
+                None,
+                &join_type,
+                None,
+                mode,
+                NullEquality::NullEqualsNothing,
+                false,
+            )
+            .unwrap(),
+        )
+    }
+
+    /// `dim` (one partition, in the join's stage) joined on `d = k` with the partitioned
+    /// join of `fact` (four partitions, columns `x`, `k`) and `other` (column `y`).
+    fn snowflake(fact_side: JoinType) -> Arc<dyn ExecutionPlan> {
+        let facts = join(
+            hash(scan(&["x", "k"], 4), "x"),
+            hash(scan(&["y"], 4), "y"),
+            ("x", "y"),
+            fact_side,
+            PartitionMode::Partitioned,
+        );
+        join(
+            scan(&["d"], 1),
+            facts,
+            ("d", "k"),
+            JoinType::Inner,
+            PartitionMode::CollectLeft,
+        )
+    }
+
+    /// `plan` cut, and the filters whose build side is the one-partition `d` scan.
+    fn cut_filters(plan: Arc<dyn ExecutionPlan>) -> (crate::planner::StageDag, Vec<FilterLink>) {
+        let dag = crate::planner::plan_stages(plan, 0, true).unwrap();
+        let links = dag
+            .filters
+            .iter()
+            .filter(|l| {
+                let build = displayable(dag.stages[l.build_stage as usize].plan.as_ref());
+                build.indent(false).to_string().contains("keys=[d@0]")
+            })
+            .copied()
+            .collect();
+        (dag, links)
+    }
+
+    #[test]
+    fn a_small_build_side_in_the_joins_stage_filters_a_scan_stages_earlier() {
+        for fact_side in [JoinType::Inner, JoinType::Left, JoinType::Full] {
+            let (dag, links) = cut_filters(snowflake(fact_side));
+            let [link] = links[..] else {
+                panic!("{fact_side}: {links:?}\n{}", dag.display());
+            };
+            // The build side is a stage of one task, read by the join's stage only.
+            let build = &dag.stages[link.build_stage as usize];
+            assert_eq!(build.tasks, 1);
+            let join_stage = dag.final_stage().id;
+            assert_eq!(dag.consumers(link.build_stage), vec![join_stage]);
+            // The filter went past the join's exchange to the fact scan, and filters rows.
+            let probe_stage = &dag.stages[link.probe_stage as usize];
+            assert_ne!(link.probe_stage, join_stage);
+            let probe = probe_of(&probe_stage.plan, link.id).unwrap();
+            let probe_filter = probe.downcast_ref::<ProbeFilterExec>().unwrap();
+            assert!(!probe_filter.is_pruning_only());
+            assert!(probe.children()[0].is::<DataSourceExec>());
+            assert_eq!(probe_filter.keys()[0].to_string(), "k@1");
+        }
+    }
+
+    #[test]
+    fn a_deep_filter_follows_its_key_to_its_own_side_and_needs_an_exchange() {
+        // Through a right semi join only the right side's columns are in the output.
+        let semi = join(
+            scan(&["d"], 1),
+            join(
+                hash(scan(&["x", "k"], 4), "x"),
+                hash(scan(&["y", "k"], 4), "y"),
+                ("x", "y"),
+                JoinType::RightSemi,
+                PartitionMode::Partitioned,
+            ),
+            ("d", "k"),
+            JoinType::Inner,
+            PartitionMode::CollectLeft,
+        );
+        let (dag, links) = cut_filters(semi);
+        let [link] = links[..] else {
+            panic!("{links:?}\n{}", dag.display());
+        };
+        let probe = probe_of(&dag.stages[link.probe_stage as usize].plan, link.id).unwrap();
+        assert_eq!(probe.schema().field(0).name(), "y", "{}", dag.display());
+        // A probe scan in the join's own stage: no stage is made for the build side.
+        let local = join(
+            scan(&["d"], 1),
+            scan(&["x", "k"], 4),
+            ("d", "k"),
+            JoinType::Inner,
+            PartitionMode::CollectLeft,
+        );
+        let (dag, links) = cut_filters(local);
+        assert!(links.is_empty(), "{}", dag.display());
+        assert_eq!(dag.stages.len(), 1, "{}", dag.display());
+    }
+
+    #[test]
+    fn a_deep_filter_stops_at_a_limit() {
+        // Rows filtered out below a limit would let others through it.
+        let limited = CoalescePartitionsExec::new(scan(&["x", "k"], 4)).with_fetch(Some(3));
+        let limited = Arc::new(limited);
+        let plan = join(
+            scan(&["d"], 1),
+            limited,
+            ("d", "k"),
+            JoinType::Inner,
+            PartitionMode::CollectLeft,
+        );
+        let (dag, links) = cut_filters(plan);
+        assert!(links.is_empty(), "{}", dag.display());
     }
 
     #[test]

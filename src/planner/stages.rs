@@ -46,7 +46,7 @@ use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, displaya
 
 use super::PlannerError;
 use super::split::split_scans;
-use crate::join_filters::{self, rule::FilterLink};
+use crate::join_filters::{self, KeySummaryExec, rule::FilterLink};
 use crate::shuffle::{ReadMode, ShuffleReaderExec, ShuffleWriterExec};
 
 /// One stage: a plan fragment ending in a shuffle writer, run as one task per partition.
@@ -109,14 +109,19 @@ impl StageDag {
 
 /// Cuts `plan` into a DAG of stages; the file scans that make a stage's tasks are split
 /// into units of about `split_unit` bytes, one task each (0: as DataFusion planned them).
+/// With `join_filters`, joins get the filters of [`join_filters::rule::insert`].
 pub fn plan_stages(
     plan: Arc<dyn ExecutionPlan>,
     split_unit: u64,
+    join_filters: bool,
 ) -> Result<StageDag, PlannerError> {
     let schema = plan.schema();
     let plan = super::distribute_joins(plan)?;
     let plan = super::wire::unproject_lazy_scans(plan)?;
-    let plan = join_filters::rule::insert(plan)?;
+    let plan = match join_filters {
+        true => join_filters::rule::insert(plan)?,
+        false => plan,
+    };
     let mut stages = Vec::new();
     let rewritten = plan
         .transform_up(|node| cut(node, &mut stages, split_unit))?
@@ -174,9 +179,12 @@ fn cut(
     }
     let gathers = node.is::<CoalescePartitionsExec>() || node.is::<SortPreservingMergeExec>();
     if gathers {
+        // A join filter's build side (`join_filters::rule`) is a stage even when it is
+        // one partition: the scans it filters run before the join's stage.
+        let summarised = node.children()[0].is::<KeySummaryExec>();
         let child = split_scans(node.children()[0].clone(), split_unit)?;
         let maps = child.output_partitioning().partition_count();
-        if maps > 1 {
+        if maps > 1 || summarised {
             let id = add_stage(stages, child.clone(), None)?;
             let reader = Arc::new(
                 ShuffleReaderExec::new(id, child.schema(), maps, ReadMode::PerMap)

@@ -271,12 +271,12 @@ impl Planner {
             Some(analyze) => (Arc::clone(analyze.input()), Some(plan.schema())),
             None => (plan, None),
         };
-        let dag = planner::plan_stages(plan, self.split_unit_bytes)?;
+        let join_filters =
+            self.join_filters && options.optimizer.enable_join_dynamic_filter_pushdown;
+        let dag = planner::plan_stages(plan, self.split_unit_bytes, join_filters)?;
         let estimates = planner::estimate_stages(&dag);
         let inputs: Vec<Vec<u32>> = dag.stages.iter().map(|s| s.inputs.clone()).collect();
         let costs: Vec<f64> = estimates.iter().map(|e| e.cost).collect();
-        let join_filters =
-            self.join_filters && options.optimizer.enable_join_dynamic_filter_pushdown;
         let kept = rule::choose(&dag.filters, &inputs, &costs, join_filters);
         let stages = dag
             .stages
