@@ -87,5 +87,5 @@ async fn tpch_physical_plan(
 /// Stages of `sql` planned over TPC-H SF 0.01 with 4 partitions, for planner tests.
 #[cfg(test)]
 async fn tpch_stages_of(sql: &str) -> StageDag {
-    plan_stages(tpch_physical_plan(sql).await, 0, true).unwrap()
+    plan_stages(tpch_physical_plan(sql).await, 0, Some(&[])).unwrap()
 }

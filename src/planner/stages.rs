@@ -72,6 +72,8 @@ pub struct StageDag {
     pub schema: SchemaRef,
     /// Where the halves of each join filter are (see [`crate::join_filters`]).
     pub filters: Vec<FilterLink>,
+    /// The filters whose build side was made a stage of its own for them.
+    pub staged_builds: Vec<u32>,
 }
 
 impl StageDag {
@@ -109,18 +111,19 @@ impl StageDag {
 
 /// Cuts `plan` into a DAG of stages; the file scans that make a stage's tasks are split
 /// into units of about `split_unit` bytes, one task each (0: as DataFusion planned them).
-/// With `join_filters`, joins get the filters of [`join_filters::rule::insert`].
+/// With `join_filters`, joins get the filters of [`join_filters::rule::insert`], which
+/// leaves the build sides of the filter ids it holds in their join's stage.
 pub fn plan_stages(
     plan: Arc<dyn ExecutionPlan>,
     split_unit: u64,
-    join_filters: bool,
+    join_filters: Option<&[u32]>,
 ) -> Result<StageDag, PlannerError> {
     let schema = plan.schema();
     let plan = super::distribute_joins(plan)?;
     let plan = super::wire::unproject_lazy_scans(plan)?;
-    let plan = match join_filters {
-        true => join_filters::rule::insert(plan)?,
-        false => plan,
+    let (plan, staged_builds) = match join_filters {
+        Some(keep_in_stage) => join_filters::rule::insert(plan, keep_in_stage)?,
+        None => (plan, Vec::new()),
     };
     let mut stages = Vec::new();
     let rewritten = plan
@@ -133,6 +136,7 @@ pub fn plan_stages(
         stages,
         schema,
         filters,
+        staged_builds,
     })
 }
 

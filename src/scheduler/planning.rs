@@ -27,7 +27,8 @@ use crate::analyze;
 use crate::catalog::plan_data_bytes;
 use crate::config;
 use crate::join_filters::rule;
-use crate::planner::{self, PlannerError};
+use crate::join_filters::rule::FilterLink;
+use crate::planner::{self, PlannerError, StageDag, StageEstimate};
 
 /// Plannings that may wait for a planning thread; a submission beyond them waits to be
 /// queued (its gRPC call stays open), so a burst of submissions holds bounded memory.
@@ -273,11 +274,18 @@ impl Planner {
         };
         let join_filters =
             self.join_filters && options.optimizer.enable_join_dynamic_filter_pushdown;
-        let dag = planner::plan_stages(plan, self.split_unit_bytes, join_filters)?;
-        let estimates = planner::estimate_stages(&dag);
-        let inputs: Vec<Vec<u32>> = dag.stages.iter().map(|s| s.inputs.clone()).collect();
-        let costs: Vec<f64> = estimates.iter().map(|e| e.cost).collect();
-        let kept = rule::choose(&dag.filters, &inputs, &costs, join_filters);
+        let filters = join_filters.then_some(&[][..]);
+        let mut dag = planner::plan_stages(plan.clone(), self.split_unit_bytes, filters)?;
+        let (mut estimates, mut kept) = keep_filters(&dag);
+        // A build side made a stage for a filter that does not pay goes back into its
+        // join's stage: cut again without that stage.
+        let unused: Vec<u32> = (dag.staged_builds.iter().copied())
+            .filter(|id| !kept.iter().any(|l| l.id == *id))
+            .collect();
+        if !unused.is_empty() {
+            dag = planner::plan_stages(plan, self.split_unit_bytes, Some(&unused))?;
+            (estimates, kept) = keep_filters(&dag);
+        }
         let stages = dag
             .stages
             .iter()
@@ -314,6 +322,15 @@ impl Planner {
             settings: Vec::new(),
         })
     }
+}
+
+/// The cost estimates of `dag`'s stages and the join filters worth keeping there.
+fn keep_filters(dag: &StageDag) -> (Vec<StageEstimate>, Vec<FilterLink>) {
+    let estimates = planner::estimate_stages(dag);
+    let inputs: Vec<Vec<u32>> = dag.stages.iter().map(|s| s.inputs.clone()).collect();
+    let costs: Vec<f64> = estimates.iter().map(|e| e.cost).collect();
+    let kept = rule::choose(&dag.filters, &inputs, &costs);
+    (estimates, kept)
 }
 
 /// Runs `plan` on the scheduler, in the session that planned it.

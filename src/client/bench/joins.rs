@@ -18,8 +18,8 @@ use crate::config::host_cores;
 use crate::datagen;
 
 /// The star joins: `lineitem` (or `orders`) joined with selective dimensions, through
-/// inner, semi and left joins; and one TopK.
-pub const STAR_JOINS: [(&str, &str); 7] = [
+/// inner, semi and left joins, one through a dimension of a dimension; and one TopK.
+pub const STAR_JOINS: [(&str, &str); 8] = [
     (
         "part brand",
         "select p_brand, count(*) as n, sum(l_extendedprice) as revenue \
@@ -56,6 +56,14 @@ pub const STAR_JOINS: [(&str, &str); 7] = [
         // groups of the largest keys first.
         "TopK: last order keys",
         "select l_orderkey, l_extendedprice from lineitem order by l_orderkey desc limit 5",
+    ),
+    (
+        // The nation filter reaches the supplier scan, two joins and a stage below.
+        "snowflake: German suppliers",
+        "select s_name, count(*) as n, sum(l_extendedprice) as revenue \
+         from lineitem join supplier on l_suppkey = s_suppkey \
+         join nation on s_nationkey = n_nationkey \
+         where n_name = 'GERMANY' group by s_name order by s_name",
     ),
     (
         "semi: forest parts",
