@@ -14,11 +14,14 @@
 //!    filter in another stage than the join makes that stage wait for the build stage,
 //!    so it is kept only where the cost estimates say waiting pays.
 //! 2. The build stage's tasks report their [`KeySummary`] (min, max and, when few, the
-//!    distinct values of each key) with their status; the scheduler merges them.
+//!    distinct values of each key; a Bloom filter of the keys) with their status; the
+//!    scheduler merges them, keeping the Bloom filter only where the values are too
+//!    many to list and it is sparse enough to pay.
 //! 3. The probe stage's tasks are pushed with the merged summary; the executor turns it
 //!    into a predicate ([`ProbeFilterExec::with_keys`]) that filters rows and prunes the
 //!    parquet row groups and pages of the scans beneath it.
 
+mod bloom;
 mod probe;
 pub mod rule;
 mod summary;

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{ScalarValue, config::ConfigOptions};
@@ -28,6 +29,7 @@ use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Pla
 use futures::StreamExt;
 
 use super::KeySummary;
+use super::bloom::KeyBloom;
 use crate::planner::{only_child, visit_exprs};
 
 /// Filters its input by the build-side keys of filter `filter_id`, once the task was
@@ -39,6 +41,9 @@ pub struct ProbeFilterExec {
     keys: Vec<Arc<dyn PhysicalExpr>>,
     /// The filter the shipped keys make, with a short description for display.
     predicate: Option<(Arc<dyn PhysicalExpr>, String)>,
+    /// The shipped Bloom filter of the keys, which rows must pass too (not when
+    /// pruning only).
+    bloom: Option<Arc<KeyBloom>>,
     /// Only prune the scans beneath; pass every row that reaches it on (the join right
     /// above drops the rows that do not match for the same price as a filter would).
     prune_only: bool,
@@ -57,6 +62,7 @@ impl ProbeFilterExec {
             filter_id,
             keys,
             predicate: None,
+            bloom: None,
             prune_only: false,
             input,
             metrics: ExecutionPlanMetricsSet::new(),
@@ -93,6 +99,9 @@ impl ProbeFilterExec {
             filter_id: self.filter_id,
             keys: self.keys.clone(),
             predicate: Some((predicate, summary.describe())),
+            bloom: (summary.bloom.clone())
+                .filter(|_| !self.prune_only && !summary.is_empty())
+                .map(Arc::new),
             prune_only: self.prune_only,
             input: self.input.clone(),
             metrics: ExecutionPlanMetricsSet::new(),
@@ -438,6 +447,7 @@ impl ExecutionPlan for ProbeFilterExec {
             filter_id: self.filter_id,
             keys: self.keys.clone(),
             predicate: self.predicate.clone(),
+            bloom: self.bloom.clone(),
             prune_only: self.prune_only,
             input,
             metrics: ExecutionPlanMetricsSet::new(),
@@ -458,13 +468,20 @@ impl ExecutionPlan for ProbeFilterExec {
             MetricBuilder::new(&self.metrics).counter("filter_rows_removed", partition);
         let schema = input.schema();
         let prune_only = self.prune_only;
+        let (keys, bloom) = (self.keys.clone(), self.bloom.clone());
         let filtered = input.map(move |batch| {
             let batch = batch?;
             if prune_only {
                 rows_in.add(batch.num_rows());
                 return Ok(batch);
             }
-            let kept = batch_filter(&batch, &predicate)?;
+            let mut kept = batch_filter(&batch, &predicate)?;
+            if let Some(bloom) = &bloom {
+                let values = (keys.iter())
+                    .map(|k| k.evaluate(&kept)?.into_array(kept.num_rows()))
+                    .collect::<Result<Vec<_>>>()?;
+                kept = filter_record_batch(&kept, &bloom.may_contain(&values)?)?;
+            }
             rows_in.add(batch.num_rows());
             removed.add(batch.num_rows() - kept.num_rows());
             Ok(kept)
@@ -528,6 +545,7 @@ mod tests {
         // The build key is Int64 here: values are cast to the probe key's type.
         KeySummary {
             filter_id: 3,
+            bloom: None,
             columns: vec![KeyColumn {
                 range: range
                     .map(|(a, b)| (ScalarValue::Int64(Some(a)), ScalarValue::Int64(Some(b)))),
@@ -558,12 +576,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn past_the_listed_values_a_bloom_filter_removes_the_rows_in_range() {
+        // Built over the probe key's type, as the rule has both sides' types equal.
+        let mut bloom = KeyBloom::default();
+        let keys: datafusion::arrow::array::ArrayRef = Arc::new(Int32Array::from(vec![1, 9]));
+        bloom.insert(&[keys]).unwrap();
+        let summary = KeySummary {
+            bloom: Some(bloom),
+            ..build(Some((1, 9)), None)
+        };
+        assert_eq!(kept(summary.clone()).await, vec![Some(1), Some(9)]);
+        // Pruning only, it lets every row through.
+        let input = probe_input();
+        let keys = vec![col("k", &input.schema()).unwrap()];
+        let probe = ProbeFilterExec::new(3, keys, input).pruning_only();
+        let probe = probe.with_keys(&summary).unwrap();
+        assert!(probe.bloom.is_none());
+    }
+
+    #[tokio::test]
     async fn a_probe_filter_without_keys_leaves_the_plan() {
         let input = probe_input();
         let keys = vec![col("k", &input.schema()).unwrap()];
         let probe: Arc<dyn ExecutionPlan> = Arc::new(ProbeFilterExec::new(3, keys, input));
         let other = KeySummary {
             filter_id: 4,
+            bloom: None,
             ..build(Some((2, 8)), None)
         };
         let plan = apply_filters(probe, &[other], &ConfigOptions::default()).unwrap();

@@ -25,6 +25,7 @@ use datafusion::physical_plan::{
 use futures::{Stream, StreamExt};
 use prost::Message;
 
+use super::bloom::{KeyBloom, MAX_FILL};
 use crate::planner::{only_child, visit_exprs};
 use crate::proto;
 
@@ -86,6 +87,9 @@ pub struct KeySummary {
     pub filter_id: u32,
     /// One per join key, in the join's key order.
     pub columns: Vec<KeyColumn>,
+    /// A Bloom filter of the keys, every column hashed together; None once merged with
+    /// a summary that had none.
+    pub bloom: Option<KeyBloom>,
 }
 
 impl KeySummary {
@@ -93,6 +97,22 @@ impl KeySummary {
     pub fn merge(&mut self, other: &KeySummary, max_values: usize) {
         for (ours, theirs) in self.columns.iter_mut().zip(&other.columns) {
             ours.merge(theirs, max_values);
+        }
+        self.bloom = match (self.bloom.take(), &other.bloom) {
+            (Some(mut ours), Some(theirs)) => {
+                ours.merge(theirs);
+                Some(ours)
+            }
+            _ => None,
+        };
+    }
+
+    /// Drops the Bloom filter once merging is done where it adds nothing: every key's
+    /// values are listed, or it is more than [`MAX_FILL`] full.
+    pub fn finish_merging(&mut self) {
+        let listed = self.columns.iter().all(|c| c.values.is_some());
+        if listed || self.bloom.as_ref().is_some_and(|b| b.fill() > MAX_FILL) {
+            self.bloom = None;
         }
     }
 
@@ -115,6 +135,11 @@ impl KeySummary {
                     None => format!("[{min}, {max}]"),
                 }
             })
+            .chain(
+                self.bloom
+                    .iter()
+                    .map(|b| format!("bloom filter {:.0} % full", b.fill() * 100.0)),
+            )
             .collect::<Vec<_>>()
             .join("; ")
     }
@@ -144,6 +169,7 @@ impl KeySummary {
         Ok(proto::KeySummary {
             filter_id: self.filter_id,
             columns,
+            bloom: self.bloom.as_ref().map(KeyBloom::to_proto),
         })
     }
 
@@ -174,6 +200,11 @@ impl KeySummary {
         Ok(Self {
             filter_id: summary.filter_id,
             columns,
+            bloom: summary
+                .bloom
+                .as_ref()
+                .map(KeyBloom::from_proto)
+                .transpose()?,
         })
     }
 }
@@ -403,6 +434,7 @@ impl ExecutionPlan for KeySummaryExec {
             input,
             keys: self.keys.clone(),
             builders: Some(builders),
+            bloom: KeyBloom::default(),
             filter_id: self.filter_id,
             partition,
             finished: self.finished.clone(),
@@ -414,6 +446,7 @@ struct SummaryStream {
     input: SendableRecordBatchStream,
     keys: Vec<Arc<dyn PhysicalExpr>>,
     builders: Option<Vec<KeyColumnBuilder>>,
+    bloom: KeyBloom,
     filter_id: u32,
     partition: usize,
     finished: Arc<Mutex<HashMap<usize, KeySummary>>>,
@@ -424,11 +457,13 @@ impl SummaryStream {
         let Some(builders) = self.builders.as_mut() else {
             return Ok(());
         };
+        let mut arrays = Vec::with_capacity(self.keys.len());
         for (key, builder) in self.keys.iter().zip(builders) {
             let values = key.evaluate(batch)?.into_array(batch.num_rows())?;
             builder.update(&values)?;
+            arrays.push(values);
         }
-        Ok(())
+        self.bloom.insert(&arrays)
     }
 
     fn finish(&mut self) -> Result<()> {
@@ -444,6 +479,7 @@ impl SummaryStream {
             KeySummary {
                 filter_id: self.filter_id,
                 columns,
+                bloom: Some(std::mem::take(&mut self.bloom)),
             },
         );
         Ok(())
@@ -551,12 +587,14 @@ mod tests {
         };
         let mut merged = KeySummary {
             filter_id: 1,
+            bloom: None,
             columns: vec![KeyColumn::empty()],
         };
         assert!(merged.is_empty());
         merged.merge(
             &KeySummary {
                 filter_id: 1,
+                bloom: None,
                 columns: vec![column(3, 8, &[3, 8])],
             },
             3,
@@ -564,6 +602,7 @@ mod tests {
         merged.merge(
             &KeySummary {
                 filter_id: 1,
+                bloom: None,
                 columns: vec![column(1, 3, &[1, 3])],
             },
             3,
@@ -574,11 +613,42 @@ mod tests {
         merged.merge(
             &KeySummary {
                 filter_id: 1,
+                bloom: None,
                 columns: vec![column(9, 9, &[9])],
             },
             3,
         );
         assert_eq!(merged.columns[0].values, None, "four values pass the limit");
         assert_eq!(merged.columns[0].range, Some((int(1), int(9))));
+    }
+
+    #[tokio::test]
+    async fn a_bloom_filter_is_shipped_only_past_the_listed_values_and_while_sparse() {
+        let merged = |max_values: usize, rows: i64| async move {
+            let keys: Vec<Option<i64>> = (0..rows).map(Some).collect();
+            let names = vec!["x"; rows as usize];
+            let plan = scan(keys, names);
+            let schema = plan.schema();
+            let keys = vec![col("k", &schema).unwrap(), col("s", &schema).unwrap()];
+            let exec = Arc::new(KeySummaryExec::new(7, keys, max_values, plan));
+            let stream = exec.execute(0, Arc::new(TaskContext::default())).unwrap();
+            datafusion::physical_plan::common::collect(stream)
+                .await
+                .unwrap();
+            let mut summary = exec.take(0).unwrap();
+            summary.finish_merging();
+            summary
+        };
+        // Listed values are exact: no Bloom filter.
+        assert!(merged(4096, 1000).await.bloom.is_none());
+        let past = merged(10, 1000).await;
+        assert!(past.bloom.is_some());
+        assert!(
+            past.describe().contains("bloom filter 0 % full"),
+            "{}",
+            past.describe()
+        );
+        // 300 K keys fill it past MAX_FILL.
+        assert!(merged(10, 300_000).await.bloom.is_none());
     }
 }

@@ -681,10 +681,10 @@ impl Query {
                     (None, _) => whole = false,
                 }
             }
-            let Some(encoded) = merged
-                .filter(|_| whole)
-                .and_then(|m| Some((m.to_proto().ok()?, m.describe())))
-            else {
+            let Some(encoded) = merged.filter(|_| whole).and_then(|mut m| {
+                m.finish_merging();
+                Some((m.to_proto().ok()?, m.describe()))
+            }) else {
                 warn!(query_id = %self.id, stage = sid, filter = filter.id, "join filter left out: its build side did not summarise every task");
                 continue;
             };
@@ -788,6 +788,11 @@ impl Query {
         self.state = state;
         self.error = error;
         self.ended_at = Some(SystemTime::now());
+        // Build tasks' key summaries (a Bloom filter each can be 128 KiB) serve only
+        // tasks still to run; a task rerun after this filters nothing, which is right.
+        for task in self.stages.iter_mut().flat_map(|s| s.tasks.iter_mut()) {
+            task.key_summaries = Vec::new();
+        }
     }
 
     /// True once it was admitted and started (it may have ended since).
@@ -1446,6 +1451,7 @@ mod tests {
         let summary = |min: i64, max: i64| {
             KeySummary {
                 filter_id: 0,
+                bloom: None,
                 columns: vec![KeyColumn {
                     range: Some((ScalarValue::Int64(Some(min)), ScalarValue::Int64(Some(max)))),
                     values: Some(vec![
