@@ -119,29 +119,33 @@ pub fn insert(
             let deep = || below_an_exchange(right, &probe_keys, id);
             let (left, right) = match exchange_input(left, *join.partition_mode()) {
                 Some(build_input) => {
-                    let summary = Arc::new(KeySummaryExec::new(
-                        id,
-                        build_keys,
-                        MAX_FILTER_VALUES,
-                        build_input,
-                    ));
-                    let left = replace_children_if_necessary(left.clone(), vec![summary])?;
-                    let right = match hash_exchange_input(right) {
-                        Some(probe_input) => replace_children_if_necessary(
-                            right.clone(),
-                            vec![Arc::new(ProbeFilterExec::new(id, probe_keys, probe_input))],
-                        )?,
+                    let (right, filters_rows) = match hash_exchange_input(right) {
+                        Some(probe_input) => {
+                            let probe = ProbeFilterExec::new(id, probe_keys, probe_input);
+                            let probe: Arc<dyn ExecutionPlan> = Arc::new(probe);
+                            (
+                                replace_children_if_necessary(right.clone(), vec![probe])?,
+                                true,
+                            )
+                        }
                         None => match deep()? {
-                            Some(right) => right,
+                            Some(right) => (right, true),
                             // Right under the join, which drops the rows a filter would:
                             // measured on TPC-H SF 1 star joins, filtering them there too
                             // cost 9-56 % more time, so here the filter only prunes the
                             // scans.
-                            None => Arc::new(
-                                ProbeFilterExec::new(id, probe_keys, right.clone()).pruning_only(),
-                            ),
+                            None => {
+                                let probe = ProbeFilterExec::new(id, probe_keys, right.clone());
+                                (Arc::new(probe.pruning_only()) as _, false)
+                            }
                         },
                     };
+                    // Only a probe that filters rows uses a Bloom filter.
+                    let summary =
+                        KeySummaryExec::new(id, build_keys, MAX_FILTER_VALUES, build_input)
+                            .with_bloom(filters_rows);
+                    let left =
+                        replace_children_if_necessary(left.clone(), vec![Arc::new(summary)])?;
                     (left, right)
                 }
                 // A small build side inside the join's stage whose keys can filter a
@@ -154,14 +158,11 @@ pub fn insert(
                     }
                     Some(right) => {
                         staged.push(id);
-                        let summary = Arc::new(KeySummaryExec::new(
-                            id,
-                            build_keys,
-                            MAX_FILTER_VALUES,
-                            left.clone(),
-                        ));
+                        let summary =
+                            KeySummaryExec::new(id, build_keys, MAX_FILTER_VALUES, left.clone())
+                                .with_bloom(true);
                         let left: Arc<dyn ExecutionPlan> =
-                            Arc::new(CoalescePartitionsExec::new(summary));
+                            Arc::new(CoalescePartitionsExec::new(Arc::new(summary)));
                         (left, right)
                     }
                     None => return Ok(Transformed::no(node)),

@@ -295,6 +295,8 @@ pub struct KeySummaryExec {
     filter_id: u32,
     keys: Vec<Arc<dyn PhysicalExpr>>,
     max_values: usize,
+    /// Whether the summaries carry a Bloom filter of the keys.
+    bloom: bool,
     input: Arc<dyn ExecutionPlan>,
     /// Finished summaries by partition, taken by the task runner.
     finished: Arc<Mutex<HashMap<usize, KeySummary>>>,
@@ -312,9 +314,21 @@ impl KeySummaryExec {
             filter_id,
             keys,
             max_values,
+            bloom: false,
             input,
             finished: Arc::default(),
         }
+    }
+
+    /// This summary, with a Bloom filter of the keys when `bloom` (for a probe that
+    /// filters rows; one that only prunes scans has no use for it).
+    pub fn with_bloom(self, bloom: bool) -> Self {
+        Self { bloom, ..self }
+    }
+
+    /// True when its summaries carry a Bloom filter.
+    pub fn fills_bloom(&self) -> bool {
+        self.bloom
     }
 
     /// The filter it summarises for.
@@ -365,7 +379,11 @@ impl DisplayAs for KeySummaryExec {
             "KeySummaryExec: filter={} keys=[{}]",
             self.filter_id,
             keys.join(", ")
-        )
+        )?;
+        if self.bloom {
+            write!(f, " bloom")?;
+        }
+        Ok(())
     }
 }
 
@@ -410,12 +428,8 @@ impl ExecutionPlan for KeySummaryExec {
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let input = only_child("KeySummaryExec", children)?;
-        Ok(Arc::new(Self::new(
-            self.filter_id,
-            self.keys.clone(),
-            self.max_values,
-            input,
-        )))
+        let summary = Self::new(self.filter_id, self.keys.clone(), self.max_values, input);
+        Ok(Arc::new(summary.with_bloom(self.bloom)))
     }
 
     fn execute(
@@ -434,7 +448,7 @@ impl ExecutionPlan for KeySummaryExec {
             input,
             keys: self.keys.clone(),
             builders: Some(builders),
-            bloom: KeyBloom::default(),
+            bloom: self.bloom.then(KeyBloom::default),
             filter_id: self.filter_id,
             partition,
             finished: self.finished.clone(),
@@ -446,7 +460,7 @@ struct SummaryStream {
     input: SendableRecordBatchStream,
     keys: Vec<Arc<dyn PhysicalExpr>>,
     builders: Option<Vec<KeyColumnBuilder>>,
-    bloom: KeyBloom,
+    bloom: Option<KeyBloom>,
     filter_id: u32,
     partition: usize,
     finished: Arc<Mutex<HashMap<usize, KeySummary>>>,
@@ -463,7 +477,10 @@ impl SummaryStream {
             builder.update(&values)?;
             arrays.push(values);
         }
-        self.bloom.insert(&arrays)
+        match self.bloom.as_mut() {
+            Some(bloom) => bloom.insert(&arrays),
+            None => Ok(()),
+        }
     }
 
     fn finish(&mut self) -> Result<()> {
@@ -479,7 +496,7 @@ impl SummaryStream {
             KeySummary {
                 filter_id: self.filter_id,
                 columns,
-                bloom: Some(std::mem::take(&mut self.bloom)),
+                bloom: self.bloom.take(),
             },
         );
         Ok(())
@@ -630,7 +647,8 @@ mod tests {
             let plan = scan(keys, names);
             let schema = plan.schema();
             let keys = vec![col("k", &schema).unwrap(), col("s", &schema).unwrap()];
-            let exec = Arc::new(KeySummaryExec::new(7, keys, max_values, plan));
+            let exec = KeySummaryExec::new(7, keys, max_values, plan).with_bloom(true);
+            let exec = Arc::new(exec);
             let stream = exec.execute(0, Arc::new(TaskContext::default())).unwrap();
             datafusion::physical_plan::common::collect(stream)
                 .await

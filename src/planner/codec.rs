@@ -143,12 +143,13 @@ impl PhysicalExtensionCodec for BatonCodec {
                 };
                 let keys =
                     self.decode_exprs(&node.key_exprs, &input.schema(), ctx, proto_converter)?;
-                Ok(Arc::new(KeySummaryExec::new(
+                let summary = KeySummaryExec::new(
                     node.filter_id,
                     keys,
                     node.max_values as usize,
                     input.clone(),
-                )))
+                );
+                Ok(Arc::new(summary.with_bloom(node.bloom)))
             }
             Some(plan_extension::Node::ProbeFilter(node)) => {
                 let [input] = inputs else {
@@ -222,6 +223,7 @@ impl PhysicalExtensionCodec for BatonCodec {
                 filter_id: summary.filter_id(),
                 key_exprs: self.encode_exprs(summary.keys(), proto_converter)?,
                 max_values: u32::try_from(summary.max_values()).unwrap_or(u32::MAX),
+                bloom: summary.fills_bloom(),
             })
         } else if let Some(probe) = node.downcast_ref::<ProbeFilterExec>() {
             plan_extension::Node::ProbeFilter(ProbeFilterNode {
