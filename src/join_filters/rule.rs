@@ -261,11 +261,15 @@ fn place_deep(
     Ok(Some(Arc::new(ProbeFilterExec::new(id, keys, node.clone()))))
 }
 
-/// True for a node the cut turns into a stage boundary.
+/// True for a node the cut turns into a stage boundary (`crate::planner::plan_stages`):
+/// a hash repartition, a gather of several partitions, or a gather of a build side this
+/// rule made a stage of.
 fn is_exchange(node: &Arc<dyn ExecutionPlan>) -> bool {
     let gathers = node.is::<CoalescePartitionsExec>() || node.is::<SortPreservingMergeExec>();
     hash_exchange_input(node).is_some()
-        || (gathers && node.children()[0].output_partitioning().partition_count() > 1)
+        || (gathers
+            && (node.children()[0].output_partitioning().partition_count() > 1
+                || node.children()[0].is::<KeySummaryExec>()))
 }
 
 /// The child of `node` (by position) that output `columns` come from unchanged, and
@@ -659,6 +663,55 @@ mod tests {
         let (dag, links) = cut_filters(local);
         assert!(links.is_empty(), "{}", dag.display());
         assert_eq!(dag.stages.len(), 1, "{}", dag.display());
+    }
+
+    #[test]
+    fn a_dimension_of_a_dimension_filters_the_dimension_staged_for_the_fact() {
+        // `r` joins on `nr`, a column of the one-partition `n` side, which itself joins
+        // the facts on `n = k` and was made a stage for that.
+        let facts = join(
+            hash(scan(&["x", "k"], 4), "x"),
+            hash(scan(&["y"], 4), "y"),
+            ("x", "y"),
+            JoinType::Inner,
+            PartitionMode::Partitioned,
+        );
+        let dimension = join(
+            scan(&["n", "nr"], 1),
+            facts,
+            ("n", "k"),
+            JoinType::Inner,
+            PartitionMode::CollectLeft,
+        );
+        let plan = join(
+            scan(&["r"], 1),
+            dimension,
+            ("r", "nr"),
+            JoinType::Inner,
+            PartitionMode::CollectLeft,
+        );
+        let dag = crate::planner::plan_stages(plan, 0, Some(&[])).unwrap();
+        let text = |sid: u32| {
+            displayable(dag.stages[sid as usize].plan.as_ref())
+                .indent(false)
+                .to_string()
+        };
+        let link = dag
+            .filters
+            .iter()
+            .find(|l| text(l.build_stage).contains("keys=[r@0]"))
+            .unwrap_or_else(|| panic!("{}", dag.display()));
+        assert!(
+            text(link.probe_stage).contains("keys=[n@0]"),
+            "{}",
+            dag.display()
+        );
+        let probe = probe_of(&dag.stages[link.probe_stage as usize].plan, link.id).unwrap();
+        assert!(
+            probe.children()[0].is::<DataSourceExec>(),
+            "{}",
+            dag.display()
+        );
     }
 
     #[test]

@@ -666,7 +666,7 @@ mod tests {
             "{}",
             past.describe()
         );
-        // 300 K keys fill it past MAX_FILL.
-        assert!(merged(10, 300_000).await.bloom.is_none());
+        // 400 K keys fill it past MAX_FILL.
+        assert!(merged(10, 400_000).await.bloom.is_none());
     }
 }
