@@ -83,7 +83,15 @@ async fn a_killed_scheduler_restarted_on_its_state_resumes_every_query_and_reuse
     signal(&b, libc::SIGCONT);
 
     let reference = common::single_node(&catalog).await;
-    let logs = || format!("-- scheduler log:\n{}", second.log());
+    // The executors' logs too: they say which shuffle outputs each one held and served.
+    let logs = || {
+        format!(
+            "-- scheduler log:\n{}\n-- executor a log:\n{}\n-- executor b log:\n{}",
+            second.log(),
+            a.log(),
+            b.log()
+        )
+    };
     check_answers(&mut client, awaited, &reference, logs).await;
     let text = common::scrape_metrics(&metrics);
     let rerun = sample(&text, "baton_tasks_dispatched_total");
