@@ -573,6 +573,21 @@ mod tests {
         )
     }
 
+    /// An inner `CollectLeft` join of `dimension` (the build side) with `probe`.
+    fn broadcast(
+        dimension: Arc<dyn ExecutionPlan>,
+        probe: Arc<dyn ExecutionPlan>,
+        on: (&str, &str),
+    ) -> Arc<dyn ExecutionPlan> {
+        join(
+            dimension,
+            probe,
+            on,
+            JoinType::Inner,
+            PartitionMode::CollectLeft,
+        )
+    }
+
     /// `dim` (one partition, in the join's stage) joined on `d = k` with the partitioned
     /// join of `fact` (four partitions, columns `x`, `k`) and `other` (column `y`).
     fn snowflake(fact_side: JoinType) -> Arc<dyn ExecutionPlan> {
@@ -583,13 +598,7 @@ mod tests {
             fact_side,
             PartitionMode::Partitioned,
         );
-        join(
-            scan(&["d"], 1),
-            facts,
-            ("d", "k"),
-            JoinType::Inner,
-            PartitionMode::CollectLeft,
-        )
+        broadcast(scan(&["d"], 1), facts, ("d", "k"))
     }
 
     /// `plan` cut, and the filters whose build side is the one-partition `d` scan.
@@ -653,13 +662,7 @@ mod tests {
         let probe = probe_of(&dag.stages[link.probe_stage as usize].plan, link.id).unwrap();
         assert_eq!(probe.schema().field(0).name(), "y", "{}", dag.display());
         // A probe scan in the join's own stage: no stage is made for the build side.
-        let local = join(
-            scan(&["d"], 1),
-            scan(&["x", "k"], 4),
-            ("d", "k"),
-            JoinType::Inner,
-            PartitionMode::CollectLeft,
-        );
+        let local = broadcast(scan(&["d"], 1), scan(&["x", "k"], 4), ("d", "k"));
         let (dag, links) = cut_filters(local);
         assert!(links.is_empty(), "{}", dag.display());
         assert_eq!(dag.stages.len(), 1, "{}", dag.display());
@@ -676,20 +679,8 @@ mod tests {
             JoinType::Inner,
             PartitionMode::Partitioned,
         );
-        let dimension = join(
-            scan(&["n", "nr"], 1),
-            facts,
-            ("n", "k"),
-            JoinType::Inner,
-            PartitionMode::CollectLeft,
-        );
-        let plan = join(
-            scan(&["r"], 1),
-            dimension,
-            ("r", "nr"),
-            JoinType::Inner,
-            PartitionMode::CollectLeft,
-        );
+        let dimension = broadcast(scan(&["n", "nr"], 1), facts, ("n", "k"));
+        let plan = broadcast(scan(&["r"], 1), dimension, ("r", "nr"));
         let dag = crate::planner::plan_stages(plan, 0, Some(&[])).unwrap();
         let text = |sid: u32| {
             displayable(dag.stages[sid as usize].plan.as_ref())
@@ -741,13 +732,7 @@ mod tests {
         // Rows filtered out below a limit would let others through it.
         let limited = CoalescePartitionsExec::new(scan(&["x", "k"], 4)).with_fetch(Some(3));
         let limited = Arc::new(limited);
-        let plan = join(
-            scan(&["d"], 1),
-            limited,
-            ("d", "k"),
-            JoinType::Inner,
-            PartitionMode::CollectLeft,
-        );
+        let plan = broadcast(scan(&["d"], 1), limited, ("d", "k"));
         let (dag, links) = cut_filters(plan);
         assert!(links.is_empty(), "{}", dag.display());
     }
