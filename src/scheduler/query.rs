@@ -1217,10 +1217,11 @@ impl Query {
     }
 
     /// True when shuffle output on `executor_id` is still needed by this query: to go
-    /// on running, or as its result, not yet fetched.
+    /// on running (or start: a query restored after a scheduler restart waits queued
+    /// with its finished tasks' output), or as its result, not yet fetched.
     pub fn needs_output_on(&self, executor_id: &str) -> bool {
         match self.state {
-            QueryState::Running => !self
+            QueryState::Running | QueryState::Queued => !self
                 .stages_losing(&|_, _, t| t.has_output_on(executor_id))
                 .is_empty(),
             QueryState::Succeeded => {
@@ -1809,6 +1810,10 @@ mod tests {
         let mut back = restored(&q);
         assert_eq!(back.state(), QueryState::Queued);
         assert_eq!((&*back.owner, back.settings.len()), ("alice", 1));
+        // Queued until admitted, it still needs what its executors hold: an executor
+        // registering then must not be told to drop it.
+        assert!(back.needs_output_on("a") && back.needs_output_on("b"));
+        assert!(!back.needs_output_on("c"));
         // Stage 1 is done; stage 0 runs its unfinished task; stage 2 waits for it.
         assert_eq!(back.start().ready, vec![task(0, 1)]);
         let p = run(&mut back, task(0, 1), "c");
