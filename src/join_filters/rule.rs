@@ -22,6 +22,7 @@ use datafusion::physical_plan::{
 };
 
 use super::{KeySummaryExec, MAX_FILTER_VALUES, ProbeFilterExec};
+use crate::planner::gathers_a_stage;
 
 /// A probe stage waits for its build stage only when the build stage is estimated to
 /// cost at most this share of the stages the filter cuts: the wait is then short
@@ -265,11 +266,12 @@ fn place_deep(
 /// a hash repartition, a gather of several partitions, or a gather of a build side this
 /// rule made a stage of.
 fn is_exchange(node: &Arc<dyn ExecutionPlan>) -> bool {
-    let gathers = node.is::<CoalescePartitionsExec>() || node.is::<SortPreservingMergeExec>();
+    let gathered = node
+        .children()
+        .first()
+        .map(|c| c.output_partitioning().partition_count());
     hash_exchange_input(node).is_some()
-        || (gathers
-            && (node.children()[0].output_partitioning().partition_count() > 1
-                || node.children()[0].is::<KeySummaryExec>()))
+        || gathered.is_some_and(|partitions| gathers_a_stage(node, partitions))
 }
 
 /// The child of `node` (by position) that output `columns` come from unchanged, and

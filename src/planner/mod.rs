@@ -15,7 +15,7 @@ pub use codec::{BatonCodec, decode_plan, encode_plan};
 pub use cost::{ROWS_PER_UNIT, StageEstimate, estimate_stages};
 pub use joins::distribute_joins;
 pub use split::{MAX_UNITS_PER_SCAN, split_scans};
-pub use stages::{StageDag, StagePlan, operator_summary, plan_stages};
+pub use stages::{StageDag, StagePlan, gathers_a_stage, operator_summary, plan_stages};
 
 /// Calls `f` on each of an operator's own expressions in turn until it says stop: the
 /// body of `ExecutionPlan::apply_expressions` for Baton's operators.

@@ -181,14 +181,10 @@ fn cut(
         attach_subqueries(stages, exec)?;
         return Ok(Transformed::no(node));
     }
-    let gathers = node.is::<CoalescePartitionsExec>() || node.is::<SortPreservingMergeExec>();
-    if gathers {
-        // A join filter's build side (`join_filters::rule`) is a stage even when it is
-        // one partition: the scans it filters run before the join's stage.
-        let summarised = node.children()[0].is::<KeySummaryExec>();
+    if node.is::<CoalescePartitionsExec>() || node.is::<SortPreservingMergeExec>() {
         let child = split_scans(node.children()[0].clone(), split_unit)?;
         let maps = child.output_partitioning().partition_count();
-        if maps > 1 || summarised {
+        if gathers_a_stage(&node, maps) {
             let id = add_stage(stages, child.clone(), None)?;
             let reader = Arc::new(
                 ShuffleReaderExec::new(id, child.schema(), maps, ReadMode::PerMap)
@@ -201,6 +197,15 @@ fn cut(
         }
     }
     Ok(Transformed::no(node))
+}
+
+/// True when `node` gathers an input of `partitions` partitions that the cut makes a
+/// stage of its own: a `CoalescePartitionsExec` or `SortPreservingMergeExec` over
+/// several partitions, or over a join filter's build side (`join_filters::rule`), which
+/// is a stage even at one partition so that the scans it filters run first.
+pub fn gathers_a_stage(node: &Arc<dyn ExecutionPlan>, partitions: usize) -> bool {
+    (node.is::<CoalescePartitionsExec>() || node.is::<SortPreservingMergeExec>())
+        && (partitions > 1 || node.children()[0].is::<KeySummaryExec>())
 }
 
 /// The expressions `plan`'s output holds at one known value in every partition.
