@@ -1097,13 +1097,20 @@ impl Query {
         executor_id: &str,
         held: &std::collections::HashSet<(u32, u32)>,
     ) -> (Progress, Vec<RunningAttempt>) {
-        if self.state != QueryState::Running {
-            return (Progress::default(), Vec::new());
-        }
         let missing = |stage: u32, partition: u32, t: &Task| {
             t.has_output_on(executor_id) && !held.contains(&(stage, partition))
         };
-        self.recover(&missing, Vec::new())
+        match self.state {
+            QueryState::Running => self.recover(&missing, Vec::new()),
+            // Restored and not yet admitted: what is missing is dropped now, so that
+            // [`Query::start`] queues it rather than hand out its lost location.
+            QueryState::Queued => {
+                self.drop_lost(&missing, &mut Vec::new());
+                self.restore_readiness();
+                (Progress::default(), Vec::new())
+            }
+            _ => (Progress::default(), Vec::new()),
+        }
     }
 
     /// The executors the query's finished tasks left output on.
@@ -1134,41 +1141,18 @@ impl Query {
         Some(self.recover(&|_, _, t| t.has_output_on(executor_id), vec![task]))
     }
 
-    /// Drops the lost output (the map tasks `lost` picks by stage, partition and task)
-    /// that is still needed, and sets every
-    /// stage's readiness from what is left, so that lost output is computed again from
-    /// its inputs (themselves again where they were lost too). `reset` are tasks that
-    /// stopped running there and are to run again. A stage that loses an input stops
-    /// its running tasks (returned to be cancelled) and waits for it again; the tasks
-    /// it finished keep their output.
+    /// Drops the lost output (the map tasks `lost_output` picks by stage, partition and
+    /// task) that is still needed, and sets every stage's readiness from what is left,
+    /// so that lost output is computed again from its inputs (themselves again where
+    /// they were lost too). `reset` are tasks that stopped running there and are to run
+    /// again. A stage that loses an input stops its running tasks (returned to be
+    /// cancelled) and waits for it again; the tasks it finished keep their output.
     fn recover(
         &mut self,
         lost_output: &dyn Fn(u32, u32, &Task) -> bool,
         mut reset: Vec<TaskRef>,
     ) -> (Progress, Vec<RunningAttempt>) {
-        loop {
-            let lost = self.stages_losing(lost_output);
-            for &sid in &lost {
-                let stage = &mut self.stages[sid as usize];
-                for (p, t) in stage.tasks.iter_mut().enumerate() {
-                    if lost_output(sid, p as u32, t) {
-                        t.output = None;
-                        t.attempt += 1;
-                        stage.done -= 1;
-                        self.remaining_cost += stage.task_cost;
-                        reset.push(TaskRef {
-                            stage: sid,
-                            partition: p as u32,
-                        });
-                    }
-                }
-                warn!(query_id = %self.id, stage = sid, "shuffle output lost; computing it again");
-            }
-            let revived = self.revive_released(&mut reset);
-            if lost.is_empty() && revived == 0 {
-                break;
-            }
-        }
+        self.drop_lost(lost_output, &mut reset);
         let mut progress = Progress::default();
         let mut waiting = vec![false; self.stages.len()];
         for (sid, waits) in waiting.iter_mut().enumerate() {
@@ -1214,6 +1198,39 @@ impl Query {
             cancel.extend(self.take_running());
         }
         (progress, cancel)
+    }
+
+    /// Forgets the output `lost_output` picks where a stage still needs it, and the
+    /// output of released stages read by a stage that has to run again; every task
+    /// whose output went joins `reset`.
+    fn drop_lost(
+        &mut self,
+        lost_output: &dyn Fn(u32, u32, &Task) -> bool,
+        reset: &mut Vec<TaskRef>,
+    ) {
+        loop {
+            let lost = self.stages_losing(lost_output);
+            for &sid in &lost {
+                let stage = &mut self.stages[sid as usize];
+                for (p, t) in stage.tasks.iter_mut().enumerate() {
+                    if lost_output(sid, p as u32, t) {
+                        t.output = None;
+                        t.attempt += 1;
+                        stage.done -= 1;
+                        self.remaining_cost += stage.task_cost;
+                        reset.push(TaskRef {
+                            stage: sid,
+                            partition: p as u32,
+                        });
+                    }
+                }
+                warn!(query_id = %self.id, stage = sid, "shuffle output lost; computing it again");
+            }
+            let revived = self.revive_released(reset);
+            if lost.is_empty() && revived == 0 {
+                break;
+            }
+        }
     }
 
     /// True when shuffle output on `executor_id` is still needed by this query: to go
@@ -1847,6 +1864,36 @@ mod tests {
         // "b" came back with all it had: nothing changes.
         let held = std::collections::HashSet::from([(1, 0)]);
         assert_eq!(back.keep_held("b", &held).0, Progress::default());
+    }
+
+    #[test]
+    fn a_restored_query_still_queued_recomputes_what_its_executors_no_longer_hold() {
+        let mut q = join_query();
+        q.start();
+        run(&mut q, task(0, 0), "a");
+        run(&mut q, task(0, 1), "a");
+        run(&mut q, task(1, 0), "b");
+        let mut back = restored(&q);
+        assert_eq!(back.state(), QueryState::Queued);
+        // "a" comes back, before the query is admitted, holding stage 0's first output
+        // only (the second was let go before the crash): the query must not start on
+        // its old location.
+        let held = std::collections::HashSet::from([(0, 0)]);
+        assert_eq!(
+            back.keep_held("a", &held),
+            (Progress::default(), Vec::new())
+        );
+        assert_eq!(back.start().ready, vec![task(0, 1)]);
+        assert_eq!(back.status().stages[2].state, StageState::Waiting as i32);
+        let p = run(&mut back, task(0, 1), "c");
+        assert_eq!(sorted(p.ready), vec![task(2, 0), task(2, 1)]);
+        let holders: Vec<&str> = back
+            .stage_inputs(2)
+            .iter()
+            .flat_map(|i| &i.locations)
+            .map(|l| l.executor_id.as_str())
+            .collect();
+        assert_eq!(holders, vec!["a", "c", "b"]);
     }
 
     #[test]

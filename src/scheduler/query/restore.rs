@@ -223,8 +223,9 @@ impl Query {
     /// Sets the stages of a restored, unfinished query from its finished tasks: complete
     /// stages are done (and released when every consumer is complete too), and every
     /// other stage waits for its incomplete inputs; [`Query::start`] then queues what
-    /// can run.
-    fn restore_readiness(&mut self) {
+    /// can run. Also run again on a restored query still queued when an executor comes
+    /// back without some of its output.
+    pub(super) fn restore_readiness(&mut self) {
         let complete: Vec<bool> = self.stages.iter().map(|s| s.is_complete()).collect();
         if complete.last().copied().unwrap_or(true) {
             let now = SystemTime::now();
@@ -256,6 +257,7 @@ impl Query {
                 .copied()
                 .filter(|&i| !complete[i as usize])
                 .collect();
+            stage.state = StageState::Waiting;
             stage.waiting_on = waits.len();
         }
     }
