@@ -13,7 +13,7 @@ use baton::config::Switch;
 use baton::proto::QueryStatus;
 
 /// Selective joins of `lineitem` (the fact table) with `part`, `supplier` and `orders`.
-const STAR_JOINS: [&str; 11] = [
+const STAR_JOINS: [&str; 12] = [
     "select p_brand, count(*) as n, sum(l_extendedprice) as revenue \
      from lineitem join part on l_partkey = p_partkey \
      where p_size = 15 and p_type like '%BRASS' group by p_brand order by p_brand",
@@ -43,6 +43,10 @@ const STAR_JOINS: [&str; 11] = [
     // About 5,700 order keys: more than a summary lists, so a Bloom filter carries them.
     "select l_shipmode, count(*) as n from lineitem join orders on l_orderkey = o_orderkey \
      where o_orderdate >= date '1996-06-01' group by l_shipmode order by l_shipmode",
+    // Partitioned, a right anti join (lineitem's few late lines are estimated the
+    // smaller side): the orders' keys filter lineitem, its build side.
+    "select count(*) as n from orders where o_orderdate < date '1995-01-01' and not exists \
+     (select 1 from lineitem where l_orderkey = o_orderkey and l_shipdate > date '1998-11-01')",
     // Customer's filter reaches the orders scan, a stage below the join that uses it.
     "select c_name, count(*) as n, sum(l_quantity) as quantity \
      from lineitem join orders on l_orderkey = o_orderkey \
@@ -166,6 +170,13 @@ async fn star_joins_are_filtered_across_stages_and_answer_as_single_node_datafus
         .find(|s| s.filters.contains("bloom filter"))
         .unwrap_or_else(|| panic!("{:?}", statuses[9].stages));
     assert!(bloomed.filter_rows_removed > 0, "{bloomed:?}");
+    // A reverse filter: the anti join's probe keys remove build rows before the shuffle.
+    let reverse = statuses[10]
+        .stages
+        .iter()
+        .find(|s| s.filter_rows_in > 0)
+        .unwrap_or_else(|| panic!("{:?}", statuses[10].stages));
+    assert!(reverse.filter_rows_removed > 0, "{reverse:?}");
     // An empty build side filters everything.
     assert!(
         statuses[6]

@@ -38,10 +38,24 @@ pub const MAX_STAGED_BUILD_ROWS: usize = 100_000;
 pub struct FilterLink {
     /// The filter's id, as its [`KeySummaryExec`] and [`ProbeFilterExec`] name it.
     pub id: u32,
-    /// The stage whose tasks summarise the build-side keys.
+    /// The stage whose tasks summarise the keys: the join's build side (for a reverse
+    /// filter, its probe side).
     pub build_stage: u32,
-    /// The stage whose tasks filter the probe side.
+    /// The stage whose tasks filter rows by those keys: the join's probe side (for a
+    /// reverse filter, its build side).
     pub probe_stage: u32,
+    /// True for a reverse filter: the probe side's keys filter the build side.
+    pub reverse: bool,
+}
+
+/// A plan with join filters put in, as [`insert`] returns it.
+pub struct Inserted {
+    /// The plan.
+    pub plan: Arc<dyn ExecutionPlan>,
+    /// The filter ids whose build side was made a stage of its own.
+    pub staged: Vec<u32>,
+    /// The ids of reverse filters.
+    pub reverse: Vec<u32>,
 }
 
 /// True for join types whose output does not depend on probe rows without a match, so
@@ -55,6 +69,14 @@ fn drops_unmatched_probe_rows(join_type: JoinType) -> bool {
             | JoinType::LeftAnti
             | JoinType::RightSemi
     )
+}
+
+/// True for join types whose output keeps no build row without a match (the build side
+/// is the left input) but may keep probe rows without one, so a filter can only go the
+/// other way: the probe side's keys drop the build rows that cannot match. Joins that
+/// drop both kinds of rows take the usual direction, from the (smaller) build side.
+fn drops_only_unmatched_build_rows(join_type: JoinType) -> bool {
+    matches!(join_type, JoinType::Right | JoinType::RightAnti)
 }
 
 /// Key types whose values order and compare the way the join matches them (no NaN, no
@@ -81,24 +103,27 @@ fn filterable(data_type: &DataType) -> bool {
 /// of its own: a `Partitioned` join's hash-repartitioned build side, or a `CollectLeft`
 /// join's coalesced one; or a small one-partition build side inside the join's stage
 /// whose keys can filter a scan in an earlier stage, which then becomes a stage of its
-/// own, except for the filter ids in `keep_in_stage`. Runs before the plan is cut.
-/// Returns the plan and the ids of the filters whose build side it made a stage of.
+/// own, except for the filter ids in `keep_in_stage`. A `Partitioned` right outer or
+/// right anti join, which keeps unmatched probe rows, gets a reverse filter instead:
+/// its probe side's keys filter its build side. Runs before the plan is cut.
+/// Returns the plan, the ids of the filters whose build side it made a stage of, and
+/// those of the reverse filters.
 ///
 /// Ids are given in the order of a bottom-up walk, the same for the same plan whatever
 /// `keep_in_stage` says, so a second call can keep the build sides of the first call's
 /// unused filters in their stages.
-pub fn insert(
-    plan: Arc<dyn ExecutionPlan>,
-    keep_in_stage: &[u32],
-) -> Result<(Arc<dyn ExecutionPlan>, Vec<u32>)> {
+pub fn insert(plan: Arc<dyn ExecutionPlan>, keep_in_stage: &[u32]) -> Result<Inserted> {
     let mut next_id = 0;
     let mut staged = Vec::new();
+    let mut reverse_ids = Vec::new();
     let plan = plan
         .transform_up(|node| {
             let Some(join) = node.downcast_ref::<HashJoinExec>() else {
                 return Ok(Transformed::no(node));
             };
-            if !drops_unmatched_probe_rows(*join.join_type())
+            let forward = drops_unmatched_probe_rows(*join.join_type());
+            let reverse = drops_only_unmatched_build_rows(*join.join_type());
+            if !(forward || reverse)
                 || join.null_aware
                 || join.null_equality() != NullEquality::NullEqualsNothing
             {
@@ -117,6 +142,27 @@ pub fn insert(
                 return Ok(Transformed::no(node));
             }
             let id = next_id;
+            if reverse {
+                let (Some(build_input), Some(probe_input)) = (
+                    (*join.partition_mode() == PartitionMode::Partitioned)
+                        .then(|| hash_exchange_input(left))
+                        .flatten(),
+                    hash_exchange_input(right),
+                ) else {
+                    return Ok(Transformed::no(node));
+                };
+                next_id += 1;
+                reverse_ids.push(id);
+                let summary = KeySummaryExec::new(id, probe_keys, MAX_FILTER_VALUES, probe_input)
+                    .with_bloom(true);
+                let probe = ProbeFilterExec::new(id, build_keys, build_input);
+                let left = replace_children_if_necessary(left.clone(), vec![Arc::new(probe)])?;
+                let right = replace_children_if_necessary(right.clone(), vec![Arc::new(summary)])?;
+                return Ok(Transformed::yes(replace_children_if_necessary(
+                    node,
+                    vec![left, right],
+                )?));
+            }
             let deep = || below_an_exchange(right, &probe_keys, id);
             let (left, right) = match exchange_input(left, *join.partition_mode()) {
                 Some(build_input) => {
@@ -177,7 +223,11 @@ pub fn insert(
             )?))
         })?
         .data;
-    Ok((plan, staged))
+    Ok(Inserted {
+        plan,
+        staged,
+        reverse: reverse_ids,
+    })
 }
 
 /// The input of a join's build side where that side is an exchange the cut turns into
@@ -355,8 +405,9 @@ fn hash_exchange_input(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn Executio
         .map(|r| r.input().clone())
 }
 
-/// Where each filter's halves are, from the stage plans (indexed by stage id).
-pub fn links(stages: &[Arc<dyn ExecutionPlan>]) -> Result<Vec<FilterLink>> {
+/// Where each filter's halves are, from the stage plans (indexed by stage id);
+/// `reverse` names the reverse filters.
+pub fn links(stages: &[Arc<dyn ExecutionPlan>], reverse: &[u32]) -> Result<Vec<FilterLink>> {
     let mut builds = Vec::new();
     let mut probes = Vec::new();
     for (sid, plan) in stages.iter().enumerate() {
@@ -378,6 +429,7 @@ pub fn links(stages: &[Arc<dyn ExecutionPlan>]) -> Result<Vec<FilterLink>> {
                 id,
                 build_stage,
                 probe_stage: *probe_stage,
+                reverse: reverse.contains(&id),
             })
         })
         .collect())
@@ -387,13 +439,20 @@ pub fn links(stages: &[Arc<dyn ExecutionPlan>]) -> Result<Vec<FilterLink>> {
 /// for it, so its filter costs no wait; another probe stage must wait, which pays only
 /// when the build stage is cheap next to the work the filter cuts ([`WAIT_COST_SHARE`]
 /// of the estimated cost of the probe stage and the stages between it and the join,
-/// `costs` by stage id) and cannot wait on itself.
+/// `costs` by stage id; a reverse filter weighs the shorter of the two stages against
+/// those and its join's stage) and cannot wait on itself.
 pub fn choose(links: &[FilterLink], inputs: &[Vec<u32>], costs: &[f64]) -> Vec<FilterLink> {
     let mut kept: Vec<FilterLink> = Vec::new();
     for link in links {
         let (build, probe) = (link.build_stage as usize, link.probe_stage as usize);
         let reads_build = inputs[probe].contains(&link.build_stage);
-        let pays = costs[build] <= WAIT_COST_SHARE * filtered_cost(link, inputs, costs);
+        // A reverse filter's summarising stage feeds the join's stage, which waits for
+        // it anyway: the wait delays the join by at most the filtered stage's own run.
+        let wait = match link.reverse {
+            true => costs[build].min(costs[probe]),
+            false => costs[build],
+        };
+        let pays = wait <= WAIT_COST_SHARE * filtered_cost(link, inputs, costs);
         if reads_build || (pays && !depends_on(link.build_stage, link.probe_stage, inputs, &kept)) {
             kept.push(*link);
         }
@@ -405,7 +464,7 @@ pub fn choose(links: &[FilterLink], inputs: &[Vec<u32>], costs: &[f64]) -> Vec<F
 /// stage and, when it is further down than the join's inputs, every stage between it
 /// and the join's stage (a stage that reads the build stage). Counting the join's stage
 /// too kept more filters and measured no faster on TPC-H SF 1 (5.20 and 5.30 s against
-/// 5.38 and 5.12 s, alternating runs; Q20 and Q21 slower).
+/// 5.38 and 5.12 s, alternating runs; Q20 and Q21 slower), except for a reverse filter.
 fn filtered_cost(link: &FilterLink, inputs: &[Vec<u32>], costs: &[f64]) -> f64 {
     let joins: Vec<u32> = (0..inputs.len() as u32)
         .filter(|&s| inputs[s as usize].contains(&link.build_stage))
@@ -416,7 +475,14 @@ fn filtered_cost(link: &FilterLink, inputs: &[Vec<u32>], costs: &[f64]) -> f64 {
             && depends_on(s, link.probe_stage, inputs, &[])
             && joins.iter().any(|&j| depends_on(j, s, inputs, &[]))
     });
-    costs[link.probe_stage as usize] + between.map(|s| costs[s as usize]).sum::<f64>()
+    // A reverse filter cuts the rows the join's stage builds its hash table of, the
+    // bulk of that stage's work (Q21's anti join: 0.6 of its 0.7 task-seconds).
+    let builds = joins
+        .iter()
+        .filter(|_| link.reverse)
+        .map(|&j| costs[j as usize])
+        .sum::<f64>();
+    costs[link.probe_stage as usize] + between.map(|s| costs[s as usize]).sum::<f64>() + builds
 }
 
 /// True when stage `stage` reads or waits for `on`, directly or not.
@@ -473,6 +539,7 @@ mod tests {
 
     fn link(id: u32, build_stage: u32, probe_stage: u32) -> FilterLink {
         FilterLink {
+            reverse: false,
             id,
             build_stage,
             probe_stage,
@@ -502,6 +569,21 @@ mod tests {
         let kept = |costs: [f64; 4]| !choose(&deep, &inputs, &costs).is_empty();
         assert!(kept([5.0, 6.0, 1000.0, 1.0]));
         assert!(!kept([5.0, 6.0, 1.0, 1000.0]));
+    }
+
+    #[test]
+    fn a_reverse_filter_pays_for_the_hash_table_its_join_builds() {
+        // Stage 2 joins stage 0 (build, filtered) with stage 1 (probe, summarised). The
+        // join waits for stage 1 anyway: its cost is no wait.
+        let inputs = vec![vec![], vec![], vec![0, 1]];
+        let costs = [10.0, 100.0, 20.0];
+        let forward = link(0, 1, 0);
+        let reverse = FilterLink {
+            reverse: true,
+            ..forward
+        };
+        assert!(choose(&[forward], &inputs, &costs).is_empty());
+        assert_eq!(choose(&[reverse], &inputs, &costs), vec![reverse]);
     }
 
     /// The probe half of filter `id` in `plan`.
@@ -727,6 +809,46 @@ mod tests {
         };
         assert_eq!(ids(&kept_in), ids(&staged));
         assert!(!ids(&staged).is_empty());
+    }
+
+    #[test]
+    fn a_right_anti_join_filters_its_build_side_by_its_probe_keys() {
+        // The build side ("b", big) loses the rows no probe key ("p") matches: they
+        // could only have removed probe rows from the output.
+        for join_type in [JoinType::RightAnti, JoinType::Right] {
+            let anti = join(
+                hash(scan(&["b"], 4), "b"),
+                hash(scan(&["p"], 4), "p"),
+                ("b", "p"),
+                join_type,
+                PartitionMode::Partitioned,
+            );
+            let dag = crate::planner::plan_stages(anti, 0, Some(&[])).unwrap();
+            let [link] = dag.filters[..] else {
+                panic!("{:?}\n{}", dag.filters, dag.display());
+            };
+            let summary = displayable(dag.stages[link.build_stage as usize].plan.as_ref())
+                .indent(false)
+                .to_string();
+            assert!(summary.contains("keys=[p@0]"), "{}", dag.display());
+            let probe = probe_of(&dag.stages[link.probe_stage as usize].plan, link.id).unwrap();
+            assert_eq!(probe.schema().field(0).name(), "b", "{}", dag.display());
+        }
+        // A left anti join keeps its unmatched build rows but drops the probe rows the
+        // build side matches nothing to: its filter goes the usual way.
+        let left_anti = join(
+            hash(scan(&["b"], 4), "b"),
+            hash(scan(&["p"], 4), "p"),
+            ("b", "p"),
+            JoinType::LeftAnti,
+            PartitionMode::Partitioned,
+        );
+        let dag = crate::planner::plan_stages(left_anti, 0, Some(&[])).unwrap();
+        let [link] = dag.filters[..] else {
+            panic!("{:?}\n{}", dag.filters, dag.display());
+        };
+        let probe = probe_of(&dag.stages[link.probe_stage as usize].plan, link.id).unwrap();
+        assert_eq!(probe.schema().field(0).name(), "p", "{}", dag.display());
     }
 
     #[test]

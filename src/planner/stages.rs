@@ -121,9 +121,12 @@ pub fn plan_stages(
     let schema = plan.schema();
     let plan = super::distribute_joins(plan)?;
     let plan = super::wire::unproject_lazy_scans(plan)?;
-    let (plan, staged_builds) = match join_filters {
-        Some(keep_in_stage) => join_filters::rule::insert(plan, keep_in_stage)?,
-        None => (plan, Vec::new()),
+    let (plan, staged_builds, reverse) = match join_filters {
+        Some(keep_in_stage) => {
+            let inserted = join_filters::rule::insert(plan, keep_in_stage)?;
+            (inserted.plan, inserted.staged, inserted.reverse)
+        }
+        None => (plan, Vec::new(), Vec::new()),
     };
     let mut stages = Vec::new();
     let rewritten = plan
@@ -131,7 +134,7 @@ pub fn plan_stages(
         .data;
     add_stage(&mut stages, split_scans(rewritten, split_unit)?, None)?;
     let plans: Vec<_> = stages.iter().map(|s| s.plan.clone()).collect();
-    let filters = join_filters::rule::links(&plans)?;
+    let filters = join_filters::rule::links(&plans, &reverse)?;
     Ok(StageDag {
         stages,
         schema,

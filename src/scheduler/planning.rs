@@ -330,6 +330,7 @@ fn keep_filters(dag: &StageDag) -> (Vec<StageEstimate>, Vec<FilterLink>) {
     let inputs: Vec<Vec<u32>> = dag.stages.iter().map(|s| s.inputs.clone()).collect();
     let costs: Vec<f64> = estimates.iter().map(|e| e.cost).collect();
     let kept = rule::choose(&dag.filters, &inputs, &costs);
+    tracing::debug!(filters = ?dag.filters, ?costs, ?kept, "join filters weighed");
     (estimates, kept)
 }
 
