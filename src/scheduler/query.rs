@@ -1844,14 +1844,19 @@ mod tests {
         assert_eq!(holders, vec!["a", "c", "b"]);
     }
 
-    #[test]
-    fn a_restored_query_recomputes_what_its_executors_no_longer_hold() {
+    /// The join query restored after stage 0 finished on "a" and stage 1 on "b".
+    fn restored_with_stage_0_on_a() -> Query {
         let mut q = join_query();
         q.start();
         run(&mut q, task(0, 0), "a");
         run(&mut q, task(0, 1), "a");
         run(&mut q, task(1, 0), "b");
-        let mut back = restored(&q);
+        restored(&q)
+    }
+
+    #[test]
+    fn a_restored_query_recomputes_what_its_executors_no_longer_hold() {
+        let mut back = restored_with_stage_0_on_a();
         assert_eq!(sorted(back.start().ready), vec![task(2, 0), task(2, 1)]);
         assert_eq!(back.output_holders().len(), 2);
         // "a" came back holding stage 0's first output only: the second runs again
@@ -1868,12 +1873,7 @@ mod tests {
 
     #[test]
     fn a_restored_query_still_queued_recomputes_what_its_executors_no_longer_hold() {
-        let mut q = join_query();
-        q.start();
-        run(&mut q, task(0, 0), "a");
-        run(&mut q, task(0, 1), "a");
-        run(&mut q, task(1, 0), "b");
-        let mut back = restored(&q);
+        let mut back = restored_with_stage_0_on_a();
         assert_eq!(back.state(), QueryState::Queued);
         // "a" comes back, before the query is admitted, holding stage 0's first output
         // only (the second was let go before the crash): the query must not start on
