@@ -440,8 +440,14 @@ pub fn links(stages: &[Arc<dyn ExecutionPlan>], reverse: &[u32]) -> Result<Vec<F
 /// when the build stage is cheap next to the work the filter cuts ([`WAIT_COST_SHARE`]
 /// of the estimated cost of the probe stage and the stages between it and the join,
 /// `costs` by stage id; a reverse filter weighs the shorter of the two stages against
-/// those and its join's stage) and cannot wait on itself.
-pub fn choose(links: &[FilterLink], inputs: &[Vec<u32>], costs: &[f64]) -> Vec<FilterLink> {
+/// those and its join's stage), or when the build stage has a task for every slot of
+/// the cluster (`fills_cluster` by stage id), and cannot wait on itself.
+pub fn choose(
+    links: &[FilterLink],
+    inputs: &[Vec<u32>],
+    costs: &[f64],
+    fills_cluster: &[bool],
+) -> Vec<FilterLink> {
     let mut kept: Vec<FilterLink> = Vec::new();
     for link in links {
         let (build, probe) = (link.build_stage as usize, link.probe_stage as usize);
@@ -452,7 +458,10 @@ pub fn choose(links: &[FilterLink], inputs: &[Vec<u32>], costs: &[f64]) -> Vec<F
             true => costs[build].min(costs[probe]),
             false => costs[build],
         };
-        let pays = wait <= WAIT_COST_SHARE * filtered_cost(link, inputs, costs);
+        // A build stage with a task for every slot leaves the probe stage no room to
+        // run beside it but its last wave's: waiting for it costs next to nothing.
+        let pays =
+            wait <= WAIT_COST_SHARE * filtered_cost(link, inputs, costs) || fills_cluster[build];
         if reads_build || (pays && !depends_on(link.build_stage, link.probe_stage, inputs, &kept)) {
             kept.push(*link);
         }
@@ -553,11 +562,15 @@ mod tests {
         let cheap_build = [10.0, 100.0, 5.0];
         let dear_build = [80.0, 100.0, 5.0];
         let across = [link(0, 0, 1)];
-        assert_eq!(choose(&across, &inputs, &cheap_build), across);
-        assert!(choose(&across, &inputs, &dear_build).is_empty());
+        let idle = [false; 3];
+        assert_eq!(choose(&across, &inputs, &cheap_build, &idle), across);
+        assert!(choose(&across, &inputs, &dear_build, &idle).is_empty());
+        // A build stage that fills every slot leaves the probe stage nothing to overlap.
+        let filling = [true, false, false];
+        assert_eq!(choose(&across, &inputs, &dear_build, &filling), across);
         // A probe filter in the join's own stage costs no wait: always kept.
         let within = [link(0, 0, 2)];
-        assert_eq!(choose(&within, &inputs, &dear_build), within);
+        assert_eq!(choose(&within, &inputs, &dear_build, &idle), within);
     }
 
     #[test]
@@ -566,7 +579,9 @@ mod tests {
         let inputs = vec![vec![], vec![], vec![1], vec![0, 2]];
         let deep = [link(0, 0, 1)];
         // The probe stage alone is cheap next to the build, the stage after it is not.
-        let kept = |costs: [f64; 4]| !choose(&deep, &inputs, &costs).is_empty();
+        let kept = |costs: [f64; 4]| {
+            !choose(&deep, &inputs, &costs, &[false; 4][..costs.len()]).is_empty()
+        };
         assert!(kept([5.0, 6.0, 1000.0, 1.0]));
         assert!(!kept([5.0, 6.0, 1.0, 1000.0]));
     }
@@ -582,8 +597,11 @@ mod tests {
             reverse: true,
             ..forward
         };
-        assert!(choose(&[forward], &inputs, &costs).is_empty());
-        assert_eq!(choose(&[reverse], &inputs, &costs), vec![reverse]);
+        assert!(choose(&[forward], &inputs, &costs, &[false; 4][..costs.len()]).is_empty());
+        assert_eq!(
+            choose(&[reverse], &inputs, &costs, &[false; 4][..costs.len()]),
+            vec![reverse]
+        );
     }
 
     /// The probe half of filter `id` in `plan`.
@@ -866,6 +884,6 @@ mod tests {
         // Stage 1 reads stage 0: stage 0 waiting for stage 1 would never start.
         let inputs = vec![vec![], vec![0]];
         let costs = [100.0, 1.0];
-        assert!(choose(&[link(0, 1, 0)], &inputs, &costs).is_empty());
+        assert!(choose(&[link(0, 1, 0)], &inputs, &costs, &[true, true]).is_empty());
     }
 }

@@ -276,7 +276,8 @@ impl Planner {
             self.join_filters && options.optimizer.enable_join_dynamic_filter_pushdown;
         let filters = join_filters.then_some(&[][..]);
         let mut dag = planner::plan_stages(plan.clone(), self.split_unit_bytes, filters)?;
-        let (mut estimates, mut kept) = keep_filters(&dag);
+        let slots = self.cluster.borrow().slots as usize;
+        let (mut estimates, mut kept) = keep_filters(&dag, slots);
         // A build side made a stage for a filter that does not pay goes back into its
         // join's stage: cut again without that stage.
         let unused: Vec<u32> = (dag.staged_builds.iter().copied())
@@ -284,7 +285,7 @@ impl Planner {
             .collect();
         if !unused.is_empty() {
             dag = planner::plan_stages(plan, self.split_unit_bytes, Some(&unused))?;
-            (estimates, kept) = keep_filters(&dag);
+            (estimates, kept) = keep_filters(&dag, slots);
         }
         let stages = dag
             .stages
@@ -324,12 +325,18 @@ impl Planner {
     }
 }
 
-/// The cost estimates of `dag`'s stages and the join filters worth keeping there.
-fn keep_filters(dag: &StageDag) -> (Vec<StageEstimate>, Vec<FilterLink>) {
+/// The cost estimates of `dag`'s stages and the join filters worth keeping there, on a
+/// cluster of `slots` task slots (0: none connected yet).
+fn keep_filters(dag: &StageDag, slots: usize) -> (Vec<StageEstimate>, Vec<FilterLink>) {
     let estimates = planner::estimate_stages(dag);
     let inputs: Vec<Vec<u32>> = dag.stages.iter().map(|s| s.inputs.clone()).collect();
     let costs: Vec<f64> = estimates.iter().map(|e| e.cost).collect();
-    let kept = rule::choose(&dag.filters, &inputs, &costs);
+    let fills: Vec<bool> = dag
+        .stages
+        .iter()
+        .map(|s| slots > 0 && s.tasks >= slots)
+        .collect();
+    let kept = rule::choose(&dag.filters, &inputs, &costs, &fills);
     tracing::debug!(filters = ?dag.filters, ?costs, ?kept, "join filters weighed");
     (estimates, kept)
 }
