@@ -1,4 +1,4 @@
-//! Join filters across stages on an in-process cluster (scheduler + 3 executors over
+//! Join filters across stages on an in-process cluster (scheduler + 2 executors over
 //! real gRPC and Flight on 127.0.0.1): selective star joins over TPC-H through inner,
 //! left, semi and anti joins give single-node DataFusion's answers with the filters on
 //! and off, with broadcast and with partitioned (both sides shuffled) joins; the filters
@@ -13,7 +13,7 @@ use baton::config::Switch;
 use baton::proto::QueryStatus;
 
 /// Selective joins of `lineitem` (the fact table) with `part`, `supplier` and `orders`.
-const STAR_JOINS: [&str; 12] = [
+const STAR_JOINS: [&str; 13] = [
     "select p_brand, count(*) as n, sum(l_extendedprice) as revenue \
      from lineitem join part on l_partkey = p_partkey \
      where p_size = 15 and p_type like '%BRASS' group by p_brand order by p_brand",
@@ -47,6 +47,11 @@ const STAR_JOINS: [&str; 12] = [
     // smaller side): the orders' keys filter lineitem, its build side.
     "select count(*) as n from orders where o_orderdate < date '1995-01-01' and not exists \
      (select 1 from lineitem where l_orderkey = o_orderkey and l_shipdate > date '1998-11-01')",
+    // Partitioned, the HAVING's few order keys become a stage of their own and filter
+    // the orders scan below the orders-lineitem join.
+    "select o_orderpriority, count(*) as n from orders join lineitem on o_orderkey = l_orderkey \
+     where o_orderkey in (select l_orderkey from lineitem group by l_orderkey \
+     having sum(l_quantity) > 250) group by o_orderpriority order by o_orderpriority",
     // Customer's filter reaches the orders scan, a stage below the join that uses it.
     "select c_name, count(*) as n, sum(l_quantity) as quantity \
      from lineitem join orders on l_orderkey = o_orderkey \
@@ -62,7 +67,9 @@ const PARTITIONED_JOINS: [&str; 2] = [
 ];
 
 async fn cluster(filters: Switch) -> LocalCluster {
-    let mut config = ClusterConfig::with_catalog(3, 2, common::tpch_catalog());
+    // Two executors of two slots: a stage of four tasks fills the cluster, as scans
+    // do on a busy one.
+    let mut config = ClusterConfig::with_catalog(2, 2, common::tpch_catalog());
     config.scheduler.target_partitions = Some(4);
     config.scheduler.partition_data_bytes = 0;
     config.scheduler.join_filters = filters;
@@ -177,6 +184,17 @@ async fn star_joins_are_filtered_across_stages_and_answer_as_single_node_datafus
         .find(|s| s.filter_rows_in > 0)
         .unwrap_or_else(|| panic!("{:?}", statuses[10].stages));
     assert!(reverse.filter_rows_removed > 0, "{reverse:?}");
+    // A filtered build side in the join's stage (the HAVING) was made a stage: its keys
+    // remove rows in a stage that does not read it.
+    let having = &statuses[11];
+    assert!(
+        having.stages.iter().any(|s| s.filter_rows_removed > 0
+            && filter_sources(&s.filters)
+                .iter()
+                .any(|b| !s.input_stages.contains(b))),
+        "{:?}",
+        having.stages
+    );
     // An empty build side filters everything.
     assert!(
         statuses[6]

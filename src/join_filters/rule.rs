@@ -214,6 +214,35 @@ pub fn insert(plan: Arc<dyn ExecutionPlan>, keep_in_stage: &[u32]) -> Result<Ins
                     }
                     None => return Ok(Transformed::no(node)),
                 },
+                // A filtered build side inside a partitioned join's stage (a HAVING
+                // over the aggregate the join reads) may keep few of its keys, which
+                // no estimate tells: it becomes a stage of its own, shuffled as it is
+                // already partitioned, when its keys can go deep.
+                None if filtered_partitioned_build(left, *join.partition_mode(), &build_keys) => {
+                    match deep()? {
+                        Some(_) if keep_in_stage.contains(&id) => {
+                            next_id += 1;
+                            return Ok(Transformed::no(node));
+                        }
+                        Some(right) => {
+                            staged.push(id);
+                            let summary = KeySummaryExec::new(
+                                id,
+                                build_keys,
+                                MAX_FILTER_VALUES,
+                                left.clone(),
+                            )
+                            .with_bloom(true);
+                            let partitioning = left.output_partitioning().clone();
+                            let left: Arc<dyn ExecutionPlan> = Arc::new(RepartitionExec::try_new(
+                                Arc::new(summary),
+                                partitioning,
+                            )?);
+                            (left, right)
+                        }
+                        None => return Ok(Transformed::no(node)),
+                    }
+                }
                 None => return Ok(Transformed::no(node)),
             };
             next_id += 1;
@@ -257,6 +286,21 @@ fn stageable_build(build: &Arc<dyn ExecutionPlan>, mode: PartitionMode) -> bool 
             .ok()
             .and_then(|s| s.num_rows.get_value().copied())
             .is_some_and(|rows| rows <= MAX_STAGED_BUILD_ROWS)
+}
+
+/// True for a `Partitioned` join's build side that is a filter run inside the join's
+/// stage over input hash-partitioned on the join keys (`keys`), so that a hash shuffle
+/// on those keys keeps every row in its partition.
+fn filtered_partitioned_build(
+    build: &Arc<dyn ExecutionPlan>,
+    mode: PartitionMode,
+    keys: &[Arc<dyn PhysicalExpr>],
+) -> bool {
+    mode == PartitionMode::Partitioned
+        && build.is::<FilterExec>()
+        && matches!(build.output_partitioning(), Partitioning::Hash(exprs, n)
+            if *n > 1 && exprs.len() == keys.len()
+                && exprs.iter().zip(keys).all(|(a, b)| a.as_ref() == b.as_ref()))
 }
 
 /// `probe` with a row-filtering [`ProbeFilterExec`] for filter `id` placed as deep as
@@ -867,6 +911,65 @@ mod tests {
         };
         let probe = probe_of(&dag.stages[link.probe_stage as usize].plan, link.id).unwrap();
         assert_eq!(probe.schema().field(0).name(), "p", "{}", dag.display());
+    }
+
+    #[test]
+    fn a_filtered_partitioned_build_side_becomes_a_stage_whose_keys_go_deep() {
+        use datafusion::logical_expr::Operator;
+        use datafusion::physical_expr::expressions::{BinaryExpr, lit};
+        // The build side filters rows inside the join's stage (a HAVING, say), over
+        // input hash-partitioned on its key `d`; the key reaches the `x` scan below the
+        // facts' join.
+        let partitioned = hash(scan(&["d"], 4), "d");
+        let having = Arc::new(BinaryExpr::new(
+            col("d", &partitioned),
+            Operator::Gt,
+            lit(1_i64),
+        ));
+        let build = Arc::new(FilterExec::try_new(having, partitioned).unwrap());
+        let facts = join(
+            hash(scan(&["x", "k"], 4), "x"),
+            hash(scan(&["y"], 4), "y"),
+            ("x", "y"),
+            JoinType::Inner,
+            PartitionMode::Partitioned,
+        );
+        let plan = join(
+            build,
+            facts,
+            ("d", "x"),
+            JoinType::RightSemi,
+            PartitionMode::Partitioned,
+        );
+        let dag = crate::planner::plan_stages(plan.clone(), 0, Some(&[])).unwrap();
+        let text = |sid: u32| {
+            displayable(dag.stages[sid as usize].plan.as_ref())
+                .indent(false)
+                .to_string()
+        };
+        let link = dag
+            .filters
+            .iter()
+            .find(|l| text(l.build_stage).contains("keys=[d@0]"))
+            .unwrap_or_else(|| panic!("{}", dag.display()));
+        assert_eq!(dag.staged_builds, vec![link.id], "{}", dag.display());
+        // The filter runs in the build's own stage, shuffled on its key as before.
+        assert!(
+            text(link.build_stage).contains("FilterExec"),
+            "{}",
+            dag.display()
+        );
+        let probe = probe_of(&dag.stages[link.probe_stage as usize].plan, link.id).unwrap();
+        assert_eq!(probe.schema().field(0).name(), "x", "{}", dag.display());
+        // Kept in its stage when asked: one stage fewer, and no such filter.
+        let kept = crate::planner::plan_stages(plan, 0, Some(&[link.id])).unwrap();
+        assert_eq!(
+            kept.stages.len() + 1,
+            dag.stages.len(),
+            "{}",
+            kept.display()
+        );
+        assert!(kept.filters.iter().all(|l| l.id != link.id));
     }
 
     #[test]
