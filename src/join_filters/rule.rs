@@ -648,6 +648,21 @@ mod tests {
         );
     }
 
+    /// Stage `sid`'s plan as text.
+    fn stage_text(dag: &crate::planner::StageDag, sid: u32) -> String {
+        displayable(dag.stages[sid as usize].plan.as_ref())
+            .indent(false)
+            .to_string()
+    }
+
+    /// The filter whose summarising stage shows `keys` (e.g. "keys=[d@0]").
+    fn summarising(dag: &crate::planner::StageDag, keys: &str) -> FilterLink {
+        *dag.filters
+            .iter()
+            .find(|l| stage_text(dag, l.build_stage).contains(keys))
+            .unwrap_or_else(|| panic!("{}", dag.display()))
+    }
+
     /// The probe half of filter `id` in `plan`.
     fn probe_of(plan: &Arc<dyn ExecutionPlan>, id: u32) -> Option<Arc<dyn ExecutionPlan>> {
         let mut found = None;
@@ -753,10 +768,7 @@ mod tests {
         let links = dag
             .filters
             .iter()
-            .filter(|l| {
-                let build = displayable(dag.stages[l.build_stage as usize].plan.as_ref());
-                build.indent(false).to_string().contains("keys=[d@0]")
-            })
+            .filter(|l| stage_text(&dag, l.build_stage).contains("keys=[d@0]"))
             .copied()
             .collect();
         (dag, links)
@@ -828,16 +840,8 @@ mod tests {
         let dimension = broadcast(scan(&["n", "nr"], 1), facts, ("n", "k"));
         let plan = broadcast(scan(&["r"], 1), dimension, ("r", "nr"));
         let dag = crate::planner::plan_stages(plan, 0, Some(&[])).unwrap();
-        let text = |sid: u32| {
-            displayable(dag.stages[sid as usize].plan.as_ref())
-                .indent(false)
-                .to_string()
-        };
-        let link = dag
-            .filters
-            .iter()
-            .find(|l| text(l.build_stage).contains("keys=[r@0]"))
-            .unwrap_or_else(|| panic!("{}", dag.display()));
+        let text = |sid: u32| stage_text(&dag, sid);
+        let link = summarising(&dag, "keys=[r@0]");
         assert!(
             text(link.probe_stage).contains("keys=[n@0]"),
             "{}",
@@ -889,10 +893,11 @@ mod tests {
             let [link] = dag.filters[..] else {
                 panic!("{:?}\n{}", dag.filters, dag.display());
             };
-            let summary = displayable(dag.stages[link.build_stage as usize].plan.as_ref())
-                .indent(false)
-                .to_string();
-            assert!(summary.contains("keys=[p@0]"), "{}", dag.display());
+            assert!(
+                stage_text(&dag, link.build_stage).contains("keys=[p@0]"),
+                "{}",
+                dag.display()
+            );
             let probe = probe_of(&dag.stages[link.probe_stage as usize].plan, link.id).unwrap();
             assert_eq!(probe.schema().field(0).name(), "b", "{}", dag.display());
         }
@@ -942,16 +947,8 @@ mod tests {
             PartitionMode::Partitioned,
         );
         let dag = crate::planner::plan_stages(plan.clone(), 0, Some(&[])).unwrap();
-        let text = |sid: u32| {
-            displayable(dag.stages[sid as usize].plan.as_ref())
-                .indent(false)
-                .to_string()
-        };
-        let link = dag
-            .filters
-            .iter()
-            .find(|l| text(l.build_stage).contains("keys=[d@0]"))
-            .unwrap_or_else(|| panic!("{}", dag.display()));
+        let text = |sid: u32| stage_text(&dag, sid);
+        let link = summarising(&dag, "keys=[d@0]");
         assert_eq!(dag.staged_builds, vec![link.id], "{}", dag.display());
         // The filter runs in the build's own stage, shuffled on its key as before.
         assert!(
