@@ -648,6 +648,17 @@ mod tests {
         );
     }
 
+    /// Facts `x, k` joined (partitioned, on `x = y`) with `y`.
+    fn partitioned_facts() -> Arc<dyn ExecutionPlan> {
+        join(
+            hash(scan(&["x", "k"], 4), "x"),
+            hash(scan(&["y"], 4), "y"),
+            ("x", "y"),
+            JoinType::Inner,
+            PartitionMode::Partitioned,
+        )
+    }
+
     /// Stage `sid`'s plan as text.
     fn stage_text(dag: &crate::planner::StageDag, sid: u32) -> String {
         displayable(dag.stages[sid as usize].plan.as_ref())
@@ -830,13 +841,7 @@ mod tests {
     fn a_dimension_of_a_dimension_filters_the_dimension_staged_for_the_fact() {
         // `r` joins on `nr`, a column of the one-partition `n` side, which itself joins
         // the facts on `n = k` and was made a stage for that.
-        let facts = join(
-            hash(scan(&["x", "k"], 4), "x"),
-            hash(scan(&["y"], 4), "y"),
-            ("x", "y"),
-            JoinType::Inner,
-            PartitionMode::Partitioned,
-        );
+        let facts = partitioned_facts();
         let dimension = broadcast(scan(&["n", "nr"], 1), facts, ("n", "k"));
         let plan = broadcast(scan(&["r"], 1), dimension, ("r", "nr"));
         let dag = crate::planner::plan_stages(plan, 0, Some(&[])).unwrap();
@@ -932,13 +937,7 @@ mod tests {
             lit(1_i64),
         ));
         let build = Arc::new(FilterExec::try_new(having, partitioned).unwrap());
-        let facts = join(
-            hash(scan(&["x", "k"], 4), "x"),
-            hash(scan(&["y"], 4), "y"),
-            ("x", "y"),
-            JoinType::Inner,
-            PartitionMode::Partitioned,
-        );
+        let facts = partitioned_facts();
         let plan = join(
             build,
             facts,
