@@ -87,7 +87,7 @@ impl<W: Write> ResultWriter<W> {
     }
 
     /// Ends the result (of `schema`): prints a held table, or a CSV header when no row
-    /// came, and flushes.
+    /// came (none for a result without columns, such as a `SET`'s), and flushes.
     pub fn finish(self, schema: &SchemaRef) -> Result<Written, ArrowError> {
         let empty = || RecordBatch::new_empty(schema.clone());
         let held = match self.sink {
@@ -104,7 +104,7 @@ impl<W: Write> ResultWriter<W> {
                 held
             }
             Sink::Csv(mut writer) => {
-                if self.rows == 0 {
+                if self.rows == 0 && !schema.fields().is_empty() {
                     writer.write(&empty())?;
                 }
                 writer.into_inner().flush()?;
@@ -173,5 +173,11 @@ mod tests {
             .finish(&schema)
             .unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "n\n");
+        // A statement's result without columns (a SET) prints nothing at all.
+        let mut out = Vec::new();
+        ResultWriter::new(&mut out, OutputFormat::Csv)
+            .finish(&Arc::new(Schema::empty()))
+            .unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "");
     }
 }
