@@ -101,9 +101,10 @@ fn filterable(data_type: &DataType) -> bool {
 /// Puts a [`KeySummaryExec`] / [`ProbeFilterExec`] pair into every hash join of `plan`
 /// that a filter from its build side is valid for and whose build side will be a stage
 /// of its own: a `Partitioned` join's hash-repartitioned build side, or a `CollectLeft`
-/// join's coalesced one; or a small one-partition build side inside the join's stage
-/// whose keys can filter a scan in an earlier stage, which then becomes a stage of its
-/// own, except for the filter ids in `keep_in_stage`. A `Partitioned` right outer or
+/// join's coalesced one; or a build side inside the join's stage ([`BuildStage`]: a
+/// small one-partition one, or a filter over input partitioned on the keys) whose keys
+/// can filter a scan in an earlier stage, which then becomes a stage of its own, except
+/// for the filter ids in `keep_in_stage`. A `Partitioned` right outer or
 /// right anti join, which keeps unmatched probe rows, gets a reverse filter instead:
 /// its probe side's keys filter its build side. Runs before the plan is cut.
 /// Returns the plan, the ids of the filters whose build side it made a stage of, and
@@ -195,30 +196,14 @@ pub fn insert(plan: Arc<dyn ExecutionPlan>, keep_in_stage: &[u32]) -> Result<Ins
                         replace_children_if_necessary(left.clone(), vec![Arc::new(summary)])?;
                     (left, right)
                 }
-                // A small build side inside the join's stage whose keys can filter a
-                // scan in an earlier stage becomes a stage of its own, so its keys are
-                // known before that scan runs.
-                None if stageable_build(left, *join.partition_mode()) => match deep()? {
-                    Some(_) if keep_in_stage.contains(&id) => {
-                        next_id += 1;
+                // A build side inside the join's stage whose keys can filter a scan in
+                // an earlier stage becomes a stage of its own, so its keys are known
+                // before that scan runs (see [`BuildStage`]).
+                None => {
+                    let Some(stage) = BuildStage::of(left, *join.partition_mode(), &build_keys)
+                    else {
                         return Ok(Transformed::no(node));
-                    }
-                    Some(right) => {
-                        staged.push(id);
-                        let summary =
-                            KeySummaryExec::new(id, build_keys, MAX_FILTER_VALUES, left.clone())
-                                .with_bloom(true);
-                        let left: Arc<dyn ExecutionPlan> =
-                            Arc::new(CoalescePartitionsExec::new(Arc::new(summary)));
-                        (left, right)
-                    }
-                    None => return Ok(Transformed::no(node)),
-                },
-                // A filtered build side inside a partitioned join's stage (a HAVING
-                // over the aggregate the join reads) may keep few of its keys, which
-                // no estimate tells: it becomes a stage of its own, shuffled as it is
-                // already partitioned, when its keys can go deep.
-                None if filtered_partitioned_build(left, *join.partition_mode(), &build_keys) => {
+                    };
                     match deep()? {
                         Some(_) if keep_in_stage.contains(&id) => {
                             next_id += 1;
@@ -233,17 +218,11 @@ pub fn insert(plan: Arc<dyn ExecutionPlan>, keep_in_stage: &[u32]) -> Result<Ins
                                 left.clone(),
                             )
                             .with_bloom(true);
-                            let partitioning = left.output_partitioning().clone();
-                            let left: Arc<dyn ExecutionPlan> = Arc::new(RepartitionExec::try_new(
-                                Arc::new(summary),
-                                partitioning,
-                            )?);
-                            (left, right)
+                            (stage.over(Arc::new(summary))?, right)
                         }
                         None => return Ok(Transformed::no(node)),
                     }
                 }
-                None => return Ok(Transformed::no(node)),
             };
             next_id += 1;
             Ok(Transformed::yes(replace_children_if_necessary(
@@ -276,31 +255,64 @@ fn exchange_input(
     }
 }
 
-/// True for a `CollectLeft` join's build side that runs inside the join's stage (one
-/// partition, no exchange) and is estimated at most [`MAX_STAGED_BUILD_ROWS`] rows.
-fn stageable_build(build: &Arc<dyn ExecutionPlan>, mode: PartitionMode) -> bool {
-    mode == PartitionMode::CollectLeft
-        && build.output_partitioning().partition_count() == 1
-        && StatisticsContext::new()
-            .compute(build.as_ref(), &StatisticsArgs::new())
-            .ok()
-            .and_then(|s| s.num_rows.get_value().copied())
-            .is_some_and(|rows| rows <= MAX_STAGED_BUILD_ROWS)
+/// How a build side inside its join's stage becomes a stage of its own.
+enum BuildStage {
+    /// A `CollectLeft` join's one-partition build side (no exchange) estimated at most
+    /// [`MAX_STAGED_BUILD_ROWS`] rows: gathered.
+    Gathered,
+    /// A `Partitioned` join's build side that is a filter over input hash-partitioned
+    /// on the join keys (a HAVING over the aggregate the join reads), which may keep
+    /// few of its keys though no estimate tells: shuffled as it is partitioned, so
+    /// every row stays in its partition.
+    Shuffled(Partitioning),
 }
 
-/// True for a `Partitioned` join's build side that is a filter run inside the join's
-/// stage over input hash-partitioned on the join keys (`keys`), so that a hash shuffle
-/// on those keys keeps every row in its partition.
-fn filtered_partitioned_build(
-    build: &Arc<dyn ExecutionPlan>,
-    mode: PartitionMode,
-    keys: &[Arc<dyn PhysicalExpr>],
-) -> bool {
-    mode == PartitionMode::Partitioned
-        && build.is::<FilterExec>()
-        && matches!(build.output_partitioning(), Partitioning::Hash(exprs, n)
-            if *n > 1 && exprs.len() == keys.len()
-                && exprs.iter().zip(keys).all(|(a, b)| a.as_ref() == b.as_ref()))
+impl BuildStage {
+    /// How `build`, the build side of a join in `mode` on `keys`, becomes a stage;
+    /// `None` when it does not.
+    fn of(
+        build: &Arc<dyn ExecutionPlan>,
+        mode: PartitionMode,
+        keys: &[Arc<dyn PhysicalExpr>],
+    ) -> Option<Self> {
+        let partitioning = build.output_partitioning();
+        match mode {
+            PartitionMode::CollectLeft
+                if partitioning.partition_count() == 1
+                    && StatisticsContext::new()
+                        .compute(build.as_ref(), &StatisticsArgs::new())
+                        .ok()
+                        .and_then(|s| s.num_rows.get_value().copied())
+                        .is_some_and(|rows| rows <= MAX_STAGED_BUILD_ROWS) =>
+            {
+                Some(Self::Gathered)
+            }
+            PartitionMode::Partitioned if build.is::<FilterExec>() => match partitioning {
+                Partitioning::Hash(exprs, n)
+                    if *n > 1
+                        && exprs.len() == keys.len()
+                        && exprs
+                            .iter()
+                            .zip(keys)
+                            .all(|(a, b)| a.as_ref() == b.as_ref()) =>
+                {
+                    Some(Self::Shuffled(partitioning.clone()))
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// `summary` (over the build side) under the exchange that makes it a stage.
+    fn over(self, summary: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(match self {
+            Self::Gathered => Arc::new(CoalescePartitionsExec::new(summary)),
+            Self::Shuffled(partitioning) => {
+                Arc::new(RepartitionExec::try_new(summary, partitioning)?)
+            }
+        })
+    }
 }
 
 /// `probe` with a row-filtering [`ProbeFilterExec`] for filter `id` placed as deep as
@@ -623,9 +635,7 @@ mod tests {
         let inputs = vec![vec![], vec![], vec![1], vec![0, 2]];
         let deep = [link(0, 0, 1)];
         // The probe stage alone is cheap next to the build, the stage after it is not.
-        let kept = |costs: [f64; 4]| {
-            !choose(&deep, &inputs, &costs, &[false; 4][..costs.len()]).is_empty()
-        };
+        let kept = |costs: [f64; 4]| !choose(&deep, &inputs, &costs, &[false; 4]).is_empty();
         assert!(kept([5.0, 6.0, 1000.0, 1.0]));
         assert!(!kept([5.0, 6.0, 1.0, 1000.0]));
     }
@@ -641,9 +651,9 @@ mod tests {
             reverse: true,
             ..forward
         };
-        assert!(choose(&[forward], &inputs, &costs, &[false; 4][..costs.len()]).is_empty());
+        assert!(choose(&[forward], &inputs, &costs, &[false; 3]).is_empty());
         assert_eq!(
-            choose(&[reverse], &inputs, &costs, &[false; 4][..costs.len()]),
+            choose(&[reverse], &inputs, &costs, &[false; 3]),
             vec![reverse]
         );
     }
