@@ -1835,13 +1835,16 @@ mod tests {
         assert_eq!(back.start().ready, vec![task(0, 1)]);
         let p = run(&mut back, task(0, 1), "c");
         assert_eq!(sorted(p.ready), vec![task(2, 0), task(2, 1)]);
-        let inputs = back.stage_inputs(2);
-        let holders: Vec<&str> = inputs
+        assert_eq!(input_holders(&back, 2), vec!["a", "c", "b"]);
+    }
+
+    /// The executors stage `stage`'s tasks read their inputs from, in input order.
+    fn input_holders(q: &Query, stage: u32) -> Vec<&str> {
+        q.stage_inputs(stage)
             .iter()
             .flat_map(|i| &i.locations)
             .map(|l| l.executor_id.as_str())
-            .collect();
-        assert_eq!(holders, vec!["a", "c", "b"]);
+            .collect()
     }
 
     /// The join query restored after stage 0 finished on "a" and stage 1 on "b".
@@ -1887,13 +1890,7 @@ mod tests {
         assert_eq!(back.status().stages[2].state, StageState::Waiting as i32);
         let p = run(&mut back, task(0, 1), "c");
         assert_eq!(sorted(p.ready), vec![task(2, 0), task(2, 1)]);
-        let holders: Vec<&str> = back
-            .stage_inputs(2)
-            .iter()
-            .flat_map(|i| &i.locations)
-            .map(|l| l.executor_id.as_str())
-            .collect();
-        assert_eq!(holders, vec!["a", "c", "b"]);
+        assert_eq!(input_holders(&back, 2), vec!["a", "c", "b"]);
     }
 
     #[test]
@@ -2072,13 +2069,7 @@ mod tests {
             run(&mut q, task(1, 0), "b").ready,
             vec![task(2, 0), task(2, 1)]
         );
-        let inputs = q.stage_inputs(2);
-        assert!(
-            inputs
-                .iter()
-                .flat_map(|i| &i.locations)
-                .all(|l| l.executor_id == "b")
-        );
+        assert!(input_holders(&q, 2).iter().all(|&h| h == "b"));
         run(&mut q, task(2, 0), "b");
         assert_eq!(run(&mut q, task(2, 1), "b").ready, vec![task(3, 0)]);
         assert!(run(&mut q, task(3, 0), "b").finished);
